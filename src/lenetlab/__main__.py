@@ -1,0 +1,3 @@
+from lenetlab.cli import main
+
+raise SystemExit(main())

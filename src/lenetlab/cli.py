@@ -1,0 +1,258 @@
+"""The ``lenetlab`` command. Subcommands are thin: parse, call the library, print.
+
+Errors the user can fix (:class:`LenetlabError`) print one line and exit 2;
+Ctrl-C exits 130 after the last complete epoch's checkpoint is safe on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from lenetlab.errors import LenetlabError
+
+LIST_KINDS = ("models", "activations", "datasets", "presets", "schedules", "optimizers")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+# ---------------------------------------------------------------- train
+def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
+    from lenetlab.config import apply_override
+
+    o: dict[str, Any] = {}
+    train = {k: v for k, v in (("epochs", a.epochs), ("seed", a.seed), ("batch_size", a.batch_size),
+                               ("lr", a.lr), ("stop_at_accuracy", a.stop_at)) if v is not None}
+    if train:
+        o["train"] = train
+    data = {k: v for k, v in (("dataset", a.dataset), ("data_dir", a.data_dir)) if v is not None}
+    if data:
+        o["data"] = data
+    if a.activation is not None:
+        o["model"] = {"activation": a.activation}
+    for s in a.set or []:
+        apply_override(o, s)
+    return o
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from lenetlab.config import load_toml
+    from lenetlab.train import fit
+    from lenetlab.train.presets import resolve
+
+    out = Path(a.out)
+    overrides = _train_overrides(a)
+    if a.resume:
+        if overrides or a.config or a.model or a.preset:
+            raise LenetlabError("--resume continues the run as configured in its config.json; "
+                                "do not pass config options with it")
+        cfg = None
+    else:
+        file_data = load_toml(a.config) if a.config else {}
+        cfg = resolve(a.preset, a.model, file_data, overrides)
+    from lenetlab.config import RunConfig
+
+    con = _console()
+    log = None if a.quiet else (lambda s: con.print(s))
+    try:
+        summary = fit(cfg or RunConfig(), out=out, resume=a.resume, force=a.force, log=log)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the last finished epoch is saved. Continue with:\n"
+              f"  lenetlab train --resume --out {out}", file=sys.stderr)
+        return 130
+    summary.pop("_model", None)
+    con.print(f"[bold]{summary['model']}[/bold]  params {summary['params']:,}  epochs {summary['epochs']}  "
+              f"test accuracy [bold]{100 * summary['test_accuracy']:.2f}%[/bold]  "
+              f"({summary['wall_seconds']:.1f}s)  -> {out}")
+    return 0
+
+
+# ---------------------------------------------------------------- eval
+def cmd_eval(a: argparse.Namespace) -> int:
+    import dataclasses
+
+    from lenetlab.data import load_splits
+    from lenetlab.rundir import load_model
+    from lenetlab.train import evaluate, make_loss
+
+    model, cfg = load_model(a.run_dir)
+    # the full test set unless --limit: a run trained on a subset is still judged on all of it
+    data = dataclasses.replace(cfg.data, val_size=0, train_subset=1, test_subset=a.limit,
+                               dataset=a.dataset or cfg.data.dataset,
+                               data_dir=a.data_dir or cfg.data.data_dir)
+    splits = load_splits(data)
+    r = evaluate(model, splits.test_x, splits.test_y, 2000, make_loss(model, cfg.train))
+    r = {"run": str(a.run_dir), "model": cfg.model.name, "dataset": data.dataset,
+         "test_images": len(splits.test_x), "test_accuracy": r["accuracy"], "test_loss": r["loss"]}
+    if a.json:
+        print(json.dumps(r))
+    else:
+        print(f"{r['model']} on {r['dataset']} test ({r['test_images']} images): "
+              f"accuracy {100 * r['test_accuracy']:.2f}%  loss {r['test_loss']:.4f}")
+    return 0
+
+
+# ---------------------------------------------------------------- predict
+def cmd_predict(a: argparse.Namespace) -> int:
+    import torch
+
+    from lenetlab.data import from_unit
+    from lenetlab.data.images import load_gray, to_mnist
+    from lenetlab.rundir import load_model
+
+    model, cfg = load_model(a.run_dir)
+    from lenetlab.registry import get
+
+    classes = get("dataset", cfg.data.dataset).classes
+    digits = [to_mnist(load_gray(p)) for p in a.images]   # all read before any output
+    x = from_unit(torch.from_numpy(__import__("numpy").stack(digits)).unsqueeze(1), cfg.data)
+    with torch.no_grad():
+        probs = torch.softmax(model(x), 1)
+    for path, p in zip(a.images, probs):
+        top = torch.topk(p, min(a.top, len(p)))
+        alts = ", ".join(f"{classes[i]} {float(v):.3f}" for v, i in zip(top.values, top.indices))
+        print(f"{path}: {classes[int(top.indices[0])]}  (top {len(top.values)}: {alts})")
+    return 0
+
+
+# ---------------------------------------------------------------- list / info
+def cmd_list(a: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from lenetlab import registry
+
+    kinds = [a.what] if a.what else list(LIST_KINDS)
+    con = _console()
+    for kind in kinds:
+        singular = kind[:-1]
+        table = Table(title=kind, title_justify="left", show_header=True)
+        table.add_column("name")
+        table.add_column("description")
+        for name in registry.names(singular):
+            table.add_row(name, _describe(singular, registry.get(singular, name)))
+        con.print(table)
+    return 0
+
+
+def _describe(kind: str, obj: Any) -> str:
+    if kind == "model":
+        from lenetlab.models import create_model, param_count
+
+        return f"{obj.description} [{param_count(create_model(obj.name)):,} params]"
+    if kind == "dataset":
+        return obj.license
+    doc = getattr(obj, "__doc__", None) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from lenetlab.models import create_model, param_count
+    from lenetlab.registry import names
+
+    con = _console()
+    target = a.target
+    if target in names("model") and not Path(target).exists():
+        model, summary, cfg = create_model(target), None, None
+        title = f"model {target}"
+    else:
+        from lenetlab.rundir import load_model, read_summary
+
+        model, cfg = load_model(target)
+        summary = read_summary(Path(target)) if (Path(target) / "summary.json").exists() else None
+        title = f"run {target}"
+    con.print(f"[bold]{title}[/bold]")
+    if summary:
+        for k in ("model", "params", "epochs", "test_accuracy", "wall_seconds", "preset", "dataset"):
+            if k in summary:
+                con.print(f"  {k:14s} {summary[k]}")
+    if cfg:
+        con.print(f"  options        {json.dumps(cfg.model.options)}")
+        con.print(f"  train          {cfg.train.optimizer} lr {cfg.train.lr} {cfg.train.schedule} "
+                  f"batch {cfg.train.batch_size} epochs {cfg.train.epochs} seed {cfg.train.seed}")
+    table = Table(show_header=True)
+    table.add_column("layer")
+    table.add_column("shape")
+    table.add_column("params", justify="right")
+    for name, p in model.named_parameters():
+        table.add_row(name, "x".join(map(str, p.shape)), f"{p.numel():,}")
+    table.add_row("[bold]total[/bold]", "", f"[bold]{param_count(model):,}[/bold]")
+    con.print(table)
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lenetlab", description="LeNet-5, instrumented.")
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model into a run directory")
+    t.add_argument("--config", help="TOML config file")
+    t.add_argument("--model", help="registered model name (lenetlab list models)")
+    t.add_argument("--preset", help="recipe: fast | paper (lenetlab list presets)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--activation", help="model activation (lenetlab list activations)")
+    t.add_argument("--dataset", help="mnist | fashion_mnist | kmnist")
+    t.add_argument("--data-dir", help="folder with dataset IDX files (else $LENETLAB_DATA)")
+    t.add_argument("--stop-at", type=float, metavar="ACC", help="stop once test accuracy >= ACC (0..1)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. train.lr=0.01")
+    t.add_argument("--out", required=True, help="run directory to write")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    t.add_argument("-q", "--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a run's model on the test set")
+    e.add_argument("run_dir")
+    e.add_argument("--dataset")
+    e.add_argument("--data-dir")
+    e.add_argument("--limit", type=int, metavar="N", help="only the first N test images")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="classify image files (PNG/PGM/NPY, any size)")
+    pr.add_argument("run_dir")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--top", type=int, default=3)
+    pr.set_defaults(func=cmd_predict)
+
+    li = sub.add_parser("list", help="list registered components")
+    li.add_argument("what", nargs="?", choices=LIST_KINDS)
+    li.set_defaults(func=cmd_list)
+
+    i = sub.add_parser("info", help="describe a run directory or a registered model")
+    i.add_argument("target", help="RUN_DIR or model name")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def _version() -> str:
+    from lenetlab import __version__
+
+    return f"lenetlab {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LenetlabError as e:
+        print(f"lenetlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

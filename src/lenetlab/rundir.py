@@ -1,0 +1,126 @@
+"""Run directories: the one place results live.
+
+Every command that produces results writes a run directory::
+
+    config.json        the full resolved config (re-run it with --config)
+    metrics.jsonl      one JSON line per epoch
+    model.safetensors  final weights (+ model name/options in its metadata)
+    summary.json       {"model", "params", "epochs", "test_accuracy", "wall_seconds", ...}
+    checkpoint.safetensors  last complete epoch, for --resume
+
+All files are written atomically, so an interrupted run never leaves a
+half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lenetlab.config import RunConfig, from_dict, to_dict
+from lenetlab.errors import LenetlabError
+from lenetlab.fileio import atomic_write, atomic_write_json
+
+CONFIG, METRICS, MODEL, SUMMARY = "config.json", "metrics.jsonl", "model.safetensors", "summary.json"
+OWNED = (CONFIG, METRICS, MODEL, SUMMARY, "checkpoint.safetensors")
+
+
+def prepare(out: Path, resume: bool, force: bool) -> None:
+    """Check that ``out`` may be written (nothing is created here)."""
+    if resume:
+        if not (out / CONFIG).is_file():
+            raise LenetlabError(f"{out}: not a run directory (no {CONFIG}); nothing to resume")
+        return
+    if out.exists() and not out.is_dir():
+        raise LenetlabError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise LenetlabError(f"{out}: already exists and is not empty; use --resume to continue it or --force")
+
+
+def clear(out: Path) -> None:
+    for name in OWNED:
+        p = out / name
+        if p.exists():
+            p.unlink()
+
+
+def require_run(run_dir: str | Path) -> Path:
+    p = Path(run_dir)
+    if not p.is_dir():
+        raise LenetlabError(f"{p}: no such run directory")
+    for name in (CONFIG, MODEL):
+        if not (p / name).is_file():
+            raise LenetlabError(f"{p}: not a finished run directory (missing {name})")
+    return p
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LenetlabError(f"{path}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LenetlabError(f"{path}: not valid JSON ({e})") from None
+
+
+def load_config(run_dir: Path) -> RunConfig:
+    return from_dict(RunConfig, read_json(run_dir / CONFIG), where="")
+
+
+def save_config(run_dir: Path, cfg: RunConfig) -> None:
+    atomic_write_json(run_dir / CONFIG, to_dict(cfg))
+
+
+def save_model(run_dir: Path, model: nn.Module, cfg: RunConfig) -> None:
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    meta = {"model": cfg.model.name, "options": json.dumps(cfg.model.options)}
+    atomic_write(run_dir / MODEL, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def load_model(run_dir: str | Path) -> tuple[nn.Module, RunConfig]:
+    """Rebuild the model of a finished run and load its weights (safetensors, no pickle)."""
+    from lenetlab.models import create_model
+
+    p = require_run(run_dir)
+    cfg = load_config(p)
+    model = create_model(cfg.model.name, **cfg.model.options)
+    try:
+        sd = load_file(str(p / MODEL))
+    except (SafetensorError, OSError) as e:
+        raise LenetlabError(f"{p / MODEL}: cannot read weights ({e})") from None
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise LenetlabError(f"{p / MODEL}: weights do not match {cfg.model.name} "
+                            f"({str(e).splitlines()[0]})") from None
+    model.eval()
+    return model, cfg
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    atomic_write_json(run_dir / SUMMARY, summary)
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    return read_json(Path(run_dir) / SUMMARY)
+
+
+def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
+    with open(run_dir / METRICS, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
+def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
+    """Drop metric lines past the checkpointed epoch (they will be recomputed)."""
+    path = run_dir / METRICS
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines()
+            if ln.strip() and json.loads(ln).get("epoch", 0) <= last_epoch]
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(k + "\n" for k in keep)))

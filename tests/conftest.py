@@ -1,0 +1,39 @@
+"""Shared fixtures: small real-MNIST runs, trained once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+SMALL = {"data": {"train_subset": 6000, "test_subset": 2000, "val_size": 1000},
+         "train": {"epochs": 2, "batch_size": 64, "lr": 4e-3}}
+
+
+def run_cli(*args: str, check: bool = False, env: dict | None = None, timeout: float = 300
+            ) -> subprocess.CompletedProcess:
+    """Run ``python -m lenetlab ARGS`` in a subprocess (real exit codes, real stderr)."""
+    e = dict(os.environ)
+    e.update(env or {})
+    r = subprocess.run([sys.executable, "-m", "lenetlab", *args], capture_output=True, text=True,
+                       env=e, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"lenetlab {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> Path:
+    """A modern LeNet-5 trained briefly on 6k real MNIST images."""
+    from lenetlab.train import fit
+    from lenetlab.train.presets import resolve
+
+    out = tmp_path_factory.mktemp("runs") / "small"
+    fit(resolve("fast", "lenet5", overrides=SMALL), out=out, log=None, progress=False)
+    return out

@@ -1,0 +1,116 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lenetlab.config import TrainConfig
+from lenetlab.registry import get, names
+from lenetlab.train import fit
+from lenetlab.train.presets import resolve
+
+TINY = {"data": {"train_subset": 2000, "test_subset": 500, "val_size": 500},
+        "train": {"epochs": 2, "batch_size": 100}}
+
+
+def test_onecycle_shape():
+    cfg = TrainConfig(lr=1.0, div_factor=10.0, final_div_factor=100.0, warmup_frac=0.3)
+    f = get("schedule", "onecycle")(cfg, 100, 10)
+    assert f(0) == pytest.approx(0.1)
+    assert max(f(s) for s in range(100)) == pytest.approx(1.0, rel=1e-3)
+    assert f(99) == pytest.approx(0.001, rel=1e-6)
+    assert all(f(s) >= f(s + 1) for s in range(30, 99))
+
+
+def test_step_and_cosine():
+    cfg = TrainConfig(lr=1.0, step_epochs=2, gamma=0.1)
+    f = get("schedule", "step")(cfg, 60, 10)
+    assert f(0) == 1.0 and f(19) == 1.0 and f(20) == pytest.approx(0.1) and f(45) == pytest.approx(0.01)
+    g = get("schedule", "cosine")(cfg, 60, 10)
+    assert g(0) == 1.0 and g(30) == pytest.approx(0.5) and g(60) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("opt", ["adam", "adamw", "sgd"])
+def test_optimizers_train(opt):
+    cfg = resolve("fast", overrides={**TINY, "train": {**TINY["train"], "optimizer": opt, "epochs": 3,
+                                                      "lr": 0.05 if opt == "sgd" else 4e-3}})
+    s = fit(cfg, log=None, progress=False)
+    assert s["test_accuracy"] > 0.5
+
+
+def test_deterministic(tmp_path):
+    cfg = resolve("fast", overrides=TINY)
+    a = fit(cfg, out=tmp_path / "a", log=None, progress=False)
+    b = fit(cfg, out=tmp_path / "b", log=None, progress=False)
+    assert a["test_accuracy"] == b["test_accuracy"]
+    wa, wb = load_file(str(tmp_path / "a/model.safetensors")), load_file(str(tmp_path / "b/model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_learns_real_mnist():
+    """One epoch on 10k real MNIST images gives a real classifier (not chance)."""
+    cfg = resolve("fast", overrides={"data": {"train_subset": 10000, "test_subset": 2000},
+                                     "train": {"epochs": 1, "batch_size": 64}})
+    s = fit(cfg, log=None, progress=False)
+    assert s["test_accuracy"] > 0.93
+
+
+def test_run_dir_files(tmp_path, small_run):
+    for f in ("config.json", "metrics.jsonl", "model.safetensors", "summary.json", "checkpoint.safetensors"):
+        assert (small_run / f).is_file()
+    rows = [json.loads(x) for x in (small_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all({"train_loss", "val_accuracy", "test_accuracy", "lr"} <= set(r) for r in rows)
+    assert not list(small_run.glob(".*tmp"))
+
+
+def test_refuses_to_overwrite(tmp_path, small_run):
+    from lenetlab.errors import LenetlabError
+
+    with pytest.raises(LenetlabError, match="already exists"):
+        fit(resolve("fast", overrides=TINY), out=small_run, log=None)
+
+
+def _train_cmd(out):
+    return [sys.executable, "-m", "lenetlab", "train", "--out", str(out), "-q",
+            "--set", "data.train_subset=12000", "--set", "data.test_subset=500",
+            "--set", "data.val_size=500", "--epochs", "4", "--set", "train.batch_size=64"]
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path):
+    """SIGKILL a real training process after its first checkpoint, resume, compare weights."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    subprocess.run(_train_cmd(full), check=True, capture_output=True, timeout=300)
+
+    p = subprocess.Popen(_train_cmd(cut), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    metrics = cut / "metrics.jsonl"
+    while time.time() < deadline and p.poll() is None:
+        if metrics.exists() and metrics.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.02)
+    assert p.poll() is None, "run finished before it could be interrupted"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not (cut / "model.safetensors").exists()       # it really was cut short
+    done = json.loads(metrics.read_text().splitlines()[0])["epoch"]
+    assert 1 <= done < 4
+
+    r = subprocess.run([sys.executable, "-m", "lenetlab", "train", "--resume", "--out", str(cut)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming {cut} after epoch" in r.stdout
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(cut / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()]
+    assert rows == [1, 2, 3, 4]
+
+
+def test_registries_nonempty():
+    assert {"onecycle", "cosine", "step", "constant"} <= set(names("schedule"))
+    assert {"adam", "adamw", "sgd"} <= set(names("optimizer"))
