@@ -23,6 +23,7 @@ def _cos(start: float, end: float, frac: float) -> float:
 
 @register("schedule", "onecycle")
 def onecycle(cfg: TrainConfig, total: int, per_epoch: int) -> Schedule:
+    """Cosine warm-up to lr over warmup_frac of the steps, then cosine decay (Smith 2018)."""
     lo = cfg.lr / cfg.div_factor
     end = lo / cfg.final_div_factor
     up = max(1.0, cfg.warmup_frac * total - 1)
@@ -37,15 +38,18 @@ def onecycle(cfg: TrainConfig, total: int, per_epoch: int) -> Schedule:
 
 @register("schedule", "cosine")
 def cosine(cfg: TrainConfig, total: int, per_epoch: int) -> Schedule:
+    """Cosine decay from lr to 0 over the run."""
     return lambda step: _cos(cfg.lr, 0.0, step / max(1, total))
 
 
 @register("schedule", "step")
 def step_decay(cfg: TrainConfig, total: int, per_epoch: int) -> Schedule:
+    """lr times gamma every step_epochs epochs."""
     every = max(1, cfg.step_epochs) * per_epoch
     return lambda step: cfg.lr * cfg.gamma ** (step // every)
 
 
 @register("schedule", "constant")
 def constant(cfg: TrainConfig, total: int, per_epoch: int) -> Schedule:
+    """lr throughout."""
     return lambda step: cfg.lr

@@ -1,0 +1,84 @@
+"""Time to 99.0% MNIST test accuracy: lenetlab's fast preset vs a plain PyTorch loop.
+
+Both run here, in this process tree, one after the other (alternating over
+--repeats rounds), each as a fresh Python process. Each is timed from the
+moment its process is launched (imports and data loading included) to the
+wall-clock time at which its first evaluation on the 10k test set reaching
+>= 99.0% finished. Prints both times and the ratio reference/lenetlab.
+
+    python benchmarks/train_to_99.py [--repeats 3] [--target 0.99]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def time_lenetlab(target: float, seed: int) -> tuple[float | None, int, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        t0 = time.time()
+        subprocess.run([sys.executable, "-m", "lenetlab", "train", "--preset", "fast", "--seed", str(seed),
+                        "--stop-at", str(target), "--out", str(out), "-q"], check=True,
+                       stdout=subprocess.DEVNULL)
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return _first_hit(rows, target, t0)
+
+
+def time_reference(target: float, seed: int) -> tuple[float | None, int, float]:
+    from lenetlab.data.datasets import bundled_dir
+
+    t0 = time.time()
+    r = subprocess.run([sys.executable, str(HERE / "reference_lenet5.py"), str(bundled_dir()), "3", str(seed)],
+                       check=True, capture_output=True, text=True)
+    rows = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    return _first_hit(rows, target, t0)
+
+
+def _first_hit(rows: list[dict], target: float, t0: float) -> tuple[float | None, int, float]:
+    for r in rows:
+        if r["test_accuracy"] >= target:
+            return r["unix_time"] - t0, r["epoch"], r["test_accuracy"]
+    return None, rows[-1]["epoch"], rows[-1]["test_accuracy"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--target", type=float, default=0.99)
+    a = ap.parse_args()
+    import torch
+
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; target test accuracy {a.target:.3f}")
+    res: dict[str, list[float]] = {"reference": [], "lenetlab": []}
+    for i in range(a.repeats):
+        for name, fn in (("reference", time_reference), ("lenetlab", time_lenetlab)):
+            t, ep, acc = fn(a.target, i)
+            shown = f"{t:6.2f}s" if t is not None else "  never"
+            print(f"round {i + 1} {name:9s} seed {i}: {shown} (epoch {ep}, test accuracy {100 * acc:.2f}%)",
+                  flush=True)
+            if t is not None:
+                res[name].append(t)
+    if not res["reference"] or not res["lenetlab"]:
+        print("a contender never reached the target; no ratio")
+        return 1
+    ref, ours = statistics.median(res["reference"]), statistics.median(res["lenetlab"])
+    print(f"median time to {100 * a.target:.1f}%: reference {ref:.2f}s  lenetlab {ours:.2f}s  "
+          f"speed-up {ref / ours:.2f}x  (reached: reference {len(res['reference'])}/{a.repeats}, "
+          f"lenetlab {len(res['lenetlab'])}/{a.repeats})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
