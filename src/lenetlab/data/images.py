@@ -46,7 +46,8 @@ def load_gray(path: str | Path) -> np.ndarray:
                 im = Image.alpha_composite(bg, im)
             g = np.asarray(im.convert("L"), dtype=np.float64) / 255.0
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise LenetlabError(f"{p}: cannot read image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LenetlabError(f"{p}: cannot read image ({why})") from None
     return g
 
 
