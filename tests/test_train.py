@@ -114,3 +114,18 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
 def test_registries_nonempty():
     assert {"onecycle", "cosine", "step", "constant"} <= set(names("schedule"))
     assert {"adam", "adamw", "sgd"} <= set(names("optimizer"))
+
+
+def test_resume_before_first_epoch_starts_over(tmp_path):
+    """A run killed before any checkpoint resumes from scratch, same result as a clean run."""
+    cfg = resolve("fast", overrides=TINY)
+    clean = fit(cfg, out=tmp_path / "clean", log=None, progress=False)
+    d = tmp_path / "early"
+    d.mkdir()
+    from lenetlab.rundir import save_config
+
+    save_config(d, cfg)  # what a run killed during epoch 1 leaves behind
+    msgs = []
+    r = fit(cfg, out=d, resume=True, log=msgs.append, progress=False)
+    assert "starting from epoch 1" in msgs[0]
+    assert r["test_accuracy"] == clean["test_accuracy"]

@@ -131,7 +131,12 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
 
     start_epoch, step = 0, 0
     if out_dir is not None:
-        if resume:
+        if resume and not (out_dir / CHECKPOINT).exists():
+            # killed before its first epoch finished: nothing to keep, start over
+            rundir.truncate_metrics(out_dir, 0)
+            if log:
+                log(f"resuming {out_dir}: no finished epoch yet, starting from epoch 1")
+        elif resume:
             state = load_checkpoint(out_dir / CHECKPOINT, model, opt)
             start_epoch, step = state["epoch"], state["step"]
             rundir.truncate_metrics(out_dir, start_epoch)
@@ -190,8 +195,9 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
             row["unix_time"] = time.time()
             history.append(row)
             if out_dir is not None:
-                rundir.append_metrics(out_dir, row)
+                # checkpoint first: a metrics line always has its checkpoint on disk
                 save_checkpoint(out_dir / CHECKPOINT, model, opt, {"epoch": epoch + 1, "step": step})
+                rundir.append_metrics(out_dir, row)
             if log:
                 log(_epoch_line(row, tc.epochs))
             if tc.stop_at_accuracy is not None and row.get("test_accuracy", 0.0) >= tc.stop_at_accuracy:
