@@ -73,3 +73,19 @@ def test_classic_gets_its_data_needs():
 def test_unknown_preset():
     with pytest.raises(LenetlabError, match="unknown preset 'slow'; choose from: fast, paper"):
         resolve("slow")
+
+
+def test_rerun_from_run_dir_config(small_run):
+    """A run's config.json is a valid --config: the re-run resolves to the same config."""
+    from lenetlab.rundir import load_config
+
+    cfg = resolve(None, None, load_toml(str(small_run / "config.json")))
+    assert cfg == load_config(small_run)
+
+
+def test_shipped_configs_resolve():
+    from pathlib import Path
+
+    for p in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")):
+        cfg = resolve(None, None, load_toml(str(p)))
+        assert cfg.model.name in ("lenet5", "lenet5_classic", "lenet5_abs"), p

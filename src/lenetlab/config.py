@@ -147,6 +147,20 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def load_toml(path: str) -> dict[str, Any]:
+    """Read a config file: TOML, or the JSON ``config.json`` of a run directory (to re-run it)."""
+    if str(path).endswith(".json"):
+        import json
+
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise LenetlabError(f"{path}: no such config file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise LenetlabError(f"{path}: invalid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise LenetlabError(f"{path}: expected a JSON object")
+        return data
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
