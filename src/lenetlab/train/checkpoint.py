@@ -26,9 +26,13 @@ from lenetlab.fileio import atomic_write
 CHECKPOINT = "checkpoint.safetensors"
 
 
-def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any],
+                    extra: dict[str, torch.Tensor] | None = None) -> None:
+    """``extra`` tensors (e.g. the best weights of the LB schedule) are stored as ``extra.<name>``."""
     tensors: dict[str, torch.Tensor] = {f"model.{k}": v.detach().contiguous()
                                         for k, v in model.state_dict().items()}
+    for k, v in (extra or {}).items():
+        tensors[f"extra.{k}"] = v.detach().contiguous()
     sd = opt.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for pid, pstate in sd["state"].items():
@@ -71,4 +75,5 @@ def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) ->
     for pid, d in scalars.items():
         ostate.setdefault(int(pid), {}).update(d)
     opt.load_state_dict({"state": ostate, "param_groups": groups})
+    state["extra"] = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
     return state

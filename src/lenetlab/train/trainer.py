@@ -129,6 +129,16 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
     total = per_epoch * tc.epochs
     sched = schedule_factory(tc, total, per_epoch)
 
+    lb = None
+    best_state: dict[str, torch.Tensor] | None = None
+    if tc.schedule == "lb-restart":
+        from lenetlab.train.lb_restart import LBRestart
+
+        if len(splits.val_x) == 0:
+            raise LenetlabError("train.schedule 'lb-restart' needs a validation set (data.val_size > 0)")
+        lb = LBRestart(tc.lb_k, tc.lb_patience, tc.lr, tc.lb_lr_divisor, tc.lb_min_lr)
+        sched = lambda step: lb.lr  # noqa: E731  (the phase lr, changed by restarts)
+
     start_epoch, step = 0, 0
     if out_dir is not None:
         if resume and not (out_dir / CHECKPOINT).exists():
@@ -139,6 +149,9 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
         elif resume:
             state = load_checkpoint(out_dir / CHECKPOINT, model, opt)
             start_epoch, step = state["epoch"], state["step"]
+            if lb is not None:
+                lb.load(state["lb"])
+                best_state = {k: v.clone() for k, v in state["extra"].items()} or None
             rundir.truncate_metrics(out_dir, start_epoch)
             if log:
                 log(f"resuming {out_dir} after epoch {start_epoch}/{tc.epochs}")
@@ -191,18 +204,42 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
                 t = evaluate(model, splits.test_x, splits.test_y, tc.eval_batch_size, loss_fn, cl)
                 row["test_accuracy"], row["test_loss"] = t["accuracy"], t["loss"]
                 last_eval = t
+            stop_lb = False
+            if lb is not None:
+                d = lb.after_epoch(row["val_accuracy"], len(splits.val_x))
+                row["val_lower_bound"] = d.lb
+                if d.improved:
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if d.restart or d.stop:
+                    # restore the best-LB weights; a restart also gets a fresh optimiser (new moments)
+                    model.load_state_dict(best_state)
+                    row["restored_best"] = True
+                if d.restart:
+                    opt = opt_factory(model.parameters(), tc)
+                    row["restart"], row["next_lr"] = True, d.lr
+                stop_lb = d.stop
             row["wall_seconds"] = time.perf_counter() - t0
             row["unix_time"] = time.time()
             history.append(row)
             if out_dir is not None:
                 # checkpoint first: a metrics line always has its checkpoint on disk
-                save_checkpoint(out_dir / CHECKPOINT, model, opt, {"epoch": epoch + 1, "step": step})
+                save_checkpoint(out_dir / CHECKPOINT, model, opt,
+                                {"epoch": epoch + 1, "step": step, "lb": lb.state() if lb else None},
+                                extra=best_state)
                 rundir.append_metrics(out_dir, row)
             if log:
                 log(_epoch_line(row, tc.epochs))
             if tc.stop_at_accuracy is not None and row.get("test_accuracy", 0.0) >= tc.stop_at_accuracy:
                 stopped_early = epoch + 1 < tc.epochs
                 break
+            if stop_lb:
+                stopped_early = True
+                break
+
+    if lb is not None and best_state is not None:
+        # the LB schedule's result is its best-LB weights, whatever the last epoch did
+        model.load_state_dict(best_state)
+        last_eval = evaluate(model, splits.test_x, splits.test_y, tc.eval_batch_size, loss_fn, cl)
 
     if not last_eval:  # resumed a run whose last epoch was already done
         last_eval = evaluate(model, splits.test_x, splits.test_y, tc.eval_batch_size, loss_fn, cl)
