@@ -277,6 +277,10 @@ def _epoch_line(row: dict[str, Any], epochs: int) -> str:
     if "test_accuracy" in row:
         parts.append(f"test {100 * row['test_accuracy']:.2f}%")
     parts.append(f"{row['epoch_seconds']:.1f}s")
+    if "val_lower_bound" in row:
+        parts.append(f"LB {100 * row['val_lower_bound']:.2f}%")
+    if row.get("restart"):
+        parts.append(f"-> restart from best, lr {row['next_lr']:.2e}")
     return "  ".join(parts)
 
 
