@@ -98,13 +98,17 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert not (cut / "model.safetensors").exists()       # it really was cut short
-    done = json.loads(metrics.read_text().splitlines()[0])["epoch"]
-    assert 1 <= done < 4
+    done = json.loads(metrics.read_text().splitlines()[-1])["epoch"]
+    from safetensors import safe_open
+
+    with safe_open(str(cut / "checkpoint.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["state"])["epoch"] == done   # last metrics line has its checkpoint
+    assert done < 4
 
     r = subprocess.run([sys.executable, "-m", "lenetlab", "train", "--resume", "--out", str(cut)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert f"resuming {cut} after epoch" in r.stdout
+    assert f"resuming {cut} after epoch {done}/4" in r.stdout
     a, b = load_file(str(full / "model.safetensors")), load_file(str(cut / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()]
@@ -129,3 +133,12 @@ def test_resume_before_first_epoch_starts_over(tmp_path):
     r = fit(cfg, out=d, resume=True, log=msgs.append, progress=False)
     assert "starting from epoch 1" in msgs[0]
     assert r["test_accuracy"] == clean["test_accuracy"]
+
+
+def test_truncate_metrics_skips_half_written_line(tmp_path):
+    """A kill in the middle of appending a metrics line must not break --resume."""
+    from lenetlab.rundir import truncate_metrics
+
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3, "tra')
+    truncate_metrics(tmp_path, 1)
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"epoch": 1}\n'

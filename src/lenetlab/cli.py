@@ -101,6 +101,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- predict
 def cmd_predict(a: argparse.Namespace) -> int:
+    import numpy as np
     import torch
 
     from lenetlab.data import from_unit
@@ -112,7 +113,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
     classes = get("dataset", cfg.data.dataset).classes
     digits = [to_mnist(load_gray(p)) for p in a.images]   # all read before any output
-    x = from_unit(torch.from_numpy(__import__("numpy").stack(digits)).unsqueeze(1), cfg.data)
+    x = from_unit(torch.from_numpy(np.stack(digits)).unsqueeze(1), cfg.data)
     with torch.no_grad():
         probs = torch.softmax(model(x), 1)
     for path, p in zip(a.images, probs):

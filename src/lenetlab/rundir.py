@@ -121,6 +121,12 @@ def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
     path = run_dir / METRICS
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines()
-            if ln.strip() and json.loads(ln).get("epoch", 0) <= last_epoch]
+    keep = []
+    for ln in path.read_text().splitlines():
+        try:
+            row = json.loads(ln)
+        except json.JSONDecodeError:  # a line cut short by a kill mid-append
+            continue
+        if row.get("epoch", 0) <= last_epoch:
+            keep.append(ln)
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(k + "\n" for k in keep)))

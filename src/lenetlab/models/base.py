@@ -20,7 +20,6 @@ from typing import Any, Callable
 from torch import nn
 
 from lenetlab.config import from_dict
-from lenetlab.errors import LenetlabError
 from lenetlab.registry import get, register
 
 
@@ -42,15 +41,11 @@ def register_model(name: str, config_cls: type, data_defaults: dict[str, Any] | 
         entry = ModelEntry(name, config_cls, builder, dict(data_defaults or {}),
                            doc[0] if doc else name)
         if fixed:
-            base = entry
-
-            def with_fixed(cfg: Any) -> nn.Module:
-                return base.builder(cfg)
-
-            entry = ModelEntry(name, dataclasses.make_dataclass(
+            # a thin variant: the same builder over a config subclass with other defaults
+            variant_cfg = dataclasses.make_dataclass(
                 f"{config_cls.__name__}_{name}",
-                [(k, type(v), dataclasses.field(default=v)) for k, v in fixed.items()],
-                bases=(config_cls,)), with_fixed, entry.data_defaults, entry.description)
+                [(k, type(v), dataclasses.field(default=v)) for k, v in fixed.items()], bases=(config_cls,))
+            entry = dataclasses.replace(entry, config_cls=variant_cfg)
         register("model", name)(entry)
         return builder
 
@@ -79,8 +74,3 @@ def create_model(name: str = "lenet5", **overrides: Any) -> nn.Module:
 def param_count(model: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
-
-def check_input(x_shape: tuple[int, ...], expected: tuple[int, int, int], name: str) -> None:
-    if tuple(x_shape[1:]) != expected:
-        raise LenetlabError(f"{name} expects inputs of shape (N, {', '.join(map(str, expected))}), "
-                            f"got {tuple(x_shape)}")

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenetlab import rundir
-from lenetlab.config import RunConfig, TrainConfig, to_dict
+from lenetlab.config import RunConfig, TrainConfig
 from lenetlab.data import Splits, load_splits
 from lenetlab.errors import LenetlabError
 from lenetlab.models import create_model, param_count
@@ -293,4 +293,4 @@ def environment() -> dict[str, Any]:
 
 
 
-__all__ = ["fit", "evaluate", "make_loss", "to_dict"]
+__all__ = ["fit", "evaluate", "make_loss"]
