@@ -190,6 +190,29 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- export / serve
+def cmd_export(a: argparse.Namespace) -> int:
+    from lenetlab.deploy.export import export, parity
+
+    out = Path(a.out) if a.out else Path(a.run_dir) / "export"
+    files = export(a.run_dir, a.format, int8=a.int8, out=out)
+    for f in files:
+        print(f"wrote {f} ({f.stat().st_size:,} bytes)")
+    if not a.no_check:
+        r = parity(a.run_dir, int8=a.int8, limit=a.check_images)
+        print(f"check on {r['images']} test images: NumPy runtime ({r['dtype']}) accuracy "
+              f"{100 * r['runtime_accuracy']:.2f}%, PyTorch {100 * r['torch_accuracy']:.2f}%, "
+              f"same top-1 on {r['same_top1']}/{r['images']}")
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from lenetlab.deploy.web import serve
+
+    serve(a.run_dir, host=a.host, port=a.port, int8=a.int8)
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lenetlab", description="LeNet-5, instrumented.")
@@ -236,6 +259,22 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="describe a run directory or a registered model")
     i.add_argument("target", help="RUN_DIR or model name")
     i.set_defaults(func=cmd_info)
+
+    x = sub.add_parser("export", help="export a run: flat 1-D file, C runtime, web page or ONNX")
+    x.add_argument("run_dir")
+    x.add_argument("--format", default="flat", help="flat | c | web | onnx")
+    x.add_argument("--int8", action="store_true", help="integer-only int8 model (post-training quantisation)")
+    x.add_argument("--out", help="output directory (default RUN_DIR/export)")
+    x.add_argument("--no-check", action="store_true", help="skip the NumPy-runtime parity check")
+    x.add_argument("--check-images", type=int, default=None, metavar="N", help="check on the first N test images")
+    x.set_defaults(func=cmd_export)
+
+    sv = sub.add_parser("serve", help="serve the in-browser demo page for a run")
+    sv.add_argument("run_dir")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    sv.add_argument("--int8", action="store_true", help="serve the int8 model")
+    sv.set_defaults(func=cmd_serve)
     return p
 
 
