@@ -37,3 +37,27 @@ def small_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "small"
     fit(resolve("fast", "lenet5", overrides=SMALL), out=out, log=None, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def deploy_runs(tmp_path_factory) -> dict[str, Path]:
+    """Trained ``lenet5`` (fast preset, ~99.2%) and ``lenet5_classic`` (3 epochs on all 60k, ~98.5%)
+    for the deployment parity tests; trained once per session (~20 s on 2 cores)."""
+    from lenetlab.train import fit
+    from lenetlab.train.presets import resolve
+
+    root = tmp_path_factory.mktemp("deploy")
+    runs = {"lenet5": root / "lenet5", "lenet5_classic": root / "classic"}
+    fit(resolve("fast", "lenet5"), out=runs["lenet5"], log=None, progress=False)
+    fit(resolve("fast", "lenet5_classic", overrides={"train": {"epochs": 3}}), out=runs["lenet5_classic"],
+        log=None, progress=False)
+    return runs
+
+
+@pytest.fixture(scope="session")
+def mnist_test() -> tuple:
+    """The real 10k MNIST test images (uint8, N x 28 x 28) and labels."""
+    from lenetlab.data.datasets import load_raw
+
+    _, _, x, y = load_raw("mnist")
+    return x, y
