@@ -1,0 +1,164 @@
+"""Flat format + NumPy runtime: PyTorch is the oracle, the spec is the contract."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from lenetlab.config import DataConfig
+from lenetlab.data.transforms import to_model_input
+from lenetlab.deploy import flat, runtime
+from lenetlab.deploy.export import build_flat
+from lenetlab.deploy.graph import to_flat
+from lenetlab.deploy.quantize import fixed_point, quantize
+from lenetlab.errors import LenetlabError
+from lenetlab.models import create_model, model_entry
+from lenetlab.rundir import load_model
+
+ACTS = ["relu", "tanh", "sigmoid", "selu", "scaled_tanh", "abs", "identity"]
+
+
+def _torch_logits(model, images: np.ndarray, data: DataConfig) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        return model(to_model_input(torch.from_numpy(images), data)).numpy()
+
+
+def _data_cfg(name: str) -> DataConfig:
+    return DataConfig(**model_entry(name).data_defaults)
+
+
+@pytest.mark.parametrize("pool", ["max", "avg"])
+@pytest.mark.parametrize("act", ACTS)
+def test_every_lenet5_variant_matches_torch(act, pool, mnist_test):
+    torch.manual_seed(0)
+    model = create_model("lenet5", activation=act, pool=pool, width=0.5 if act == "abs" else 1.0)
+    data = _data_cfg("lenet5")
+    x = mnist_test[0][:300]
+    ref = _torch_logits(model, x, data)
+    fm = flat.decode(flat.encode(to_flat(model, data)))
+    for mode in ("fast", "reference"):
+        got = runtime.run(fm, x, mode)
+        assert np.abs(got - ref).max() <= 1e-4, (mode, np.abs(got - ref).max())
+        assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+def test_classic_untrained_matches_torch(mnist_test):
+    torch.manual_seed(1)
+    model = create_model("lenet5_classic")
+    data = _data_cfg("lenet5_classic")
+    x = mnist_test[0][:300]
+    fm = flat.decode(flat.encode(to_flat(model, data)))
+    conv3 = [layer for layer in fm.layers if layer.op == "conv"][1]
+    assert conv3.arrays["t"].sum() == 60          # the C3 table survives the round trip
+    got = runtime.run(fm, x, "reference")
+    assert np.abs(got - _torch_logits(model, x, data)).max() <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["lenet5", "lenet5_classic"])
+def test_trained_parity_full_test_set(name, deploy_runs, mnist_test):
+    """Acceptance 1 for the NumPy runtimes: same top-1 as PyTorch on all 10k images, logits within 1e-4;
+    the int8 model loses at most 0.3 points and its reference and fast paths agree bit for bit."""
+    x, y = mnist_test
+    model, cfg = load_model(deploy_runs[name])
+    ref = _torch_logits(model, x, cfg.data)
+    fm = build_flat(model, cfg, int8=False)
+    for mode in ("fast", "reference"):
+        got = runtime.run(fm, x, mode)
+        assert np.abs(got - ref).max() <= 1e-4
+        assert (got.argmax(1) == ref.argmax(1)).all()
+    fq = build_flat(model, cfg, int8=True)
+    q_ref = runtime.run(fq, x, "reference")
+    q_fast = runtime.run(fq, x, "fast")
+    assert q_ref.dtype == np.int64 and np.array_equal(q_ref, q_fast)
+    acc_f = (ref.argmax(1) == y).mean()
+    acc_q = (q_ref.argmax(1) == y).mean()
+    assert acc_q >= acc_f - 0.003, (acc_f, acc_q)
+    assert len(flat.encode(fq)) * 3.5 < len(flat.encode(fm))   # ~4x smaller
+
+
+def test_fixed_point_multiplier():
+    for m in (1e-6, 0.0123, 0.5, 0.99999, 1.0, 3.7, 1000.0):
+        mult, n = fixed_point(m)
+        assert 1 <= n <= 62 and 0 <= mult < 2**31
+        assert abs(mult / 2**n - m) <= m * 2**-30
+    assert fixed_point(1e-30) == (0, 62) or fixed_point(1e-30)[1] == 62
+
+
+def test_requantize_rounds_half_away_from_zero():
+    acc = np.array([5, -5, 6, -6, 7, -7, 0])
+    # multiplier 0.5 exactly: M = 2^30, n = 31
+    got = runtime.requantize(acc, np.full(7, 2**30), np.full(7, 31), 8)
+    assert got.tolist() == [3, -3, 3, -3, 4, -4, 0]
+    big = runtime.requantize(np.array([10**6, -(10**6)]), np.full(2, 2**30), np.full(2, 31), 8)
+    assert big.tolist() == [127, -128]
+
+
+def test_int8_lut_is_exact_for_relu(mnist_test):
+    torch.manual_seed(0)
+    model = create_model("lenet5")
+    fq = quantize(to_flat(model, _data_cfg("lenet5")), mnist_test[0][:200])
+    relu = [layer for layer in fq.layers if layer.op == "act"][0]
+    t = relu.arrays["t"].astype(int)
+    assert t[:128].tolist() == [0] * 128 and t[128:].tolist() == list(range(128))
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.fixture(scope="module")
+def good_bytes() -> bytes:
+    torch.manual_seed(0)
+    return flat.encode(to_flat(create_model("lenet5"), _data_cfg("lenet5")))
+
+
+def _patch(data: bytes, offset: int, fmt: str, value, fix_crc: bool = True) -> bytes:
+    b = bytearray(data)
+    struct.pack_into(fmt, b, offset, value)
+    if fix_crc:
+        struct.pack_into("<I", b, 60, flat.crc(bytes(b[:64]), bytes(b[64:])))
+    return bytes(b)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d[:40], "shorter than the 64-byte header"),
+    (lambda d: b"XXXXXXXX" + d[8:], "bad magic"),
+    (lambda d: _patch(d, 8, "<H", 2), "unsupported version"),
+    (lambda d: d[:-1], "file_bytes"),
+    (lambda d: d[:100] + bytes([d[100] ^ 1]) + d[101:], "CRC mismatch"),
+    (lambda d: _patch(d, 16, "<I", 10**6), "n_layers"),
+    (lambda d: _patch(d, 64 + 20, "<I", 2**31), "run past the blob"),        # layer 0 w_off
+    (lambda d: _patch(d, 64 + 24, "<I", 7), "array w has 7 values"),       # layer 0 w_count
+    (lambda d: _patch(d, 64 + 0, "<B", 99), "unknown op code 99"),
+    (lambda d: _patch(d, 64 + 12, "<H", 7), "output shape"),               # layer 0 out_h
+    (lambda d: _patch(d, 64 + 64 + 4, "<H", 3), "input shape"),            # layer 1 in_c
+])
+def test_decode_rejects(good_bytes, mutate, message):
+    with pytest.raises(flat.FlatFormatError, match=message):
+        flat.decode(mutate(good_bytes))
+
+
+def test_runtime_rejects_wrong_images(good_bytes):
+    fm = flat.decode(good_bytes)
+    with pytest.raises(LenetlabError, match="uint8 images"):
+        runtime.run(fm, np.zeros((2, 32, 32), np.uint8))
+    with pytest.raises(LenetlabError, match="uint8 images"):
+        runtime.run(fm, np.zeros((2, 28, 28), np.float32))
+
+
+def test_cli_export_flat_and_errors(small_run, tmp_path):
+    out = tmp_path / "ex"
+    r = run_cli("export", str(small_run), "--int8", "--out", str(out), "--check-images", "500", check=True)
+    assert "model_int8.flat" in r.stdout and "same top-1 on" in r.stdout
+    fm = flat.load(str(out / "model_int8.flat"))
+    assert fm.dtype == "int8" and fm.num_classes == 10
+    r = run_cli("export", str(small_run), "--format", "nope", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "unknown exporter 'nope'" in r.stderr and "flat" in r.stderr
+    r = run_cli("export", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "lenetlab: error:" in r.stderr
+    bad = tmp_path / "bad.flat"
+    bad.write_bytes(b"LENET5FL" + b"\0" * 10)
+    with pytest.raises(flat.FlatFormatError, match="shorter than"):
+        flat.load(str(bad))
