@@ -14,7 +14,9 @@ from typing import Any
 
 from lenetlab.errors import LenetlabError
 
-LIST_KINDS = ("models", "activations", "datasets", "presets", "schedules", "optimizers")
+PLUGIN_COMMANDS = ("lenetlab.fused.cli", "lenetlab.cascade.cli", "lenetlab.noise.cli", "lenetlab.faults.cli",
+                   "lenetlab.attacks.cli", "lenetlab.compress.cli")
+LIST_KINDS = ("models", "activations", "datasets", "presets", "schedules", "optimizers", "exporters", "experiments")
 
 
 def _console():
@@ -213,6 +215,39 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- reproduce
+def cmd_reproduce(a: argparse.Namespace) -> int:
+    from lenetlab.experiments import reproduce
+    from lenetlab.experiments.report import fmt
+
+    con = _console()
+    out = Path(a.out)
+    try:
+        r = reproduce(a.name, out, full=a.full, force=a.force, log=None if a.quiet else con.print)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished cells are kept in {out / 'cells.jsonl'}. Run the same command again "
+              "to continue.", file=sys.stderr)
+        return 130
+    con.print(f"[bold]{r.experiment}[/bold] ({r.mode}, {r.wall_seconds:.0f} s): {r.paper}")
+    for name, rows in r.tables.items():
+        if rows and len(rows) <= 40:
+            from rich.table import Table
+
+            t = Table(title=name, title_justify="left")
+            cols = list(rows[0])
+            for c in cols:
+                t.add_column(c)
+            for row in rows:
+                t.add_row(*(fmt(row.get(c, "")) for c in cols))
+            con.print(t)
+    for c in r.claims:
+        mark = {True: "[green]supported[/green]", False: "[red]NOT supported[/red]",
+                None: "[yellow]inconclusive[/yellow]"}[c.supported]
+        con.print(f"  claim {c.name}: {mark} - {c.measured}  (paper: {c.statement})")
+    con.print(f"report: {out / 'report.md'}")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lenetlab", description="LeNet-5, instrumented.")
@@ -275,6 +310,24 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     sv.add_argument("--int8", action="store_true", help="serve the int8 model")
     sv.set_defaults(func=cmd_serve)
+
+    rp = sub.add_parser("reproduce", help="reproduce a paper's experiment (lenetlab list experiments)")
+    rp.add_argument("name")
+    rp.add_argument("--out", required=True, help="output directory (report.md, result.json, figures)")
+    rp.add_argument("--full", action="store_true", help="the faithful, long version (default: quick mode)")
+    rp.add_argument("--force", action="store_true", help="discard finished cells and start over")
+    rp.add_argument("-q", "--quiet", action="store_true")
+    rp.set_defaults(func=cmd_reproduce)
+
+    # capability packages that own their subcommands: each module defines add_commands(sub)
+    import importlib
+
+    for mod in PLUGIN_COMMANDS:
+        try:
+            importlib.import_module(mod).add_commands(sub)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
     return p
 
 

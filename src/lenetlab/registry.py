@@ -66,3 +66,6 @@ def _ensure_loaded() -> None:
     import lenetlab.data  # noqa: F401
     import lenetlab.models  # noqa: F401
     import lenetlab.train  # noqa: F401
+    from lenetlab.experiments import load_all
+
+    load_all()
