@@ -142,3 +142,33 @@ def test_truncate_metrics_skips_half_written_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3, "tra')
     truncate_metrics(tmp_path, 1)
     assert (tmp_path / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+
+
+def test_metrics_log_per_layer_gradient_norms(small_run):
+    rows = [json.loads(line) for line in (small_run / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        g = row["grad_norms"]
+        assert list(g) == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+        assert all(0 < v < 1e3 for v in g.values())
+
+
+def test_gradient_norms_match_autograd():
+    from lenetlab.models import create_model
+    from lenetlab.train.diagnostics import GradNorms
+
+    torch.manual_seed(0)
+    m = create_model("lenet_deep", depth=5, activation="abs")
+    m(torch.randn(4, 1, 28, 28)).square().mean().backward()
+    got = GradNorms(m).step_norms()
+    want = [torch.cat([m.get_submodule(n).weight.grad.flatten(), m.get_submodule(n).bias.grad.flatten()]).norm()
+            for n in m.weight_layers()]
+    assert torch.allclose(got.float(), torch.stack(want), rtol=1e-5)
+
+
+@pytest.mark.parametrize("depth", [3, 21])
+def test_deep_family_rejects_bad_depth(depth):
+    from lenetlab.errors import LenetlabError
+    from lenetlab.models import create_model
+
+    with pytest.raises(LenetlabError, match="depth"):
+        create_model("lenet_deep", depth=depth)

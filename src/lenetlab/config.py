@@ -68,6 +68,7 @@ class TrainConfig:
     channels_last: bool = True    # faster mkldnn convolutions on CPU, same maths
     eval_test_every_epoch: bool = True
     stop_at_accuracy: float | None = None  # stop once test accuracy >= this (benchmarks)
+    grad_norms: bool = True       # log per-layer gradient norms (epoch means) to metrics.jsonl
     # schedule = "lb-restart" (Berngardt 2023): LB = p - k sqrt(p(1-p)/N) on the validation set
     lb_k: float = 2.0
     lb_patience: int = 3          # epochs without a better LB before a restart

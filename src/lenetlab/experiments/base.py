@@ -84,11 +84,11 @@ class Context:
     full: bool
     cells: Cells
     log: Callable[[str], None]
-    seed: int = 0
+    tiny: bool = False        # tests only: the smallest grid that runs every code path
 
     @property
     def mode(self) -> str:
-        return "full" if self.full else "quick"
+        return "tiny" if self.tiny else ("full" if self.full else "quick")
 
 
 class Experiment:
@@ -103,7 +103,7 @@ class Experiment:
 
 
 def reproduce(name: str, out: str | Path, full: bool = False, force: bool = False,
-              log: Callable[[str], None] | None = None) -> Result:
+              log: Callable[[str], None] | None = None, tiny: bool = False) -> Result:
     """Run experiment ``name`` into ``out``; writes result.json and report.md (+ figures)."""
     from lenetlab.experiments.report import write_report
     from lenetlab.registry import get
@@ -116,7 +116,7 @@ def reproduce(name: str, out: str | Path, full: bool = False, force: bool = Fals
     if force and cells_path.exists():
         cells_path.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(out, full, Cells(cells_path), log or (lambda s: None))
+    ctx = Context(out, full, Cells(cells_path), log or (lambda s: None), tiny)
     t0 = time.perf_counter()
     result = cls().run(ctx)
     result.wall_seconds = time.perf_counter() - t0

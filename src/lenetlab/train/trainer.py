@@ -36,6 +36,7 @@ from lenetlab.errors import LenetlabError
 from lenetlab.models import create_model, param_count
 from lenetlab.registry import get
 from lenetlab.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from lenetlab.train.diagnostics import GradNorms
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -165,6 +166,7 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
     history: list[dict[str, Any]] = []
     last_eval: dict[str, float] = {}
     stopped_early = False
+    grad_norms = GradNorms(model) if tc.grad_norms else None
     model.train()
     with _progress(show) as bar:
         for epoch in range(start_epoch, tc.epochs):
@@ -182,6 +184,8 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
                 loss = loss_fn(logits, yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if grad_norms is not None:
+                    grad_norms.accumulate()
                 opt.step()
                 step += 1
                 with torch.no_grad():
@@ -195,6 +199,9 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
                 "train_loss": float(loss_sum) / n, "train_accuracy": int(correct) / n,
                 "epoch_seconds": time.perf_counter() - te,
             }
+            if grad_norms is not None:
+                row["grad_norms"] = grad_norms.epoch_means()
+                grad_norms.reset()
             if not all(math.isfinite(row[k]) for k in ("train_loss",)):
                 raise LenetlabError(f"training diverged at epoch {epoch + 1} (loss is {row['train_loss']})")
             if len(splits.val_x):
