@@ -162,3 +162,17 @@ def test_cli_export_flat_and_errors(small_run, tmp_path):
     bad.write_bytes(b"LENET5FL" + b"\0" * 10)
     with pytest.raises(flat.FlatFormatError, match="shorter than"):
         flat.load(str(bad))
+
+
+def test_decode_bounds_the_work_a_small_file_can_demand():
+    """A 1.7 MB file describing a 2^28 multiply-add conv is rejected before any runtime sees it."""
+    L = flat.Layer
+    zeros = np.zeros
+    layers = [L("conv", (1, 1, 1009), (1024, 1, 1009), k=1, arrays={"w": np.ones(1024, np.float32),
+                                                                     "b": zeros(1024, np.float32)}),
+              L("conv", (1024, 1, 1009), (1, 16, 1024), k=16, pad=15,
+                arrays={"w": np.full(1024 * 256, 1e-3, np.float32), "b": zeros(1, np.float32)}),
+              L("dense", (1, 16, 1024), (10, 1, 1), arrays={"w": zeros(10 * 16384, np.float32),
+                                                            "b": zeros(10, np.float32)})]
+    with pytest.raises(flat.FlatFormatError, match="2\\^26 multiply-adds"):
+        flat.encode(flat.FlatModel("float32", (1, 1009), 0, 10, 1 / 255, 0.0, layers))

@@ -33,6 +33,7 @@ MAX_LAYERS = 64
 MAX_MAP = 1 << 20
 MAX_DIM = 1024
 MAX_FILE = 64 * 1024 * 1024
+MAX_WORK = 1 << 26          # multiply-adds per layer per image
 
 OPS = {1: "conv", 2: "maxpool", 3: "avgpool", 4: "subsample", 5: "act", 6: "dense", 7: "rbf"}
 OP_CODES = {v: k for k, v in OPS.items()}
@@ -128,6 +129,16 @@ def expected_counts(dtype: str, layer: Layer, has_table: bool) -> dict[str, int]
     return counts
 
 
+def layer_work(op: str, in_shape: tuple[int, int, int], out: tuple[int, int, int], k: int) -> int:
+    """Multiply-adds of one layer for one image (bounded so a small file cannot demand huge work)."""
+    n_in = in_shape[0] * in_shape[1] * in_shape[2]
+    if op == "conv":
+        return out[0] * out[1] * out[2] * in_shape[0] * k * k
+    if op in ("dense", "rbf"):
+        return out[0] * n_in
+    return n_in
+
+
 # ---------------------------------------------------------------- writing
 def _align(n: int, a: int) -> int:
     return (n + a - 1) // a * a
@@ -188,6 +199,7 @@ def _need(ok: bool, what: str) -> None:
 def decode(data: bytes) -> FlatModel:
     """Parse and fully validate a flat file (see the spec's "Validation")."""
     n = len(data)
+    _need(n <= MAX_FILE, f"file is {n} bytes, larger than the 64 MiB limit")
     _need(n >= HEADER_BYTES, f"file is {n} bytes, shorter than the {HEADER_BYTES}-byte header")
     (magic, version, endian, dtype_code, header_bytes, n_layers, record_bytes, blob_offset, blob_bytes,
      img_h, img_w, pad, num_classes, in_scale, in_shift, lut_off, in_qscale, file_bytes, stored_crc
@@ -206,7 +218,9 @@ def decode(data: bytes) -> FlatModel:
     _need(pad <= 64, f"pad {pad} > 64")
     _need(1 <= num_classes <= MAX_DIM, f"num_classes {num_classes}")
     _need(np.isfinite(in_scale) and np.isfinite(in_shift), "input scale/shift not finite")
+    _need((img_h + 2 * pad) * (img_w + 2 * pad) <= MAX_MAP, "padded input map larger than 2^20 values")
     dtype = DTYPES[dtype_code]
+    _need(dtype == "int8" or (in_qscale == 0 and lut_off == NO_OFFSET), "float file with int8 input fields")
     blob = memoryview(data)[blob_offset:]
 
     def array(off: int, count: int, dt: np.dtype, what: str) -> np.ndarray:
@@ -237,7 +251,8 @@ def decode(data: bytes) -> FlatModel:
         _need(sub in ACTS if op == "act" else sub == 0, f"{where}: activation code {sub}")
         last = i == n_layers - 1
         allowed = {32} if dtype == "float32" else ({8, 32} if last else {8})
-        if op == "rbf":
+        if op == "rbf":   # an output layer only: its 32-bit distances feed nothing
+            _need(last, f"{where}: RBF must be the last layer")
             allowed = {32}
         _need(out_bits in allowed, f"{where}: out_bits {out_bits}")
         _need(flags in (0, 1) and (flags == 0 or op == "conv"), f"{where}: flags {flags}")
@@ -250,7 +265,9 @@ def decode(data: bytes) -> FlatModel:
         want = out_shape(op, ins, outs[0], k, lpad)
         _need(outs == want, f"{where}: output shape {outs}, the op gives {want}")
         _need(outs[0] * outs[1] * outs[2] <= MAX_MAP, f"{where}: output map too large")
-        _need(np.isfinite(out_scale) and (dtype == "float32" or out_scale > 0), f"{where}: out_scale")
+        _need(out_scale == 1.0 if dtype == "float32" else bool(np.isfinite(out_scale) and out_scale > 0),
+              f"{where}: out_scale {out_scale}")
+        _need(layer_work(op, ins, outs, k) <= MAX_WORK, f"{where}: more than 2^26 multiply-adds")
         layer = Layer(op, ins, outs, ACTS[sub] if op == "act" else "identity", out_bits, k, lpad, out_scale)
         counts = expected_counts(dtype, layer, bool(flags))
         for j, name in enumerate(ARRAYS):

@@ -18,10 +18,10 @@ normalisation (scheme, scale, shift, pad), plus the check below.
 The graphs compute the PyTorch forward op for op, with one deliberate
 exception: the 1998 model's RBF output is summed as (x - w)^2 in float64 and
 rounded once to float32 (:class:`RBF64`, the flat format's rule), where
-PyTorch expands ||x||^2 - 2 x.w + ||w||^2 in float32. At distances of a few
-hundred PyTorch's own float32 rounding is ~5e-5, so a graph that repeats the
-float32 expansion in another summation order lands ~1e-4 from PyTorch; the
-float64 sum stays within ~6e-5 of it (and closer to the exact value).
+PyTorch expands ||x||^2 - 2 x.w + ||w||^2 in float32, which alone costs
+~4e-5 of rounding at distances of a few hundred; the float64 sum removes that
+part of the error, so the graph is closer to the exact function than the
+float32 expansion (and than PyTorch).
 
 Both graphs come from ``torch.onnx.export(..., dynamo=True)`` (torch.export
 plus onnxscript; about a second per graph on 2 CPU cores) and are validated
@@ -30,18 +30,25 @@ runs a fixed batch of synthetic uint8 images (blank, saturated, random and
 sparse "stroke" images, :data:`CHECK_IMAGES` of them, and once more as a
 batch of one to exercise the dynamic axis); every logit must be within
 ``TOLERANCE + REL_TOLERANCE * max|PyTorch logit|`` of PyTorch's, else the
-export fails. That is 1e-4 for the modern model (logits of ~10) and ~3e-4
-for the 1998 model, whose RBF logits reach a few hundred: there two float32
-evaluations of the same network (PyTorch's and onnxruntime's, each ~5e-5
-from the exact value) can legitimately differ by ~1e-4. The measured
-difference is recorded in the JSON; on the 10k MNIST test images it is
-~2e-6 (lenet5) and ~8e-5 (lenet5_classic), see tests/test_deploy_onnx.py.
+export fails. That is ~1.4e-4 for the modern model (logits of ~10) and
+~1e-3 for the 1998 model, whose RBF logits reach a few hundred: there two
+float32 evaluations of the same network (PyTorch's and onnxruntime's)
+legitimately differ by ~1e-4, because PyTorch's own logits are up to ~1e-4
+(real digits) to ~2e-4 (noise images) away from a float64 evaluation of the
+same weights. A translation mistake (wrong op, normalisation or padding
+value) is off by orders of magnitude more. The measured difference is
+recorded in the JSON. On the 10k MNIST test images (trained test runs):
+~2e-6 for lenet5; ~1.2e-4 for lenet5_classic, whose ONNX logits are ~6e-5
+from the float64 evaluation, closer than PyTorch's own ~1e-4 (see
+tests/test_deploy_onnx.py).
 
-int8 (``--int8``) is refused with a clear error: the flat int8 model's
-integer requantisation (fixed-point multiplier and shift rounding half away
-from zero, look-up-table activations, integer RBF) has no equivalent among
-ONNX's QDQ/QLinear operators, which round half to even through float scales.
-An ONNX graph that only approximates the int8 file would be a fake; use
+int8 (``--int8``) is refused with a clear error rather than approximated:
+the flat int8 model's integer requantisation (fixed-point multiplier and
+shift rounding half away from zero, look-up-table activations, integer RBF)
+cannot be expressed with ONNX's QDQ/QLinear operators, which round half to
+even through float scales, so such a graph would disagree with the int8 file
+it claims to be. A bit-exact graph would need hand-built integer arithmetic
+(MatMulInteger, int64 Mul/Div, Gather look-ups) and is not implemented. Use
 ``--format flat|c|web --int8`` for integer inference.
 
 onnx, onnxruntime and onnxscript are imported only when this exporter runs;
@@ -81,13 +88,14 @@ from lenetlab.registry import register
 INPUT, PIXELS, OUTPUT = "input", "pixels", "logits"
 FLOAT_FILE, PIXELS_FILE, META_FILE = "model.onnx", "model_uint8.onnx", "model.onnx.json"
 TOLERANCE = 1e-4        # max |onnxruntime - PyTorch| over the check batch ...
-REL_TOLERANCE = 1e-6    # ... plus this much of the largest |logit| (float32 noise of large RBF logits)
+REL_TOLERANCE = 4e-6    # ... plus this much of the largest |logit| (float32 noise of large RBF logits)
 CHECK_IMAGES = 64
 INSTALL_HINT = "pip install 'lenetlab[onnx]'"
 INT8_UNSUPPORTED = (
     "int8 ONNX export is not supported: the flat int8 model's integer requantisation (fixed-point "
-    "multiplier and shift, rounding half away from zero, look-up-table activations) has no faithful "
-    "ONNX QDQ/QLinear equivalent; export the float model (drop --int8), or use --format flat, c or web with --int8")
+    "multiplier and shift, rounding half away from zero, look-up-table activations) cannot be expressed "
+    "with ONNX's QDQ/QLinear operators, and a bit-exact integer graph is not implemented; export the float "
+    "model (drop --int8), or use --format flat, c or web with --int8")
 
 
 def require_onnx() -> tuple[ModuleType, ModuleType]:
@@ -107,9 +115,8 @@ class RBF64(nn.Module):
     """Export stand-in for :class:`~lenetlab.models.classic.RBFOutput`: the same distances, summed in float64.
 
     PyTorch's RBF expands ||x||^2 - 2 x.w + ||w||^2 in float32; at the classic model's distances (a few
-    hundred) that carries a few float32 ulps (~5e-5) of rounding, and a second float32 evaluation with a
-    different summation order (onnxruntime's) would add as much again. Summing (x - w)^2 in float64 and
-    rounding once (the flat format's rule for RBF) keeps the graph within 1e-4 of PyTorch.
+    hundred) that carries ~4e-5 of rounding. Summing (x - w)^2 in float64 and rounding once (the flat
+    format's rule for RBF) leaves only the float32 noise of the features.
     """
 
     def __init__(self, centres: torch.Tensor):
@@ -268,11 +275,11 @@ class OnnxExporter(Exporter):
                 {"file": FLOAT_FILE, "input": {"name": INPUT, "dtype": "float32",
                                                "shape": ["batch", *input_shape], "normalised": True},
                  "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch", num_classes]},
-                 "max_abs_diff_vs_torch": diff_float, "export_seconds": round(t1 - t0, 3)},
+                 "max_abs_diff_vs_torch": diff_float, "export_and_check_seconds": round(t1 - t0, 3)},
                 {"file": PIXELS_FILE, "input": {"name": PIXELS, "dtype": "uint8", "shape": ["batch", *hw],
                                                 "normalised": False},
                  "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch", num_classes]},
-                 "max_abs_diff_vs_torch": diff_pixels, "export_seconds": round(t2 - t1, 3)},
+                 "max_abs_diff_vs_torch": diff_pixels, "export_and_check_seconds": round(t2 - t1, 3)},
             ],
             "check": {"images": CHECK_IMAGES, "tolerance": tolerance(ref),
                       "what": "synthetic uint8 images (blank, saturated, noise, sparse strokes); "

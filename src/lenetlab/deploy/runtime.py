@@ -149,9 +149,13 @@ def _conv(layer: Layer, x: np.ndarray, integer: bool, reference: bool) -> np.nda
     else:
         gather = _im2col(layer.in_shape, layer.k, layer.pad)
         xz = np.concatenate([x, np.zeros((n, 1), x.dtype)], axis=1)
-        cols = xz[:, gather]                                                 # (N, P, K)
-        y = _matmul(cols.reshape(n * oh * ow, -1), wmat.T, integer)          # (N*P, oc)
-        y = y.reshape(n, oh * ow, oc).transpose(0, 2, 1).reshape(n, -1)
+        step = max(1, (1 << 24) // gather.size)   # bound the (images, P, K) gather to 2^24 values
+        parts = []
+        for i in range(0, n, step):
+            cols = xz[i:i + step][:, gather]                                 # (n', P, K)
+            part = _matmul(cols.reshape(-1, gather.shape[1]), wmat.T, integer)   # (n'*P, oc)
+            parts.append(part.reshape(-1, oh * ow, oc).transpose(0, 2, 1).reshape(len(cols), -1))
+        y = np.concatenate(parts) if parts else np.zeros((0, oc * oh * ow), np.int64 if integer else np.float32)
     b = layer.arrays["b"]
     return y + np.repeat(b.astype(y.dtype), oh * ow)
 
