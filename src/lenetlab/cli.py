@@ -189,6 +189,11 @@ def cmd_info(a: argparse.Namespace) -> int:
         table.add_row(name, "x".join(map(str, p.shape)), f"{p.numel():,}")
     table.add_row("[bold]total[/bold]", "", f"[bold]{param_count(model):,}[/bold]")
     con.print(table)
+    from lenetlab.models.macs import count_macs
+
+    macs = count_macs(model)
+    con.print(f"  MACs/image     {macs.total:,}  (conv/linear/RBF multiply-adds; bias, pooling and activations "
+              f"not counted: {sum(macs.other_ops.values()):,} more ops)")
     return 0
 
 

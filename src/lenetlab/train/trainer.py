@@ -120,6 +120,9 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
     torch.manual_seed(tc.seed)
     if model is None:
         model = create_model(cfg.model.name, **cfg.model.options)
+    if not resume and hasattr(model, "prepare_from_data"):
+        # models with a data-fitted part (pca_logreg's PCA) fit it before gradient training
+        model.prepare_from_data(splits.train_x)
     loss_fn = make_loss(model, tc)
     cl = tc.channels_last
     if cl:
