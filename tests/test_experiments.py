@@ -10,7 +10,7 @@ import torch
 from lenetlab.experiments import Cells, reproduce
 from lenetlab.registry import names
 
-TINY_OK = {"abs"}   # experiments that implement ctx.tiny (the rest are tested in their own files)
+TINY_OK = {"abs"}   # fused and cascade run their tiny mode in their own test files
 
 
 @pytest.mark.parametrize("name", sorted(TINY_OK & set(names("experiment"))))

@@ -222,10 +222,13 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- reproduce
 def cmd_reproduce(a: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from lenetlab.experiments import reproduce
     from lenetlab.experiments.report import fmt
 
-    con = _console()
+    # wide tables stay readable when the output is piped to a file
+    con = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     out = Path(a.out)
     try:
         r = reproduce(a.name, out, full=a.full, force=a.force, log=None if a.quiet else con.print)
