@@ -1,0 +1,158 @@
+"""Throughput of every LeNet-5 runtime, measured in one run (issue 3's performance goals).
+
+Runtimes: PyTorch eager, ONNX Runtime (default threads and 1 thread), the
+NumPy runtime (fast path), the generated C runtime in float32 and int8. Each
+is timed at batch 1 (single-image latency) and batch 256, on real MNIST test
+images; the C runtime is timed by its own ``lenet5_eval`` (wall clock inside
+the process, so process start-up is excluded, as it is for the others).
+Every timing is the best of ``--rounds`` rounds (the machine is noisy).
+
+Goals: C float32 single-image latency <= ONNX Runtime's; C int8 throughput
+>= 1.5x C float32; the int8 flat file about 4x smaller than the float32 one.
+
+    python benchmarks/runtime_throughput.py [--run RUN_DIR] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lenetlab.data.datasets import load_raw
+from lenetlab.data.idx import write_idx
+from lenetlab.data.transforms import to_model_input
+from lenetlab.deploy import runtime
+from lenetlab.deploy.export import build_flat, export
+from lenetlab.rundir import load_model
+
+
+def best_of(rounds: int, fn) -> float:
+    """Best images/s over ``rounds`` calls of ``fn() -> images/s``."""
+    return max(fn() for _ in range(rounds))
+
+
+def timed(n_images: int, fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return n_images / (time.perf_counter() - t)
+
+
+def c_images_per_s(binary: Path, images: Path, labels: Path, batch: int, repeat: int) -> float:
+    r = subprocess.run([str(binary), str(images), str(labels), "--batch", str(batch), "--repeat", str(repeat)],
+                       capture_output=True, text=True, check=True)
+    fields = r.stdout.split()
+    return float(fields[fields.index("images_per_s") + 1])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", help="a trained lenet5 run dir (default: train one with --preset fast)")
+    p.add_argument("--rounds", type=int, default=3)
+    a = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="lenetlab_rt_"))
+    run = Path(a.run) if a.run else work / "run"
+    if not a.run:
+        from lenetlab.train import fit
+        from lenetlab.train.presets import resolve
+
+        print("training lenet5 (--preset fast) ...", flush=True)
+        fit(resolve("fast", "lenet5"), out=run, log=None, progress=False)
+    model, cfg = load_model(run)
+    model.eval()
+    _, _, test_x, test_y = load_raw("mnist")
+    write_idx(work / "images.idx", test_x)
+    write_idx(work / "labels.idx", test_y)
+    x_norm = to_model_input(torch.from_numpy(test_x), cfg.data)
+    n1, nb = 2000, 10000          # images timed at batch 1 / batch 256
+    rows: dict[str, dict[str, float]] = {}
+
+    # PyTorch eager
+    def torch_b1() -> None:
+        with torch.inference_mode():
+            for i in range(n1):
+                model(x_norm[i:i + 1])
+
+    def torch_bb() -> None:
+        with torch.inference_mode():
+            for i in range(0, nb, 256):
+                model(x_norm[i:i + 256])
+
+    rows["PyTorch eager"] = {"b1": best_of(a.rounds, lambda: timed(n1, torch_b1)),
+                             "b256": best_of(a.rounds, lambda: timed(nb, torch_bb))}
+
+    # ONNX Runtime
+    try:
+        import onnxruntime as ort
+
+        onnx_dir = work / "onnx"
+        export(run, "onnx", out=onnx_dir)
+        x_np = x_norm.numpy()
+        for label, threads in (("ONNX Runtime", 0), ("ONNX Runtime 1 thread", 1)):
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            sess = ort.InferenceSession(str(onnx_dir / "model.onnx"), so, providers=["CPUExecutionProvider"])
+            name = sess.get_inputs()[0].name
+
+            def ort_b1(sess=sess, name=name) -> None:
+                for i in range(n1):
+                    sess.run(None, {name: x_np[i:i + 1]})
+
+            def ort_bb(sess=sess, name=name) -> None:
+                for i in range(0, nb, 256):
+                    sess.run(None, {name: x_np[i:i + 256]})
+
+            rows[label] = {"b1": best_of(a.rounds, lambda f=ort_b1: timed(n1, f)),
+                           "b256": best_of(a.rounds, lambda f=ort_bb: timed(nb, f))}
+    except ImportError:
+        print("onnxruntime not installed: ONNX rows skipped (pip install 'lenetlab[onnx]')")
+
+    # NumPy runtime (fast path)
+    fm = build_flat(model, cfg, int8=False)
+    n_np1 = 300
+    rows["NumPy runtime"] = {
+        "b1": best_of(a.rounds, lambda: timed(n_np1, lambda: [runtime.run(fm, test_x[i:i + 1]) for i in range(n_np1)])),
+        "b256": best_of(a.rounds, lambda: timed(nb, lambda: runtime.run(fm, test_x[:nb], batch_size=256)))}
+
+    # C runtime, float32 and int8 (generated project, its own Makefile: -O3 -march=native)
+    sizes = {}
+    for label, int8 in (("C float32", False), ("C int8", True)):
+        d = work / ("c_int8" if int8 else "c_f32")
+        export(run, "c", int8=int8, out=d)
+        subprocess.run(["make", "-s", "-C", str(d)], check=True)
+        binary = d / "lenet5_eval"
+        rows[label] = {
+            "b1": best_of(a.rounds, lambda b=binary: c_images_per_s(b, work / "images.idx", work / "labels.idx", 1, 1)),
+            "b256": best_of(a.rounds, lambda b=binary: c_images_per_s(b, work / "images.idx", work / "labels.idx",
+                                                                     256, 1))}
+        sizes[label] = next(d.glob("*.flat")).stat().st_size
+
+    print(f"\nmachine: {torch.get_num_threads()} torch threads, numpy {np.__version__}, "
+          f"{len(test_x)} MNIST test images, best of {a.rounds} rounds\n")
+    print(f"{'runtime':24s} {'batch 1 img/s':>14s} {'latency us':>11s} {'batch 256 img/s':>16s}")
+    for label, r in rows.items():
+        print(f"{label:24s} {r['b1']:14,.0f} {1e6 / r['b1']:11.1f} {r['b256']:16,.0f}")
+    f32, i8 = sizes["C float32"], sizes["C int8"]
+    print(f"\nmodel bytes: float32 {f32:,}  int8 {i8:,}  ratio {f32 / i8:.2f}x")
+    ort_keys = [k for k in rows if k.startswith("ONNX")]
+    if ort_keys:
+        best_ort = max(rows[k]["b1"] for k in ort_keys)
+        ratio = rows["C float32"]["b1"] / best_ort
+        print(f"goal C float32 latency <= ONNX Runtime's (best of its thread settings): "
+              f"{1e6 / rows['C float32']['b1']:.1f} us vs {1e6 / best_ort:.1f} us -> C is {ratio:.2f}x faster "
+              f"[{'met' if ratio >= 1 else 'NOT met'}]")
+    for b in ("b256", "b1"):
+        ratio = rows["C int8"][b] / rows["C float32"][b]
+        print(f"goal C int8 >= 1.5x C float32 throughput ({b}): {ratio:.2f}x [{'met' if ratio >= 1.5 else 'NOT met'}]")
+    print(f"goal int8 file ~4x smaller: {f32 / i8:.2f}x [{'met' if f32 / i8 >= 3.5 else 'NOT met'}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1340 @@
+/*
+ * lenet5.c - loader and interpreter for lenetlab flat model files.
+ *
+ * The spec is docs/flat-format.md (version 1); section names below ("Header",
+ * "Validation", "int8 files", ...) refer to it. The reference semantics are
+ * lenetlab/deploy/runtime.py (NumPy) and the reference validation is
+ * lenetlab/deploy/flat.py (decode): this loader makes the same checks in the
+ * same order, so it accepts exactly the files decode accepts - except a valid
+ * model too large for this build's static buffers (LENET5_E_LIMIT).
+ *
+ * Design
+ *  - No malloc. The blob is copied into a static buffer (aligned for f32/i32,
+ *    so no unaligned access); activations live in static ping-pong buffers.
+ *  - Every multi-byte header/record field is read byte by byte, so validation
+ *    is independent of host byte order and alignment; the arrays in the blob
+ *    are then used in place, which needs a little-endian host (checked).
+ *  - Maps are flat arrays, element (c, y, x) of a C x H x W map at c*H*W + y*W + x
+ *    (the spec's opening paragraph).
+ *  - Convolutions run "wide": output row i of channel o is computed over the
+ *    full padded input width Wp, so that for a kernel tap (c, u, v) the whole
+ *    output plane is one contiguous axpy over x[c][u*Wp + v + p], p = i*Wp + j.
+ *    The columns j >= out_w are garbage and dropped when the plane is copied
+ *    out. Inner loops are therefore long, contiguous and branch-free, which
+ *    gcc vectorises (-O3); a 5 x 5 kernel (LeNet-5's) is one pass per
+ *    (o, c) pair in float32, one pass per kernel row in int8. A float CONV
+ *    with a 1 x 1 output (C5) runs as a DENSE layer instead.
+ *  - int8 maps are int8 arrays and everything is integer arithmetic. Sums of
+ *    products fit in 32 bits because readers reject fan-ins over 65536 (spec,
+ *    "int8 files"); the i32 bias is then added in 64 bits and the result
+ *    requantised. A convolution runs either wide (int16 products, 16-bit
+ *    lanes) or, for small output planes with long kernels, as dot products of
+ *    im2col patches (u8 x s8, which gcc maps to vpdpbusd); DENSE layers are
+ *    dot products too. prepare() picks per layer at load time.
+ *  - Layer kernels never branch per element on the op; an int8 ACT that
+ *    follows a layer is applied by that layer as it stores its output.
+ */
+#include "lenet5.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#if CHAR_BIT != 8
+#error "lenet5.c needs 8-bit bytes"
+#endif
+/* C99 compile-time checks: the blob's f32 arrays are used in place. */
+typedef char lenet5_float_is_32_bits[sizeof(float) == 4 ? 1 : -1];
+
+/* ------------------------------------------------------------------ format constants (spec) */
+#define HEADER_BYTES 64u
+#define RECORD_BYTES 64u
+#define MAX_LAYERS 64u
+#define MAX_DIM 1024u
+#define MAX_MAP (1u << 20)
+#define MAX_WORK (1u << 26) /* multiply-adds per layer per image */
+#define MAX_FILE (64u * 1024u * 1024u)
+#define NO_OFFSET 0xFFFFFFFFu
+
+enum { OP_CONV = 1, OP_MAXPOOL = 2, OP_AVGPOOL = 3, OP_SUBSAMPLE = 4, OP_ACT = 5, OP_DENSE = 6, OP_RBF = 7 };
+enum { ACT_IDENTITY, ACT_RELU, ACT_TANH, ACT_SIGMOID, ACT_SELU, ACT_SCALED_TANH, ACT_ABS, N_ACTS };
+enum { A_W, A_B, A_T, A_M, A_S, N_ARRAYS }; /* the record's (offset, count) pairs, in order */
+
+static const char *const OP_NAMES[8] = {"?", "conv", "maxpool", "avgpool", "subsample", "act", "dense", "rbf"};
+static const char ARRAY_NAMES[N_ARRAYS] = {'w', 'b', 't', 'm', 's'};
+
+/* ------------------------------------------------------------------ static storage */
+/* Extra elements after every working buffer: the wide convolution reads up to
+ * k-1 + 31 elements past the staged input (vector rounding), never more. */
+#define SLACK 64u
+#define CAP (LENET5_MAX_ACT + SLACK)
+
+typedef struct {
+    int op, act, out_bits, has_table;
+    uint32_t ic, ih, iw, oc, oh, ow, k, pad;
+    const void *arr[N_ARRAYS]; /* into g_blob, NULL when absent (count 0) */
+    int wide_out;              /* int8: output kept as int32 (CONV/DENSE/SUBSAMPLE out_bits 32, RBF) */
+    /* How the layer runs, chosen at load time by prepare(): */
+    int mode;                  /* CONV: MODE_WIDE, MODE_DOT (int8) or MODE_DENSE (float) */
+    int pair16;                /* int8 MODE_WIDE: every weight in [-127, 127] (see taps5_i8) */
+    size_t kp;                 /* MODE_DOT: patch length in_c*k*k rounded up to 64 */
+    const float *wt;           /* float DENSE / MODE_DENSE: w transposed to n x out_c (in g_prep) */
+    const int8_t *wq;          /* MODE_DOT: w with rows padded to kp, 0 off the table (in g_prep) */
+    const int32_t *wsum;       /* int8 MODE_DOT / DENSE: sum of each output channel's weights */
+} layer_t;
+
+enum { MODE_WIDE, MODE_DOT, MODE_DENSE };
+
+static struct {
+    int loaded, dtype;
+    uint32_t n_layers, img_h, img_w, pad, num_classes;
+    uint32_t in_h, in_w; /* padded input: img + 2 pad */
+    float in_f32[256];   /* float files: a*p + b for every pixel value p (spec, Header) */
+    float in_pad;        /* float files: the border value b */
+    const int8_t *in_lut; /* int8 files: q = lut[p] */
+    layer_t layers[MAX_LAYERS];
+} g_model;
+
+/* The blob (a union so that f32/i32 arrays are correctly typed and aligned). */
+static union {
+    uint64_t align;
+    float f[LENET5_MAX_FILE_BYTES / 4u + 1u];
+    int32_t i[LENET5_MAX_FILE_BYTES / 4u + 1u];
+    int8_t b[LENET5_MAX_FILE_BYTES + 4u];
+    uint8_t u[LENET5_MAX_FILE_BYTES + 4u];
+} g_blob;
+
+/* Prepared copies of weights in the layouts the kernels want (prepare()). */
+#define PREP_BYTES (LENET5_MAX_FILE_BYTES + 65536u * 4u + 64u)
+static union {
+    uint64_t align;
+    float f[PREP_BYTES / 4u];
+    int32_t i[PREP_BYTES / 4u];
+    int8_t b[PREP_BYTES];
+} g_prep;
+
+/* A working buffer: CAP elements of 4 bytes, or 4 CAP bytes, viewed by type. */
+typedef union {
+    uint64_t align;
+    float f[CAP];
+    int32_t i[CAP];
+    int16_t h[2u * CAP];
+    int8_t b[4u * CAP];
+    uint8_t u[4u * CAP];
+} buffer_t;
+
+static buffer_t g_act[2]; /* ping-pong activation maps */
+static buffer_t g_stage;  /* zero-padded convolution input */
+static buffer_t g_plane;  /* one convolution output plane (rows in the padded width), or im2col patches */
+static buffer_t g_acc;    /* int32 sums of an int8 layer before requantisation */
+
+static char g_msg[LENET5_MSG_BYTES];
+
+/* ------------------------------------------------------------------ helpers */
+static int fail(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_msg, sizeof g_msg, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+static uint32_t rd16(const unsigned char *p) { return (uint32_t)p[0] | ((uint32_t)p[1] << 8); }
+static uint32_t rd32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static float bits_to_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+/* Finite iff the exponent is not all ones (IEEE-754 binary32): no FP compare, so
+ * it is also right under -ffast-math. */
+static int finite_bits(uint32_t u) { return (u & 0x7F800000u) != 0x7F800000u; }
+
+static int host_ok(void)
+{
+    const uint32_t one = 1u;
+    unsigned char b[4];
+    uint32_t u;
+    const float f = 1.0f;
+    memcpy(b, &one, 4);
+    memcpy(&u, &f, 4);
+    return b[0] == 1u && u == 0x3F800000u;
+}
+
+/* CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320), as zlib.crc32. */
+static uint32_t g_crc_table[256];
+static int g_crc_ready;
+
+static uint32_t crc32_update(uint32_t crc, const unsigned char *p, size_t n)
+{
+    size_t i;
+    if (!g_crc_ready) {
+        uint32_t b, c;
+        int k;
+        for (b = 0; b < 256u; b++) {
+            c = b;
+            for (k = 0; k < 8; k++)
+                c = (c & 1u) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            g_crc_table[b] = c;
+        }
+        g_crc_ready = 1;
+    }
+    crc = ~crc;
+    for (i = 0; i < n; i++)
+        crc = g_crc_table[(crc ^ p[i]) & 0xFFu] ^ (crc >> 8);
+    return ~crc;
+}
+
+/* Element size of array j of an op (spec, "Layer record": element types). */
+static uint32_t elem_size(int dtype, int op, int j)
+{
+    (void)op;
+    if (j == A_T)
+        return 1u; /* u8 connection table or i8 LUT */
+    if (j == A_M || j == A_S)
+        return 4u;
+    if (dtype == LENET5_FLOAT32)
+        return 4u;
+    return j == A_W ? 1u : 4u; /* int8 files: i8 weights, i32 biases */
+}
+
+/* ------------------------------------------------------------------ loader */
+/* Check one (offset, count) pair against the blob; mirrors flat.py's array().
+ * 64-bit arithmetic throughout: off and count are u32, so nothing can wrap. */
+static int check_array(uint32_t off, uint32_t count, uint32_t size, uint32_t blob_bytes, const char *what)
+{
+    if (count == 0u) {
+        if (off != 0u)
+            return fail(LENET5_E_FORMAT, "%s: offset %lu with count 0", what, (unsigned long)off);
+        return LENET5_OK;
+    }
+    if (off % size != 0u)
+        return fail(LENET5_E_FORMAT, "%s: offset %lu not aligned to %lu", what, (unsigned long)off,
+                    (unsigned long)size);
+    if (off > blob_bytes || (uint64_t)count > (uint64_t)(blob_bytes - off) / size)
+        return fail(LENET5_E_FORMAT, "%s: %lu x %lu bytes at %lu run past the blob (%lu bytes)", what,
+                    (unsigned long)count, (unsigned long)size, (unsigned long)off, (unsigned long)blob_bytes);
+    return LENET5_OK;
+}
+
+/* Output shape by the op's rule (spec, "Operations"); 64-bit signed so a
+ * negative conv size simply fails to match. */
+static void rule_shape(int op, const uint32_t in[3], uint32_t out_c, uint32_t k, uint32_t pad, int64_t want[3])
+{
+    if (op == OP_CONV) {
+        want[0] = out_c;
+        want[1] = (int64_t)in[1] + 2 * (int64_t)pad - (int64_t)k + 1;
+        want[2] = (int64_t)in[2] + 2 * (int64_t)pad - (int64_t)k + 1;
+    } else if (op == OP_MAXPOOL || op == OP_AVGPOOL || op == OP_SUBSAMPLE) {
+        want[0] = in[0];
+        want[1] = in[1] / 2u;
+        want[2] = in[2] / 2u;
+    } else if (op == OP_ACT) {
+        want[0] = in[0];
+        want[1] = in[1];
+        want[2] = in[2];
+    } else { /* dense, rbf */
+        want[0] = out_c;
+        want[1] = 1;
+        want[2] = 1;
+    }
+}
+
+/* Element counts each array must have (flat.py expected_counts); 64-bit because
+ * out_c * in_c * k * k can exceed 2^32 in a hostile record. */
+static void expected_counts(int dtype, const layer_t *L, uint64_t want[N_ARRAYS])
+{
+    const uint64_t ic = L->ic, oc = L->oc, n_in = (uint64_t)L->ic * L->ih * L->iw, kk = (uint64_t)L->k * L->k;
+    const int q = dtype == LENET5_INT8;
+    int j;
+    for (j = 0; j < N_ARRAYS; j++)
+        want[j] = 0;
+    switch (L->op) {
+    case OP_CONV:
+        want[A_W] = oc * ic * kk;
+        want[A_B] = oc;
+        want[A_T] = L->has_table ? oc * ic : 0;
+        break;
+    case OP_SUBSAMPLE:
+        want[A_W] = ic;
+        want[A_B] = ic;
+        break;
+    case OP_DENSE:
+        want[A_W] = oc * n_in;
+        want[A_B] = oc;
+        break;
+    case OP_RBF:
+        want[A_W] = oc * n_in;
+        break;
+    case OP_ACT:
+        if (q)
+            want[A_T] = 256;
+        break;
+    default:
+        break;
+    }
+    if (q && (L->op == OP_CONV || L->op == OP_SUBSAMPLE || L->op == OP_DENSE)) {
+        want[A_M] = oc;
+        want[A_S] = oc;
+    }
+}
+
+/* Validate record i (spec, "Validation"); shape[] is the previous output. */
+static int load_layer(const unsigned char *data, uint32_t i, uint32_t n_layers, uint32_t blob_bytes,
+                      uint32_t shape[3])
+{
+    const unsigned char *r = data + HEADER_BYTES + (size_t)i * RECORD_BYTES;
+    layer_t *L = &g_model.layers[i];
+    const int dtype = g_model.dtype;
+    const int last = i + 1u == n_layers;
+    const int op = r[0], sub = r[1], out_bits = r[2], flags = r[3];
+    uint32_t ins[3], outs[3], off[N_ARRAYS], count[N_ARRAYS], out_scale_bits;
+    uint64_t want_count[N_ARRAYS];
+    int64_t want[3];
+    int j, rc;
+    char what[48];
+
+    if (op < OP_CONV || op > OP_RBF)
+        return fail(LENET5_E_FORMAT, "layer %lu: unknown op code %d", (unsigned long)i, op);
+    if (op == OP_ACT ? sub >= N_ACTS : sub != 0)
+        return fail(LENET5_E_FORMAT, "layer %lu (%s): activation code %d", (unsigned long)i, OP_NAMES[op], sub);
+    if (op == OP_RBF && !last) /* an output layer only: its 32-bit distances feed nothing */
+        return fail(LENET5_E_FORMAT, "layer %lu (rbf): RBF must be the last layer", (unsigned long)i);
+    /* out_bits: float files 32; int8 files 8, or 32 on the last layer; RBF always 32 (as flat.py). */
+    if ((op == OP_RBF || dtype == LENET5_FLOAT32) ? out_bits != 32
+                                                : !(out_bits == 8 || (last && out_bits == 32)))
+        return fail(LENET5_E_FORMAT, "layer %lu (%s): out_bits %d", (unsigned long)i, OP_NAMES[op], out_bits);
+    if (!(flags == 0 || (flags == 1 && op == OP_CONV)))
+        return fail(LENET5_E_FORMAT, "layer %lu (%s): flags %d", (unsigned long)i, OP_NAMES[op], flags);
+    for (j = 0; j < 3; j++) {
+        ins[j] = rd16(r + 4 + 2 * j);
+        outs[j] = rd16(r + 10 + 2 * j);
+    }
+    if (ins[0] != shape[0] || ins[1] != shape[1] || ins[2] != shape[2])
+        return fail(LENET5_E_FORMAT, "layer %lu (%s): input shape (%lu, %lu, %lu) but the previous output is (%lu, %lu, %lu)",
+                    (unsigned long)i, OP_NAMES[op], (unsigned long)ins[0], (unsigned long)ins[1],
+                    (unsigned long)ins[2], (unsigned long)shape[0], (unsigned long)shape[1], (unsigned long)shape[2]);
+    for (j = 0; j < 3; j++)
+        if (outs[j] < 1u || outs[j] > MAX_DIM)
+            return fail(LENET5_E_FORMAT, "layer %lu (%s): output shape (%lu, %lu, %lu)", (unsigned long)i,
+                        OP_NAMES[op], (unsigned long)outs[0], (unsigned long)outs[1], (unsigned long)outs[2]);
+    L->k = rd16(r + 16);
+    L->pad = rd16(r + 18);
+    if (op == OP_CONV) {
+        if (L->k < 1u || L->k > 16u || L->pad >= L->k)
+            return fail(LENET5_E_FORMAT, "layer %lu (conv): kernel %lu pad %lu", (unsigned long)i,
+                        (unsigned long)L->k, (unsigned long)L->pad);
+    } else if (L->k != ((op == OP_MAXPOOL || op == OP_AVGPOOL || op == OP_SUBSAMPLE) ? 2u : 0u) || L->pad != 0u) {
+        return fail(LENET5_E_FORMAT, "layer %lu (%s): k/pad", (unsigned long)i, OP_NAMES[op]);
+    }
+    rule_shape(op, ins, outs[0], L->k, L->pad, want);
+    for (j = 0; j < 3; j++)
+        if (want[j] != (int64_t)outs[j])
+            return fail(LENET5_E_FORMAT, "layer %lu (%s): output shape (%lu, %lu, %lu), the op gives (%lld, %lld, %lld)",
+                        (unsigned long)i, OP_NAMES[op], (unsigned long)outs[0], (unsigned long)outs[1],
+                        (unsigned long)outs[2], (long long)want[0], (long long)want[1], (long long)want[2]);
+    if ((uint64_t)outs[0] * outs[1] * outs[2] > MAX_MAP)
+        return fail(LENET5_E_FORMAT, "layer %lu (%s): output map too large", (unsigned long)i, OP_NAMES[op]);
+    out_scale_bits = rd32(r + 60);
+    if (dtype == LENET5_FLOAT32 ? out_scale_bits != 0x3F800000u /* exactly 1.0 */
+                                : !(finite_bits(out_scale_bits) && bits_to_f32(out_scale_bits) > 0.0f))
+        return fail(LENET5_E_FORMAT, "layer %lu (%s): out_scale %g", (unsigned long)i, OP_NAMES[op],
+                    (double)bits_to_f32(out_scale_bits));
+    {   /* multiply-adds per image (spec): CONV out values x in_c x k x k; DENSE/RBF out_c x n; others n */
+        const uint64_t n_in = (uint64_t)ins[0] * ins[1] * ins[2];
+        const uint64_t work = op == OP_CONV ? (uint64_t)outs[0] * outs[1] * outs[2] * ins[0] * L->k * L->k
+                              : (op == OP_DENSE || op == OP_RBF) ? (uint64_t)outs[0] * n_in : n_in;
+        if (work > MAX_WORK)
+            return fail(LENET5_E_FORMAT, "layer %lu (%s): more than 2^26 multiply-adds", (unsigned long)i,
+                        OP_NAMES[op]);
+    }
+
+    L->op = op;
+    L->act = op == OP_ACT ? sub : ACT_IDENTITY;
+    L->out_bits = out_bits;
+    L->has_table = flags == 1;
+    L->ic = ins[0], L->ih = ins[1], L->iw = ins[2];
+    L->oc = outs[0], L->oh = outs[1], L->ow = outs[2];
+    /* int8: a 32-bit output is kept as int32. Pools and ACTs only move int8
+     * values, so their out_bits (8 or 32 on the last layer) changes nothing. */
+    L->wide_out = dtype == LENET5_INT8 && out_bits == 32 && op != OP_MAXPOOL && op != OP_AVGPOOL && op != OP_ACT;
+    L->mode = MODE_WIDE, L->pair16 = 0, L->kp = 0, L->wt = NULL, L->wq = NULL, L->wsum = NULL;
+
+    expected_counts(dtype, L, want_count);
+    for (j = 0; j < N_ARRAYS; j++) {
+        off[j] = rd32(r + 20 + 8 * j);
+        count[j] = rd32(r + 24 + 8 * j);
+        if ((uint64_t)count[j] != want_count[j])
+            return fail(LENET5_E_FORMAT, "layer %lu (%s): array %c has %lu values, expected %llu", (unsigned long)i,
+                        OP_NAMES[op], ARRAY_NAMES[j], (unsigned long)count[j], (unsigned long long)want_count[j]);
+        snprintf(what, sizeof what, "layer %lu (%s) array %c", (unsigned long)i, OP_NAMES[op], ARRAY_NAMES[j]);
+        rc = check_array(off[j], count[j], elem_size(dtype, op, j), blob_bytes, what);
+        if (rc != LENET5_OK)
+            return rc;
+        L->arr[j] = count[j] ? (const void *)(g_blob.u + off[j]) : NULL;
+    }
+    /* Array contents (now known to lie inside the blob copy). */
+    if (op == OP_CONV && L->has_table) {
+        const uint8_t *t = g_blob.u + off[A_T];
+        uint32_t n;
+        for (n = 0; n < count[A_T]; n++)
+            if (t[n] > 1u)
+                return fail(LENET5_E_FORMAT, "layer %lu (conv): connection table values must be 0/1",
+                            (unsigned long)i);
+    }
+    if (dtype == LENET5_INT8 && (op == OP_CONV || op == OP_DENSE)) {
+        const uint64_t fan_in = op == OP_CONV ? (uint64_t)L->ic * L->k * L->k : (uint64_t)L->ic * L->ih * L->iw;
+        if (fan_in > 65536u)
+            return fail(LENET5_E_FORMAT, "layer %lu (%s): fan-in %llu > 65536 (int8 sums must fit in 32 bits)",
+                        (unsigned long)i, OP_NAMES[op], (unsigned long long)fan_in);
+    }
+    if (dtype == LENET5_INT8 && count[A_S]) {
+        const int32_t *m = g_blob.i + off[A_M] / 4u, *s = g_blob.i + off[A_S] / 4u;
+        uint32_t n;
+        for (n = 0; n < count[A_S]; n++)
+            if (s[n] < 1 || s[n] > 62)
+                return fail(LENET5_E_FORMAT, "layer %lu (%s): shift not in 1..62", (unsigned long)i, OP_NAMES[op]);
+        for (n = 0; n < count[A_M]; n++)
+            if (m[n] < 0)
+                return fail(LENET5_E_FORMAT, "layer %lu (%s): negative multiplier", (unsigned long)i, OP_NAMES[op]);
+    }
+    if (dtype == LENET5_FLOAT32) {
+        for (j = A_W; j <= A_B; j++) {
+            const unsigned char *p = g_blob.u + off[j];
+            uint32_t n;
+            for (n = 0; n < count[j]; n++)
+                if (!finite_bits(rd32(p + 4u * n)))
+                    return fail(LENET5_E_FORMAT, "layer %lu (%s): non-finite %c", (unsigned long)i, OP_NAMES[op],
+                                ARRAY_NAMES[j]);
+        }
+    }
+    shape[0] = outs[0], shape[1] = outs[1], shape[2] = outs[2];
+    return LENET5_OK;
+}
+
+/* This build's static buffers must hold every map (only a smaller
+ * -DLENET5_MAX_ACT than the spec's 2^20 can make a valid file fail here). */
+static int check_runtime_limits(void)
+{
+    uint32_t i;
+    if ((uint64_t)g_model.in_h * g_model.in_w > LENET5_MAX_ACT)
+        return fail(LENET5_E_LIMIT, "the padded %lux%lu input exceeds this build's LENET5_MAX_ACT (%lu)",
+                    (unsigned long)g_model.in_h, (unsigned long)g_model.in_w, (unsigned long)LENET5_MAX_ACT);
+    for (i = 0; i < g_model.n_layers; i++) {
+        const layer_t *L = &g_model.layers[i];
+        const uint64_t hp = (uint64_t)L->ih + 2u * L->pad, wp = (uint64_t)L->iw + 2u * L->pad;
+        if ((uint64_t)L->oc * L->oh * L->ow > LENET5_MAX_ACT)
+            return fail(LENET5_E_LIMIT, "layer %lu: output map exceeds this build's LENET5_MAX_ACT (%lu)",
+                        (unsigned long)i, (unsigned long)LENET5_MAX_ACT);
+        if (L->op == OP_CONV && ((uint64_t)L->ic * hp * wp > LENET5_MAX_ACT || (uint64_t)L->oh * wp > LENET5_MAX_ACT))
+            return fail(LENET5_E_LIMIT, "layer %lu (conv): padded input exceeds this build's LENET5_MAX_ACT (%lu)",
+                        (unsigned long)i, (unsigned long)LENET5_MAX_ACT);
+    }
+    return LENET5_OK;
+}
+
+static int prepare(void);
+
+int lenet5_load(const unsigned char *data, size_t len, char *msg, size_t msg_size)
+{
+    uint32_t version, endian, dtype, header_bytes, n_layers, record_bytes, blob_offset, blob_bytes;
+    uint32_t img_h, img_w, pad, num_classes, in_scale, in_shift, lut_off, in_qscale, file_bytes, stored_crc;
+    uint32_t shape[3], i, crc;
+    int rc = LENET5_OK;
+
+    g_model.loaded = 0;
+    g_msg[0] = '\0';
+    /* The checks below are in flat.py decode's order, so both name the same
+     * first problem. */
+    if (!host_ok()) {
+        rc = fail(LENET5_E_HOST, "this runtime needs a little-endian host with IEEE-754 binary32 floats");
+        goto done;
+    }
+    if (data == NULL && len != 0u) {
+        rc = fail(LENET5_E_ARG, "NULL data");
+        goto done;
+    }
+#define NEED(cond, ...)                                  \
+    do {                                                 \
+        if (!(cond)) {                                   \
+            rc = fail(LENET5_E_FORMAT, __VA_ARGS__);     \
+            goto done;                                   \
+        }                                                \
+    } while (0)
+    NEED(len <= MAX_FILE, "file is %lu bytes, larger than the 64 MiB limit", (unsigned long)len);
+    NEED(len >= HEADER_BYTES, "file is %lu bytes, shorter than the 64-byte header", (unsigned long)len);
+    NEED(memcmp(data, "LENET5FL", 8) == 0, "bad magic (expected LENET5FL)");
+    version = rd16(data + 8);
+    endian = data[10];
+    dtype = data[11];
+    header_bytes = rd32(data + 12);
+    n_layers = rd32(data + 16);
+    record_bytes = rd32(data + 20);
+    blob_offset = rd32(data + 24);
+    blob_bytes = rd32(data + 28);
+    img_h = rd16(data + 32);
+    img_w = rd16(data + 34);
+    pad = rd16(data + 36);
+    num_classes = rd16(data + 38);
+    in_scale = rd32(data + 40);
+    in_shift = rd32(data + 44);
+    lut_off = rd32(data + 48);
+    in_qscale = rd32(data + 52);
+    file_bytes = rd32(data + 56);
+    stored_crc = rd32(data + 60);
+    NEED(version == 1u, "unsupported version %lu (this reader knows 1)", (unsigned long)version);
+    NEED(endian == 1u, "endian flag %lu (only 1 = little-endian is defined)", (unsigned long)endian);
+    NEED(dtype <= 1u, "unknown dtype code %lu", (unsigned long)dtype);
+    NEED(header_bytes == HEADER_BYTES && record_bytes == RECORD_BYTES, "header/record size fields");
+    NEED((uint64_t)file_bytes == (uint64_t)len, "file_bytes says %lu but the file has %lu bytes",
+         (unsigned long)file_bytes, (unsigned long)len);
+    NEED(n_layers >= 1u && n_layers <= MAX_LAYERS, "n_layers %lu not in 1..64", (unsigned long)n_layers);
+    NEED(blob_offset == (HEADER_BYTES + RECORD_BYTES * n_layers + 15u) / 16u * 16u, "blob_offset %lu",
+         (unsigned long)blob_offset);
+    NEED((uint64_t)blob_offset + blob_bytes == (uint64_t)len, "blob_offset + blob_bytes differs from the file length");
+    /* CRC of bytes [0, 60) then [64, file_bytes) (spec, Header). From here on
+     * every record lies inside the file: 64 + 64 n_layers <= blob_offset <= len. */
+    crc = crc32_update(0u, data, 60u);
+    crc = crc32_update(crc, data + HEADER_BYTES, len - HEADER_BYTES);
+    NEED(crc == stored_crc, "CRC mismatch (the file is damaged)");
+    NEED(img_h >= 1u && img_h <= MAX_DIM && img_w >= 1u && img_w <= MAX_DIM, "image size %lux%lu",
+         (unsigned long)img_h, (unsigned long)img_w);
+    NEED(pad <= 64u, "pad %lu > 64", (unsigned long)pad);
+    NEED(num_classes >= 1u && num_classes <= MAX_DIM, "num_classes %lu", (unsigned long)num_classes);
+    NEED(finite_bits(in_scale) && finite_bits(in_shift), "input scale/shift not finite");
+    NEED((img_h + 2u * pad) * (img_w + 2u * pad) <= MAX_MAP, "padded input map larger than 2^20 values");
+    NEED(dtype == LENET5_INT8 || ((in_qscale & 0x7FFFFFFFu) == 0u && lut_off == NO_OFFSET),
+         "float file with int8 input fields"); /* in_qscale == 0 (either sign), no LUT */
+    if (len > LENET5_MAX_FILE_BYTES) {
+        rc = fail(LENET5_E_LIMIT, "file is %lu bytes, this build holds %lu (rebuild with -DLENET5_MAX_FILE_BYTES=...)",
+                  (unsigned long)len, (unsigned long)LENET5_MAX_FILE_BYTES);
+        goto done;
+    }
+    /* Copy the blob: blob_offset is a multiple of 16, so blob offsets keep
+     * their alignment and every i32/f32 array (4-aligned, checked) is aligned. */
+    memcpy(g_blob.u, data + blob_offset, blob_bytes);
+    g_model.dtype = (int)dtype;
+    g_model.n_layers = n_layers;
+    g_model.img_h = img_h, g_model.img_w = img_w, g_model.pad = pad, g_model.num_classes = num_classes;
+    g_model.in_h = img_h + 2u * pad, g_model.in_w = img_w + 2u * pad;
+    g_model.in_lut = NULL;
+    if (dtype == LENET5_INT8) {
+        rc = check_array(lut_off, 256u, 1u, blob_bytes, "input LUT");
+        if (rc != LENET5_OK)
+            goto done;
+        g_model.in_lut = g_blob.b + lut_off;
+        NEED(finite_bits(in_qscale) && bits_to_f32(in_qscale) > 0.0f, "in_qscale must be positive");
+    } else {
+        NEED(lut_off == NO_OFFSET, "float file with an input LUT offset");
+        for (i = 0; i < 256u; i++) /* spec, Header: x = a*p + b, in float32 as runtime.py */
+            g_model.in_f32[i] = (float)i * bits_to_f32(in_scale) + bits_to_f32(in_shift);
+        g_model.in_pad = bits_to_f32(in_shift);
+    }
+#undef NEED
+    shape[0] = 1u, shape[1] = g_model.in_h, shape[2] = g_model.in_w;
+    for (i = 0; i < n_layers; i++) {
+        rc = load_layer(data, i, n_layers, blob_bytes, shape);
+        if (rc != LENET5_OK)
+            goto done;
+    }
+    if ((uint64_t)shape[0] * shape[1] * shape[2] != num_classes) {
+        rc = fail(LENET5_E_FORMAT, "the last layer gives %llu values, num_classes is %lu",
+                  (unsigned long long)shape[0] * shape[1] * shape[2], (unsigned long)num_classes);
+        goto done;
+    }
+    rc = check_runtime_limits();
+    if (rc != LENET5_OK)
+        goto done;
+    rc = prepare();
+    if (rc != LENET5_OK)
+        goto done;
+    g_model.loaded = 1;
+done:
+    if (msg != NULL && msg_size > 0u) {
+        if (rc == LENET5_OK)
+            msg[0] = '\0';
+        else
+            snprintf(msg, msg_size, "%s", g_msg);
+    }
+    return rc;
+}
+
+int lenet5_loaded(void) { return g_model.loaded; }
+int lenet5_dtype(void) { return g_model.loaded ? g_model.dtype : 0; }
+unsigned lenet5_image_h(void) { return g_model.loaded ? g_model.img_h : 0u; }
+unsigned lenet5_image_w(void) { return g_model.loaded ? g_model.img_w : 0u; }
+unsigned lenet5_num_classes(void) { return g_model.loaded ? g_model.num_classes : 0u; }
+unsigned lenet5_n_layers(void) { return g_model.loaded ? g_model.n_layers : 0u; }
+
+/* ------------------------------------------------------------------ shared helpers */
+static size_t round_up(size_t n, size_t to) { return (n + to - 1u) / to * to; }
+
+/* tanh for the float path. libm's tanhf costs ~20 ns a call and LeNet-5 1998
+ * squashes ~8000 values per image, so it would dominate the runtime. Instead:
+ * tanh(x) ~ x P(x^2) / Q(x^2), degree 5 / 5, evaluated in double with |x|
+ * clamped to 9.5 (beyond 9.02, tanh rounds to +-1 in float32). The
+ * coefficients are our own fit (Sanathanan-Koerner iterations of a weighted
+ * least-squares rational fit of tanh(x)/x on [0, 9.5]; Q's roots are all
+ * negative, so no pole on the real line). Relative error before rounding is
+ * 1.1e-8, so the float32 result is the correctly rounded tanh except for
+ * 0.05% of inputs, which are 1 ulp off - as accurate as libm, and the loop
+ * is plain arithmetic that vectorises. -DLENET5_LIBM_TANH uses tanhf. */
+static float tanh_f32(float x)
+{
+#ifdef LENET5_LIBM_TANH
+    return tanhf(x);
+#else
+    const double c = x > 9.5f ? 9.5 : (x < -9.5f ? -9.5 : (double)x); /* NaN passes through */
+    const double z = c * c;
+    const double p = ((((3.4756516658401036e-11 * z + 1.0796314165850781e-07) * z + 4.1711722460648456e-05) * z +
+                       4.404107702265463e-03) * z + 1.4082814065694235e-01) * z + 9.999999999326522e-01;
+    const double q = ((((2.832518209042074e-09 * z + 2.551726435890047e-06) * z + 4.966349554148078e-04) * z +
+                       2.9124600052333645e-02) * z + 4.7416147327608754e-01) * z + 1.0;
+    const double r = c * p / q;
+    return (float)(r > 1.0 ? 1.0 : (r < -1.0 ? -1.0 : r));
+#endif
+}
+
+/* Requantisation (spec, "int8 files"): r = (|acc| * M + 2^(n-1)) >> n in
+ * unsigned 64-bit arithmetic, result sign(acc) * r (rounds half away from
+ * zero), clamped. The loader checked 1 <= n <= 62 and 0 <= M < 2^31, and
+ * |acc| < 2^33 for every int8 layer, so the product cannot wrap (if it did it
+ * would wrap exactly as runtime.py's uint64). r < 2^63 because n >= 1.
+ * The row versions (one channel: same bias, M, n) vectorise (vpmullq). */
+static int64_t requantize(int64_t acc, uint32_t m, uint32_t n)
+{
+    const uint64_t mag = acc < 0 ? 0u - (uint64_t)acc : (uint64_t)acc;
+    const uint64_t r = (mag * m + ((uint64_t)1 << (n - 1u))) >> n;
+    return acc < 0 ? -(int64_t)r : (int64_t)r;
+}
+static int8_t clamp8(int64_t v) { return (int8_t)(v < -128 ? -128 : (v > 127 ? 127 : v)); }
+static int32_t clamp32(int64_t v) { return (int32_t)(v < INT32_MIN ? INT32_MIN : (v > INT32_MAX ? INT32_MAX : v)); }
+
+static void requant_row_i8(int8_t *restrict y, const int32_t *restrict acc, size_t n, int64_t bias, uint32_t m,
+                           uint32_t sh)
+{
+    const uint64_t half = (uint64_t)1 << (sh - 1u);
+    size_t j;
+    for (j = 0; j < n; j++) {
+        const int64_t a = bias + acc[j];
+        const uint64_t mag = a < 0 ? 0u - (uint64_t)a : (uint64_t)a;
+        const int64_t r = (int64_t)((mag * m + half) >> sh);
+        y[j] = clamp8(a < 0 ? -r : r);
+    }
+}
+
+/* y[i] = t[y[i] + 128]: an int8 ACT (spec, "int8 files"), applied in place. */
+static void lut_i8(int8_t *y, size_t n, const int8_t *restrict t)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        y[i] = t[y[i] + 128];
+}
+
+static void requant_row_i32(int32_t *restrict y, const int32_t *restrict acc, size_t n, int64_t bias, uint32_t m,
+                            uint32_t sh)
+{
+    size_t j;
+    for (j = 0; j < n; j++)
+        y[j] = clamp32(requantize(bias + acc[j], m, sh));
+}
+
+/* Requantise n int32 sums of channel o into y[at ..] (an int8 or int32 map); a
+ * following int8 ACT layer's LUT (lut != NULL) is applied while the row is hot. */
+static void requant_out(const layer_t *L, void *y, size_t at, const int32_t *acc, size_t n, int64_t bias, size_t o,
+                        const int8_t *lut)
+{
+    const uint32_t m = (uint32_t)((const int32_t *)L->arr[A_M])[o], sh = (uint32_t)((const int32_t *)L->arr[A_S])[o];
+    if (L->wide_out) {
+        requant_row_i32((int32_t *)y + at, acc, n, bias, m, sh);
+    } else {
+        requant_row_i8((int8_t *)y + at, acc, n, bias, m, sh);
+        if (lut != NULL)
+            lut_i8((int8_t *)y + at, n, lut);
+    }
+}
+
+/* ------------------------------------------------------------------ load-time preparation */
+static size_t g_prep_used; /* bytes of g_prep handed out */
+
+/* Offset of `bytes` fresh bytes of g_prep (8-aligned), or (size_t)-1 when full. */
+static size_t prep_alloc(size_t bytes)
+{
+    const size_t at = round_up(g_prep_used, 8u);
+    if (bytes > PREP_BYTES || at > PREP_BYTES - bytes)
+        return (size_t)-1;
+    g_prep_used = at + bytes;
+    return at;
+}
+
+/* w (out_c x n, row-major) transposed into g_prep as n x out_c; NULL if full. */
+static const float *prep_transpose(const float *w, size_t oc, size_t n)
+{
+    const size_t at = prep_alloc(oc * n * sizeof(float));
+    float *wt;
+    size_t o, k;
+    if (at == (size_t)-1)
+        return NULL;
+    wt = g_prep.f + at / 4u;
+    for (o = 0; o < oc; o++)
+        for (k = 0; k < n; k++)
+            wt[k * oc + o] = w[o * n + k];
+    return wt;
+}
+
+/* Choose how an int8 CONV runs and prepare its weights.
+ *  - MODE_WIDE: the wide plane (see the file comment), 16-bit products; good
+ *    for big output planes (C1: 28 x 32 outputs per pass).
+ *  - MODE_DOT: im2col - each output position's receptive field is copied into
+ *    a patch of in_c*k*k bytes (as x + 128, unsigned), and every output is one
+ *    dot product of a weight row with a patch, which gcc turns into vpdpbusd /
+ *    pmaddubsw-class code (64 MACs an instruction). Sum w*(x+128) - 128*sum(w)
+ *    is exactly sum w*x. Good for small planes with long kernels (C3, C5).
+ * The choice is a rough count of vector instructions for each. In MODE_DOT the
+ * pairs (o, c) off the connection table get zero weights in the patch-shaped
+ * copy (exact in integers; the padded dot costs the same either way). */
+static void prepare_conv_i8(layer_t *L)
+{
+    const size_t ic = L->ic, oc = L->oc, k = L->k, kk = k * k, kpatch = ic * kk, kp = round_up(kpatch, 64u);
+    const size_t wp = L->iw + 2u * L->pad, npos = (size_t)L->oh * L->ow;
+    const int8_t *w = (const int8_t *)L->arr[A_W];
+    const uint8_t *t = (const uint8_t *)L->arr[A_T];
+    size_t pairs = 0, o, c, i, at_w, at_s;
+    uint64_t wide_cost, dot_cost;
+    for (o = 0; o < oc; o++)
+        for (c = 0; c < ic; c++)
+            pairs += t == NULL || t[o * ic + c] != 0u;
+    wide_cost = (uint64_t)pairs * k * ((uint64_t)(L->oh * wp + 31u) / 32u * 22u + 30u);
+    dot_cost = (uint64_t)npos * oc * (kp / 64u * 2u + 10u) + (uint64_t)npos * ic * k * 4u;
+    if (dot_cost < wide_cost && (uint64_t)npos * kp + 16u <= (uint64_t)CAP * 4u) {
+        at_w = prep_alloc(oc * kp);
+        at_s = prep_alloc(oc * sizeof(int32_t));
+        if (at_w != (size_t)-1 && at_s != (size_t)-1) {
+            int8_t *wq = g_prep.b + at_w;
+            int32_t *wsum = g_prep.i + at_s / 4u;
+            memset(wq, 0, oc * kp);
+            for (o = 0; o < oc; o++) {
+                int32_t sum = 0;
+                for (c = 0; c < ic; c++) {
+                    if (t != NULL && t[o * ic + c] == 0u)
+                        continue;
+                    for (i = 0; i < kk; i++) {
+                        wq[o * kp + c * kk + i] = w[(o * ic + c) * kk + i];
+                        sum += w[(o * ic + c) * kk + i];
+                    }
+                }
+                wsum[o] = sum; /* |sum| <= 65536 * 128 */
+            }
+            L->mode = MODE_DOT, L->kp = kp, L->wq = wq, L->wsum = wsum;
+            return;
+        }
+    }
+    L->mode = MODE_WIDE;
+    L->pair16 = 1;
+    for (i = 0; i < oc * ic * kk; i++)
+        if (w[i] == -128)
+            L->pair16 = 0;
+}
+
+static int prepare(void)
+{
+    uint32_t l;
+    g_prep_used = 0;
+    /* First what must fit (it always does: no larger than the blob, plus one
+     * int32 per output channel), then the optional MODE_DOT copies. */
+    for (l = 0; l < g_model.n_layers; l++) {
+        layer_t *L = &g_model.layers[l];
+        const size_t n = (size_t)L->ic * L->ih * L->iw, oc = L->oc;
+        if (L->op != OP_DENSE)
+            continue;
+        if (g_model.dtype == LENET5_FLOAT32) {
+            /* DENSE runs as axpys over output channels: it wants w transposed */
+            L->wt = prep_transpose((const float *)L->arr[A_W], oc, n);
+            if (L->wt == NULL)
+                return fail(LENET5_E_LIMIT, "layer %lu: no room for prepared weights", (unsigned long)l);
+        } else {
+            const size_t at = prep_alloc(oc * sizeof(int32_t));
+            const int8_t *w = (const int8_t *)L->arr[A_W];
+            int32_t *wsum;
+            size_t o, i;
+            if (at == (size_t)-1)
+                return fail(LENET5_E_LIMIT, "layer %lu: no room for prepared weights", (unsigned long)l);
+            wsum = g_prep.i + at / 4u;
+            for (o = 0; o < oc; o++) {
+                int32_t sum = 0; /* |sum| <= 65536 * 128 (fan-in check) */
+                for (i = 0; i < n; i++)
+                    sum += w[o * n + i];
+                wsum[o] = sum;
+            }
+            L->wsum = wsum;
+        }
+    }
+    for (l = 0; l < g_model.n_layers; l++) {
+        layer_t *L = &g_model.layers[l];
+        if (L->op != OP_CONV)
+            continue;
+        if (g_model.dtype == LENET5_INT8) {
+            prepare_conv_i8(L);
+        } else if (L->oh == 1u && L->ow == 1u && !L->has_table) {
+            /* A CONV with a 1 x 1 output (LeNet-5's C5) is a DENSE layer over
+             * its staged (padded) input, which is exactly the in_c x k x k patch
+             * in the weights' order. Stays MODE_WIDE if g_prep is full. */
+            L->wt = prep_transpose((const float *)L->arr[A_W], L->oc, (size_t)L->ic * L->k * L->k);
+            if (L->wt != NULL)
+                L->mode = MODE_DENSE;
+        }
+    }
+    return LENET5_OK;
+}
+
+/* ------------------------------------------------------------------ float32 kernels */
+/* acc[p] += sum_{v<5} w[v] x[p+v], p < n: one row of a 5-wide kernel. */
+static void taps5_f32(float *restrict acc, const float *restrict x, const float *restrict w, size_t n)
+{
+    const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4];
+    size_t p;
+    for (p = 0; p < n; p++)
+        acc[p] += ((w0 * x[p] + w1 * x[p + 1]) + (w2 * x[p + 2] + w3 * x[p + 3])) + w4 * x[p + 4];
+}
+
+static void taps1_f32(float *restrict acc, const float *restrict x, float w, size_t n)
+{
+    size_t p;
+    for (p = 0; p < n; p++)
+        acc[p] += w * x[p];
+}
+
+/* A whole 5 x 5 kernel in one pass (LeNet-5's kernel size): acc is loaded and
+ * stored once per 25 taps and the 25 weights stay in registers. */
+#define ROW5(r, xr)                                                                                  \
+    (((w[5 * (r)] * xr[p] + w[5 * (r) + 1] * xr[p + 1]) + (w[5 * (r) + 2] * xr[p + 2] + w[5 * (r) + 3] * xr[p + 3])) + \
+     w[5 * (r) + 4] * xr[p + 4])
+static void taps25_f32(float *restrict acc, const float *restrict x, const float *restrict w, size_t wp, size_t n)
+{
+    const float *x0 = x, *x1 = x + wp, *x2 = x + 2u * wp, *x3 = x + 3u * wp, *x4 = x + 4u * wp;
+    size_t p;
+    for (p = 0; p < n; p++)
+        acc[p] += ((ROW5(0, x0) + ROW5(1, x1)) + (ROW5(2, x2) + ROW5(3, x3))) + ROW5(4, x4);
+}
+#undef ROW5
+
+/* Copy a C x H x W map into the staging buffer with a zero border of `pad`
+ * (spec, CONV: x is 0 outside the map); the slack after it is zeroed too. */
+static void stage_f32(const float *x, size_t c_n, size_t h, size_t w, size_t pad)
+{
+    const size_t hp = h + 2u * pad, wp = w + 2u * pad;
+    float *xs = g_stage.f;
+    size_t c, i;
+    memset(xs, 0, (c_n * hp * wp + SLACK) * sizeof *xs);
+    for (c = 0; c < c_n; c++)
+        for (i = 0; i < h; i++)
+            memcpy(xs + (c * hp + i + pad) * wp + pad, x + (c * h + i) * w, w * sizeof *xs);
+}
+
+/* y[o] = b[o] + sum_i x[i] wt[i][o] over weights transposed to n x oc: axpys
+ * contiguous in o, four inputs per pass. Groups of four zero inputs (ReLU
+ * output is mostly zeros) are skipped: the weights are finite (validated), so
+ * they would add exact zeros. */
+static void gemv_t_f32(const float *restrict wt, const float *restrict b, const float *restrict x,
+                       float *restrict y, size_t n, size_t oc)
+{
+    size_t i, o;
+    for (o = 0; o < oc; o++)
+        y[o] = b[o];
+    for (i = 0; i + 4u <= n; i += 4u) {
+        const float x0 = x[i], x1 = x[i + 1], x2 = x[i + 2], x3 = x[i + 3];
+        const float *w0 = wt + i * oc, *w1 = w0 + oc, *w2 = w1 + oc, *w3 = w2 + oc;
+        if (x0 == 0.0f && x1 == 0.0f && x2 == 0.0f && x3 == 0.0f)
+            continue;
+        for (o = 0; o < oc; o++)
+            y[o] += (x0 * w0[o] + x1 * w1[o]) + (x2 * w2[o] + x3 * w3[o]);
+    }
+    for (; i < n; i++) {
+        const float xi = x[i], *wi = wt + i * oc;
+        for (o = 0; o < oc; o++)
+            y[o] += xi * wi[o];
+    }
+}
+
+/* CONV, spec "Operations": y[o,i,j] = b[o] + sum_{c,u,v} w[o,c,u,v] x[c, i+u-pad, j+v-pad],
+ * pairs (o, c) off the connection table skipped. Computed "wide" (file comment). */
+static void conv_f32(const layer_t *L, const float *x, float *y)
+{
+    const size_t ic = L->ic, k = L->k, oh = L->oh, ow = L->ow;
+    const size_t wp = L->iw + 2u * L->pad, plane = (L->ih + 2u * L->pad) * wp;
+    const size_t n = round_up(oh * wp, 16u); /* whole vectors; the tail reads land in the slack */
+    const float *w = (const float *)L->arr[A_W], *b = (const float *)L->arr[A_B];
+    const uint8_t *t = (const uint8_t *)L->arr[A_T];
+    const float *xs = g_stage.f;
+    float *acc = g_plane.f;
+    size_t o, c, u, v, i, p;
+
+    stage_f32(x, ic, L->ih, L->iw, L->pad);
+    if (L->mode == MODE_DENSE) { /* 1 x 1 output: a dense layer over the staged patch */
+        gemv_t_f32(L->wt, b, xs, y, ic * plane, L->oc);
+        return;
+    }
+    for (o = 0; o < L->oc; o++) {
+        for (p = 0; p < n; p++)
+            acc[p] = b[o];
+        for (c = 0; c < ic; c++) {
+            const float *wc = w + (o * ic + c) * k * k, *xc = xs + c * plane;
+            if (t != NULL && t[o * ic + c] == 0u)
+                continue;
+            if (k == 5u) {
+                taps25_f32(acc, xc, wc, wp, n);
+                continue;
+            }
+            for (u = 0; u < k; u++) {
+                const float *row = xc + u * wp, *wr = wc + u * k;
+                for (v = 0; v + 5u <= k; v += 5u)
+                    taps5_f32(acc, row + v, wr + v, n);
+                for (; v < k; v++)
+                    taps1_f32(acc, row + v, wr[v], n);
+            }
+        }
+        for (i = 0; i < oh; i++) /* drop the garbage columns j >= out_w */
+            memcpy(y + (o * oh + i) * ow, acc + i * wp, ow * sizeof *y);
+    }
+}
+
+/* RBF: y[o] = -sum_n (x[n] - w[o,n])^2, summed in double (spec, RBF). */
+static void rbf_f32(const layer_t *L, const float *x, float *y)
+{
+    const size_t n = (size_t)L->ic * L->ih * L->iw;
+    const float *w = (const float *)L->arr[A_W];
+    size_t o, i;
+    for (o = 0; o < L->oc; o++) {
+        const float *wo = w + o * n;
+        double s = 0.0;
+        for (i = 0; i < n; i++) {
+            const double d = (double)x[i] - (double)wo[i];
+            s += d * d;
+        }
+        y[o] = (float)-s;
+    }
+}
+
+/* MAXPOOL / AVGPOOL / SUBSAMPLE: 2 x 2 blocks, stride 2, corners summed as
+ * runtime.py does: (top-left + top-right) + (bottom-left + bottom-right). */
+static void pool_f32(const layer_t *L, const float *x, float *y)
+{
+    const size_t h = L->ih, w = L->iw, oh = L->oh, ow = L->ow;
+    const float *sw = (const float *)L->arr[A_W], *sb = (const float *)L->arr[A_B];
+    size_t c, i, j;
+    for (c = 0; c < L->oc; c++)
+        for (i = 0; i < oh; i++) {
+            const float *r0 = x + (c * h + 2u * i) * w, *r1 = r0 + w;
+            float *yr = y + (c * oh + i) * ow;
+            if (L->op == OP_MAXPOOL) {
+                for (j = 0; j < ow; j++) {
+                    const float a = r0[2 * j] > r0[2 * j + 1] ? r0[2 * j] : r0[2 * j + 1];
+                    const float d = r1[2 * j] > r1[2 * j + 1] ? r1[2 * j] : r1[2 * j + 1];
+                    yr[j] = a > d ? a : d;
+                }
+            } else if (L->op == OP_AVGPOOL) {
+                for (j = 0; j < ow; j++)
+                    yr[j] = ((r0[2 * j] + r0[2 * j + 1]) + (r1[2 * j] + r1[2 * j + 1])) * 0.25f;
+            } else { /* SUBSAMPLE: y = w[c] * (block sum) + b[c] */
+                const float wc = sw[c], bc = sb[c];
+                for (j = 0; j < ow; j++)
+                    yr[j] = wc * ((r0[2 * j] + r0[2 * j + 1]) + (r1[2 * j] + r1[2 * j + 1])) + bc;
+            }
+        }
+}
+
+/* ACT (spec codes); sigmoid and SELU in double as runtime.py. */
+static void act_f32(const layer_t *L, const float *restrict x, float *restrict y)
+{
+    const size_t n = (size_t)L->oc * L->oh * L->ow;
+    size_t i;
+    switch (L->act) {
+    case ACT_RELU:
+        for (i = 0; i < n; i++)
+            y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+        break;
+    case ACT_TANH:
+        for (i = 0; i < n; i++)
+            y[i] = tanh_f32(x[i]);
+        break;
+    case ACT_SIGMOID:
+        for (i = 0; i < n; i++)
+            y[i] = (float)(1.0 / (1.0 + exp(-(double)x[i])));
+        break;
+    case ACT_SELU:
+        for (i = 0; i < n; i++) {
+            const double v = x[i];
+            y[i] = (float)(1.0507009873554805 * (v > 0.0 ? v : 1.6732632423543772 * expm1(v)));
+        }
+        break;
+    case ACT_SCALED_TANH: /* 1.7159 tanh(2x/3), constants rounded to float32 first as runtime.py */
+        for (i = 0; i < n; i++)
+            y[i] = 1.7159f * tanh_f32((float)(2.0 / 3.0) * x[i]);
+        break;
+    case ACT_ABS:
+        for (i = 0; i < n; i++)
+            y[i] = fabsf(x[i]);
+        break;
+    default: /* identity */
+        memcpy(y, x, n * sizeof *y);
+        break;
+    }
+}
+
+/* One image through a float32 model; returns the last map. */
+static const float *forward_f32(const unsigned char *img)
+{
+    const size_t h = g_model.img_h, w = g_model.img_w, pad = g_model.pad, wp = g_model.in_w;
+    float *x = g_act[0].f;
+    size_t i, j, cur = 0;
+    uint32_t l;
+    /* Input (spec, Header): x = a*p + b, the border filled with b. */
+    if (pad)
+        for (i = 0; i < g_model.in_h * wp; i++)
+            x[i] = g_model.in_pad;
+    for (i = 0; i < h; i++)
+        for (j = 0; j < w; j++)
+            x[(i + pad) * wp + j + pad] = g_model.in_f32[img[i * w + j]];
+    for (l = 0; l < g_model.n_layers; l++) {
+        const layer_t *L = &g_model.layers[l];
+        const float *in = g_act[cur].f;
+        float *out = g_act[cur ^ 1u].f;
+        switch (L->op) {
+        case OP_CONV: conv_f32(L, in, out); break;
+        case OP_DENSE: gemv_t_f32(L->wt, (const float *)L->arr[A_B], in, out, (size_t)L->ic * L->ih * L->iw, L->oc); break;
+        case OP_RBF: rbf_f32(L, in, out); break;
+        case OP_ACT: act_f32(L, in, out); break;
+        default: pool_f32(L, in, out); break;
+        }
+        cur ^= 1u;
+    }
+    return g_act[cur].f;
+}
+
+/* ------------------------------------------------------------------ int8 kernels (integers only) */
+/* acc[p] += sum_{v<5} w[v] x[p+v]. A product of two int8 values fits in int16
+ * (|w x| <= 128 * 128 = 2^14), so it is formed in 16-bit lanes and widened to
+ * the int32 accumulator. With every weight in [-127, 127] (pair16, checked at
+ * load) two products even sum in int16: |w0 x0 + w1 x1| <= 2 * 127 * 128 < 2^15,
+ * which saves widenings. */
+static void taps5_i8(int32_t *restrict acc, const int16_t *restrict x, const int8_t *restrict w, size_t n,
+                     int pair16)
+{
+    const int16_t w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4];
+    size_t p;
+    if (pair16)
+        for (p = 0; p < n; p++)
+            acc[p] += (int16_t)(w0 * x[p] + w1 * x[p + 1]) + (int16_t)(w2 * x[p + 2] + w3 * x[p + 3]) +
+                      (int16_t)(w4 * x[p + 4]);
+    else
+        for (p = 0; p < n; p++)
+            acc[p] += ((int16_t)(w0 * x[p]) + (int16_t)(w1 * x[p + 1])) +
+                      ((int16_t)(w2 * x[p + 2]) + (int16_t)(w3 * x[p + 3])) + (int16_t)(w4 * x[p + 4]);
+}
+
+static void taps1_i8(int32_t *restrict acc, const int16_t *restrict x, int16_t w, size_t n)
+{
+    size_t p;
+    for (p = 0; p < n; p++)
+        acc[p] += (int16_t)(w * x[p]);
+}
+
+/* out[o * stride] = sum_i xu[i] w[o * n + i] for o < oc: dot products of one
+ * unsigned vector xu (x + 128) with oc signed weight rows. gcc turns each sum
+ * into vpdpbusd (AVX-512 VNNI / AVX-VNNI: 64 products an instruction); four
+ * rows per pass share the loads of xu. |sum| <= 65536 * 255 * 128 < 2^31. */
+static void dots_u8s8(int32_t *restrict out, size_t stride, const uint8_t *restrict xu, const int8_t *restrict w,
+                      size_t n, size_t oc)
+{
+    size_t o = 0, i;
+    for (; o + 4u <= oc; o += 4u) {
+        const int8_t *w0 = w + o * n, *w1 = w0 + n, *w2 = w1 + n, *w3 = w2 + n;
+        int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (i = 0; i < n; i++) {
+            s0 += xu[i] * w0[i];
+            s1 += xu[i] * w1[i];
+            s2 += xu[i] * w2[i];
+            s3 += xu[i] * w3[i];
+        }
+        out[o * stride] = s0, out[(o + 1u) * stride] = s1, out[(o + 2u) * stride] = s2, out[(o + 3u) * stride] = s3;
+    }
+    for (; o < oc; o++) {
+        const int8_t *wo = w + o * n;
+        int32_t s0 = 0;
+        for (i = 0; i < n; i++)
+            s0 += xu[i] * wo[i];
+        out[o * stride] = s0;
+    }
+}
+
+/* int8 CONV in MODE_WIDE (prepare_conv_i8): int32 sums (fan-in <= 65536, so
+ * |sum| <= 2^30), the i32 bias added in 64 bits, requantised per channel. */
+static void conv_wide_i8(const layer_t *L, const int8_t *x, void *y, const int8_t *lut)
+{
+    const size_t ic = L->ic, k = L->k, oh = L->oh, ow = L->ow, pad = L->pad, h = L->ih, w_in = L->iw;
+    const size_t wp = w_in + 2u * pad, hp = h + 2u * pad, plane = hp * wp;
+    const size_t n = round_up(oh * wp, 32u);
+    const int8_t *w = (const int8_t *)L->arr[A_W];
+    const int32_t *b = (const int32_t *)L->arr[A_B];
+    const uint8_t *t = (const uint8_t *)L->arr[A_T];
+    int16_t *xs = g_stage.h;
+    int32_t *acc = g_plane.i;
+    size_t o, c, u, v, i, j;
+
+    /* stage as int16 with the zero border (q = 0 is the real value 0) */
+    memset(xs, 0, (ic * plane + SLACK) * sizeof *xs);
+    for (c = 0; c < ic; c++)
+        for (i = 0; i < h; i++) {
+            int16_t *dst = xs + (c * hp + i + pad) * wp + pad;
+            const int8_t *src = x + (c * h + i) * w_in;
+            for (j = 0; j < w_in; j++)
+                dst[j] = src[j];
+        }
+    for (o = 0; o < L->oc; o++) {
+        memset(acc, 0, n * sizeof *acc);
+        for (c = 0; c < ic; c++) {
+            const int8_t *wc = w + (o * ic + c) * k * k;
+            if (t != NULL && t[o * ic + c] == 0u)
+                continue;
+            for (u = 0; u < k; u++) {
+                const int16_t *row = xs + c * plane + u * wp;
+                const int8_t *wr = wc + u * k;
+                for (v = 0; v + 5u <= k; v += 5u)
+                    taps5_i8(acc, row + v, wr + v, n, L->pair16);
+                for (; v < k; v++)
+                    taps1_i8(acc, row + v, wr[v], n);
+            }
+        }
+        /* Requantise the whole wide plane in one long (vectorised) run into a
+         * scratch row, then keep the valid columns j < out_w of each row. */
+        requant_out(L, g_acc.b, 0u, acc, oh * wp, b[o], o, lut);
+        for (i = 0; i < oh; i++) {
+            if (L->wide_out)
+                memcpy((int32_t *)y + (o * oh + i) * ow, g_acc.i + i * wp, ow * sizeof(int32_t));
+            else
+                memcpy((int8_t *)y + (o * oh + i) * ow, g_acc.b + i * wp, ow);
+        }
+    }
+}
+
+/* int8 CONV in MODE_DOT (prepare_conv_i8): im2col, then one u8 x s8 dot per output. */
+static void conv_dot_i8(const layer_t *L, const int8_t *x, void *y, const int8_t *lut)
+{
+    const size_t ic = L->ic, k = L->k, oh = L->oh, ow = L->ow, pad = L->pad, h = L->ih, w_in = L->iw;
+    const size_t wp = w_in + 2u * pad, hp = h + 2u * pad, plane = hp * wp, kp = L->kp, npos = oh * ow;
+    const int32_t *b = (const int32_t *)L->arr[A_B];
+    uint8_t *xs = g_stage.u, *patch = g_plane.u;
+    int32_t *acc = g_acc.i;
+    size_t o, c, u, i, j, pos;
+
+    /* stage x + 128 (unsigned) with the border at 0 + 128, plus 16 bytes of slack */
+    memset(xs, 128, ic * plane + 16u);
+    for (c = 0; c < ic; c++)
+        for (i = 0; i < h; i++) {
+            uint8_t *dst = xs + (c * hp + i + pad) * wp + pad;
+            const int8_t *src = x + (c * h + i) * w_in;
+            for (j = 0; j < w_in; j++)
+                dst[j] = (uint8_t)(src[j] + 128);
+        }
+    /* patches: row u of channel c under output (i, j) is k bytes at xs[c][i+u][j].
+     * Each copy moves 16 bytes (k <= 16; a fixed size compiles to one move) and
+     * the next copy overwrites the excess; bytes past in_c*k*k meet zero
+     * weights, so their values do not matter. */
+    for (i = 0, pos = 0; i < oh; i++)
+        for (j = 0; j < ow; j++, pos++) {
+            uint8_t *dst = patch + pos * kp;
+            for (c = 0; c < ic; c++)
+                for (u = 0; u < k; u++, dst += k)
+                    memcpy(dst, xs + c * plane + (i + u) * wp + j, 16u);
+        }
+    for (pos = 0; pos < npos; pos++) /* kp is a multiple of 64: whole vectors, no remainder loop */
+        dots_u8s8(acc + pos, npos, patch + pos * kp, L->wq, kp, L->oc);
+    for (o = 0; o < L->oc; o++) /* sum w (x + 128) - 128 sum w = sum w x */
+        requant_out(L, y, o * npos, acc + o * npos, npos, (int64_t)b[o] - 128 * (int64_t)L->wsum[o], o, lut);
+}
+
+/* DENSE on an int8 vector: u8 x s8 dots as in MODE_DOT, bias in 64 bits, requantised. */
+static void dense_i8(const layer_t *L, const int8_t *x, void *y, const int8_t *lut)
+{
+    const size_t n = (size_t)L->ic * L->ih * L->iw;
+    const int8_t *w = (const int8_t *)L->arr[A_W];
+    const int32_t *b = (const int32_t *)L->arr[A_B];
+    uint8_t *xu = g_stage.u;
+    int32_t *acc = g_acc.i;
+    size_t o, i;
+    for (i = 0; i < n; i++)
+        xu[i] = (uint8_t)(x[i] + 128);
+    dots_u8s8(acc, 1u, xu, w, n, L->oc);
+    for (o = 0; o < L->oc; o++) /* sum w (x + 128) - 128 sum w = sum w x */
+        requant_out(L, y, o, acc + o, 1u, (int64_t)b[o] - 128 * (int64_t)L->wsum[o], o, lut);
+}
+
+/* RBF on int8: acc = -sum (x - w)^2 in 64 bits, clamped to i32. A squared
+ * difference is at most 255^2, so 32768 of them still fit an int32 partial. */
+static void rbf_i8(const layer_t *L, const int8_t *x, int32_t *y)
+{
+    const size_t n = (size_t)L->ic * L->ih * L->iw;
+    const int8_t *w = (const int8_t *)L->arr[A_W];
+    size_t o, i0, i;
+    for (o = 0; o < L->oc; o++) {
+        const int8_t *wo = w + o * n;
+        int64_t total = 0;
+        for (i0 = 0; i0 < n; i0 += 32768u) {
+            const size_t end = n - i0 < 32768u ? n : i0 + 32768u;
+            int32_t part = 0;
+            for (i = i0; i < end; i++) {
+                const int32_t d = (int32_t)x[i] - (int32_t)wo[i];
+                part += d * d;
+            }
+            total += part;
+        }
+        y[o] = clamp32(-total);
+    }
+}
+
+/* MAXPOOL (exact), AVGPOOL sign(s) ((|s| + 2) >> 2), SUBSAMPLE w[c] s + b[c]
+ * requantised; s is the 2 x 2 block sum. lut: a following ACT, fused. */
+static void pool_i8(const layer_t *L, const int8_t *x, void *y, const int8_t *lut)
+{
+    const size_t h = L->ih, w = L->iw, oh = L->oh, ow = L->ow;
+    int32_t *acc = g_acc.i;
+    int8_t vmax[2u * MAX_DIM];
+    int16_t vsum[2u * MAX_DIM];
+    size_t c, i, j;
+    for (c = 0; c < L->oc; c++) {
+        for (i = 0; i < oh; i++) {
+            const int8_t *r0 = x + (c * h + 2u * i) * w, *r1 = r0 + w;
+            int8_t *yr = (int8_t *)y + (c * oh + i) * ow;
+            if (L->op == OP_MAXPOOL) { /* vertical max over contiguous rows, then pairs */
+                for (j = 0; j < 2u * ow; j++)
+                    vmax[j] = r0[j] > r1[j] ? r0[j] : r1[j];
+                for (j = 0; j < ow; j++)
+                    yr[j] = vmax[2 * j] > vmax[2 * j + 1] ? vmax[2 * j] : vmax[2 * j + 1];
+            } else if (L->op == OP_AVGPOOL) {
+                for (j = 0; j < ow; j++) {
+                    const int s = r0[2 * j] + r0[2 * j + 1] + r1[2 * j] + r1[2 * j + 1];
+                    yr[j] = (int8_t)(s < 0 ? -((-s + 2) >> 2) : (s + 2) >> 2); /* |s| <= 512: in range */
+                }
+            } else { /* SUBSAMPLE: |w s| <= 128 * 512, so w s fits int32; + b in 64 bits */
+                const int32_t wc = ((const int8_t *)L->arr[A_W])[c];
+                for (j = 0; j < 2u * ow; j++) /* vertical sums first, contiguous */
+                    vsum[j] = (int16_t)(r0[j] + r1[j]);
+                for (j = 0; j < ow; j++)
+                    acc[i * ow + j] = wc * (vsum[2 * j] + vsum[2 * j + 1]);
+                continue;
+            }
+            if (lut != NULL)
+                lut_i8(yr, ow, lut);
+        }
+        if (L->op == OP_SUBSAMPLE) /* requantise the channel's plane in one run */
+            requant_out(L, y, c * oh * ow, acc, oh * ow, ((const int32_t *)L->arr[A_B])[c], c, lut);
+    }
+}
+
+/* ACT on int8: y = t[x + 128] (the LUT folds the activation and the rescale). */
+static void act_i8(const layer_t *L, const int8_t *restrict x, int8_t *restrict y)
+{
+    const size_t n = (size_t)L->oc * L->oh * L->ow;
+    const int8_t *t = (const int8_t *)L->arr[A_T];
+    size_t i;
+    for (i = 0; i < n; i++)
+        y[i] = t[x[i] + 128];
+}
+
+/* One image through an int8 model; returns the buffer holding the last map
+ * (int8, or int32 when the last layer has a 32-bit output). */
+static const buffer_t *forward_i8(const unsigned char *img)
+{
+    const size_t h = g_model.img_h, w = g_model.img_w, pad = g_model.pad, wp = g_model.in_w;
+    const int8_t *in_lut = g_model.in_lut;
+    int8_t *x = g_act[0].b;
+    size_t i, j, cur = 0;
+    uint32_t l;
+    /* Input (spec, "int8 files"): q = lut[p]; padding cells hold lut[0]. */
+    if (pad)
+        memset(x, (unsigned char)in_lut[0], g_model.in_h * wp);
+    for (i = 0; i < h; i++)
+        for (j = 0; j < w; j++)
+            x[(i + pad) * wp + j + pad] = in_lut[img[i * w + j]];
+    for (l = 0; l < g_model.n_layers; l++) {
+        const layer_t *L = &g_model.layers[l];
+        const int8_t *in = g_act[cur].b;
+        buffer_t *out = &g_act[cur ^ 1u];
+        /* An ACT right after a layer with an int8 output is applied by that
+         * layer as it stores (the same values, one pass fewer). */
+        const int8_t *lut = NULL;
+        if (l + 1u < g_model.n_layers && g_model.layers[l + 1u].op == OP_ACT && L->op != OP_ACT &&
+            L->op != OP_RBF && !L->wide_out)
+            lut = (const int8_t *)g_model.layers[l + 1u].arr[A_T];
+        switch (L->op) {
+        case OP_CONV:
+            if (L->mode == MODE_DOT)
+                conv_dot_i8(L, in, out->b, lut);
+            else
+                conv_wide_i8(L, in, out->b, lut);
+            break;
+        case OP_DENSE: dense_i8(L, in, out->b, lut); break;
+        case OP_RBF: rbf_i8(L, in, out->i); break;
+        case OP_ACT: act_i8(L, in, out->b); break;
+        default: pool_i8(L, in, out->b, lut); break;
+        }
+        if (lut != NULL)
+            l++; /* the ACT is done */
+        cur ^= 1u;
+    }
+    return &g_act[cur];
+}
+
+/* ------------------------------------------------------------------ public entry points */
+int lenet5_run_float(const unsigned char *images, size_t n, float *logits)
+{
+    const size_t px = (size_t)g_model.img_h * g_model.img_w, nc = g_model.num_classes;
+    size_t i;
+    if (!g_model.loaded || g_model.dtype != LENET5_FLOAT32 || (n && (images == NULL || logits == NULL)))
+        return LENET5_E_ARG;
+    for (i = 0; i < n; i++)
+        memcpy(logits + i * nc, forward_f32(images + i * px), nc * sizeof *logits);
+    return LENET5_OK;
+}
+
+int lenet5_run_int8(const unsigned char *images, size_t n, int32_t *logits)
+{
+    const size_t px = (size_t)g_model.img_h * g_model.img_w, nc = g_model.num_classes;
+    size_t i, c;
+    if (!g_model.loaded || g_model.dtype != LENET5_INT8 || (n && (images == NULL || logits == NULL)))
+        return LENET5_E_ARG;
+    for (i = 0; i < n; i++) {
+        const buffer_t *out = forward_i8(images + i * px);
+        if (g_model.layers[g_model.n_layers - 1u].wide_out)
+            memcpy(logits + i * nc, out->i, nc * sizeof *logits);
+        else
+            for (c = 0; c < nc; c++)
+                logits[i * nc + c] = out->b[c];
+    }
+    return LENET5_OK;
+}
+
+size_t lenet5_argmax_float(const float *v, size_t n)
+{
+    size_t i, best = 0;
+    for (i = 1; i < n; i++)
+        if (v[i] > v[best])
+            best = i;
+    return best;
+}
+
+size_t lenet5_argmax_int32(const int32_t *v, size_t n)
+{
+    size_t i, best = 0;
+    for (i = 1; i < n; i++)
+        if (v[i] > v[best])
+            best = i;
+    return best;
+}
