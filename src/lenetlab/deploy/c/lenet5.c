@@ -33,7 +33,17 @@
  *    dot products too. prepare() picks per layer at load time.
  *  - Layer kernels never branch per element on the op; an int8 ACT that
  *    follows a layer is applied by that layer as it stores its output.
+ *  - Optional AVX-512 paths (compiled in only when the target has them; the
+ *    portable C is the fallback and the reference, and both give the same
+ *    bits): with VNNI + BW, the u8 x s8 dots keep 16 output channels in the
+ *    lanes of one vpdpbusd (dots16, weights re-laid at load by prep_lanes)
+ *    and MAXPOOL runs in vectors; with VL + VBMI as well, requantisation and
+ *    the ACT LUT (two vpermi2b) run 8 / 64 values an instruction.
  */
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define LENET5_VNNI 1
+#include <immintrin.h>
+#endif
 #include "lenet5.h"
 
 #include <limits.h>
@@ -83,6 +93,8 @@ typedef struct {
     const float *wt;           /* float DENSE / MODE_DENSE: w transposed to n x out_c (in g_prep) */
     const int8_t *wq;          /* MODE_DOT: w with rows padded to kp, 0 off the table (in g_prep) */
     const int32_t *wsum;       /* int8 MODE_DOT / DENSE: sum of each output channel's weights */
+    const int8_t *wl;          /* int8 MODE_DOT / DENSE with VNNI: weights in 16-channel lane blocks (dots16) */
+    size_t kl;                 /* length of the dots in wl, a multiple of 4 */
 } layer_t;
 
 enum { MODE_WIDE, MODE_DOT, MODE_DENSE };
@@ -365,7 +377,7 @@ static int load_layer(const unsigned char *data, uint32_t i, uint32_t n_layers, 
     /* int8: a 32-bit output is kept as int32. Pools and ACTs only move int8
      * values, so their out_bits (8 or 32 on the last layer) changes nothing. */
     L->wide_out = dtype == LENET5_INT8 && out_bits == 32 && op != OP_MAXPOOL && op != OP_AVGPOOL && op != OP_ACT;
-    L->mode = MODE_WIDE, L->pair16 = 0, L->kp = 0, L->wt = NULL, L->wq = NULL, L->wsum = NULL;
+    L->mode = MODE_WIDE, L->pair16 = 0, L->kp = 0, L->wt = NULL, L->wq = NULL, L->wsum = NULL, L->wl = NULL, L->kl = 0;
 
     expected_counts(dtype, L, want_count);
     for (j = 0; j < N_ARRAYS; j++) {
@@ -617,24 +629,78 @@ static int64_t requantize(int64_t acc, uint32_t m, uint32_t n)
 static int8_t clamp8(int64_t v) { return (int8_t)(v < -128 ? -128 : (v > 127 ? 127 : v)); }
 static int32_t clamp32(int64_t v) { return (int32_t)(v < INT32_MIN ? INT32_MIN : (v > INT32_MAX ? INT32_MAX : v)); }
 
-static void requant_row_i8(int8_t *restrict y, const int32_t *restrict acc, size_t n, int64_t bias, uint32_t m,
-                           uint32_t sh)
+/* With AVX-512 the LUT of a fused ACT (lut != NULL) is applied in registers
+ * too; returns whether it was (else the caller applies it). */
+#if defined(LENET5_VNNI) && defined(__AVX512VL__) && defined(__AVX512VBMI__)
+static const int8_t g_zero_lut[256]; /* stands in for an absent LUT (never applied) */
+#endif
+static int requant_row_i8(int8_t *restrict y, const int32_t *restrict acc, size_t n, int64_t bias, uint32_t m,
+                          uint32_t sh, const int8_t *lut)
 {
     const uint64_t half = (uint64_t)1 << (sh - 1u);
-    size_t j;
-    for (j = 0; j < n; j++) {
+    size_t j = 0;
+#if defined(LENET5_VNNI) && defined(__AVX512VL__) && defined(__AVX512VBMI__)
+    /* 8 at a time in 64-bit lanes, the same arithmetic: |a| * M as two 32 x 32
+     * products (exact modulo 2^64 like the scalar code), the shift, the sign,
+     * and vpmovsqb's signed saturation is clamp8. */
+    const __m512i vb = _mm512_set1_epi64(bias), vm = _mm512_set1_epi64((long long)m);
+    const __m512i vh = _mm512_set1_epi64((long long)half), vs = _mm512_set1_epi64((long long)sh);
+    const int8_t *t = lut != NULL ? lut : (const int8_t *)g_zero_lut;
+    const __m512i t0 = _mm512_loadu_si512((const void *)t), t1 = _mm512_loadu_si512((const void *)(t + 64));
+    const __m512i t2 = _mm512_loadu_si512((const void *)(t + 128)), t3 = _mm512_loadu_si512((const void *)(t + 192));
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (; j < n; j += 8u) {
+        const __mmask8 k = (__mmask8)(n - j >= 8u ? 0xFFu : (1u << (n - j)) - 1u);
+        const __m512i a = _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(k, (const void *)(acc + j))), vb);
+        const __m512i mag = _mm512_abs_epi64(a);
+        const __m512i prod = _mm512_add_epi64(_mm512_mul_epu32(mag, vm),
+                                              _mm512_slli_epi64(_mm512_mul_epu32(_mm512_srli_epi64(mag, 32), vm), 32));
+        const __m512i r = _mm512_srlv_epi64(_mm512_add_epi64(prod, vh), vs);
+        const __mmask8 neg = _mm512_cmplt_epi64_mask(a, _mm512_setzero_si512());
+        __m512i q = _mm512_castsi128_si512(_mm512_cvtsepi64_epi8(_mm512_mask_sub_epi64(r, neg, _mm512_setzero_si512(), r)));
+        if (lut != NULL) { /* t[q + 128] as in lut_i8 */
+            const __m512i idx = _mm512_xor_si512(q, flip);
+            q = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), _mm512_permutex2var_epi8(t0, idx, t1),
+                                       _mm512_permutex2var_epi8(t2, idx, t3));
+        }
+        _mm_mask_storeu_epi8((void *)(y + j), (__mmask16)k, _mm512_castsi512_si128(q));
+    }
+    return 1;
+#else
+    (void)lut;
+#endif
+    for (; j < n; j++) {
         const int64_t a = bias + acc[j];
         const uint64_t mag = a < 0 ? 0u - (uint64_t)a : (uint64_t)a;
         const int64_t r = (int64_t)((mag * m + half) >> sh);
         y[j] = clamp8(a < 0 ? -r : r);
     }
+    return 0;
 }
 
 /* y[i] = t[y[i] + 128]: an int8 ACT (spec, "int8 files"), applied in place. */
 static void lut_i8(int8_t *y, size_t n, const int8_t *restrict t)
 {
-    size_t i;
-    for (i = 0; i < n; i++)
+    size_t i = 0;
+#if defined(LENET5_VNNI) && defined(__AVX512VBMI__)
+    /* 64 lookups at a time: two 128-entry permutes, chosen by the index's top bit */
+    const __m512i t0 = _mm512_loadu_si512((const void *)t), t1 = _mm512_loadu_si512((const void *)(t + 64));
+    const __m512i t2 = _mm512_loadu_si512((const void *)(t + 128)), t3 = _mm512_loadu_si512((const void *)(t + 192));
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (; i + 64u <= n; i += 64u) {
+        const __m512i idx = _mm512_xor_si512(_mm512_loadu_si512((const void *)(y + i)), flip); /* x + 128 */
+        const __m512i lo = _mm512_permutex2var_epi8(t0, idx, t1), hi = _mm512_permutex2var_epi8(t2, idx, t3);
+        _mm512_storeu_si512((void *)(y + i), _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, hi));
+    }
+    if (i < n) { /* the last n - i < 64 values, masked */
+        const __mmask64 m = (__mmask64)(~0ULL >> (64u - (n - i)));
+        const __m512i idx = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, (const void *)(y + i)), flip);
+        const __m512i lo = _mm512_permutex2var_epi8(t0, idx, t1), hi = _mm512_permutex2var_epi8(t2, idx, t3);
+        _mm512_mask_storeu_epi8((void *)(y + i), m, _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, hi));
+        i = n;
+    }
+#endif
+    for (; i < n; i++)
         y[i] = t[y[i] + 128];
 }
 
@@ -655,8 +721,7 @@ static void requant_out(const layer_t *L, void *y, size_t at, const int32_t *acc
     if (L->wide_out) {
         requant_row_i32((int32_t *)y + at, acc, n, bias, m, sh);
     } else {
-        requant_row_i8((int8_t *)y + at, acc, n, bias, m, sh);
-        if (lut != NULL)
+        if (!requant_row_i8((int8_t *)y + at, acc, n, bias, m, sh, lut) && lut != NULL)
             lut_i8((int8_t *)y + at, n, lut);
     }
 }
@@ -688,6 +753,29 @@ static const float *prep_transpose(const float *w, size_t oc, size_t n)
             wt[k * oc + o] = w[o * n + k];
     return wt;
 }
+
+#ifdef LENET5_VNNI
+/* Weight rows src[o * stride + i] (i < klen, zero past it) re-laid for dots16:
+ * block ob of 16 output channels, group g of 4 inputs: 64 bytes holding
+ * w[ob*16 + lane][4g + b] at lane*4 + b (zero for lanes past oc). */
+static void prep_lanes(layer_t *L, const int8_t *src, size_t stride, size_t klen, size_t oc)
+{
+    const size_t kl = round_up(klen, 4u), nb = (oc + 15u) / 16u, at = prep_alloc(nb * kl * 16u + 64u);
+    int8_t *d;
+    size_t ob, g, lane, b;
+    if (at == (size_t)-1)
+        return;
+    d = g_prep.b + round_up(at, 64u) ;
+    for (ob = 0; ob < nb; ob++)
+        for (g = 0; g < kl / 4u; g++)
+            for (lane = 0; lane < 16u; lane++)
+                for (b = 0; b < 4u; b++) {
+                    const size_t o = ob * 16u + lane, i = 4u * g + b;
+                    d[((ob * (kl / 4u) + g) * 16u + lane) * 4u + b] = (int8_t)(o < oc && i < klen ? src[o * stride + i] : 0);
+                }
+    L->wl = d, L->kl = kl;
+}
+#endif
 
 /* Choose how an int8 CONV runs and prepare its weights.
  *  - MODE_WIDE: the wide plane (see the file comment), 16-bit products; good
@@ -733,6 +821,9 @@ static void prepare_conv_i8(layer_t *L)
                 wsum[o] = sum; /* |sum| <= 65536 * 128 */
             }
             L->mode = MODE_DOT, L->kp = kp, L->wq = wq, L->wsum = wsum;
+#ifdef LENET5_VNNI
+            prep_lanes(L, wq, kp, kpatch, oc);
+#endif
             return;
         }
     }
@@ -791,6 +882,15 @@ static int prepare(void)
                 L->mode = MODE_DENSE;
         }
     }
+    /* Optional (skipped when g_prep is full): DENSE weights in lane blocks. */
+#ifdef LENET5_VNNI
+    for (l = 0; l < g_model.n_layers; l++) {
+        layer_t *L = &g_model.layers[l];
+        if (L->op == OP_DENSE && g_model.dtype == LENET5_INT8)
+            prep_lanes(L, (const int8_t *)L->arr[A_W], (size_t)L->ic * L->ih * L->iw, (size_t)L->ic * L->ih * L->iw,
+                       L->oc);
+    }
+#endif
     return LENET5_OK;
 }
 
@@ -1074,6 +1174,67 @@ static void dots_u8s8(int32_t *restrict out, size_t stride, const uint8_t *restr
     }
 }
 
+#ifdef LENET5_VNNI
+/* The same sums as dots_u8s8 with the output channels in the 16 int32 lanes of
+ * a vector: out[o * cstride + p * pstride] = sum_{i < kl} x[p * xstride + i] w[o][i]
+ * for p < npos, o < oc. Each vpdpbusd takes 4 bytes of x (broadcast) against 4
+ * weights of 16 channels (prep_lanes); the weights past the real length are 0,
+ * so the (up to 3) bytes of x read past it do not matter. */
+static void dots16(int32_t *out, size_t cstride, size_t pstride, const uint8_t *x, size_t xstride, size_t npos,
+                   const int8_t *wl, size_t kl, size_t oc)
+{
+    const size_t ng = kl / 4u;
+    int32_t tmp[4][16];
+    size_t ob, p, g, q, lane;
+    for (ob = 0; ob * 16u < oc; ob++) {
+        const int8_t *wb = wl + ob * ng * 64u;
+        const size_t nl = oc - ob * 16u < 16u ? oc - ob * 16u : 16u;
+        if (npos == 1u) { /* one vector (DENSE): four chains over the groups hide the latency */
+            __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+            int32_t v0, v1, v2, v3;
+            for (g = 0; g + 4u <= ng; g += 4u) {
+                memcpy(&v0, x + 4u * g, 4u), memcpy(&v1, x + 4u * g + 4u, 4u);
+                memcpy(&v2, x + 4u * g + 8u, 4u), memcpy(&v3, x + 4u * g + 12u, 4u);
+                a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(v0), _mm512_loadu_si512((const void *)(wb + g * 64u)));
+                a1 = _mm512_dpbusd_epi32(a1, _mm512_set1_epi32(v1), _mm512_loadu_si512((const void *)(wb + g * 64u + 64u)));
+                a2 = _mm512_dpbusd_epi32(a2, _mm512_set1_epi32(v2), _mm512_loadu_si512((const void *)(wb + g * 64u + 128u)));
+                a3 = _mm512_dpbusd_epi32(a3, _mm512_set1_epi32(v3), _mm512_loadu_si512((const void *)(wb + g * 64u + 192u)));
+            }
+            for (; g < ng; g++) {
+                memcpy(&v0, x + 4u * g, 4u);
+                a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(v0), _mm512_loadu_si512((const void *)(wb + g * 64u)));
+            }
+            a0 = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
+            _mm512_storeu_si512((void *)tmp[0], a0);
+            for (lane = 0; lane < nl; lane++)
+                out[(ob * 16u + lane) * cstride] = tmp[0][lane];
+            continue;
+        }
+        for (p = 0; p < npos; p += 4u) {
+            const size_t np = npos - p < 4u ? npos - p : 4u;
+            const uint8_t *x0 = x + p * xstride, *x1 = x0 + (np > 1u ? xstride : 0u);
+            const uint8_t *x2 = x0 + (np > 2u ? 2u * xstride : 0u), *x3 = x0 + (np > 3u ? 3u * xstride : 0u);
+            __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+            for (g = 0; g < ng; g++) {
+                const __m512i wv = _mm512_loadu_si512((const void *)(wb + g * 64u));
+                int32_t v0, v1, v2, v3;
+                memcpy(&v0, x0 + 4u * g, 4u), memcpy(&v1, x1 + 4u * g, 4u);
+                memcpy(&v2, x2 + 4u * g, 4u), memcpy(&v3, x3 + 4u * g, 4u);
+                a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(v0), wv);
+                a1 = _mm512_dpbusd_epi32(a1, _mm512_set1_epi32(v1), wv);
+                a2 = _mm512_dpbusd_epi32(a2, _mm512_set1_epi32(v2), wv);
+                a3 = _mm512_dpbusd_epi32(a3, _mm512_set1_epi32(v3), wv);
+            }
+            _mm512_storeu_si512((void *)tmp[0], a0), _mm512_storeu_si512((void *)tmp[1], a1);
+            _mm512_storeu_si512((void *)tmp[2], a2), _mm512_storeu_si512((void *)tmp[3], a3);
+            for (q = 0; q < np; q++)
+                for (lane = 0; lane < nl; lane++)
+                    out[(ob * 16u + lane) * cstride + (p + q) * pstride] = tmp[q][lane];
+        }
+    }
+}
+#endif
+
 /* int8 CONV in MODE_WIDE (prepare_conv_i8): int32 sums (fan-in <= 65536, so
  * |sum| <= 2^30), the i32 bias added in 64 bits, requantised per channel. */
 static void conv_wide_i8(const layer_t *L, const int8_t *x, void *y, const int8_t *lut)
@@ -1154,6 +1315,11 @@ static void conv_dot_i8(const layer_t *L, const int8_t *x, void *y, const int8_t
                 for (u = 0; u < k; u++, dst += k)
                     memcpy(dst, xs + c * plane + (i + u) * wp + j, 16u);
         }
+#ifdef LENET5_VNNI
+    if (L->wl != NULL)
+        dots16(acc, npos, 1u, patch, kp, npos, L->wl, L->kl, L->oc);
+    else
+#endif
     for (pos = 0; pos < npos; pos++) /* kp is a multiple of 64: whole vectors, no remainder loop */
         dots_u8s8(acc + pos, npos, patch + pos * kp, L->wq, kp, L->oc);
     for (o = 0; o < L->oc; o++) /* sum w (x + 128) - 128 sum w = sum w x */
@@ -1171,6 +1337,11 @@ static void dense_i8(const layer_t *L, const int8_t *x, void *y, const int8_t *l
     size_t o, i;
     for (i = 0; i < n; i++)
         xu[i] = (uint8_t)(x[i] + 128);
+#ifdef LENET5_VNNI
+    if (L->wl != NULL)
+        dots16(acc, 1u, 0u, xu, 0u, 1u, L->wl, L->kl, L->oc);
+    else
+#endif
     dots_u8s8(acc, 1u, xu, w, n, L->oc);
     for (o = 0; o < L->oc; o++) /* sum w (x + 128) - 128 sum w = sum w x */
         requant_out(L, y, o, acc + o, 1u, (int64_t)b[o] - 128 * (int64_t)L->wsum[o], o, lut);
@@ -1213,6 +1384,19 @@ static void pool_i8(const layer_t *L, const int8_t *x, void *y, const int8_t *lu
             const int8_t *r0 = x + (c * h + 2u * i) * w, *r1 = r0 + w;
             int8_t *yr = (int8_t *)y + (c * oh + i) * ow;
             if (L->op == OP_MAXPOOL) { /* vertical max over contiguous rows, then pairs */
+#if defined(LENET5_VNNI) && defined(__AVX512VL__)
+                /* 32 outputs a step: the row max, then each 16-bit lane's max of
+                 * its two bytes in the low byte, kept by vpmovwb */
+                for (j = 0; j < ow; j += 32u) {
+                    const size_t nb = 2u * (ow - j < 32u ? ow - j : 32u);
+                    const __mmask64 m = (__mmask64)(~0ULL >> (64u - nb));
+                    const __m512i v = _mm512_max_epi8(_mm512_maskz_loadu_epi8(m, (const void *)(r0 + 2u * j)),
+                                                      _mm512_maskz_loadu_epi8(m, (const void *)(r1 + 2u * j)));
+                    _mm256_mask_storeu_epi8((void *)(yr + j), (__mmask32)(~0u >> (32u - nb / 2u)),
+                                            _mm512_cvtepi16_epi8(_mm512_max_epi8(v, _mm512_srli_epi16(v, 8))));
+                }
+                continue;
+#endif
                 for (j = 0; j < 2u * ow; j++)
                     vmax[j] = r0[j] > r1[j] ? r0[j] : r1[j];
                 for (j = 0; j < ow; j++)
@@ -1230,12 +1414,12 @@ static void pool_i8(const layer_t *L, const int8_t *x, void *y, const int8_t *lu
                     acc[i * ow + j] = wc * (vsum[2 * j] + vsum[2 * j + 1]);
                 continue;
             }
-            if (lut != NULL)
-                lut_i8(yr, ow, lut);
         }
         if (L->op == OP_SUBSAMPLE) /* requantise the channel's plane in one run */
             requant_out(L, y, c * oh * ow, acc, oh * ow, ((const int32_t *)L->arr[A_B])[c], c, lut);
     }
+    if (lut != NULL && L->op != OP_SUBSAMPLE) /* the fused ACT over the whole map */
+        lut_i8((int8_t *)y, L->oc * oh * ow, lut);
 }
 
 /* ACT on int8: y = t[x + 128] (the LUT folds the activation and the rescale). */
