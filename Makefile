@@ -24,6 +24,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_to_99.py
+	$(BIN)/python benchmarks/runtime_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
