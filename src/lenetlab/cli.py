@@ -31,7 +31,8 @@ def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
 
     o: dict[str, Any] = {}
     train = {k: v for k, v in (("epochs", a.epochs), ("seed", a.seed), ("batch_size", a.batch_size),
-                               ("lr", a.lr), ("stop_at_accuracy", a.stop_at)) if v is not None}
+                               ("lr", a.lr), ("stop_at_accuracy", a.stop_at), ("qat_bits", a.qat_bits),
+                               ("act_scale", a.act_scale), ("train_noise", a.train_noise)) if v is not None}
     if train:
         o["train"] = train
     data = {k: v for k, v in (("dataset", a.dataset), ("data_dir", a.data_dir)) if v is not None}
@@ -274,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", help="mnist | fashion_mnist | kmnist")
     t.add_argument("--data-dir", help="folder with dataset IDX files (else $LENETLAB_DATA)")
     t.add_argument("--stop-at", type=float, metavar="ACC", help="stop once test accuracy >= ACC (0..1)")
+    t.add_argument("--qat-bits", type=int, metavar="B", help="constant-scale QAT at B bits (2..16)")
+    t.add_argument("--act-scale", type=float, metavar="S", help="QAT constant activation scale (default 1)")
+    t.add_argument("--train-noise", type=float, metavar="SIGMA", help="noisy training: sigma after every layer")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. train.lr=0.01")
     t.add_argument("--out", required=True, help="run directory to write")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

@@ -74,6 +74,12 @@ class TrainConfig:
     lb_patience: int = 3          # epochs without a better LB before a restart
     lb_lr_divisor: float = 3.0    # lr /= this at each restart (Adam is re-created)
     lb_min_lr: float = 1e-5       # stop once lr < this; `epochs` stays the upper bound
+    # noise hardening (Wang et al. 2025, PAPERS.md section 2; lenetlab.noise)
+    qat_bits: int | None = None   # constant-scale QAT at this bit width (2..16); None = float training
+    act_scale: float = 1.0        # QAT: the constant activation scale s
+    train_noise: float = 0.0      # noisy training: sigma of the noise after every layer (0 = off)
+    train_noise_ramp: float = 0.0  # fraction of training over which sigma ramps up linearly from 0
+    noise_relative: bool = False  # noisy training: sigma times max|y| of each site
 
 
 @dataclass

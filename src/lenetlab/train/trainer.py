@@ -127,10 +127,13 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
     cl = tc.channels_last
     if cl:
         model = model.to(memory_format=torch.channels_last)
-    opt = opt_factory(model.parameters(), tc)
     n = len(splits.train_x)
     per_epoch = math.ceil(n / tc.batch_size)
     total = per_epoch * tc.epochs
+    from lenetlab.noise.training import harden
+
+    hardening = harden(model, tc, total)   # QAT fake-quant and/or training noise; removed before saving
+    opt = opt_factory(model.parameters(), tc)
     sched = schedule_factory(tc, total, per_epoch)
 
     lb = None
@@ -183,6 +186,8 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
                 lr = sched(step)
                 for group in opt.param_groups:
                     group["lr"] = lr
+                if hardening is not None:
+                    hardening.step(step)
                 logits = model(xb)
                 loss = loss_fn(logits, yb)
                 opt.zero_grad(set_to_none=True)
@@ -253,6 +258,8 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
 
     if not last_eval:  # resumed a run whose last epoch was already done
         last_eval = evaluate(model, splits.test_x, splits.test_y, tc.eval_batch_size, loss_fn, cl)
+    if hardening is not None:
+        hardening.remove()   # plain names and float weights: the run loads into the plain model
     model = model.to(memory_format=torch.contiguous_format)
     epochs_done = history[-1]["epoch"] if history else start_epoch
     summary = {

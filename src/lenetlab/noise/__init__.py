@@ -1,0 +1,13 @@
+"""Hardening against noisy analog computation (Wang, Borras, Klein, Froening 2025; PAPERS.md section 2).
+
+- :mod:`lenetlab.noise.inject`: additive Gaussian noise after every layer of any
+  registered model, through hooks (the model is not edited);
+- :mod:`lenetlab.noise.qat`: fake-quant with a straight-through estimator and a
+  *constant* activation scale;
+- :mod:`lenetlab.noise.training`: the step ``fit`` uses to train with QAT and/or noise on.
+"""
+
+from lenetlab.noise.inject import SITES, NoiseInjector, noisy_accuracy
+from lenetlab.noise.qat import QATWrapper, apply_qat
+
+__all__ = ["SITES", "NoiseInjector", "noisy_accuracy", "QATWrapper", "apply_qat"]

@@ -1,0 +1,64 @@
+"""``lenetlab noise eval RUN_DIR --sigma ...``: test accuracy under additive Gaussian noise (mean/std over draws)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from lenetlab.errors import LenetlabError
+from lenetlab.noise.inject import SITES, check_sigma, check_sites
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    n = sub.add_parser("noise", help="noisy analog computation: accuracy under noise (Wang et al. 2025)")
+    nsub = n.add_subparsers(dest="noise_cmd", required=True, metavar="ACTION")
+    e = nsub.add_parser("eval", help="test accuracy of a run with noise after every layer")
+    e.add_argument("run_dir")
+    e.add_argument("--sigma", type=float, nargs="+", required=True, help="noise sigma(s), >= 0")
+    e.add_argument("--draws", type=int, default=5, help="noise draws per sigma (default 5)")
+    e.add_argument("--relative", action="store_true", help="sigma times max|y| of each site (per sample)")
+    e.add_argument("--sites", default=",".join(SITES), help=f"comma-separated sites (default {','.join(SITES)})")
+    e.add_argument("--weight-sigma", type=float, default=0.0, help="absolute noise on conv/linear weights")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--limit", type=int, metavar="N", help="only the first N test images")
+    e.add_argument("--json", action="store_true", help="print the rows as JSON")
+    e.set_defaults(func=cmd_noise_eval)
+
+
+def cmd_noise_eval(a: argparse.Namespace) -> int:
+    import dataclasses
+
+    from lenetlab.data import load_splits
+    from lenetlab.noise.inject import noisy_accuracy
+    from lenetlab.noise.training import apply_eval_qat
+    from lenetlab.rundir import load_model
+
+    # every argument is checked before the model and the data are loaded
+    sigmas = [check_sigma(s) for s in a.sigma]
+    check_sigma(a.weight_sigma, "--weight-sigma")
+    sites = check_sites([s.strip() for s in a.sites.split(",") if s.strip()])
+    if a.draws < 1:
+        raise LenetlabError(f"--draws must be >= 1, got {a.draws}")
+    if a.limit is not None and a.limit <= 0:
+        raise LenetlabError(f"--limit must be positive, got {a.limit}")
+    model, cfg = load_model(a.run_dir)
+    qat = apply_eval_qat(model, cfg.train)   # a QAT run is judged with its fake-quant on
+    data = dataclasses.replace(cfg.data, val_size=0, train_subset=1, test_subset=a.limit)
+    splits = load_splits(data)
+    rows = []
+    for s in sigmas:
+        r = noisy_accuracy(model, splits.test_x, splits.test_y, s, a.draws, a.relative, sites, a.weight_sigma,
+                           a.seed)
+        rows.append({"sigma": s, "accuracy_mean": r["mean"], "accuracy_std": r["std"], "draws": a.draws})
+    if qat is not None:
+        qat.remove()
+    if a.json:
+        print(json.dumps({"run": str(a.run_dir), "relative": a.relative, "sites": list(sites),
+                          "test_images": len(splits.test_x), "rows": rows}))
+        return 0
+    mode = "relative" if a.relative else "absolute"
+    print(f"{cfg.model.name} ({'QAT %d-bit, s=%g' % (cfg.train.qat_bits, cfg.train.act_scale) if qat else 'float'})"
+          f", {mode} noise at {','.join(sites)}, {len(splits.test_x)} test images, {a.draws} draws")
+    for r in rows:
+        print(f"  sigma {r['sigma']:<10g} accuracy {100 * r['accuracy_mean']:6.2f}% +- {100 * r['accuracy_std']:.2f}")
+    return 0

@@ -1,0 +1,198 @@
+"""Noise injection, constant-scale QAT and noisy training (lenetlab.noise; PAPERS.md section 2)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from lenetlab.cli import main
+from lenetlab.models import create_model
+from lenetlab.noise import NoiseInjector, apply_qat, noisy_accuracy
+from lenetlab.noise.qat import quantize_act, quantize_weight
+from lenetlab.noise.training import harden
+
+
+def _x(n: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name,options", [("lenet5", {}), ("lenet5", {"width": 2.0}), ("lenet_deep", {"depth": 6}),
+                                          ("lenet5", {"activation": "tanh", "pool": "avg"})])
+@pytest.mark.parametrize("relative", [False, True])
+def test_sigma_zero_is_exact(name, options, relative):
+    torch.manual_seed(0)
+    model = create_model(name, **options).eval()
+    x = _x()
+    with torch.no_grad():
+        plain = model(x)
+        with NoiseInjector(model, 0.0, relative=relative, seed=3):
+            wrapped = model(x)
+        after = model(x)
+    assert torch.equal(plain, wrapped) and torch.equal(plain, after)
+
+
+def test_noise_changes_logits_and_is_seeded():
+    model = create_model("lenet5").eval()
+    x = _x()
+    with torch.no_grad():
+        clean = model(x)
+        outs = []
+        for _ in range(2):
+            with NoiseInjector(model, 0.1, seed=5):
+                outs.append(model(x))
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], clean)
+
+
+def test_injected_noise_statistics_match_config():
+    """Absolute mode: at every site, injected noise has mean 0 and std sigma (large sample)."""
+    model = create_model("lenet5").eval()
+    sigma = 0.37
+    with torch.no_grad(), NoiseInjector(model, sigma, seed=1, record=True) as inj:
+        model(_x(64))
+    kinds = {k.split(":")[0] for k in inj.stats}
+    assert kinds == {"input", "conv", "act", "pool", "linear"}
+    assert {"linear:fc3", "conv:conv1", "conv:conv2"} <= set(inj.stats)
+    for site, chunks in inj.stats.items():
+        n = torch.cat(chunks).double()
+        se = sigma / n.numel() ** 0.5
+        assert abs(float(n.mean())) < 5 * se, site
+        # sample std of N draws has relative standard error ~ 1/sqrt(2N)
+        assert abs(float(n.std()) / sigma - 1) < 5 / (2 * n.numel()) ** 0.5 + 1e-3, site
+
+
+def test_relative_noise_scales_with_site_max_and_sites_are_selectable():
+    model = nn.Sequential(nn.Linear(100, 100, bias=False), nn.ReLU())
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(100) * 2.0)
+    x = torch.full((200, 100), 1.5)
+    x[:, 0] = 3.0            # max|x| = 3 at the input, max|y| = 6 after the linear layer
+    with torch.no_grad(), NoiseInjector(model, 0.1, relative=True, sites=["input", "linear"], seed=0,
+                                        record=True) as inj:
+        model(x)
+    assert set(inj.stats) == {"input", "linear:0"}
+    assert abs(float(torch.cat(inj.stats["input"]).std()) - 0.1 * 3.0) < 0.01
+    # the linear layer sees the noisy input, so its max|y| is about (not exactly) 6
+    assert abs(float(torch.cat(inj.stats["linear:0"]).std()) - 0.1 * 6.0) < 0.06
+
+
+def test_noisy_accuracy_vectorised_draws():
+    model = create_model("lenet5").eval()
+    x, y = _x(40), torch.arange(40) % 10
+    a0 = noisy_accuracy(model, x, y, 0.0, draws=3)
+    plain = float((model(x).argmax(1) == y).double().mean())
+    assert a0["per_draw"] == [plain] * 3 and a0["std"] < 1e-12
+    a = noisy_accuracy(model, x, y, 3.0, draws=4, seed=2)
+    assert len(a["per_draw"]) == 4 and a == noisy_accuracy(model, x, y, 3.0, draws=4, seed=2)
+    w = noisy_accuracy(model, x, y, 0.0, draws=2, weight_sigma=0.5)
+    assert len(w["per_draw"]) == 2
+    assert torch.equal(model(x), model(x))   # weights restored after weight noise
+
+
+def test_quantizers_and_ste():
+    w = torch.randn(6, 1, 5, 5, requires_grad=True)
+    q = quantize_weight(w, 4, per_channel=True)
+    levels = (q / (w.detach().abs().flatten(1).amax(1).view(-1, 1, 1, 1) / 7)).detach()
+    assert torch.allclose(levels, levels.round(), atol=1e-4) and levels.abs().max() <= 7 + 1e-4
+    q.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))          # straight through
+    x = torch.tensor([-1.0, 0.2, 0.74, 3.0, 100.0], requires_grad=True)
+    y = quantize_act(x, 3, 0.5)                              # levels 0..7 * 0.5
+    assert y.tolist() == [0.0, 0.0, 0.5, 3.0, 3.5]
+    y.sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]     # clipped STE
+
+
+def test_qat_gradients_flow_and_remove_restores_plain_model():
+    torch.manual_seed(0)
+    model = create_model("lenet5")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    q = apply_qat(model, 4, 1.0)
+    loss = nn.functional.cross_entropy(model(_x(32)), torch.arange(32) % 10)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    q.remove()
+    after = model.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_qat16_matches_float(small_run):
+    from lenetlab.data import load_splits
+    from lenetlab.rundir import load_model
+    from lenetlab.train import evaluate
+
+    model, cfg = load_model(small_run)
+    splits = load_splits(dataclasses.replace(cfg.data, val_size=0, train_subset=1))
+    base = evaluate(model, splits.test_x, splits.test_y)["accuracy"]
+    with apply_qat(model, 16, 2.0 ** -8):     # range 0..256, step 1/256
+        q = evaluate(model, splits.test_x, splits.test_y)["accuracy"]
+    assert abs(q - base) <= 0.001, (q, base)
+
+
+def test_train_with_qat_and_noise_saves_plain_model(tmp_path):
+    from lenetlab.rundir import load_model
+    from lenetlab.train import fit
+    from lenetlab.train.presets import resolve
+
+    small = {"data": {"train_subset": 600, "test_subset": 200, "val_size": 200},
+             "train": {"epochs": 1, "qat_bits": 6, "act_scale": 0.5, "train_noise": 0.2, "train_noise_ramp": 0.5}}
+    r = fit(resolve("fast", "lenet5", overrides=small), out=tmp_path / "run", log=None, progress=False)
+    model, cfg = load_model(tmp_path / "run")
+    assert cfg.train.qat_bits == 6 and list(model.state_dict()) == list(create_model("lenet5").state_dict())
+    assert 0 <= r["test_accuracy"] <= 1
+    code = main(["noise", "eval", str(tmp_path / "run"), "--sigma", "0", "0.1", "--draws", "2", "--limit", "100",
+                 "--json"])
+    assert code == 0
+
+
+def test_noise_ramp():
+    from lenetlab.config import TrainConfig
+
+    model = create_model("lenet5")
+    h = harden(model, TrainConfig(train_noise=0.4, train_noise_ramp=0.5), total_steps=100)
+    h.step(0)
+    assert h.noise.sigma == 0.0
+    h.step(25)
+    assert abs(h.noise.sigma - 0.2) < 1e-12
+    h.step(80)
+    assert h.noise.sigma == 0.4
+    model.eval()
+    x = _x(4)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))   # noise only in training mode
+    h.remove()
+    assert harden(model, TrainConfig(), 100) is None
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["noise", "eval", "RUN", "--sigma", "-0.5"], "sigma"),
+    (["noise", "eval", "RUN", "--sigma", "0.1", "--sites", "conv,bogus"], "bogus"),
+    (["noise", "eval", "RUN", "--sigma", "0.1", "--draws", "0"], "draws"),
+    (["train", "--qat-bits", "1", "--out", "OUT"], "2..16"),
+    (["train", "--qat-bits", "17", "--out", "OUT"], "2..16"),
+    (["train", "--train-noise", "-1", "--out", "OUT"], "train_noise"),
+    (["train", "--qat-bits", "8", "--act-scale", "0", "--out", "OUT"], "scale"),
+])
+def test_cli_bad_input(argv, needle, small_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = [str(small_run) if a == "RUN" else str(out) if a == "OUT" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lenetlab: error:") and needle in err[0]
+    assert not out.exists()
+
+
+def test_reproduce_noise_tiny(tmp_path):
+    from lenetlab.experiments import reproduce
+
+    r = reproduce("noise", tmp_path, tiny=True)
+    assert [c.name for c in r.claims] == ["qat_beats_float", "noisy_beats_qat", "noisy_gain_larger_net"]
+    assert (tmp_path / "accuracy_vs_sigma.png").stat().st_size > 0 and (tmp_path / "report.md").exists()
+    data = json.loads((tmp_path / "result.json").read_text())
+    rows = next(iter(data["tables"].values()))
+    assert len(rows) == 6 and all(0 <= row["auc"] <= 1 for row in rows)
