@@ -84,9 +84,14 @@ def test_trained_parity_full_test_set(name, deploy_runs, mnist_test):
 def test_fixed_point_multiplier():
     for m in (1e-6, 0.0123, 0.5, 0.99999, 1.0, 3.7, 1000.0):
         mult, n = fixed_point(m)
-        assert 1 <= n <= 62 and 0 <= mult < 2**31
+        assert 1 <= n <= 62 and 2**30 <= mult < 2**31       # full 31-bit precision
         assert abs(mult / 2**n - m) <= m * 2**-30
-    assert fixed_point(1e-30) == (0, 62) or fixed_point(1e-30)[1] == 62
+    assert fixed_point(0.5) == (2**30, 31)
+    assert fixed_point(1.0) == (2**30, 30)
+    assert fixed_point(1e-30) == (0, 62)                    # below 2^-62: the multiplier underflows to 0
+    assert fixed_point(0.0) == (0, 1)
+    with pytest.raises(LenetlabError, match="too large"):
+        fixed_point(2.0**31)
 
 
 def test_requantize_rounds_half_away_from_zero():
