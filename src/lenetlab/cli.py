@@ -14,9 +14,10 @@ from typing import Any
 
 from lenetlab.errors import LenetlabError
 
-PLUGIN_COMMANDS = ("lenetlab.fused.cli", "lenetlab.cascade.cli", "lenetlab.noise.cli", "lenetlab.faults.cli",
-                   "lenetlab.attacks.cli", "lenetlab.compress.cli")
-LIST_KINDS = ("models", "activations", "datasets", "presets", "schedules", "optimizers", "exporters", "experiments")
+PLUGIN_COMMANDS = ("lenetlab.quant.cli", "lenetlab.fused.cli", "lenetlab.cascade.cli", "lenetlab.noise.cli",
+                   "lenetlab.faults.cli", "lenetlab.attacks.cli", "lenetlab.compress.cli")
+LIST_KINDS = ("models", "activations", "datasets", "presets", "schedules", "optimizers", "exporters", "experiments",
+              "rules", "attacks", "fault_models", "compressors")
 
 
 def _console():
@@ -32,7 +33,9 @@ def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
     o: dict[str, Any] = {}
     train = {k: v for k, v in (("epochs", a.epochs), ("seed", a.seed), ("batch_size", a.batch_size),
                                ("lr", a.lr), ("stop_at_accuracy", a.stop_at), ("qat_bits", a.qat_bits),
-                               ("act_scale", a.act_scale), ("train_noise", a.train_noise)) if v is not None}
+                               ("act_scale", a.act_scale), ("train_noise", a.train_noise), ("method", a.method),
+                               ("zo_layers", a.zo_layers), ("zo_eps", a.eps), ("zo_q", a.q),
+                               ("rule", a.rule)) if v is not None}
     if train:
         o["train"] = train
     data = {k: v for k, v in (("dataset", a.dataset), ("data_dir", a.data_dir)) if v is not None}
@@ -136,6 +139,8 @@ def cmd_list(a: argparse.Namespace) -> int:
     con = _console()
     for kind in kinds:
         singular = kind[:-1]
+        if not registry.names(singular) and a.what is None:
+            continue   # a capability not in this build
         table = Table(title=kind, title_justify="left", show_header=True)
         table.add_column("name")
         table.add_column("description")
@@ -278,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--qat-bits", type=int, metavar="B", help="constant-scale QAT at B bits (2..16)")
     t.add_argument("--act-scale", type=float, metavar="S", help="QAT constant activation scale (default 1)")
     t.add_argument("--train-noise", type=float, metavar="SIGMA", help="noisy training: sigma after every layer")
+    t.add_argument("--method", help="bp (default) | zo | elasticzo | elasticzo-int8: training without backprop")
+    t.add_argument("--zo-layers", type=int, metavar="N", help="ElasticZO cutoff: first N weight layers by ZO")
+    t.add_argument("--eps", type=float, help="SPSA perturbation size (default 1e-3)")
+    t.add_argument("--q", type=int, help="SPSA perturbations per step (default 1)")
+    t.add_argument("--rule", help="learning rule: bp (default) | fa | dfa | le (lenetlab list rules)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. train.lr=0.01")
     t.add_argument("--out", required=True, help="run directory to write")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

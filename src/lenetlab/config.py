@@ -80,6 +80,13 @@ class TrainConfig:
     train_noise: float = 0.0      # noisy training: sigma of the noise after every layer (0 = off)
     train_noise_ramp: float = 0.0  # fraction of training over which sigma ramps up linearly from 0
     noise_relative: bool = False  # noisy training: sigma times max|y| of each site
+    # training without backprop (ElasticZO, PAPERS.md section 3; lenetlab.train.zeroth_order)
+    method: str = "bp"            # bp | zo | elasticzo | elasticzo-int8
+    zo_layers: int | None = None  # ElasticZO cutoff: the first N weight layers trained by ZO (None: all for zo)
+    zo_eps: float = 1e-3          # SPSA perturbation size
+    zo_q: int = 1                 # SPSA perturbations per step
+    # local learning rules (Lin & Sengupta 2025, PAPERS.md section 1; lenetlab.rules)
+    rule: str = "bp"              # bp | fa | dfa | le
 
 
 @dataclass

@@ -63,9 +63,21 @@ def kinds() -> list[str]:
 
 def _ensure_loaded() -> None:
     # Importing the packages runs their @register decorators.
+    # capability packages that register components (rules, attacks, fault models, ...)
+    import importlib
+
     import lenetlab.data  # noqa: F401
     import lenetlab.models  # noqa: F401
     import lenetlab.train  # noqa: F401
     from lenetlab.experiments import load_all
 
+    for pkg in OPTIONAL_PACKAGES:
+        try:
+            importlib.import_module(pkg)
+        except ModuleNotFoundError as e:   # that capability is not in this build
+            if e.name != pkg:
+                raise
     load_all()
+
+
+OPTIONAL_PACKAGES = ("lenetlab.rules", "lenetlab.attacks", "lenetlab.faults", "lenetlab.compress", "lenetlab.quant")

@@ -133,7 +133,21 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
     from lenetlab.noise.training import harden
 
     hardening = harden(model, tc, total)   # QAT fake-quant and/or training noise; removed before saving
-    opt = opt_factory(model.parameters(), tc)
+    rule = None
+    if tc.rule != "bp":
+        # FA / DFA / LE: the backward pathway is replaced, the forward is the model's own (lenetlab.rules);
+        # the handle may bring extra trainable parameters (LE's local classifiers)
+        from lenetlab.rules import attach_rule
+
+        rule = attach_rule(model, tc)
+    params = list(model.parameters()) + (list(rule.parameters()) if rule is not None else [])
+    opt = opt_factory(params, tc)
+    stepper = None
+    if tc.method != "bp":
+        # zeroth-order / ElasticZO: the step itself is different (lenetlab.train.zeroth_order)
+        from lenetlab.train.zeroth_order import make_stepper
+
+        stepper = make_stepper(model, tc, loss_fn, opt)
     sched = schedule_factory(tc, total, per_epoch)
 
     lb = None
@@ -188,13 +202,16 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
                     group["lr"] = lr
                 if hardening is not None:
                     hardening.step(step)
-                logits = model(xb)
-                loss = loss_fn(logits, yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if grad_norms is not None:
-                    grad_norms.accumulate()
-                opt.step()
+                if stepper is not None:
+                    logits, loss = stepper.step(xb, yb, lr, step)
+                else:
+                    logits = model(xb)
+                    loss = loss_fn(logits, yb)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if grad_norms is not None:
+                        grad_norms.accumulate()
+                    opt.step()
                 step += 1
                 with torch.no_grad():
                     loss_sum += loss.detach() * len(idx)
@@ -230,7 +247,7 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
                     model.load_state_dict(best_state)
                     row["restored_best"] = True
                 if d.restart:
-                    opt = opt_factory(model.parameters(), tc)
+                    opt = opt_factory(params, tc)
                     row["restart"], row["next_lr"] = True, d.lr
                 stop_lb = d.stop
             row["wall_seconds"] = time.perf_counter() - t0
@@ -260,6 +277,8 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
         last_eval = evaluate(model, splits.test_x, splits.test_y, tc.eval_batch_size, loss_fn, cl)
     if hardening is not None:
         hardening.remove()   # plain names and float weights: the run loads into the plain model
+    if rule is not None:
+        rule.remove()
     model = model.to(memory_format=torch.contiguous_format)
     epochs_done = history[-1]["epoch"] if history else start_epoch
     summary = {
