@@ -236,8 +236,12 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
     # wide tables stay readable when the output is piped to a file
     con = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     out = Path(a.out)
+    if a.name == "all":
+        return _reproduce_all(a, con)
+    if a.only:
+        raise LenetlabError("--only goes with `reproduce all`")
     try:
-        r = reproduce(a.name, out, full=a.full, force=a.force, log=None if a.quiet else con.print)
+        r = reproduce(a.name, out, full=a.full, force=a.force, log=None if a.quiet else con.print, tiny=a.tiny)
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished cells are kept in {out / 'cells.jsonl'}. Run the same command again "
               "to continue.", file=sys.stderr)
@@ -255,11 +259,85 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
                 t.add_row(*(fmt(row.get(c, "")) for c in cols))
             con.print(t)
     for c in r.claims:
-        mark = {True: "[green]supported[/green]", False: "[red]NOT supported[/red]",
-                None: "[yellow]inconclusive[/yellow]"}[c.supported]
-        con.print(f"  claim {c.name}: {mark} - {c.measured}  (paper: {c.statement})")
+        con.print(f"  claim {c.name}: {_VERDICT_MARKUP[c.supported]} - {c.measured}  (paper: {c.statement})")
     con.print(f"report: {out / 'report.md'}")
     return 0
+
+
+_VERDICT_MARKUP = {True: "[green]supported[/green]", False: "[red]NOT supported[/red]",
+                   None: "[yellow]inconclusive[/yellow]"}
+
+
+def _flushed(con):
+    """Print and flush: progress of long runs shows up at once in a log file or CI output."""
+
+    def log(s: str) -> None:
+        con.print(s)
+        sys.stdout.flush()
+
+    return log
+
+
+def _reproduce_all(a: argparse.Namespace, con) -> int:
+    from lenetlab.experiments.suite import reproduce_all
+
+    out = Path(a.out)
+    only = [n.strip() for n in a.only.split(",") if n.strip()] if a.only else None
+    try:
+        outcomes = reproduce_all(out, full=a.full, force=a.force, only=only, tiny=a.tiny,
+                                 log=(lambda s: None) if a.quiet else _flushed(con))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished experiments and cells are kept in {out}. Run the same command again "
+              "to continue.", file=sys.stderr)
+        return 130
+    for o in outcomes:
+        if o.result is None:
+            con.print(f"[bold]{o.name}[/bold]: [red]FAILED[/red] - {o.error}")
+            continue
+        for c in o.result.claims:
+            con.print(f"  {o.name} {c.name}: {_VERDICT_MARKUP[c.supported]} - {c.measured}")
+    failed = [o.name for o in outcomes if o.status == "failed"]
+    con.print(f"report: {out / 'report.html'} (and report.md)")
+    if failed:
+        con.print(f"[red]{len(failed)} of {len(outcomes)} experiments failed: {', '.join(failed)}[/red]")
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------- sweep
+def cmd_sweep(a: argparse.Namespace) -> int:
+    import signal
+
+    from lenetlab.sweep import load, run_sweep
+
+    sweep = load(a.file)
+    out = Path(a.out) if a.out else Path("runs") / "sweeps" / Path(a.file).stem
+    con = _console()
+
+    def terminated(signum, frame):   # SIGTERM (a scheduler, `kill`): stop like Ctrl-C, keep what finished
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        r = run_sweep(sweep, out, backend=a.backend, workers=a.workers, address=a.address,
+                      log=None if a.quiet else _flushed(con))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished trials are in {out / 'trials.jsonl'}. Run the same command again "
+              "to continue.", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    best = r["best"]
+    con.print(f"{r['total']} trials: {r['ran']} ran, {r['skipped']} were already done, {r['failed']} failed "
+              f"-> {r['path']}")
+    if best is not None:
+        con.print(f"best {sweep.metric}: {fmt_metric(best['metrics'][sweep.metric])}  trial {best['trial']}  "
+                  + " ".join(f"{k}={v}" for k, v in best["params"].items()))
+    return 1 if r["failed"] else 0
+
+
+def fmt_metric(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 # ---------------------------------------------------------------- parser
@@ -333,13 +411,28 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--int8", action="store_true", help="serve the int8 model")
     sv.set_defaults(func=cmd_serve)
 
-    rp = sub.add_parser("reproduce", help="reproduce a paper's experiment (lenetlab list experiments)")
-    rp.add_argument("name")
+    rp = sub.add_parser("reproduce", help="reproduce a paper's experiment (lenetlab list experiments), or all")
+    rp.add_argument("name", help="experiment name, or `all`: every experiment into OUT/<name>/ plus one "
+                                 "report.html with a claims table")
     rp.add_argument("--out", required=True, help="output directory (report.md, result.json, figures)")
     rp.add_argument("--full", action="store_true", help="the faithful, long version (default: quick mode)")
-    rp.add_argument("--force", action="store_true", help="discard finished cells and start over")
+    rp.add_argument("--force", action="store_true", help="discard finished cells (and, for all, finished "
+                                                         "experiments) and start over")
+    rp.add_argument("--only", metavar="A,B", help="with `all`: just these experiments")
+    rp.add_argument("--tiny", action="store_true", help="tests only: the smallest grid that runs every code "
+                                                        "path (meaningless numbers)")
     rp.add_argument("-q", "--quiet", action="store_true")
     rp.set_defaults(func=cmd_reproduce)
+
+    sw = sub.add_parser("sweep", help="grid/random sweep of training runs, resumable, on a process pool or Ray")
+    sw.add_argument("file", help="sweep file (TOML; format: python -m pydoc lenetlab.sweep)")
+    sw.add_argument("--backend", default="local", help="local (process pool, default) | ray")
+    sw.add_argument("--address", help="ray: cluster address (auto, HOST:6379, ray://HEAD:10001); "
+                                      "default: a local Ray instance")
+    sw.add_argument("--workers", type=int, metavar="N", help="parallel trials (default: CPU count)")
+    sw.add_argument("--out", help="output directory (default runs/sweeps/<file name>); holds trials.jsonl")
+    sw.add_argument("-q", "--quiet", action="store_true")
+    sw.set_defaults(func=cmd_sweep)
 
     # capability packages that own their subcommands: each module defines add_commands(sub)
     import importlib

@@ -8,7 +8,11 @@ it is supported - ``False`` is a valid, reportable outcome.
 
 Work is split into cells (one training run, one noise level, ...) recorded
 in ``cells.jsonl`` as they finish (:class:`Cells`), so an interrupted
-``reproduce`` continues where it stopped.
+``reproduce`` continues where it stopped. ``run.json`` records the mode and
+settings the cells belong to; cells recorded under other settings are
+discarded rather than mixed in. ``result.json`` carries a ``config_hash``
+(:func:`config_hash`) that ``lenetlab reproduce all`` uses to skip finished
+experiments.
 
 Example::
 
@@ -19,7 +23,10 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -49,9 +56,18 @@ class Result:
     figures: list[str] = field(default_factory=list)   # paths relative to the output dir
     notes: list[str] = field(default_factory=list)
     wall_seconds: float = 0.0
+    config_hash: str = ""                       # set by :func:`reproduce`
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Result:
+        """Inverse of :meth:`to_dict` (a ``result.json``); unknown keys are ignored."""
+        known = {f for f in cls.__dataclass_fields__}
+        d = {k: v for k, v in d.items() if k in known}
+        d["claims"] = [Claim(**c) for c in d.get("claims", [])]
+        return cls(**d)
 
 
 class Cells:
@@ -85,10 +101,24 @@ class Context:
     cells: Cells
     log: Callable[[str], None]
     tiny: bool = False        # tests only: the smallest grid that runs every code path
+    options: dict[str, Any] = field(default_factory=dict)   # setting overrides (sweeps); see resolve_settings
 
     @property
     def mode(self) -> str:
         return "tiny" if self.tiny else ("full" if self.full else "quick")
+
+    def resolve_settings(self, defaults: dict[str, Any]) -> dict[str, Any]:
+        """``defaults`` (the mode's settings) with this run's overrides applied. An experiment that reads
+        its settings through this (``s = ctx.resolve_settings(settings(ctx.full, ctx.tiny))``) and sets
+        ``accepts_options = True`` can be swept over them (``lenetlab sweep``, kind = "experiment")."""
+        return _apply_options(defaults, self.options)
+
+
+def _apply_options(defaults: dict[str, Any], options: dict[str, Any] | None) -> dict[str, Any]:
+    unknown = sorted(set(options or {}) - set(defaults))
+    if unknown:
+        raise LenetlabError(f"unknown experiment setting {unknown[0]!r}; valid: {', '.join(defaults)}")
+    return {**defaults, **(options or {})}
 
 
 class Experiment:
@@ -97,14 +127,47 @@ class Experiment:
     name = ""
     paper = ""            # citation, as in PAPERS.md
     description = ""
+    accepts_options = False   # True once run() reads its settings through ctx.resolve_settings
 
     def run(self, ctx: Context) -> Result:
         raise NotImplementedError
 
+    def settings(self, full: bool, tiny: bool = False) -> dict[str, Any]:
+        """The grid this mode runs. Default: the ``settings(full, tiny)`` function beside the class
+        (every experiment module defines one); used for the config hash and ``run.json``."""
+        fn = getattr(sys.modules[type(self).__module__], "settings", None)
+        return fn(full, tiny) if callable(fn) else {}
+
+
+def _mode(full: bool, tiny: bool) -> str:
+    return "tiny" if tiny else ("full" if full else "quick")
+
+
+def config_hash(name: str, full: bool = False, tiny: bool = False, options: dict[str, Any] | None = None) -> str:
+    """Content hash of what an experiment's result depends on: name, mode, settings (with ``options``
+    applied), lenetlab version and the source of the experiment's module (a code change re-runs it;
+    finished cells are reused)."""
+    from lenetlab import __version__
+    from lenetlab.registry import get
+
+    cls = get("experiment", name)
+    try:
+        source = inspect.getsource(sys.modules[cls.__module__])
+    except (OSError, TypeError):   # no source (frozen build): the version stands in for it
+        source = ""
+    key = {"experiment": name, "mode": _mode(full, tiny),
+           "settings": _apply_options(cls().settings(full, tiny), options),
+           "lenetlab": __version__, "source": hashlib.sha256(source.encode()).hexdigest()}
+    blob = json.dumps(key, sort_keys=True, default=repr).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
 
 def reproduce(name: str, out: str | Path, full: bool = False, force: bool = False,
-              log: Callable[[str], None] | None = None, tiny: bool = False) -> Result:
-    """Run experiment ``name`` into ``out``; writes result.json and report.md (+ figures)."""
+              log: Callable[[str], None] | None = None, tiny: bool = False,
+              options: dict[str, Any] | None = None) -> Result:
+    """Run experiment ``name`` into ``out``; writes result.json and report.md (+ figures).
+
+    ``options`` override settings of the mode's grid (only for experiments with ``accepts_options``)."""
     from lenetlab.experiments.report import write_report
     from lenetlab.registry import get
 
@@ -112,14 +175,28 @@ def reproduce(name: str, out: str | Path, full: bool = False, force: bool = Fals
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise LenetlabError(f"{out} exists and is not a directory")
+    log = log or (lambda s: None)
+    if options and not cls.accepts_options:
+        raise LenetlabError(f"experiment {name!r} takes no setting overrides yet (its run() must read them "
+                            "through ctx.resolve_settings and set accepts_options = True)")
+    settings = _apply_options(cls().settings(full, tiny), options)
     cells_path = out / "cells.jsonl"
+    run = {"experiment": name, "mode": _mode(full, tiny), "settings": json.loads(json.dumps(settings, default=repr))}
+    if cells_path.exists() and (out / "run.json").exists() and not force:
+        before = json.loads((out / "run.json").read_text())
+        if before != run:   # e.g. quick cells must not be reused by --full
+            log(f"{out}: the finished cells were recorded in {before.get('mode')} mode with other settings; "
+                "starting over")
+            force = True
     if force and cells_path.exists():
         cells_path.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(out, full, Cells(cells_path), log or (lambda s: None), tiny)
+    atomic_write_json(out / "run.json", run)
+    ctx = Context(out, full, Cells(cells_path), log, tiny, dict(options or {}))
     t0 = time.perf_counter()
     result = cls().run(ctx)
     result.wall_seconds = time.perf_counter() - t0
+    result.config_hash = config_hash(name, full, tiny, options)
     atomic_write_json(out / "result.json", result.to_dict())
     write_report(result, out)
     return result

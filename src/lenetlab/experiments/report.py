@@ -1,13 +1,42 @@
-"""Markdown report of a :class:`~lenetlab.experiments.base.Result`: claims first, then tables and plots."""
+"""Reports of experiment results: one experiment's ``report.md``, and the ``reproduce all`` report.
+
+:func:`render` / :func:`write_report` write one experiment's markdown report
+(claims first, then tables and plots). :func:`write_suite_report` writes the
+report of a whole ``lenetlab reproduce all`` run into its output directory:
+
+- ``report.html``: self-contained - styles inline, every plot embedded as a
+  base64 ``data:`` URI - so the one file can be mailed, archived or opened
+  from anywhere;
+- ``report.md``: the same content, with plots linked relative to the directory.
+
+Both open with ONE claims table (experiment, claim, the paper's statement, our
+measurement, verdict) over every experiment, then one section per experiment
+(its tables, plots, notes and config, or the error that stopped it). Extra
+content - e.g. a cross-experiment table such as a robustness matrix - is added
+as :class:`Section` objects after the experiments; a section is a title, text,
+tables and figures, rendered by both writers.
+
+Example::
+
+    from lenetlab.experiments.report import Section, write_suite_report
+    write_suite_report(outcomes, "runs/all", sections=[Section("matrix", tables={"acc": rows})])
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+import json
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lenetlab.fileio import atomic_write_bytes
 
 VERDICT = {True: "supported", False: "NOT supported", None: "inconclusive"}
+_MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+         ".gif": "image/gif", ".webp": "image/webp"}
 
 
 def fmt(v: Any) -> str:
@@ -19,12 +48,21 @@ def fmt(v: Any) -> str:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no rows)\n"
+    cols = _columns(rows)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_md_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
     cols = list(rows[0])
     for r in rows[1:]:
         cols += [c for c in r if c not in cols]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return cols
+
+
+def _md_cell(v: Any) -> str:
+    return fmt(v).replace("|", "\\|").replace("\n", " ")
 
 
 def render(result) -> str:
@@ -49,3 +87,146 @@ def write_report(result, out: Path) -> Path:
     path = out / "report.md"
     atomic_write_bytes(path, render(result).encode())
     return path
+
+
+# ------------------------------------------------------------------ the reproduce-all report
+@dataclass
+class Section:
+    """Extra report content beside the experiments: figures are paths (absolute, or relative to the
+    report's directory)."""
+
+    title: str
+    text: str = ""
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    figures: list[str] = field(default_factory=list)
+
+
+def claims_rows(outcomes) -> list[dict[str, Any]]:
+    """The single claims table: one row per claim of every experiment that produced a result."""
+    rows = []
+    for o in outcomes:
+        if o.result is None:
+            rows.append({"experiment": o.name, "paper": "", "claim": "(experiment failed)", "paper says": "",
+                         "we measured": o.error or "", "verdict": "error"})
+            continue
+        for c in o.result.claims:
+            rows.append({"experiment": o.name, "paper": o.result.paper, "claim": c.name, "paper says": c.statement,
+                         "we measured": c.measured, "verdict": VERDICT[c.supported]})
+    return rows
+
+
+def _summary_rows(outcomes) -> list[dict[str, Any]]:
+    rows = []
+    for o in outcomes:
+        r = o.result
+        verdicts = [c.supported for c in r.claims] if r else []
+        rows.append({"experiment": o.name, "status": o.status, "mode": r.mode if r else "",
+                     "claims supported": f"{verdicts.count(True)}/{len(verdicts)}" if r else "-",
+                     "wall time (s)": round(r.wall_seconds) if r else round(o.seconds),
+                     "config hash": r.config_hash if r else ""})
+    return rows
+
+
+def render_suite_markdown(outcomes, sections: list[Section] = (), title: str = "lenetlab reproduce all") -> str:
+    parts = [f"# {title}\n", markdown_table(_summary_rows(outcomes)), "\n## Claims\n",
+             markdown_table(claims_rows(outcomes))]
+    for o in outcomes:
+        parts.append(f"\n## {o.name}" + (f": {o.result.paper}" if o.result else "") + "\n")
+        parts.append(f"Status: {o.status}." + (f" Mode: {o.result.mode}. Wall time: {o.result.wall_seconds:.0f} s."
+                                               if o.result else "") + "\n")
+        if o.error:
+            parts.append(f"Error: `{o.error}`\n")
+        if o.result:
+            r = o.result
+            for name, rows in r.tables.items():
+                parts += [f"\n### {name}\n", markdown_table(rows)]
+            parts += [f"\n![{Path(f).stem}]({o.name}/{f})\n" for f in r.figures]
+            parts += [f"- {n}\n" for n in r.notes]
+    for s in sections:
+        parts += [f"\n## {s.title}\n", s.text + "\n" if s.text else ""]
+        for name, rows in s.tables.items():
+            parts += [f"\n### {name}\n", markdown_table(rows)]
+        parts += [f"\n![{Path(f).stem}]({f})\n" for f in s.figures]
+    return "\n".join(parts)
+
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
+padding:0 1em;color:#1b1b1b}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}h3{font-size:1.05em}
+table{border-collapse:collapse;margin:.6em 0;font-size:12.5px}th,td{border:1px solid #ccc;padding:3px 7px;
+text-align:left;vertical-align:top}th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}
+.supported{color:#0a6b2b;font-weight:600}.NOT{color:#b00020;font-weight:600}.inconclusive{color:#8a6d00}
+.error,.failed{color:#b00020;font-weight:600}img{max-width:100%;border:1px solid #eee;margin:.4em 0}
+pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:12px}.muted{color:#666}
+"""
+
+
+def _html_table(rows: list[dict[str, Any]], verdict_col: str | None = None) -> str:
+    if not rows:
+        return "<p class=muted>(no rows)</p>"
+    cols = _columns(rows)
+    out = ["<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr></thead><tbody>"]
+    for r in rows:
+        cells = []
+        for c in cols:
+            text = html.escape(fmt(r.get(c, "")))
+            cls = f' class="{text.split()[0]}"' if c == verdict_col and text else ""
+            cells.append(f"<td{cls}>{text}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    return "\n".join(out) + "</tbody></table>"
+
+
+def _img(path: Path, alt: str) -> str:
+    """An <img> with the file embedded as a data URI (a missing file is reported in place)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return f"<p class=error>missing figure {html.escape(str(path))}</p>"
+    mime = _MIME.get(path.suffix.lower(), "application/octet-stream")
+    return (f'<figure><img alt="{html.escape(alt)}" src="data:{mime};base64,{base64.b64encode(data).decode()}">'
+            f"<figcaption class=muted>{html.escape(path.name)}</figcaption></figure>")
+
+
+def render_suite_html(outcomes, out: Path, sections: list[Section] = (),
+                      title: str = "lenetlab reproduce all") -> str:
+    e = html.escape
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{e(title)}</title>"
+             f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{_CSS}</style></head><body>",
+             f"<h1>{e(title)}</h1>",
+             "<p>" + " &middot; ".join(["<a href='#claims'>claims</a>"] + [f"<a href='#{e(o.name)}'>{e(o.name)}</a>"
+                                                                             for o in outcomes]) + "</p>",
+             _html_table(_summary_rows(outcomes), "status"),
+             "<h2 id=claims>Claims</h2>", _html_table(claims_rows(outcomes), "verdict")]
+    for o in outcomes:
+        r = o.result
+        parts.append(f"<h2 id='{e(o.name)}'>{e(o.name)}" + (f": {e(r.paper)}" if r else "") + "</h2>")
+        parts.append(f"<p>Status: <b>{e(o.status)}</b>." + (f" Mode: {e(r.mode)}. Wall time: {r.wall_seconds:.0f} s."
+                                                          if r else "") + "</p>")
+        if o.error:
+            parts.append(f"<p class=error>Error: {e(o.error)}</p>")
+        if r:
+            for name, rows in r.tables.items():
+                parts += [f"<h3>{e(name)}</h3>", _html_table(rows)]
+            parts += [_img(out / o.name / f, Path(f).stem) for f in r.figures]
+            if r.notes:
+                parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in r.notes) + "</ul>")
+            parts.append(f"<details><summary>config</summary><pre>"
+                         f"{e(json.dumps(r.config, indent=1, default=repr))}</pre></details>")
+    for s in sections:
+        parts.append(f"<h2>{e(s.title)}</h2>" + (f"<p>{e(s.text)}</p>" if s.text else ""))
+        for name, rows in s.tables.items():
+            parts += [f"<h3>{e(name)}</h3>", _html_table(rows)]
+        parts += [_img(out / f, Path(f).stem) for f in s.figures]
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write_suite_report(outcomes, out: str | os.PathLike, sections: list[Section] = (),
+                       title: str = "lenetlab reproduce all") -> tuple[Path, Path]:
+    """Write ``out/report.html`` (self-contained) and ``out/report.md``; returns both paths."""
+    out = Path(out)
+    md, page = out / "report.md", out / "report.html"
+    atomic_write_bytes(md, render_suite_markdown(outcomes, sections, title).encode())
+    atomic_write_bytes(page, render_suite_html(outcomes, out, sections, title).encode())
+    return page, md

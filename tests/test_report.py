@@ -1,0 +1,206 @@
+"""``lenetlab reproduce all``: the self-contained HTML report in a real headless Chromium, the claims
+table, content-hash skipping, --force, and failure isolation."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from lenetlab.errors import LenetlabError
+from lenetlab.experiments import suite
+from lenetlab.experiments.base import Claim, Result, config_hash
+from lenetlab.experiments.report import Section, write_suite_report
+from lenetlab.fileio import atomic_write_json
+
+BROWSER_ARGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-dev-shm-usage", "--window-size=1200,1600")
+TINY_EXPERIMENT = "noise"      # the cheapest tiny experiment with a figure (~10 s of CPU)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from selenium import webdriver
+        from selenium.common.exceptions import WebDriverException
+        from selenium.webdriver.chrome.options import Options
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install -e '.[dev]')")
+    chromium = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
+                    None)
+    driver_path = "/usr/bin/chromedriver" if os.access("/usr/bin/chromedriver", os.X_OK) else \
+        shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        pytest.skip("chromium/chromedriver not installed (Debian: apt-get install chromium chromium-driver)")
+    options = Options()
+    for arg in BROWSER_ARGS:
+        options.add_argument(arg)
+    options.binary_location = chromium
+    try:
+        driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    except WebDriverException as e:
+        pytest.skip(f"headless chromium does not start here: {(e.msg or str(e)).splitlines()[0]}")
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def tiny_all(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("all") / "out"
+    r = run_cli("reproduce", "all", "--only", TINY_EXPERIMENT, "--tiny", "--out", str(out), check=True)
+    return out, r.stdout
+
+
+def test_reproduce_all_writes_a_self_contained_report(tiny_all, browser):
+    out, stdout = tiny_all
+    assert f"[1/1] {TINY_EXPERIMENT}: running (tiny mode" in stdout and "report.html" in stdout
+    result = json.loads((out / TINY_EXPERIMENT / "result.json").read_text())
+    page = (out / "report.html").read_text()
+    # self-contained: every image is a data URI, nothing is fetched from anywhere
+    srcs = re.findall(r'<img[^>]* src="([^"]*)"', page)
+    assert len(srcs) == len(result["figures"]) >= 1 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert not re.search(r'(href|src)=["\'](?!data:|#)', page)
+    # one claims table with a row per claim and the verdict column
+    assert page.count("<h2 id=claims>") == 1
+    for c in result["claims"]:
+        assert c["name"] in page
+    md = (out / "report.md").read_text()
+    assert "## Claims" in md and f"({TINY_EXPERIMENT}/{result['figures'][0]})" in md
+
+    # moved elsewhere, the page still shows every plot: open it in headless Chromium
+    moved = out.parent / "elsewhere" / "report.html"
+    moved.parent.mkdir()
+    shutil.copy(out / "report.html", moved)
+    browser.get(moved.as_uri())
+    images = browser.execute_script(
+        "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt]);")
+    assert len(images) == len(result["figures"])
+    assert all(done and width > 0 for done, width, _ in images), images
+    rows = browser.execute_script("return document.querySelectorAll('#claims + table tbody tr').length;")
+    assert rows == len(result["claims"])
+    browser.save_screenshot(str(out.parent / "report.png"))
+    browser.execute_script("document.images[0].scrollIntoView();")
+    browser.save_screenshot(str(out.parent / "report_figure.png"))
+    assert (out.parent / "report.png").stat().st_size > 10_000
+
+
+def test_second_run_skips_by_content_hash(tiny_all):
+    out, _ = tiny_all
+    before = (out / TINY_EXPERIMENT / "result.json").stat().st_mtime_ns
+    r = run_cli("reproduce", "all", "--only", TINY_EXPERIMENT, "--tiny", "--out", str(out), check=True)
+    assert f"{TINY_EXPERIMENT}: skipped, result for config" in r.stdout
+    assert (out / TINY_EXPERIMENT / "result.json").stat().st_mtime_ns == before
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["experiments"][0]["status"] == "skipped"
+    assert manifest["experiments"][0]["config_hash"] == config_hash(TINY_EXPERIMENT, tiny=True)
+
+
+def _fake_reproduce(calls: list, fail: set[str] = frozenset()):
+    """Stands in for base.reproduce: records the call, writes a result.json with the right hash."""
+
+    def fake(name, out, full=False, force=False, tiny=False, log=None):
+        calls.append((name, full, force))
+        if name in fail:
+            raise RuntimeError(f"{name} broke")
+        r = Result(name, f"paper of {name}", "full" if full else "quick", {"x": 1},
+                   tables={"t": [{"a": 1, "b": 0.5}]}, claims=[Claim("c1", "paper says 8.2x", "we got 7.9x", True)],
+                   config_hash=config_hash(name, full, tiny))
+        Path(out).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(out) / "result.json", r.to_dict())
+        return r
+
+    return fake
+
+
+def test_force_and_a_changed_config_rerun(tmp_path, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(suite, "reproduce", _fake_reproduce(calls))
+    statuses = lambda outcomes: [o.status for o in outcomes]
+    assert statuses(suite.reproduce_all(tmp_path, only=["abs", "noise"])) == ["ran", "ran"]
+    assert statuses(suite.reproduce_all(tmp_path, only=["abs", "noise"])) == ["skipped", "skipped"]
+    assert statuses(suite.reproduce_all(tmp_path, only=["abs"], force=True)) == ["ran"]
+    assert statuses(suite.reproduce_all(tmp_path, only=["abs"], full=True)) == ["ran"]   # other mode: other hash
+    assert calls == [("abs", False, False), ("noise", False, False), ("abs", False, True), ("abs", True, False)]
+
+
+def test_a_failing_experiment_is_reported_and_the_rest_still_run(tmp_path, monkeypatch, capsys):
+    from lenetlab.cli import main
+
+    calls: list = []
+    monkeypatch.setattr(suite, "reproduce", _fake_reproduce(calls, fail={"abs"}))
+    rc = main(["reproduce", "all", "--only", "abs,noise", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 1 and [c[0] for c in calls] == ["abs", "noise"]
+    assert "abs: FAILED" in out and "1 of 2 experiments failed: abs" in out
+    assert "RuntimeError: abs broke" in (tmp_path / "abs" / "error.txt").read_text()
+    page = (tmp_path / "report.html").read_text()
+    assert "RuntimeError: abs broke" in page and "paper says 8.2x" in page and "we got 7.9x" in page
+    assert json.loads((tmp_path / "manifest.json").read_text())["experiments"][0]["status"] == "failed"
+
+
+def test_unknown_only_name_is_a_clean_error(tmp_path, capsys):
+    from lenetlab.cli import main
+
+    with pytest.raises(LenetlabError, match="unknown experiment 'nope'.*abs"):
+        suite.reproduce_all(tmp_path, only=["abs", "nope"])
+    assert main(["reproduce", "abs", "--only", "abs", "--out", str(tmp_path / "x")]) == 2
+    assert "--only goes with" in capsys.readouterr().err
+
+
+def test_extra_sections_are_rendered_with_embedded_figures(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.imshow([[0, 1], [1, 0]])
+    fig.savefig(tmp_path / "heat.png")
+    plt.close(fig)
+    section = Section("robustness matrix", "one row per model", {"matrix": [{"model": "float", "clean": 0.99}]},
+                      ["heat.png"])
+    page, md = write_suite_report([], tmp_path, [section])
+    html = page.read_text()
+    assert "<h2>robustness matrix</h2>" in html and "data:image/png;base64," in html and "0.99" in html
+    assert "![heat](heat.png)" in md.read_text()
+
+
+def test_result_round_trips_through_json():
+    r = Result("x", "p", "quick", {"a": [1, 2]}, tables={"t": [{"k": 1.5}]}, claims=[Claim("c", "s", "m", None)],
+               figures=["f.png"], notes=["n"], wall_seconds=3.0, config_hash="abc")
+    assert Result.from_dict(json.loads(json.dumps({**r.to_dict(), "extra": 1}))) == r
+
+
+def test_cells_recorded_under_other_settings_are_not_reused(tmp_path, monkeypatch):
+    from lenetlab import registry
+    from lenetlab.experiments import Experiment, reproduce
+
+    computed = []
+
+    class Scaled(Experiment):
+        name, paper, accepts_options = "scaled", "none", True
+
+        def settings(self, full, tiny=False):
+            return {"scale": 1.0}
+
+        def run(self, ctx):
+            s = ctx.resolve_settings(self.settings(ctx.full, ctx.tiny))
+            cell = ctx.cells.get_or_run("only", lambda: computed.append(s["scale"]) or {"v": s["scale"]})
+            return Result(self.name, self.paper, ctx.mode, s, claims=[Claim("c", "s", str(cell["v"]), None)])
+
+    registry.names("experiment")
+    monkeypatch.setitem(registry._TABLES["experiment"], "scaled", Scaled)
+    assert reproduce("scaled", tmp_path, options={"scale": 0.5}).claims[0].measured == "0.5"
+    assert reproduce("scaled", tmp_path, options={"scale": 0.5}).claims[0].measured == "0.5"   # resumed
+    assert reproduce("scaled", tmp_path, options={"scale": 2.0}).claims[0].measured == "2.0"   # not mixed in
+    assert computed == [0.5, 2.0]
+    with pytest.raises(LenetlabError, match="unknown experiment setting 'scal'"):
+        reproduce("scaled", tmp_path, options={"scal": 2.0})
+    with pytest.raises(LenetlabError, match="'abs' takes no setting overrides"):
+        reproduce("abs", tmp_path / "abs", options={"seeds": [0]})
