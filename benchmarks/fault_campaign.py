@@ -1,0 +1,82 @@
+"""Faults per second of the fast campaign engine vs the naive one, on the same campaign (issue 5).
+
+The naive engine is what hook-based injectors do: one full forward of the M
+images per fault. The fast engine caches the fault-free prefix, computes each
+faulty accumulator from an exact delta, batches faults x images, and drops
+masked (fault, image) pairs at every layer boundary. Both run the same
+sampled fault list (every layer with weights x every bit, seed 0) on the same
+images; their per-fault outcomes are checked identical, then the ratio of
+faults/s is printed per target and overall. Goal >= 10x (aim 30x).
+
+    python benchmarks/fault_campaign.py [--qrun QRUN | --run RUN_DIR] [--samples 4] [--images 100]
+
+Without --qrun/--run it quantises runs/demo (or trains a fast-preset run in a temp dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lenetlab.faults.campaign import Campaign, sample_faults
+from lenetlab.faults.models import TARGETS
+from lenetlab.quant.engine import IntEngine, blas_threads
+from lenetlab.quant.run import load_qrun, quantize_run, test_images
+
+
+def qrun_dir(a: argparse.Namespace, tmp: Path) -> Path:
+    if a.qrun:
+        return Path(a.qrun)
+    run = Path(a.run) if a.run else Path("runs/demo")
+    if not (run / "model.safetensors").is_file():
+        from lenetlab.train import fit
+        from lenetlab.train.presets import resolve
+
+        run = tmp / "run"
+        fit(resolve("fast", "lenet5"), out=run, log=None, progress=False)
+    quantize_run(run, tmp / "q", limit=1000)
+    return tmp / "q"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--qrun")
+    p.add_argument("--run")
+    p.add_argument("--samples", type=int, default=4, help="faults per layer and bit (default 4)")
+    p.add_argument("--images", type=int, default=100)
+    p.add_argument("--targets", default=",".join(TARGETS))
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        fm, meta = load_qrun(qrun_dir(a, Path(tmp)))
+    images, _ = test_images(meta, a.images)
+    eng = IntEngine(fm)
+    tot = {"fast": 0.0, "naive": 0.0, "faults": 0}
+    print(f"{a.images} images, {a.samples} faults per layer and bit, 1 BLAS thread")
+    with blas_threads(1):
+        for target in a.targets.split(","):
+            faults = sample_faults(eng, target, a.samples, np.random.default_rng(0))
+            t0 = time.perf_counter()
+            fast = Campaign(eng, images).fast(faults)      # cache building is part of the fast engine's cost
+            t1 = time.perf_counter()
+            naive = Campaign(eng, images).naive(faults)
+            t2 = time.perf_counter()
+            if not np.array_equal(fast, naive):
+                raise SystemExit(f"{target}: fast and naive outcomes differ")
+            f_fast, f_naive = len(faults) / (t1 - t0), len(faults) / (t2 - t1)
+            tot["fast"] += t1 - t0
+            tot["naive"] += t2 - t1
+            tot["faults"] += len(faults)
+            print(f"{target:13s} {len(faults):5d} faults  SDC {100 * fast.mean():6.3f}%  "
+                  f"fast {f_fast:9.1f} faults/s  naive {f_naive:7.1f} faults/s  ratio {f_fast / f_naive:6.1f}x  "
+                  f"(identical outcomes)")
+    n = tot["faults"]
+    print(f"{'all':13s} {n:5d} faults  fast {n / tot['fast']:9.1f} faults/s  naive {n / tot['naive']:7.1f} "
+          f"faults/s  ratio {tot['naive'] / tot['fast']:6.1f}x  (goal >= 10x)")
+
+
+if __name__ == "__main__":
+    main()

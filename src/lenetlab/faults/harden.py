@@ -1,0 +1,93 @@
+"""Selective hardening of the most vulnerable neurons: neuron splitting vs TMR (PAPERS.md section 6).
+
+Both give a hardened :class:`~lenetlab.quant.engine.IntEngine` whose protected
+neurons own extra accumulator rows (copies of their int8 weights and int32
+bias) that faults can hit like any other row, merged before requantisation:
+
+- ``split`` (Ahmadilivani et al. 2023, *reconstructed*): the neuron becomes two
+  halves computing y/2 each (ReLU(y/2) + ReLU(y/2) = ReLU(y)). In the integer
+  engine a half keeps the same int8 codes at half the real scale, so both
+  half-accumulators equal the original one bit for bit and the pair costs one
+  extra copy. The Lightweight Correction Unit compares the halves and keeps
+  2 x min: a fault that raises one half (the dangerous direction in a ReLU
+  network: a falsely large activation) is removed exactly; one that lowers a
+  half is not.
+- ``tmr``: three copies and a bitwise 2-of-3 majority voter: any single faulty
+  copy is outvoted.
+
+Fault-free outputs are identical to the unhardened model (min(a, a) = a,
+maj(a, a, a) = a), tested. Overhead counts extra MACs and extra parameter
+bytes (int8 weights + int32 bias per copy; the requantisation constants are
+shared), plus the checker/voter operations, one per protected output value.
+
+Example::
+
+    from lenetlab.faults.harden import harden, top_neurons
+    protect = top_neurons(nvf_rows, 10)                 # top 10% by NVF
+    hard = harden(engine, protect, "split")
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from lenetlab.errors import LenetlabError
+from lenetlab.quant.engine import IntEngine
+
+MODES = {"split": 1, "tmr": 2}   # extra copies per protected neuron
+KS = (5, 10, 20, 50)
+
+
+def harden(engine: IntEngine, neurons: list[tuple[int, int]], mode: str) -> IntEngine:
+    """A copy of ``engine`` with each (stage, channel) in ``neurons`` protected by ``mode``."""
+    if mode not in MODES:
+        raise LenetlabError(f"unknown hardening {mode!r}; choose from: {', '.join(MODES)}")
+    out = copy.copy(engine)
+    out.stages = list(engine.stages)
+    by_stage: dict[int, list[int]] = {}
+    for j, c in neurons:
+        by_stage.setdefault(int(j), []).append(int(c))
+    for j, chans in by_stage.items():
+        st = engine.stages[j]
+        if st.op not in ("conv", "dense"):
+            raise LenetlabError(f"only conv and dense neurons can be hardened (stage {j} is {st.op})")
+        if st.groups:
+            raise LenetlabError("the model is already hardened")
+        chans = sorted(set(chans))
+        bad = [c for c in chans if not 0 <= c < st.channels]
+        if bad:
+            raise LenetlabError(f"stage {j} has no channel {bad[0]}")
+        n_extra = MODES[mode]
+        src = np.repeat(np.array(chans), n_extra)
+        rows = st.rows + np.arange(len(src))
+        groups = [(mode, c, list(rows[i * n_extra:(i + 1) * n_extra])) for i, c in enumerate(chans)]
+        out.stages[j] = replace(st, w=np.vstack([st.w, st.w[src]]), b=np.concatenate([st.b, st.b[src]]),
+                                keep=None if st.keep is None else np.vstack([st.keep, st.keep[src]]),
+                                groups=groups)
+    return out
+
+
+def top_neurons(nvf_rows: list[dict[str, Any]], k_percent: float, ops: dict[int, str] | None = None
+                ) -> list[tuple[int, int]]:
+    """The top ``k_percent`` % of neurons by NVF (ties broken by position), as (stage, channel)."""
+    if not 0 < k_percent <= 100:
+        raise LenetlabError(f"k must be in (0, 100], got {k_percent}")
+    rows = [r for r in nvf_rows if ops is None or ops.get(r["stage"]) in ("conv", "dense")]
+    n = max(1, int(round(len(rows) * k_percent / 100)))
+    order = sorted(range(len(rows)), key=lambda i: -rows[i]["nvf"])
+    return [(rows[i]["stage"], rows[i]["channel"]) for i in order[:n]]
+
+
+def overhead(base: IntEngine, hard: IntEngine) -> dict[str, Any]:
+    """Extra MACs, parameter bytes and checker/voter operations of ``hard`` over ``base`` (per inference)."""
+    checks = sum(st.positions * len(st.groups) for st in hard.stages)
+    return {"macs": hard.macs(), "extra_macs": hard.macs() - base.macs(),
+            "extra_macs_%": 100 * (hard.macs() - base.macs()) / base.macs(),
+            "param_bytes": hard.param_bytes(), "extra_param_bytes": hard.param_bytes() - base.param_bytes(),
+            "extra_param_bytes_%": 100 * (hard.param_bytes() - base.param_bytes()) / base.param_bytes(),
+            "checker_ops": checks,
+            "protected": sum(len(st.groups) for st in hard.stages)}

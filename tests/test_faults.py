@@ -1,0 +1,218 @@
+"""Fault models, the fast campaign engine against the naive oracle (bit for bit), NVF, hardening, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from lenetlab.deploy import runtime
+from lenetlab.errors import LenetlabError
+from lenetlab.faults.campaign import Campaign, FaultList, exhaustive_faults, parse_bits, sample_faults, wilson
+from lenetlab.faults.harden import harden, overhead, top_neurons
+from lenetlab.faults.models import BitFlip, StuckAt0, StuckAt1, ber_flip
+from lenetlab.quant.engine import IntEngine, blas_threads
+from lenetlab.quant.run import load_qrun, quantize_run
+from lenetlab.registry import names
+
+
+@pytest.fixture(scope="module")
+def qrun(small_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fq") / "q"
+    quantize_run(small_run, out, calibration=1000, limit=500)
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine(qrun):
+    return IntEngine(load_qrun(qrun)[0])
+
+
+@pytest.fixture(scope="module")
+def images(mnist_test):
+    return np.ascontiguousarray(mnist_test[0][:24])
+
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    with blas_threads(1):
+        yield
+
+
+# ---------------------------------------------------------------- fault models
+def test_fault_models_on_twos_complement_words():
+    v = np.array([3, -1, 127, -128])
+    np.testing.assert_array_equal(BitFlip().corrupt(v, 7, 8), [-125, 127, -1, 0])
+    np.testing.assert_array_equal(BitFlip().corrupt(v, 0, 8), [2, -2, 126, -127])
+    np.testing.assert_array_equal(StuckAt0().corrupt(v, 0, 8), [2, -2, 126, -128])
+    np.testing.assert_array_equal(StuckAt1().corrupt(v, 7, 8), [-125, -1, -1, -128])
+    np.testing.assert_array_equal(BitFlip().corrupt(np.array([0]), 31, 32), [-(2**31)])
+    assert {"bitflip", "stuck_at_0", "stuck_at_1"} <= set(names("fault_model"))
+
+
+def test_ber_flips_the_expected_number_of_bits():
+    rng = np.random.default_rng(0)
+    v = np.zeros(200_000, np.int64)
+    out = ber_flip(v, 8, 1e-3, rng)
+    flipped = sum(int(((out >> b) & 1).sum()) for b in range(8))
+    assert abs(flipped - 1600) < 4 * 40            # binomial mean 1600, sd ~40
+    np.testing.assert_array_equal(ber_flip(v[:10], 8, 0.0, rng), v[:10])
+    with pytest.raises(LenetlabError, match="bit-error rate"):
+        ber_flip(v, 8, 1.5, rng)
+
+
+def test_wilson_interval_and_bits_parsing():
+    lo, hi = wilson(0, 100)
+    assert lo == 0 and 0.03 < hi < 0.04
+    lo, hi = wilson(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    assert parse_bits("all", "weights") == list(range(8))
+    assert parse_bits("0,24-26", "accumulators") == [0, 24, 25, 26]
+    with pytest.raises(LenetlabError, match="outside 0..7"):
+        parse_bits("9", "weights")
+
+
+# ---------------------------------------------------------------- fast == naive
+@pytest.mark.parametrize("target", ["weights", "activations", "accumulators"])
+def test_fast_engine_matches_naive_oracle(engine, images, target):
+    faults = sample_faults(engine, target, 2, np.random.default_rng(1))   # every layer x every bit
+    camp = Campaign(engine, images)
+    fast, naive = camp.fast(faults), camp.naive(faults)
+    assert fast.shape == (len(faults), len(images))
+    np.testing.assert_array_equal(fast, naive)
+    if target != "weights":
+        assert naive.any()          # the comparison is not vacuous
+
+
+def test_fast_matches_naive_for_stuck_at_and_exhaustive(engine, images):
+    camp = Campaign(engine, images[:8])
+    ex = exhaustive_faults(engine, "weights", 0, model="stuck_at_1")     # conv1: every weight, every bit
+    assert len(ex) == engine.stages[0].w.size * 8
+    np.testing.assert_array_equal(camp.fast(ex), camp.naive(ex))
+    f = sample_faults(engine, "accumulators", 3, np.random.default_rng(2), bits=[20, 30, 31], model="stuck_at_0")
+    np.testing.assert_array_equal(camp.fast(f), camp.naive(f))
+
+
+def test_naive_weight_fault_equals_the_runtime_on_a_corrupted_file(qrun, engine, images):
+    """Oracle of the oracle: a weight fault is the deploy runtime on the flat model with that bit flipped."""
+    fm, _ = load_qrun(qrun)
+    j, r, k, bit = 2, 7, 33, 6
+    st = engine.stages[j]
+    faults = FaultList("weights", np.array([j]), np.array([r * st.fan_in + k]), np.array([bit]))
+    sdc = Campaign(engine, images).naive(faults)[0]
+    w = fm.layers[st.flat_index].arrays["w"]
+    w[r * st.fan_in + k] = BitFlip().corrupt(w[r * st.fan_in + k], bit, 8)
+    np.testing.assert_array_equal(sdc, runtime.predict(fm, images) != engine.predict(images))
+
+
+def test_campaign_validates_input(engine, images):
+    from lenetlab.faults.campaign import run_campaign
+
+    with pytest.raises(LenetlabError, match="out of range"):
+        run_campaign(engine, images, "weights", samples=1, stages=[9])
+    with pytest.raises(LenetlabError, match="unknown fault target"):
+        run_campaign(engine, images, "biases", samples=1)
+    with pytest.raises(LenetlabError, match="unknown fault_model"):
+        run_campaign(engine, images, "weights", samples=1, model="cosmic")
+
+
+# ---------------------------------------------------------------- NVF
+def test_nvf_ranks_neurons_like_the_campaign(engine, images):
+    from lenetlab.faults.nvf import nvf_report
+
+    rep = nvf_report(engine, images[:8], validate=1)
+    assert len(rep["neurons"]) == sum(st.channels for st in engine.stages)
+    assert all(0 <= r["nvf"] <= 1 for r in rep["neurons"])
+    assert rep["spearman"] >= 0.7, rep["spearman"]
+
+
+# ---------------------------------------------------------------- hardening
+@pytest.mark.parametrize("mode", ["split", "tmr"])
+def test_hardened_model_is_fault_free_identical_and_corrects(engine, images, mode):
+    protect = [(0, 2), (2, 5), (3, 1), (4, 3)]
+    hard = harden(engine, protect, mode)
+    np.testing.assert_array_equal(hard.run(images), engine.run(images))
+    ov = overhead(engine, hard)
+    assert ov["protected"] == 4 and ov["extra_macs"] > 0 and ov["extra_param_bytes"] > 0
+    # a fault that raises a protected neuron's accumulator (bit 30 set) is corrected, in each copy
+    camp_h, camp = Campaign(hard, images), Campaign(engine, images)
+    for j, c in protect:
+        st = hard.stages[j]
+        rows = [c] + next(g[2] for g in st.groups if g[1] == c)
+        f = FaultList("accumulators", np.full(len(rows), j), np.array(rows) * st.positions, np.full(len(rows), 30),
+                      "stuck_at_1")
+        assert not camp_h.naive(f).any() and not camp_h.fast(f).any()
+    # ...while the same fault in the unhardened model is a silent data corruption
+    f = FaultList("accumulators", np.array([4]), np.array([3]), np.array([30]), "stuck_at_1")
+    assert camp.naive(f).any()
+    # TMR also outvotes a fault that lowers one copy
+    if mode == "tmr":
+        st = hard.stages[4]
+        rows = [3] + next(g[2] for g in st.groups if g[1] == 3)
+        f = FaultList("accumulators", np.full(3, 4), np.array(rows), np.full(3, 31))
+        assert not camp_h.fast(f).any()
+    faults = sample_faults(hard, "accumulators", 2, np.random.default_rng(3))
+    np.testing.assert_array_equal(camp_h.fast(faults), camp_h.naive(faults))
+
+
+def test_top_neurons_and_hardening_errors(engine):
+    rows = [{"stage": 0, "channel": c, "nvf": c / 10} for c in range(6)]
+    assert top_neurons(rows, 50) == [(0, 5), (0, 4), (0, 3)]
+    with pytest.raises(LenetlabError, match="k must be"):
+        top_neurons(rows, 0)
+    with pytest.raises(LenetlabError, match="unknown hardening"):
+        harden(engine, [(0, 0)], "quad")
+    with pytest.raises(LenetlabError, match="no channel"):
+        harden(engine, [(0, 99)], "tmr")
+
+
+# ---------------------------------------------------------------- CLI + experiment
+def test_campaign_and_nvf_cli(qrun, tmp_path, capsys):
+    out = tmp_path / "c"
+    r = run_cli("faults", "campaign", str(qrun), "--target", "accumulators", "--bits", "28-31", "--samples", "3",
+                "--images", "16", "--out", str(out), check=True)
+    assert "overall  SDC" in r.stdout
+    data = json.loads((out / "campaign_accumulators.json").read_text())
+    assert data["faults"] == 5 * 4 * 3 and len(data["layers"]) == 5
+    assert all(0 <= b["ci95"][0] <= b["rate"] <= b["ci95"][1] <= 1 for la in data["layers"] for b in la["bits"])
+    assert (out / "campaign_accumulators.png").stat().st_size > 1000
+    from lenetlab.cli import main  # in-process from here on (a subprocess costs seconds of imports)
+
+    assert main(["faults", "campaign", str(qrun), "--target", "weights", "--layer", "0", "--exhaustive",
+                 "--bits", "7", "--images", "4", "--out", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["faults"] == 150
+    assert main(["faults", "nvf", str(qrun), "--images", "4", "--out", str(out)]) == 0
+    assert "conv1" in capsys.readouterr().out and (out / "nvf.json").is_file()
+
+
+def test_faults_cli_bad_input_is_one_clean_line(qrun, tmp_path, capsys):
+    from lenetlab.cli import main
+
+    for args, msg in ((["--target", "weights", "--bits", "8"], "outside 0..7"),
+                      (["--target", "weights", "--samples", "0"], "--samples"),
+                      (["--target", "weights", "--exhaustive"], "--exhaustive needs --layer"),
+                      (["--target", "weights", "--layer", "7"], "out of range"),
+                      (["--target", "weights", "--fault-model", "cosmic"], "unknown fault_model")):
+        assert main(["faults", "campaign", str(qrun), *args, "--images", "2", "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err
+    assert main(["faults", "campaign", str(tmp_path / "none"), "--target", "weights"]) == 2
+    assert "no such quantised run" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_reproduce_faults_tiny(tmp_path):
+    from lenetlab.experiments import reproduce
+
+    r = reproduce("faults", tmp_path, tiny=True)
+    assert {c.name for c in r.claims} == {"split_matches_tmr_at_half_cost", "nvf_ranks_neurons"}
+    assert all(c.supported in (True, False, None) and c.measured for c in r.claims)
+    table = next(iter(r.tables.values()))
+    assert [row["method"] for row in table] == ["none", "split", "tmr", "split", "tmr"]
+    split, tmr = table[1], table[2]
+    assert split["extra_MACs"] * 2 == tmr["extra_MACs"]        # one copy vs two
+    assert (tmp_path / "overhead_vs_resilience.png").stat().st_size > 1000
+    r2 = reproduce("faults", tmp_path, tiny=True)          # resumes from cells.jsonl
+    assert r2.tables == r.tables
