@@ -1,0 +1,185 @@
+"""One base class for adversarial attacks (Lin & Sengupta 2025, PAPERS.md section 1).
+
+Modelled on torchattacks' ``Attack``: the base class puts every model in
+eval mode (and restores it), takes and returns images in [0, 1] pixel units
+(the run's normalisation and padding are applied inside, by :class:`Target`),
+checks epsilon, seeds every random draw (random starts, Poisson encoding)
+without touching the global RNG, and projects the result onto the
+L-inf ball and [0, 1]; a subclass writes only :meth:`Attack.forward`.
+
+Gradient sources (``Target(grad_source=...)``):
+
+- ``autograd``: the true autograd graph (for ``lenet5_snn``: BPTT through the
+  surrogate spike derivatives);
+- ``rule``: the model's own learning pathway, rebuilt from its run config -
+  FA's B matrices, DFA's direct projections, LE's first local classifier
+  (:mod:`lenetlab.rules`); for a BP model both are the same.
+
+Each query of a spiking model starts from rest (the model resets its LIF
+state per call; :class:`Target` calls ``reset_state()`` too).
+
+Example::
+
+    from lenetlab.attacks import Target, make_attack
+    target = Target(model, cfg.data)
+    x_adv = make_attack("pgd", target, eps=0.1)(x01, y)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lenetlab.config import DataConfig
+from lenetlab.data.transforms import from_unit
+from lenetlab.errors import LenetlabError
+
+GRAD_SOURCES = ("autograd", "rule")
+
+
+class Target:
+    """A model as an attacker sees it: [0, 1] images in, logits out, input gradients on demand."""
+
+    def __init__(self, model: nn.Module, data: DataConfig, grad_source: str = "autograd", rule: str = "bp",
+                 rule_seed: int = 0, name: str = ""):
+        if grad_source not in GRAD_SOURCES:
+            raise LenetlabError(f"unknown gradient source {grad_source!r}; choose from: {', '.join(GRAD_SOURCES)}")
+        self.model, self.data = model, data
+        self.grad_source, self.rule, self.rule_seed = grad_source, rule, rule_seed
+        self.name = name or getattr(model, "model_name", type(model).__name__)
+
+    @classmethod
+    def from_run(cls, run_dir: Any, grad_source: str = "autograd") -> "Target":
+        from lenetlab.rundir import load_model
+
+        model, cfg = load_model(run_dir)
+        return cls(model, cfg.data, grad_source, cfg.train.rule, cfg.train.seed, name=str(run_dir))
+
+    def logits(self, x01: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.model, "reset_state"):
+            self.model.reset_state()
+        return self.model(from_unit(x01, self.data))
+
+    @torch.no_grad()
+    def predict(self, x01: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        return torch.cat([self.logits(x01[i:i + batch_size]).argmax(1) for i in range(0, len(x01), batch_size)])
+
+    def loss_grad(self, x01: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-sample CE loss, d mean-CE / d x01) through the chosen gradient source."""
+        x = x01.detach().clone().requires_grad_(True)
+        with self._pathway(), torch.enable_grad():
+            logits = self.logits(x)
+            losses = F.cross_entropy(logits, y, reduction="none")
+            # mean reduction: LE recovers its targets from the output error assuming it (rules.grads)
+            (g,) = torch.autograd.grad(losses.mean(), x)
+        return losses.detach(), g.detach()
+
+    @torch.no_grad()
+    def losses(self, x01: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.logits(x01), y, reduction="none")
+
+    @contextlib.contextmanager
+    def _pathway(self):
+        if self.grad_source == "rule" and self.rule != "bp":
+            from lenetlab.rules import attach_rule
+
+            handle = attach_rule(self.model, self.rule, self.rule_seed)
+            try:
+                yield
+            finally:
+                handle.remove()
+        else:
+            yield
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Onto the L-inf ball of radius eps around x, intersected with [0, 1]."""
+    return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+
+
+class Attack:
+    """Subclasses set ``name``, ``needs_substitute`` and implement :meth:`forward` (x01, y -> x_adv)."""
+
+    name = ""
+    description = ""
+    needs_substitute = False
+    white_box = True        # uses the target's gradient
+
+    def __init__(self, target: Target, eps: float, seed: int = 0, substitute: Target | None = None, **options: Any):
+        if not 0.0 <= eps <= 1.0:
+            raise LenetlabError(f"eps must be in [0, 1] (pixel units), got {eps}")
+        if self.needs_substitute and substitute is None:
+            raise LenetlabError(f"attack {self.name!r} needs a substitute model (--substitute RUN_DIR)")
+        self.target, self.eps, self.seed, self.substitute = target, float(eps), int(seed), substitute
+        self.options = self.check_options(**options)
+
+    def check_options(self, **options: Any) -> dict[str, Any]:
+        if options:
+            raise LenetlabError(f"attack {self.name!r} takes no options {sorted(options)}")
+        return {}
+
+    def __call__(self, x01: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x01.ndim != 4:
+            raise LenetlabError(f"attack inputs must be (N, C, H, W) images, got shape {tuple(x01.shape)}")
+        if x01.numel() and (x01.min() < 0 or x01.max() > 1):
+            raise LenetlabError("attack inputs must be in [0, 1] pixel units")
+        models = [t.model for t in (self.target, self.substitute) if t is not None]
+        modes = [m.training for m in models]
+        for m in models:
+            m.eval()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                gen = torch.Generator().manual_seed(self.seed)
+                x_adv = self.forward(x01.detach(), y, gen)
+        finally:
+            for m, was in zip(models, modes):
+                m.train(was)
+        return project(x_adv.detach(), x01, self.eps)
+
+    def forward(self, x01: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@dataclass
+class AttackResult:
+    clean_accuracy: float
+    adv_accuracy: float
+    success_rate: float      # of the correctly classified images, the fraction the attack flips
+    n: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"clean_accuracy": self.clean_accuracy, "adv_accuracy": self.adv_accuracy,
+                "success_rate": self.success_rate, "n": self.n}
+
+
+def run_attack(attack: Attack, x01: torch.Tensor, y: torch.Tensor, batch_size: int = 500,
+               keep: bool = False) -> tuple[AttackResult, torch.Tensor | None]:
+    """Attack (x01, y) in batches; clean/adversarial accuracy on the target and success rate."""
+    clean_ok, adv_ok, kept = [], [], []
+    for i in range(0, len(x01), batch_size):
+        xb, yb = x01[i:i + batch_size], y[i:i + batch_size]
+        xa = attack(xb, yb)
+        with torch.no_grad():
+            clean_ok.append(attack.target.predict(xb) == yb)
+            adv_ok.append(attack.target.predict(xa) == yb)
+        if keep:
+            kept.append(xa)
+    c, a = torch.cat(clean_ok), torch.cat(adv_ok)
+    n = len(c)
+    flipped = int((c & ~a).sum())
+    res = AttackResult(float(c.float().mean()), float(a.float().mean()), flipped / max(1, int(c.sum())), n)
+    return res, (torch.cat(kept) if keep else None)
+
+
+def make_attack(name: str, target: Target, eps: float, seed: int = 0, substitute: Target | None = None,
+                **options: Any) -> Attack:
+    """Build a registered attack. Example: ``make_attack("pgd", target, 0.1, steps=20)``."""
+    from lenetlab.registry import get
+
+    return get("attack", name)(target, eps, seed=seed, substitute=substitute, **options)

@@ -1,0 +1,122 @@
+"""One base class for learning rules, and ``attach_rule`` (Lin & Sengupta 2025, PAPERS.md section 1).
+
+A rule changes only the *backward* pathway of a model: the forward pass, the
+loss and the optimiser step stay the trainer's own. :meth:`Rule.install`
+receives the model's blocks - ``(weight layer, block-output module)`` pairs,
+from ``model.rule_blocks()`` (``lenet5_snn``) or the attributes of the modern
+``lenet5`` - and installs hooks through an :class:`Installer`, which
+remembers how to undo every one of them. The returned :class:`RuleHandle`
+has ``parameters()`` (extra trainable parameters; none for the built-in
+rules, whose feedback matrices and local classifiers are fixed) and
+``remove()``.
+
+Feedback matrices are a pure function of ``(seed, block index)`` (their own
+``torch.Generator``, the global RNG is untouched), so an attack can rebuild
+a run's exact learning pathway from its config (``train.rule``,
+``train.seed``).
+
+Example::
+
+    from lenetlab.rules import attach_rule
+    handle = attach_rule(model, "dfa", seed=0)
+    loss_fn(model(x), y).backward()      # DFA gradients in every .grad
+    handle.remove()
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from lenetlab.errors import LenetlabError
+from lenetlab.registry import get, names
+
+
+class RuleHandle:
+    """What ``attach_rule`` returns: extra parameters and the undo."""
+
+    def __init__(self, name: str, undo: list[Callable[[], None]], params: list[nn.Parameter] | None = None,
+                 state: dict[str, Any] | None = None):
+        self.name = name
+        self._undo = undo
+        self._params = list(params or [])
+        self.state = state if state is not None else {}   # feedback matrices / local heads, by block index (for tests)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self._params)
+
+    def remove(self) -> None:
+        for fn in reversed(self._undo):
+            fn()
+        self._undo = []
+
+
+class Installer:
+    """Hooks a rule installs on a model, each with its undo."""
+
+    def __init__(self, model: nn.Module, seed: int):
+        self.model = model
+        self.seed = seed
+        self.undo: list[Callable[[], None]] = []
+        self.state: dict[str, Any] = {}
+
+    def generator(self, index: int, tag: str) -> torch.Generator:
+        """A private generator for block ``index``: the same matrices for the same (seed, rule, block)."""
+        salt = sum(ord(c) * 31 ** i for i, c in enumerate(tag)) % 100_003
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + salt * 101 + index)
+
+    def replace_forward(self, module: nn.Module, fn: Callable[..., torch.Tensor]) -> None:
+        """Swap ``module.forward`` for ``fn`` on this instance only (the state dict is untouched)."""
+        module.forward = fn
+
+        def undo() -> None:
+            del module.forward
+        self.undo.append(undo)
+
+    def wrap_output(self, module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace ``module``'s output by ``fn(output)`` (a forward hook)."""
+        h = module.register_forward_hook(lambda m, i, o: fn(o))
+        self.undo.append(h.remove)
+
+
+class Rule:
+    """Subclasses set ``name``/``description`` and implement :meth:`install`."""
+
+    name = ""
+    description = ""
+
+    def install(self, inst: Installer, blocks: list[tuple[nn.Module, nn.Module | None]],
+                time_major: bool) -> None:
+        raise NotImplementedError
+
+
+def model_blocks(model: nn.Module) -> list[tuple[nn.Module, nn.Module | None]]:
+    """The (weight layer, block-output module) pairs of a model, last one the output layer."""
+    if hasattr(model, "rule_blocks"):
+        return model.rule_blocks()
+    from lenetlab.models.lenet5 import LeNet5
+
+    if isinstance(model, LeNet5):
+        return [(model.conv1, model.act1), (model.conv2, model.act2), (model.fc1, model.act3),
+                (model.fc2, model.act4), (model.fc3, None)]
+    name = getattr(model, "model_name", type(model).__name__)
+    raise LenetlabError(f"learning rules need lenet5 (and its variants) or lenet5_snn; got {name}")
+
+
+def attach_rule(model: nn.Module, rule: Any, seed: int | None = None) -> RuleHandle:
+    """Install a learning rule on ``model``. ``rule``: a name or a TrainConfig (uses ``.rule``/``.seed``)."""
+    if not isinstance(rule, str):
+        tc = rule
+        if getattr(tc, "method", "bp") != "bp":
+            raise LenetlabError(f"train.rule {tc.rule!r} changes the backward pass and cannot be combined with "
+                                f"train.method {tc.method!r}")
+        rule, seed = tc.rule, tc.seed if seed is None else seed
+    if rule not in names("rule"):
+        raise LenetlabError(f"unknown rule {rule!r}; choose from: {', '.join(names('rule'))}")
+    impl: Rule = get("rule", rule)()
+    blocks = model_blocks(model)
+    inst = Installer(model, 0 if seed is None else int(seed))
+    impl.install(inst, blocks, bool(getattr(model, "rule_time_major", False)))
+    return RuleHandle(rule, inst.undo, state=inst.state)
