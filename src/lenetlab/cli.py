@@ -34,7 +34,7 @@ def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
     train = {k: v for k, v in (("epochs", a.epochs), ("seed", a.seed), ("batch_size", a.batch_size),
                                ("lr", a.lr), ("stop_at_accuracy", a.stop_at), ("qat_bits", a.qat_bits),
                                ("act_scale", a.act_scale), ("train_noise", a.train_noise), ("method", a.method),
-                               ("zo_layers", a.zo_layers), ("zo_eps", a.eps), ("zo_q", a.q),
+                               ("zo_layers", a.zo_layers), ("zo_eps", a.eps), ("zo_q", a.q), ("zo_lr", a.zo_lr),
                                ("rule", a.rule)) if v is not None}
     if train:
         o["train"] = train
@@ -365,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--zo-layers", type=int, metavar="N", help="ElasticZO cutoff: first N weight layers by ZO")
     t.add_argument("--eps", type=float, help="SPSA perturbation size (default 1e-3)")
     t.add_argument("--q", type=int, help="SPSA perturbations per step (default 1)")
+    t.add_argument("--zo-lr", type=float, help="learning rate of the ZO layers (default 0.05 x --lr)")
     t.add_argument("--rule", help="learning rule: bp (default) | fa | dfa | le (lenetlab list rules)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. train.lr=0.01")
     t.add_argument("--out", required=True, help="run directory to write")

@@ -85,6 +85,7 @@ class TrainConfig:
     zo_layers: int | None = None  # ElasticZO cutoff: the first N weight layers trained by ZO (None: all for zo)
     zo_eps: float = 1e-3          # SPSA perturbation size
     zo_q: int = 1                 # SPSA perturbations per step
+    zo_lr: float | None = None    # learning rate of the ZO layers (None: 0.05 x lr, scheduled like lr)
     # local learning rules (Lin & Sengupta 2025, PAPERS.md section 1; lenetlab.rules)
     rule: str = "bp"              # bp | fa | dfa | le
 

@@ -298,6 +298,9 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
         "resumed_from_epoch": start_epoch if resume else None,
         "environment": environment(),
     }
+    if stepper is not None and hasattr(stepper, "finish"):
+        # elasticzo-int8: the integer engine's own test accuracy, and model_int8.safetensors beside the float twin
+        stepper.finish(out_dir, splits, summary)
     if out_dir is not None:
         rundir.save_model(out_dir, model, cfg)
         rundir.write_summary(out_dir, summary)

@@ -1,0 +1,476 @@
+"""ElasticZO-INT8: integer-only ElasticZO training of LeNet-5 (PAPERS.md section 3, reconstructed).
+
+Sugiura & Matsutani 2025 describe an integer-only variant of ElasticZO; the
+paper's exact arithmetic is not reproduced here, this is our reconstruction
+of it (NITI-style integer training, Wang et al. 2022, plus integer SPSA):
+
+- **Tensors**: weights, biases and activations are int8 with one power-of-two
+  scale per tensor (value = q * 2**exp, ``exp`` a Python int). Convolutions
+  and linear layers multiply int8 by int8 into int32 (``torch._int_mm``; the
+  convolution on an int8 im2col buffer, a few samples at a time, each slice
+  max-pooled at once).
+- **Requantisation**: an int32 accumulator goes back to int8 by an arithmetic
+  right shift k = bitlen(max|acc|) - 7 with stochastic rounding
+  ``(acc + r) >> k``, r uniform in [0, 2**k) (unbiased); k is added to the
+  exponent. Evaluation rounds to nearest instead.
+- **Integer base-2 cross-entropy**: the logits are read as base-2 logits in
+  fixed point with F = 8 fractional bits; 2**x uses a 256-entry integer table
+  (Q16) and shifts, log2 of the sum uses the bit length plus a 256-entry
+  table. The loss is an integer in units of 2**-8 bits. Its gradient
+  ``softmax - onehot`` is the Q16 quotient of two integers.
+- **ZO layers** (the first C, always including both convolutions): integer
+  SPSA. The perturbation is Rademacher (+-1 per element, times ``eps`` LSBs),
+  regenerated from the step's seed by ``torch.randint`` - never stored; the
+  restore is exact in integers. The projected gradient is the integer
+  difference of the two integer batch losses, and the update is
+  ``W -= sround((g * z) >> zo_shift)``.
+- **BP layers** (the last 5 - C, fully connected only): integer backprop of
+  ``softmax - onehot`` through int8 weights (int64 accumulation, ReLU masks
+  from the kept int8 activations); weight updates are
+  ``sround(grad >> k)`` with k chosen so the largest update is about
+  ``2**bp_bits`` LSBs (a NITI-style normalised step); biases get the
+  consistently scaled step.
+- **Overflow**: weights are kept within +-(127 - eps) so a perturbation never
+  wraps; when a tensor saturates it is halved (exponent + 1).
+
+No floating-point tensor is created in :meth:`Int8ElasticZO.train_step`
+(``tests/test_zo_int8.py`` records the dtype of every ATen op's result). The
+float input is quantised once, outside the step (``quantize_input``), as a
+sensor would deliver int8; :meth:`float_state` dequantises the weights into
+the ordinary float LeNet-5 (for ``lenetlab eval``); :meth:`int8_tensors`
+gives the integer tensors and exponents (saved as ``model_int8.safetensors``).
+
+Example::
+
+    from lenetlab.models import create_model
+    net = Int8ElasticZO.from_float(create_model("lenet5"), cutoff=4)
+    xq, xe = quantize_input(x)
+    loss = net.train_step(xq, xe, y, step=0)
+    acc = net.accuracy(xq, xe, y)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lenetlab.errors import LenetlabError
+
+FRAC = 8          # fractional bits of the fixed-point loss / log2-domain logits
+ONE = 1 << 16     # Q16 one (probabilities, 2**x table)
+# constant tables ("ROMs"), computed once from Python numbers: 2**(i/256) in Q16 and log2(1 + i/256) in Q8
+EXP2_Q16 = torch.tensor([round(2 ** (i / 256) * ONE) for i in range(256)], dtype=torch.int64)
+LOG2_Q8 = torch.tensor([round(math.log2(1 + i / 256) * 256) for i in range(256)], dtype=torch.int64)
+QMAX = 127
+
+
+@dataclass
+class Int8Config:
+    """Integer hyper-parameters (all shifts / LSB counts, no floats in the step)."""
+
+    eps: int = 1           # SPSA perturbation, in LSBs of each tensor
+    zo_shift: int = 12     # ZO update (<= 15): W -= sround(g * z >> zo_shift); g in 2**-8 bits summed over the batch
+    bp_bits: int = 3       # BP update: the largest |update| is about 2**bp_bits LSBs
+    q: int = 1             # perturbations per step
+    seed: int = 0
+
+
+@dataclass
+class IntLayer:
+    kind: str             # conv | linear
+    w: torch.Tensor       # int8
+    w_exp: int
+    b: torch.Tensor       # int8
+    b_exp: int
+    padding: int = 0
+
+
+def _exp_for(max_abs: float) -> int:
+    """The power-of-two exponent that maps max_abs to at most QMAX (used at conversion time only)."""
+    if max_abs <= 0:
+        return -QMAX.bit_length()
+    return math.ceil(math.log2(max_abs / QMAX))
+
+
+def _quant(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    t = t.detach()
+    e = _exp_for(float(t.abs().max()))
+    return torch.round(t * 2.0 ** -e).clamp(-QMAX, QMAX).to(torch.int8), e
+
+
+def quantize_input(x: torch.Tensor, exp: int | None = None) -> tuple[torch.Tensor, int]:
+    """Float images -> (int8, exponent): the data-loading side, outside the integer step."""
+    if exp is None:
+        exp = _exp_for(float(x.abs().max()))
+    return torch.round(x * 2.0 ** -exp).clamp(-QMAX, QMAX).to(torch.int8).contiguous(), exp
+
+
+def _shift(x: torch.Tensor, s: int) -> torch.Tensor:
+    """x * 2**s for an integer tensor (floor for s < 0)."""
+    return x << s if s >= 0 else x >> -s
+
+
+def sround_shift(x: torch.Tensor, k: int, gen: torch.Generator | None) -> torch.Tensor:
+    """x / 2**k rounded stochastically (gen) or to nearest (gen None); integer in, integer out."""
+    if k <= 0:
+        return x << min(-k, 30) if k < 0 else x
+    if k > 40:   # |x| < 2**40 here: the result rounds to 0 (or stochastically to -1/0 for negatives: use 0)
+        return torch.zeros_like(x)
+    if gen is None:
+        return (x + (1 << (k - 1))) >> k
+    r = torch.randint(0, 1 << k, x.shape, generator=gen, dtype=x.dtype)
+    return (x + r) >> k
+
+
+def requant(acc: torch.Tensor, exp: int, gen: torch.Generator | None) -> tuple[torch.Tensor, int]:
+    """int32 accumulator -> int8 by a power-of-two shift (dynamic: the batch maximum fits in 7 bits).
+
+    In place on ``acc``; the stochastic-rounding noise is int16 (k <= 15 in practice).
+    """
+    k = max(0, max(int(acc.max()), -int(acc.min())).bit_length() - 7)
+    if k:
+        if gen is None:
+            acc.add_(1 << (k - 1))
+        else:
+            acc.add_(torch.randint(0, 1 << k, acc.shape, generator=gen,
+                                   dtype=torch.int16 if k <= 15 else torch.int32))
+        acc.bitwise_right_shift_(k)
+    return acc.clamp_(-QMAX, QMAX).to(torch.int8), exp + k
+
+
+def bitlen(x: torch.Tensor) -> torch.Tensor:
+    """Bit length of each element of a non-negative int64 tensor (binary search with shifts)."""
+    n = torch.zeros_like(x)
+    for b in (32, 16, 8, 4, 2, 1):
+        m = (x >> b) > 0
+        n += m * b
+        x = torch.where(m, x >> b, x)
+    return n + (x > 0)
+
+
+def conv_pool_int(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, padding: int, chunk: int = 8
+                  ) -> torch.Tensor:
+    """int8 (N,C,H,W) conv int8 (O,C,kh,kw) + int32 bias, then 2x2 max-pool -> int32 (N,O,Ho/2,Wo/2).
+
+    ``torch._int_mm`` (int8 x int8 -> int32) on an int8 im2col buffer, ``chunk`` samples at a time, each
+    slice pooled at once: the full-resolution int32 accumulator never exists for the whole batch (a
+    tiled integer engine; torch's float path materialises the whole conv output instead).
+    """
+    if padding:
+        x = F.pad(x, (padding,) * 4)
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    ho, wo = h - kh + 1, wd - kw + 1
+    wi = w.reshape(o, -1).t().contiguous()
+    out = torch.empty((n, o, ho // 2, wo // 2), dtype=torch.int32)
+    for s in range(0, n, chunk):
+        cols = x[s:s + chunk].unfold(2, kh, 1).unfold(3, kw, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, c * kh * kw)
+        acc = torch._int_mm(cols, wi).add_(bias).view(-1, ho, wo, o).permute(0, 3, 1, 2)
+        out[s:s + chunk] = F.max_pool2d(acc, 2)
+    return out
+
+
+def conv_int(x: torch.Tensor, w: torch.Tensor, padding: int) -> torch.Tensor:
+    """Plain integer convolution (no bias, no pooling) - the reference the tests compare with F.conv2d."""
+    if padding:
+        x = F.pad(x, (padding,) * 4)
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    cols = x.unfold(2, kh, 1).unfold(3, kw, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, c * kh * kw)
+    return torch._int_mm(cols, w.reshape(o, -1).t().contiguous()).view(n, h - kh + 1, wd - kw + 1, o
+                                                                       ).permute(0, 3, 1, 2)
+
+
+def int_cross_entropy(acc: torch.Tensor, exp: int, y: torch.Tensor, want_grad: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Base-2 cross-entropy of integer logits (value acc * 2**exp), in units of 2**-8 bits, summed over the batch.
+
+    Returns (loss_sum int64 scalar, dL/dz in Q16 (N, classes) int64 or None), z the base-2 logits.
+    """
+    t = _shift(acc.to(torch.int64), exp + FRAC)           # base-2 logits in Q8
+    tmax = t.amax(1, keepdim=True)
+    d = t - tmax                                          # <= 0
+    q = d >> FRAC                                         # floor: integer part
+    f = d - (q << FRAC)                                   # fractional part in [0, 256)
+    pw = EXP2_Q16[f] >> (-q).clamp_(max=62)               # 2**d in Q16
+    s = pw.sum(1)                                         # >= 2**16 (the max term is exactly ONE)
+    k = bitlen(s) - 1
+    m = ((s << FRAC) >> k) - (1 << FRAC)                  # mantissa in [0, 256)
+    log2s = ((k - 16) << FRAC) + LOG2_Q8[m]
+    ty = t.gather(1, y.view(-1, 1)).squeeze(1)
+    loss = (log2s + tmax.squeeze(1) - ty).sum()
+    if not want_grad:
+        return loss, None
+    p = torch.div(pw << 16, s.view(-1, 1), rounding_mode="floor")   # softmax in Q16
+    onehot = torch.zeros_like(p).scatter_(1, y.view(-1, 1), ONE)
+    return loss, p - onehot
+
+
+@dataclass
+class Int8ElasticZO:
+    """Integer LeNet-5 (conv1, conv2, fc1, fc2, fc3; ReLU, 2x2 max-pool) with ElasticZO-INT8 training."""
+
+    layers: list[IntLayer]
+    cutoff: int
+    cfg: Int8Config = field(default_factory=Int8Config)
+    data_classes: int = 10
+
+    # ---- construction / export -------------------------------------------------------------------------------
+    @classmethod
+    def from_float(cls, model: nn.Module, cutoff: int, cfg: Int8Config | None = None) -> Int8ElasticZO:
+        """Quantise a float ``lenet5`` (relu, max-pool) into the integer engine; cutoff C >= 2 (convs are ZO)."""
+        need = ("conv1", "conv2", "fc1", "fc2", "fc3")
+        if not all(hasattr(model, n) for n in need) or not isinstance(getattr(model, "pool", None), nn.MaxPool2d):
+            raise LenetlabError("elasticzo-int8 needs the 'lenet5' model with max pooling")
+        act = type(model.act1).__name__.lower()
+        if "relu" not in act:
+            raise LenetlabError(f"elasticzo-int8 needs the relu activation, got {type(model.act1).__name__}")
+        if not 2 <= cutoff <= 5:
+            raise LenetlabError(f"elasticzo-int8: train.zo_layers must be in [2, 5] (the convolutions are trained "
+                                f"by ZO; integer backprop covers the FC layers only), got {cutoff}")
+        layers = []
+        for n in need:
+            m = getattr(model, n)
+            w, we = _quant(m.weight)
+            b, be = _quant(m.bias)
+            layers.append(IntLayer("conv" if n.startswith("conv") else "linear", w.contiguous(), we, b, be,
+                                   m.padding[0] if n.startswith("conv") else 0))
+        net = cls(layers, cutoff, cfg or Int8Config())
+        for ly in layers:
+            lim = QMAX - net.cfg.eps
+            ly.w.clamp_(-lim, lim)
+            ly.b.clamp_(-lim, lim)
+        return net
+
+    def float_state(self) -> dict[str, torch.Tensor]:
+        """Dequantised weights under the float LeNet-5's state_dict names (load with strict=True)."""
+        out = {}
+        for n, ly in zip(("conv1", "conv2", "fc1", "fc2", "fc3"), self.layers):
+            out[f"{n}.weight"] = ly.w.to(torch.float32) * 2.0 ** ly.w_exp
+            out[f"{n}.bias"] = ly.b.to(torch.float32) * 2.0 ** ly.b_exp
+        return out
+
+    def int8_tensors(self) -> dict[str, torch.Tensor]:
+        """The integer state: int8 tensors plus their exponents (int32 scalars)."""
+        out = {}
+        for n, ly in zip(("conv1", "conv2", "fc1", "fc2", "fc3"), self.layers):
+            out[f"{n}.weight"], out[f"{n}.bias"] = ly.w, ly.b
+            out[f"{n}.weight_exp"] = torch.tensor(ly.w_exp, dtype=torch.int32)
+            out[f"{n}.bias_exp"] = torch.tensor(ly.b_exp, dtype=torch.int32)
+        return out
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file(self.int8_tensors(), str(path), metadata={"format": "lenetlab-int8", "cutoff": str(self.cutoff)})
+
+    def param_bytes(self) -> int:
+        return sum(ly.w.numel() + ly.b.numel() for ly in self.layers)
+
+    # ---- the integer engine ----------------------------------------------------------------------------------
+    def _layer(self, ly: IntLayer, x: torch.Tensor, x_exp: int) -> tuple[torch.Tensor, int]:
+        """int32 output of one layer (conv layers: pooled) and its exponent."""
+        exp = x_exp + ly.w_exp
+        bias = _shift(ly.b.to(torch.int32), max(-31, min(20, ly.b_exp - exp)))
+        if ly.kind == "conv":
+            return conv_pool_int(x, ly.w, bias, ly.padding), exp
+        return torch._int_mm(x, ly.w.t().contiguous()).add_(bias), exp
+
+    def forward(self, x: torch.Tensor, x_exp: int, gen: torch.Generator | None = None, keep: bool = False
+                ) -> tuple[torch.Tensor, int, list[tuple[torch.Tensor, int]]]:
+        """Integer forward: (logit accumulator int32, its exponent, kept inputs of the BP layers)."""
+        kept: list[tuple[torch.Tensor, int]] = []
+        for i, ly in enumerate(self.layers):
+            if keep and i >= self.cutoff:
+                kept.append((x, x_exp))
+            acc, exp = self._layer(ly, x, x_exp)
+            if i == len(self.layers) - 1:
+                return acc, exp, kept
+            acc.clamp_(min=0)                     # ReLU (after the pool, as in the float model)
+            x, x_exp = requant(acc, exp, gen)
+            if ly.kind == "conv" and self.layers[i + 1].kind == "linear":
+                x = x.flatten(1)
+        raise AssertionError("unreachable")
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, x_exp: int, batch_size: int = 2000) -> torch.Tensor:
+        return torch.cat([self.forward(x[i:i + batch_size], x_exp)[0].argmax(1)
+                          for i in range(0, len(x), batch_size)])
+
+    def accuracy(self, x: torch.Tensor, x_exp: int, y: torch.Tensor) -> float:
+        return int((self.predict(x, x_exp) == y).sum()) / max(1, len(y))
+
+    # ---- training ----------------------------------------------------------------------------------------------
+    def _zo_tensors(self) -> list[torch.Tensor]:
+        return [t for ly in self.layers[:self.cutoff] for t in (ly.w, ly.b)]
+
+    def _z_chunks(self, seed: int) -> Any:
+        """(slice of a ZO tensor, its Rademacher z as int8) - regenerated from ``seed``, CHUNK at a time."""
+        from lenetlab.train.zeroth_order import CHUNK
+
+        g = torch.Generator().manual_seed(seed)
+        for t in self._zo_tensors():
+            flat = t.view(-1)
+            for i in range(0, flat.numel(), CHUNK):
+                part = flat[i:i + CHUNK]
+                yield part, torch.randint(0, 2, part.shape, generator=g, dtype=torch.int8).mul_(2).sub_(1)
+
+    def _perturb(self, seed: int, sign: int) -> None:
+        for part, z in self._z_chunks(seed):
+            part.add_(z.mul_(sign * self.cfg.eps))
+
+    def _zo_update(self, seed: int, g: int, gen: torch.Generator) -> None:
+        """W -= sround(g * z / 2**zo_shift), z regenerated: |g| / 2**k = a + frac, so the step is
+        -sign(g) * z * (a + Bernoulli(frac)) - unbiased, with chunk-sized int8/int16 temporaries only."""
+        k = self.cfg.zo_shift
+        mag = abs(g)
+        a, frac = min(mag >> k, QMAX), mag & ((1 << k) - 1)
+        sign = 1 if g >= 0 else -1
+        lim = QMAX - self.cfg.eps
+        for part, z in self._z_chunks(seed):
+            step = (torch.randint(0, 1 << k, part.shape, generator=gen, dtype=torch.int16) < frac).to(torch.int16)
+            step.add_(a).mul_(z).mul_(sign)
+            part.copy_(part.to(torch.int16).sub_(step).clamp_(-lim, lim))
+
+    def _loss(self, x: torch.Tensor, x_exp: int, y: torch.Tensor, gen: torch.Generator, bp: bool
+              ) -> tuple[torch.Tensor, torch.Tensor, list[list[Any]]]:
+        acc, exp, kept = self.forward(x, x_exp, gen, keep=bp)
+        loss, err = int_cross_entropy(acc, exp, y, bp)
+        grads: list[list[Any]] = []
+        if bp:
+            grads = self._backward(err, kept)
+        return loss, acc, grads
+
+    def _backward(self, err: torch.Tensor, kept: list[tuple[torch.Tensor, int]]) -> list[list[Any]]:
+        """Integer backprop through the FC BP layers, last layer first: [gW, gW_exp, gb, gb_exp, a_exp] each.
+
+        Exponents are relative to the Q16 softmax error (common to all passes), so gradients of the two
+        probes can be aligned and summed.
+        """
+        out: list[list[Any]] = []
+        e_exp = 0
+        bp_layers = self.layers[self.cutoff:]
+        for j in range(len(bp_layers) - 1, -1, -1):
+            ly = bp_layers[j]
+            a, a_exp = kept[j][0].to(torch.int64), kept[j][1]
+            out.append([err.t() @ a, e_exp + a_exp, err.sum(0), e_exp, a_exp])
+            if j > 0:
+                e = (err @ ly.w.to(torch.int64)) * (a > 0)
+                k = max(0, int(e.abs().max()).bit_length() - 16)   # keep the error within 16 bits
+                err, e_exp = e >> k, e_exp + ly.w_exp + k
+        return out
+
+    @staticmethod
+    def _merge(g1: list[list[Any]], g2: list[list[Any]]) -> list[list[Any]]:
+        """Sum two probes' integer gradients after aligning their exponents."""
+        out = []
+        for (w1, ew1, b1, eb1, _), (w2, ew2, b2, eb2, _) in zip(g1, g2):
+            ew, eb = max(ew1, ew2), max(eb1, eb2)
+            out.append([(w1 >> (ew - ew1)) + (w2 >> (ew - ew2)), ew,
+                        (b1 >> (eb - eb1)) + (b2 >> (eb - eb2)), eb, ew - eb])
+        return out
+
+    def _apply(self, t: torch.Tensor, delta: torch.Tensor) -> None:
+        lim = QMAX - self.cfg.eps
+        t.copy_((t.to(torch.int64) - delta).clamp_(-lim, lim))
+
+    def _renorm(self) -> None:
+        """Halve any saturated tensor (exponent + 1) so weights can keep growing."""
+        lim = QMAX - self.cfg.eps
+        gen = None
+        for ly in self.layers:
+            if int(ly.w.abs().max()) >= lim:
+                ly.w.copy_(sround_shift(ly.w.to(torch.int32), 1, gen))
+                ly.w_exp += 1
+            if int(ly.b.abs().max()) >= lim:
+                ly.b.copy_(sround_shift(ly.b.to(torch.int32), 1, gen))
+                ly.b_exp += 1
+
+    def train_step(self, x: torch.Tensor, x_exp: int, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One integer ElasticZO step on an int8 batch; returns (integer loss sum in 2**-8 bits, int32 logits)."""
+        c = self.cfg
+        gen = torch.Generator().manual_seed((c.seed * 1_000_003 + step) % (2**63 - 1) + 7)
+        bp = self.cutoff < len(self.layers)
+        acc_grads: list[list[Any]] | None = None
+        projected: list[int] = []
+        losses = []
+        acc = None
+        for i in range(c.q):
+            s = (c.seed * 1_000_003 + step * c.q + i) % (2**63 - 1)
+            self._perturb(s, +1)
+            lp, acc, gp = self._loss(x, x_exp, y, gen, bp)
+            self._perturb(s, -2)
+            lm, _, gm = self._loss(x, x_exp, y, gen, bp)
+            self._perturb(s, +1)                       # exact restore (integers)
+            projected.append(int(lp - lm))
+            losses += [lp, lm]
+            if bp:
+                pair = self._merge(gp, gm)
+                acc_grads = pair if acc_grads is None else self._merge(acc_grads, pair)
+        # ZO update, z regenerated, for each probe
+        for i, gi in enumerate(projected):
+            self._zo_update((c.seed * 1_000_003 + step * c.q + i) % (2**63 - 1), gi, gen)
+        if acc_grads is not None:
+            for ly, (gw, gw_exp, gb, gb_exp, _) in zip(reversed(self.layers[self.cutoff:]), acc_grads):
+                # normalised step: the largest weight update is ~2**bp_bits LSBs; the bias gets the same
+                # float-equivalent learning rate: kb = kw + (gW_exp - gb_exp) - w_exp + b_exp
+                kw = max(0, int(gw.abs().max()).bit_length() - c.bp_bits)
+                kb = kw + (gw_exp - gb_exp) - ly.w_exp + ly.b_exp
+                self._apply(ly.w, sround_shift(gw, kw, gen))
+                self._apply(ly.b, sround_shift(gb, kb, gen))
+        self._renorm()
+        return torch.stack(losses).sum() // (2 * c.q), acc
+
+
+class Int8Stepper:
+    """Adapter for :func:`lenetlab.train.fit` (method ``elasticzo-int8``).
+
+    Each ``step`` quantises the float batch (data side), runs the integer
+    :meth:`Int8ElasticZO.train_step`, then copies the dequantised weights into the
+    float model so fit's evaluation and checkpoints see the current weights
+    (fit's test accuracy is therefore the float twin's; :meth:`finish` adds the
+    integer engine's own test accuracy and writes ``model_int8.safetensors``).
+    The integer step sizes come from :class:`Int8Config` (eps in LSBs, shifts); ``train.lr``, the
+    schedule, the optimiser and ``train.zo_eps`` do not apply to it; ``train.zo_q`` and ``seed`` do.
+    """
+
+    def __init__(self, model: nn.Module, tc: Any, cutoff: int):
+        self.model, self.cutoff = model, cutoff
+        self.cfg = Int8Config(q=tc.zo_q, seed=tc.seed)
+        Int8ElasticZO.from_float(model, cutoff, self.cfg)    # validate model and cutoff now, before any output
+        self.net: Int8ElasticZO | None = None
+        self.x_exp: int | None = None
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, lr: float, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.net is None:
+            # built at the first step, i.e. after fit's --resume has loaded the checkpoint: a resumed run
+            # re-quantises its float twin (the same values; an exponent may come out smaller)
+            self.net = Int8ElasticZO.from_float(self.model, self.cutoff, self.cfg)
+        xq, self.x_exp = quantize_input(xb.contiguous(), self.x_exp)
+        loss, acc = self.net.train_step(xq, self.x_exp, yb, step)
+        with torch.no_grad():
+            state = self.net.float_state()
+            for name, p in self.model.named_parameters():
+                if name in state:
+                    p.copy_(state[name])
+        # report the loss in nats per sample, like the float methods (conversion outside the integer step)
+        return acc, torch.tensor(float(loss) / (1 << FRAC) * math.log(2) / len(yb))
+
+    def finish(self, out_dir: Path | None, splits: Any, summary: dict[str, Any]) -> None:
+        if self.net is None:
+            self.net = Int8ElasticZO.from_float(self.model, self.cutoff, self.cfg)
+        x_exp = self.x_exp
+        xq, x_exp = quantize_input(splits.test_x.contiguous(), x_exp)
+        summary["int8_test_accuracy"] = self.net.accuracy(xq, x_exp, splits.test_y)
+        if out_dir is not None:
+            self.net.save(Path(out_dir) / "model_int8.safetensors")
+
+
+__all__ = ["Int8ElasticZO", "Int8Config", "Int8Stepper", "quantize_input", "int_cross_entropy", "conv_int",
+           "requant", "sround_shift"]

@@ -1,0 +1,158 @@
+"""ElasticZO-INT8 (lenetlab.train.zo_int8): integer-only step, integer kernels against float, run dirs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from lenetlab.errors import LenetlabError
+from lenetlab.models import create_model
+from lenetlab.train.zo_int8 import Int8Config, Int8ElasticZO, conv_int, int_cross_entropy, quantize_input
+
+
+class DtypeRecorder(TorchDispatchMode):
+    """Records (op, dtype) of every tensor any ATen op returns inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[tuple[str, torch.dtype]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.seen.append((str(func), t.dtype))
+        return out
+
+
+def _net(cutoff: int, seed: int = 0) -> Int8ElasticZO:
+    torch.manual_seed(0)
+    return Int8ElasticZO.from_float(create_model("lenet5"), cutoff, Int8Config(seed=seed))
+
+
+def _batch(n: int = 16) -> tuple[torch.Tensor, int, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 1, 28, 28, generator=g)
+    xq, e = quantize_input(x)
+    return xq, e, torch.randint(0, 10, (n,), generator=g)
+
+
+@pytest.mark.parametrize("cutoff", [2, 4, 5])
+def test_int8_step_creates_no_floating_point_tensor(cutoff):
+    net = _net(cutoff)
+    xq, e, y = _batch()
+    with DtypeRecorder() as rec:
+        net.train_step(xq, e, y, step=0)
+    floats = sorted({op for op, dt in rec.seen if dt.is_floating_point or dt.is_complex})
+    assert not floats, floats
+    ops = {op for op, _ in rec.seen}
+    assert len(rec.seen) > 100 and any("_int_mm" in op for op in ops) and any("randint" in op for op in ops)
+    assert {dt for _, dt in rec.seen} <= {torch.int8, torch.int16, torch.int32, torch.int64, torch.bool}
+
+
+def test_conv_int_equals_float_conv_exactly():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-127, 128, (3, 6, 14, 14), dtype=torch.int8, generator=g)
+    w = torch.randint(-127, 128, (16, 6, 5, 5), dtype=torch.int8, generator=g)
+    ref = F.conv2d(x.double(), w.double())
+    assert torch.equal(conv_int(x, w, 0).double(), ref)
+    ref_pad = F.conv2d(x[:, :1].double(), w[:6, :1].double(), padding=2)
+    assert torch.equal(conv_int(x[:, :1].contiguous(), w[:6, :1].contiguous(), 2).double(), ref_pad)
+
+
+def test_integer_cross_entropy_matches_float_base2():
+    g = torch.Generator().manual_seed(0)
+    acc = torch.randint(-3000, 3000, (64, 10), dtype=torch.int32, generator=g)
+    y = torch.randint(0, 10, (64,), generator=g)
+    exp = -9
+    loss, grad = int_cross_entropy(acc, exp, y, True)
+    z = acc.double() * 2.0 ** exp * math.log(2)            # base-2 logits as natural-log logits
+    ref_bits = F.cross_entropy(z, y, reduction="sum") / math.log(2)
+    assert loss.dtype == torch.int64
+    assert abs(int(loss) / 256 - float(ref_bits)) < 0.02 * 64          # within 0.02 bits per sample
+    ref_grad = torch.softmax(z, 1) - F.one_hot(y, 10).double()
+    assert (grad.double() / 2**16 - ref_grad).abs().max() < 2e-3
+
+
+def test_same_seed_same_integer_update_and_exact_restore():
+    xq, e, y = _batch()
+    nets = [_net(4, seed=s) for s in (3, 3, 4)]
+    for n in nets:
+        n.train_step(xq, e, y, step=5)
+    a, b, c = (n.int8_tensors() for n in nets)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    net = _net(5)
+    before = {k: v.clone() for k, v in net.int8_tensors().items()}
+    net._perturb(11, +1)
+    assert not all(torch.equal(before[k], v) for k, v in net.int8_tensors().items())
+    net._perturb(11, -2)
+    net._perturb(11, +1)
+    assert all(torch.equal(before[k], v) for k, v in net.int8_tensors().items())
+
+
+def test_integer_engine_matches_the_float_twin(small_run, mnist_test):
+    """A BP-trained model quantised to the integer engine keeps its accuracy (within 2 points)."""
+    from lenetlab.config import DataConfig
+    from lenetlab.data.transforms import to_model_input
+    from lenetlab.rundir import load_model
+
+    model, _ = load_model(small_run)
+    x, y = mnist_test
+    xf = to_model_input(torch.from_numpy(x[:1000]), DataConfig())
+    yt = torch.from_numpy(y[:1000].astype("int64"))
+    with torch.no_grad():
+        float_acc = float((model(xf).argmax(1) == yt).double().mean())
+    net = Int8ElasticZO.from_float(model, 4)
+    xq, e = quantize_input(xf)
+    assert net.accuracy(xq, e, yt) > float_acc - 0.02
+    twin = create_model("lenet5")
+    twin.load_state_dict(net.float_state())
+    with torch.no_grad():
+        assert float((twin(xf).argmax(1) == model(xf).argmax(1)).double().mean()) > 0.97
+
+
+def test_int8_training_learns_real_mnist():
+    from lenetlab.config import DataConfig
+    from lenetlab.data import load_splits
+    from lenetlab.experiments.zo import train_int8
+
+    splits = load_splits(DataConfig(val_size=0, train_subset=3000, test_subset=500))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # the integer kernels' OpenMP threads spin badly on a loaded machine
+    try:
+        r = train_int8(splits, cutoff=2, steps=150, batch=32, seed=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert r["test_accuracy"] > 0.5, r["test_accuracy"]
+
+
+def test_fit_elasticzo_int8_run_dir_and_eval(tmp_path):
+    from safetensors.torch import load_file
+
+    from conftest import run_cli
+    from lenetlab.train import fit
+    from lenetlab.train.presets import resolve
+
+    cfg = resolve("fast", overrides={"data": {"train_subset": 600, "test_subset": 200, "val_size": 0},
+                                     "train": {"epochs": 1, "batch_size": 50, "method": "elasticzo-int8",
+                                               "zo_layers": 3}})
+    s = fit(cfg, out=tmp_path / "r", log=None, progress=False)
+    assert 0.0 <= s["int8_test_accuracy"] <= 1.0
+    t = load_file(str(tmp_path / "r/model_int8.safetensors"))
+    assert t["fc1.weight"].dtype == torch.int8 and t["fc1.weight_exp"].dtype == torch.int32
+    assert json.loads((tmp_path / "r/summary.json").read_text())["int8_test_accuracy"] == s["int8_test_accuracy"]
+    r = run_cli("eval", str(tmp_path / "r"), "--limit", "200", "--json", check=True)
+    assert 0.0 <= json.loads(r.stdout)["test_accuracy"] <= 1.0
+
+
+def test_int8_rejects_unsupported_models_and_cutoffs():
+    with pytest.raises(LenetlabError, match="relu"):
+        Int8ElasticZO.from_float(create_model("lenet5", activation="tanh"), 4)
+    with pytest.raises(LenetlabError, match=r"\[2, 5\]"):
+        Int8ElasticZO.from_float(create_model("lenet5"), 1)
