@@ -110,6 +110,9 @@ def to_flat(model: nn.Module, data: DataConfig) -> FlatModel:
     from lenetlab.models.classic import LeNet5Classic
     from lenetlab.models.lenet5 import LeNet5
 
+    if hasattr(model, "materialize"):
+        # a compressed model (lenetlab.compress: TT / ADTN layers) ships the dense weights it represents
+        model = model.materialize()
     if isinstance(model, LeNet5Classic):
         layers = _classic(model)
     elif isinstance(model, LeNet5):
