@@ -2,8 +2,12 @@
 
 The naive engine is what hook-based injectors do: one full forward of the M
 images per fault. The fast engine caches the fault-free prefix, computes each
-faulty accumulator from an exact delta, batches faults x images, and drops
-masked (fault, image) pairs at every layer boundary. Both run the same
+faulty accumulator from an exact delta, requantises only accumulators that
+left their fault-free requantisation cell, recomputes only the pool windows
+that changed, hands the next layer a sparse input change, batches faults x
+images in cache-sized chunks, and drops masked (fault, image) pairs at every
+layer boundary (see docs/faults.md). Its time includes building its caches
+(a fresh Campaign per target), so small campaigns understate it. Both run the same
 sampled fault list (every layer with weights x every bit, seed 0) on the same
 images; their per-fault outcomes are checked identical, then the ratio of
 faults/s is printed per target and overall. Goal >= 10x (aim 30x).

@@ -93,6 +93,34 @@ def test_fast_matches_naive_for_stuck_at_and_exhaustive(engine, images):
     np.testing.assert_array_equal(camp.fast(ex), camp.naive(ex))
     f = sample_faults(engine, "accumulators", 3, np.random.default_rng(2), bits=[20, 30, 31], model="stuck_at_0")
     np.testing.assert_array_equal(camp.fast(f), camp.naive(f))
+    # high-bit weight flips in the two last layers do cause SDCs: the weight paths compared non-vacuously
+    camp = Campaign(engine, images)
+    ex = exhaustive_faults(engine, "weights", len(engine.stages) - 1, bits=[6, 7])
+    naive = camp.naive(ex)
+    np.testing.assert_array_equal(camp.fast(ex), naive)
+    assert naive.any()
+
+
+def test_fast_matches_naive_on_classic_lenet(mnist_test):
+    """Subsampling, the C3 table, tanh LUTs and the RBF output: the paths of the fast engine that fall back
+    to whole rows (no per-channel window shortcut) and the RBF stage (random weights are enough)."""
+    import torch
+
+    from lenetlab.config import DataConfig
+    from lenetlab.deploy import flat
+    from lenetlab.deploy.graph import to_flat
+    from lenetlab.deploy.quantize import quantize
+    from lenetlab.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("lenet5_classic").eval()
+    fm8 = flat.decode(flat.encode(quantize(to_flat(model, DataConfig(normalize="lecun", pad=2)),
+                                           mnist_test[0][:200])))
+    eng = IntEngine(fm8)
+    camp = Campaign(eng, mnist_test[0][200:208])
+    for target in ("weights", "activations", "accumulators"):
+        f = sample_faults(eng, target, 1, np.random.default_rng(4))
+        np.testing.assert_array_equal(camp.fast(f), camp.naive(f), err_msg=target)
 
 
 def test_naive_weight_fault_equals_the_runtime_on_a_corrupted_file(qrun, engine, images):
@@ -153,13 +181,23 @@ def test_hardened_model_is_fault_free_identical_and_corrects(engine, images, mod
         rows = [3] + next(g[2] for g in st.groups if g[1] == 3)
         f = FaultList("accumulators", np.full(3, 4), np.array(rows), np.full(3, 31))
         assert not camp_h.fast(f).any()
-    faults = sample_faults(hard, "accumulators", 2, np.random.default_rng(3))
-    np.testing.assert_array_equal(camp_h.fast(faults), camp_h.naive(faults))
+    for target in ("accumulators", "weights", "activations"):   # copies merged before requantisation
+        faults = sample_faults(hard, target, 1 + (target == "accumulators"), np.random.default_rng(3))
+        np.testing.assert_array_equal(camp_h.fast(faults), camp_h.naive(faults), err_msg=target)
 
 
 def test_top_neurons_and_hardening_errors(engine):
     rows = [{"stage": 0, "channel": c, "nvf": c / 10} for c in range(6)]
     assert top_neurons(rows, 50) == [(0, 5), (0, 4), (0, 3)]
+    # NVF 0 is never protected (k% is capped at the neurons with positive NVF) ...
+    assert top_neurons(rows, 100) == [(0, 5), (0, 4), (0, 3), (0, 2), (0, 1)]
+    assert top_neurons([{"stage": 0, "channel": 0, "nvf": 0.0}], 50) == []
+    # ... and NVF ties go to the cheaper neuron first, whatever its position
+    tied = [{"stage": 0, "channel": 0, "nvf": 0.5, "macs": 900, "param_bytes": 30},
+            {"stage": 1, "channel": 0, "nvf": 0.5, "macs": 100, "param_bytes": 30},
+            {"stage": 1, "channel": 1, "nvf": 0.5, "macs": 100, "param_bytes": 20},
+            {"stage": 2, "channel": 0, "nvf": 0.9, "macs": 5000, "param_bytes": 90}]
+    assert top_neurons(tied, 75) == [(2, 0), (1, 1), (1, 0)]
     with pytest.raises(LenetlabError, match="k must be"):
         top_neurons(rows, 0)
     with pytest.raises(LenetlabError, match="unknown hardening"):

@@ -15,6 +15,11 @@ bias) that faults can hit like any other row, merged before requantisation:
 - ``tmr``: three copies and a bitwise 2-of-3 majority voter: any single faulty
   copy is outvoted.
 
+Which neurons: :func:`top_neurons` takes the top k% by NVF, but never a neuron
+with NVF 0 (k% is capped at the neurons with a positive NVF: protecting a
+neuron no fault was seen to matter in only adds overhead), and breaks NVF ties
+by protection cost, cheaper first (MACs, then parameter bytes of one copy).
+
 Fault-free outputs are identical to the unhardened model (min(a, a) = a,
 maj(a, a, a) = a), tested. Overhead counts extra MACs and extra parameter
 bytes (int8 weights + int32 bias per copy; the requantisation constants are
@@ -23,7 +28,7 @@ shared), plus the checker/voter operations, one per protected output value.
 Example::
 
     from lenetlab.faults.harden import harden, top_neurons
-    protect = top_neurons(nvf_rows, 10)                 # top 10% by NVF
+    protect = top_neurons(nvf_rows, 10)                 # top 10% by NVF (NVF > 0 only; ties: cheaper first)
     hard = harden(engine, protect, "split")
 """
 
@@ -73,13 +78,20 @@ def harden(engine: IntEngine, neurons: list[tuple[int, int]], mode: str) -> IntE
 
 def top_neurons(nvf_rows: list[dict[str, Any]], k_percent: float, ops: dict[int, str] | None = None
                 ) -> list[tuple[int, int]]:
-    """The top ``k_percent`` % of neurons by NVF (ties broken by position), as (stage, channel)."""
+    """The top ``k_percent`` % of neurons by NVF, as (stage, channel).
+
+    k % counts the eligible neurons (conv / dense when ``ops`` is given), capped at those with a positive
+    NVF: a neuron with NVF 0 is never protected (no fault in it was ever seen to matter, so protecting it
+    only adds overhead). Ties in NVF go to the cheaper neuron first (its ``macs``, then ``param_bytes``, as
+    :func:`lenetlab.faults.nvf.neuron_nvf` records them; 0 when absent), then by position."""
     if not 0 < k_percent <= 100:
         raise LenetlabError(f"k must be in (0, 100], got {k_percent}")
     rows = [r for r in nvf_rows if ops is None or ops.get(r["stage"]) in ("conv", "dense")]
     n = max(1, int(round(len(rows) * k_percent / 100)))
-    order = sorted(range(len(rows)), key=lambda i: -rows[i]["nvf"])
-    return [(rows[i]["stage"], rows[i]["channel"]) for i in order[:n]]
+    positive = [r for r in rows if r["nvf"] > 0]
+    order = sorted(positive, key=lambda r: (-r["nvf"], r.get("macs", 0), r.get("param_bytes", 0),
+                                            r["stage"], r["channel"]))
+    return [(r["stage"], r["channel"]) for r in order[:n]]
 
 
 def overhead(base: IntEngine, hard: IntEngine) -> dict[str, Any]:

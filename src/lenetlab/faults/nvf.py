@@ -27,7 +27,7 @@ sampled accumulator campaign per neuron (Spearman rank correlation).
 Example::
 
     from lenetlab.faults.nvf import neuron_nvf
-    nvf = neuron_nvf(engine, images_u8)      # list of {"stage", "channel", "nvf"}
+    nvf = neuron_nvf(engine, images_u8)      # list of {"stage", "channel", "nvf", "macs", "param_bytes"}
 """
 
 from __future__ import annotations
@@ -154,9 +154,22 @@ def neuron_nvf(engine: IntEngine, images: np.ndarray, grid: int = GRID, camp: Ca
     rows = []
     for j in range(len(engine.stages)):
         ranges = critical_ranges(camp, j + 1, grid) if j + 1 < len(engine.stages) else None
+        cost = protection_cost(engine, j)
         for c, v in enumerate(stage_nvf(camp, j, ranges)):
-            rows.append({"stage": j, "layer": names[j], "channel": c, "nvf": float(v)})
+            rows.append({"stage": j, "layer": names[j], "channel": c, "nvf": float(v),
+                         "macs": int(cost[c, 0]), "param_bytes": int(cost[c, 1])})
     return rows
+
+
+def protection_cost(engine: IntEngine, j: int) -> np.ndarray:
+    """(C, 2): MACs per inference and parameter bytes (int8 weights + int32 bias) of one copy of each neuron
+    of stage ``j`` - what protecting it costs per extra copy (used to break NVF ties in
+    :func:`lenetlab.faults.harden.top_neurons`)."""
+    st = engine.stages[j]
+    c = st.channels
+    fan = st.keep[:c].sum(axis=1) if st.keep is not None else np.full(c, st.fan_in)
+    macs = st.positions * (np.ones(c, np.int64) if st.op == "subsample" else fan)
+    return np.stack([macs, st.fan_in + 4 * (st.op != "rbf") + np.zeros(c, np.int64)], axis=1)
 
 
 def measured_criticality(camp: Campaign, per_bit: int, rng: np.random.Generator) -> np.ndarray:
