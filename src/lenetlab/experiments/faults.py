@@ -21,8 +21,8 @@ that holds for at least 3 of the 4 k values.
 
 Quick mode (default): full-MNIST fast-preset training (2 epochs), NVF on 16
 images, validation with 2 positions per neuron and bit, resilience on 500
-images x 16 fault draws per BER point (about 4 CPU-minutes, single-threaded; measured 16.4 minutes of wall
-time on a 2-core machine shared with four other busy jobs).
+images x 16 fault draws per BER point: 1 min 42 s on the 2-core machine (one torch thread, load ~3 from
+other jobs).
 ``--full``: 64 NVF images, 4 positions, 1000 images x 40 draws.
 """
 
