@@ -13,7 +13,16 @@ from lenetlab.errors import LenetlabError
 from lenetlab.models import create_model
 from lenetlab.train import fit
 from lenetlab.train.presets import resolve
-from lenetlab.train.zeroth_order import ElasticZOStepper, perturb_, spsa_estimate, step_seed, weight_layers
+from lenetlab.train.zeroth_order import (
+    DEFAULT_ZO_CLIP,
+    DEFAULT_ZO_LR,
+    ElasticZOStepper,
+    make_stepper,
+    perturb_,
+    spsa_estimate,
+    step_seed,
+    weight_layers,
+)
 
 TINY = {"data": {"train_subset": 1000, "test_subset": 300, "val_size": 0},
         "train": {"epochs": 1, "batch_size": 50, "lr": 2e-3, "schedule": "constant"}}
@@ -45,11 +54,11 @@ def test_spsa_average_matches_autograd():
     assert all(torch.allclose(p, b, atol=1e-12) for p, b in zip(params, before))
 
 
-def _stepper(cutoff: int, seed: int = 0, q: int = 1) -> tuple[nn.Module, ElasticZOStepper]:
+def _stepper(cutoff: int, seed: int = 0, q: int = 1, clip: float | None = None) -> tuple[nn.Module, ElasticZOStepper]:
     torch.manual_seed(0)
     m = create_model("lenet5")
     opt = torch.optim.SGD(m.parameters(), lr=0.01)
-    return m, ElasticZOStepper(m, cutoff, F.cross_entropy, opt, eps=1e-3, q=q, seed=seed)
+    return m, ElasticZOStepper(m, cutoff, F.cross_entropy, opt, eps=1e-3, q=q, seed=seed, clip=clip)
 
 
 def test_same_seed_same_update_bit_for_bit():
@@ -73,6 +82,42 @@ def test_zo_update_is_minus_lr_g_z_with_regenerated_z():
     perturb_(z, step_seed(1, 0, 0, 1), 1.0)   # z = (before + z) - before
     for b, a, zz in zip(before, m.parameters(), z):
         assert torch.allclose(a - b, -1e-2 * g * (zz - b), atol=1e-6)
+
+
+def test_clipped_update_is_minus_lr_clamped_g_z():
+    """clip bounds the g of the update only: last_projected keeps the raw (paper's) g, z is unchanged."""
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    m0, st0 = _stepper(5, seed=1)
+    st0.step(x, y, 1e-2, step=0)
+    (raw,) = st0.last_projected
+    clip = abs(raw) / 4   # guaranteed to bind
+    m, st = _stepper(5, seed=1, clip=clip)
+    before = [p.detach().clone() for p in m.parameters()]
+    st.step(x, y, 1e-2, step=0)
+    assert st.last_projected == [raw]
+    z = [p.clone() for p in before]
+    perturb_(z, step_seed(1, 0, 0, 1), 1.0)
+    g = clip if raw > 0 else -clip
+    for b, a, zz in zip(before, m.parameters(), z):
+        assert torch.allclose(a - b, -1e-2 * g * (zz - b), atol=1e-6)
+    # a clip that does not bind changes nothing, bit for bit
+    m2, st2 = _stepper(5, seed=1, clip=abs(raw) * 2)
+    st2.step(x, y, 1e-2, step=0)
+    assert all(torch.equal(a, b) for a, b in zip(m0.parameters(), m2.parameters()))
+
+
+def test_make_stepper_defaults_for_zo():
+    """Without train.zo_lr the ZO part peaks at DEFAULT_ZO_LR (whatever train.lr is), with the default clip."""
+    m = create_model("lenet5")
+    for lr in (1e-3, 6e-3):
+        tc = TrainConfig(method="zo", lr=lr)
+        st = make_stepper(m, tc, F.cross_entropy, torch.optim.SGD(m.parameters(), lr=lr))
+        assert st.zo_lr_scale * lr == pytest.approx(DEFAULT_ZO_LR) and st.clip == DEFAULT_ZO_CLIP
+    st = make_stepper(m, TrainConfig(method="zo", lr=1e-3, zo_lr=1e-4), F.cross_entropy,
+                      torch.optim.SGD(m.parameters(), lr=1e-3))
+    assert st.zo_lr_scale * 1e-3 == pytest.approx(1e-4)
+    with pytest.raises(LenetlabError, match="clip must be positive"):
+        ElasticZOStepper(m, 5, F.cross_entropy, None, clip=0.0)
 
 
 def test_elasticzo_layers_split_and_frozen_during_step():

@@ -156,3 +156,18 @@ def test_int8_rejects_unsupported_models_and_cutoffs():
         Int8ElasticZO.from_float(create_model("lenet5", activation="tanh"), 4)
     with pytest.raises(LenetlabError, match=r"\[2, 5\]"):
         Int8ElasticZO.from_float(create_model("lenet5"), 1)
+
+
+def test_int8_zo_update_is_clamped_to_one_lsb():
+    """A huge projected gradient moves each ZO weight by at most 1 LSB (zo_clip = 2**zo_shift), along -sign(g) z."""
+    net = _net(5)
+    before = {k: v.clone() for k, v in net.int8_tensors().items() if not k.endswith("_exp")}
+    net._zo_update(11, 1 << 40, torch.Generator().manual_seed(0))
+    after = net.int8_tensors()
+    z = _net(5)
+    z._perturb(11, +1)   # z = (w + z) - w, regenerated from the same seed
+    for k, b in before.items():
+        d = after[k].to(torch.int32) - b.to(torch.int32)
+        zz = z.int8_tensors()[k].to(torch.int32) - b.to(torch.int32)
+        inside = b.abs() < 126   # away from the clamp at +-(127 - eps)
+        assert torch.equal(d[inside], -zz[inside]), k

@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--zo-layers", type=int, metavar="N", help="ElasticZO cutoff: first N weight layers by ZO")
     t.add_argument("--eps", type=float, help="SPSA perturbation size (default 1e-3)")
     t.add_argument("--q", type=int, help="SPSA perturbations per step (default 1)")
-    t.add_argument("--zo-lr", type=float, help="learning rate of the ZO layers (default 0.05 x --lr)")
+    t.add_argument("--zo-lr", type=float, help="peak learning rate of the ZO layers (default 5e-3)")
     t.add_argument("--rule", help="learning rule: bp (default) | fa | dfa | le (lenetlab list rules)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. train.lr=0.01")
     t.add_argument("--out", required=True, help="run directory to write")

@@ -85,7 +85,8 @@ class TrainConfig:
     zo_layers: int | None = None  # ElasticZO cutoff: the first N weight layers trained by ZO (None: all for zo)
     zo_eps: float = 1e-3          # SPSA perturbation size
     zo_q: int = 1                 # SPSA perturbations per step
-    zo_lr: float | None = None    # learning rate of the ZO layers (None: 0.05 x lr, scheduled like lr)
+    zo_lr: float | None = None    # peak learning rate of the ZO layers (None: 5e-3), scheduled like lr
+    zo_clip: float | None = 0.3   # clip the SPSA projected gradient g to +-this (None: no clip, the paper's rule)
     # local learning rules (Lin & Sengupta 2025, PAPERS.md section 1; lenetlab.rules)
     rule: str = "bp"              # bp | fa | dfa | le
 

@@ -23,13 +23,18 @@ of it (NITI-style integer training, Wang et al. 2022, plus integer SPSA):
   regenerated from the step's seed by ``torch.randint`` - never stored; the
   restore is exact in integers. The projected gradient is the integer
   difference of the two integer batch losses, and the update is
-  ``W -= sround((g * z) >> zo_shift)``.
+  ``W -= sround((clamp(g, -zo_clip, zo_clip) * z) >> zo_shift)``. The clamp (not
+  in the paper, like the float clip of :mod:`lenetlab.train.zeroth_order`) caps
+  the step at 1 LSB per element: unclamped, rare huge |g| made the weights
+  random-walk until the logits overflowed (int8-4 swung between 9% and 57%).
 - **BP layers** (the last 5 - C, fully connected only): integer backprop of
   ``softmax - onehot`` through int8 weights (int64 accumulation, ReLU masks
   from the kept int8 activations); weight updates are
   ``sround(grad >> k)`` with k chosen so the largest update is about
   ``2**bp_bits`` LSBs (a NITI-style normalised step); biases get the
-  consistently scaled step.
+  consistently scaled step. ``bp_bits`` is 1: with 3, the normalised step
+  kept growing fc3 (every saturation doubles the scale, so the next step in
+  real units doubles too) until the logits overflowed.
 - **Overflow**: weights are kept within +-(127 - eps) so a perturbation never
   wraps; when a tensor saturates it is halved (exponent + 1).
 
@@ -76,7 +81,8 @@ class Int8Config:
 
     eps: int = 1           # SPSA perturbation, in LSBs of each tensor
     zo_shift: int = 12     # ZO update (<= 15): W -= sround(g * z >> zo_shift); g in 2**-8 bits summed over the batch
-    bp_bits: int = 3       # BP update: the largest |update| is about 2**bp_bits LSBs
+    zo_clip: int | None = 1 << 12   # |g| of the update clamped to this (None: off): at most 1 LSB per element
+    bp_bits: int = 1       # BP update: the largest |update| is about 2**bp_bits LSBs (3 was unstable at C=4)
     q: int = 1             # perturbations per step
     seed: int = 0
 
@@ -329,7 +335,7 @@ class Int8ElasticZO:
         """W -= sround(g * z / 2**zo_shift), z regenerated: |g| / 2**k = a + frac, so the step is
         -sign(g) * z * (a + Bernoulli(frac)) - unbiased, with chunk-sized int8/int16 temporaries only."""
         k = self.cfg.zo_shift
-        mag = abs(g)
+        mag = abs(g) if self.cfg.zo_clip is None else min(abs(g), self.cfg.zo_clip)
         a, frac = min(mag >> k, QMAX), mag & ((1 << k) - 1)
         sign = 1 if g >= 0 else -1
         lim = QMAX - self.cfg.eps
