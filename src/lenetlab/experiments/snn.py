@@ -32,11 +32,14 @@ epsilon grid. Claims, per domain, computed from those numbers:
   (FGSM and PGD through the learning pathway, black-box FGSM); autograd PGD
   is quoted beside it.
 
-Quick mode (default): 12k training images, 2 epochs, 200 test images,
-eps {0.05, 0.1, 0.2, 0.3}, 5 PGD steps. Estimated 7-8 minutes on 2 quiet cores
-from per-batch timings; measured on a heavily shared 2-core machine it took far
-longer (see the issue 7 note). The local rules need more data than BP: in quick
-mode FA-SNN stays far from converged, so read quick-mode claims with care.
+Training: the ``fast`` preset (Adam, one-cycle) plus each rule's recommended
+settings (``Rule.recommended``: FA and DFA take smaller batches and a lower
+peak lr, because feedback alignment needs many small steps; see
+:mod:`lenetlab.rules.builtin` for the measurements).
+
+Quick mode (default): 30k training images, 3 epochs, 200 test images,
+eps {0.05, 0.1, 0.2, 0.3}, 5 PGD steps (issue 7: 12k x 2 left FA-SNN at 33%,
+which made the robustness comparison meaningless).
 ``--full``: all 60k images, 3 epochs, 1000 test images, eps 0.05..0.3 in
 steps of 0.05, 10 PGD steps.
 
@@ -64,16 +67,18 @@ def settings(full: bool, tiny: bool = False) -> dict[str, Any]:
     if full:
         return {"train_subset": None, "epochs": 3, "steps": 4, "test_subset": 1000,
                 "eps": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3], "pgd_steps": 10}
-    return {"train_subset": 12000, "epochs": 2, "steps": 4, "test_subset": 200, "eps": [0.05, 0.1, 0.2, 0.3],
+    return {"train_subset": 30000, "epochs": 3, "steps": 4, "test_subset": 200, "eps": [0.05, 0.1, 0.2, 0.3],
             "pgd_steps": 5}
 
 
 def run_config(domain: str, rule: str, s: dict[str, Any], seed: int = 0):
+    from lenetlab.rules import recommended_train
     from lenetlab.train.presets import resolve
 
     model = DOMAINS[domain]
     over: dict[str, Any] = {"data": {"train_subset": s["train_subset"], "test_subset": s["test_subset"]},
-                            "train": {"epochs": s["epochs"], "rule": rule, "seed": seed,
+                            "train": {**recommended_train(rule, model),    # FA/DFA: smaller batch, lower lr
+                                      "epochs": s["epochs"], "rule": rule, "seed": seed,
                                       "eval_test_every_epoch": False, "grad_norms": False}}
     if domain == "snn":
         over["model"] = {"steps": s["steps"]}

@@ -4,6 +4,6 @@
 """
 
 from lenetlab.rules import builtin  # noqa: F401  (registers the rules)
-from lenetlab.rules.base import Installer, Rule, RuleHandle, attach_rule, model_blocks
+from lenetlab.rules.base import Installer, Rule, RuleHandle, attach_rule, model_blocks, recommended_train
 
-__all__ = ["Installer", "Rule", "RuleHandle", "attach_rule", "model_blocks"]
+__all__ = ["Installer", "Rule", "RuleHandle", "attach_rule", "model_blocks", "recommended_train"]

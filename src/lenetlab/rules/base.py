@@ -82,14 +82,33 @@ class Installer:
 
 
 class Rule:
-    """Subclasses set ``name``/``description`` and implement :meth:`install`."""
+    """Subclasses set ``name``/``description`` and implement :meth:`install`.
+
+    ``recommended`` maps a model name to the ``train`` settings the rule was
+    tuned with on it (see :func:`recommended_train`); empty means the preset's
+    own settings are fine.
+    """
 
     name = ""
     description = ""
+    recommended: dict[str, dict[str, Any]] = {}
 
     def install(self, inst: Installer, blocks: list[tuple[nn.Module, nn.Module | None]],
                 time_major: bool) -> None:
         raise NotImplementedError
+
+
+def recommended_train(rule: str, model: str) -> dict[str, Any]:
+    """The ``train`` overrides rule ``rule`` recommends on model ``model`` ({} if none).
+
+    ``lenetlab reproduce snn-attacks`` applies them on top of the ``fast``
+    preset; ``lenetlab train --rule X`` does not (it keeps the preset, as for
+    every other run) - pass them by hand, e.g. ``--lr 2e-3 --set
+    train.batch_size=32`` for FA on ``lenet5_snn``.
+    """
+    if rule not in names("rule"):
+        raise LenetlabError(f"unknown rule {rule!r}; choose from: {', '.join(names('rule'))}")
+    return dict(get("rule", rule).recommended.get(model, {}))
 
 
 def model_blocks(model: nn.Module) -> list[tuple[nn.Module, nn.Module | None]]:
