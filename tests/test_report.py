@@ -4,7 +4,6 @@ table, content-hash skipping, --force, and failure isolation."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -18,36 +17,7 @@ from lenetlab.experiments.base import Claim, Result, config_hash
 from lenetlab.experiments.report import Section, write_suite_report
 from lenetlab.fileio import atomic_write_json
 
-BROWSER_ARGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-dev-shm-usage", "--window-size=1200,1600")
 TINY_EXPERIMENT = "noise"      # the cheapest tiny experiment with a figure (~10 s of CPU)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from selenium import webdriver
-        from selenium.common.exceptions import WebDriverException
-        from selenium.webdriver.chrome.options import Options
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("selenium is not installed (pip install -e '.[dev]')")
-    chromium = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
-                    None)
-    driver_path = "/usr/bin/chromedriver" if os.access("/usr/bin/chromedriver", os.X_OK) else \
-        shutil.which("chromedriver")
-    if chromium is None or driver_path is None:
-        pytest.skip("chromium/chromedriver not installed (Debian: apt-get install chromium chromium-driver)")
-    options = Options()
-    for arg in BROWSER_ARGS:
-        options.add_argument(arg)
-    options.binary_location = chromium
-    try:
-        driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
-    except WebDriverException as e:
-        pytest.skip(f"headless chromium does not start here: {(e.msg or str(e)).splitlines()[0]}")
-    yield driver
-    driver.quit()
 
 
 @pytest.fixture(scope="module")
