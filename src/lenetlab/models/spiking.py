@@ -42,6 +42,7 @@ from torch import nn
 
 from lenetlab.errors import LenetlabError
 from lenetlab.models.base import register_model
+from lenetlab.models.lenet5 import _w  # the same width rounding as LeNet-5
 from lenetlab.models.surrogate import SURROGATES, make_spike
 
 
@@ -96,10 +97,6 @@ class LIF(nn.Module):
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, threshold={self.threshold}, fire={self.fire}"
-
-
-def _w(n: int, mult: float) -> int:
-    return max(1, int(round(n * mult)))
 
 
 class SpikingLeNet5(nn.Module):
