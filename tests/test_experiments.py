@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
+from lenetlab.errors import LenetlabError
 from lenetlab.experiments import Cells, reproduce
-from lenetlab.registry import names
+from lenetlab.registry import get, names
 
 TINY_OK = {"abs"}   # fused and cascade run their tiny mode in their own test files
 
@@ -65,3 +66,44 @@ def test_gradient_norms_vanish_for_relu_but_not_abs():
     # relu halves the signal's second moment per layer under Glorot init; |x| preserves it
     assert relu[0] / relu[-1] < ab[0] / ab[-1]
     assert 0.1 <= ab[0] / ab[-1] <= 10
+
+
+def _table(r, prefix: str) -> list[dict]:
+    return next(rows for title, rows in r.tables.items() if title.startswith(prefix))
+
+
+# one cheap setting override per experiment (each shrinks its tiny grid) and the effect it must have on the result
+OVERRIDES = {
+    "abs": ({"widths": [1.0]},
+            lambda r: {row["width"] for row in _table(r, "test accuracy")} == {1.0}),
+    "cascade": ({"ladders": [[7, 28]]},        # lists, as a sweep file gives them (the study keys on tuples)
+                lambda r: {row["ladder"] for row in _table(r, "resolution cascade sweep")} == {"7,28"}),
+    "faults": ({"ks": [50]},
+               lambda r: [(row["method"], row["k_%"]) for row in _table(r, "overhead vs resilience")]
+               == [("none", 0), ("split", 50), ("tmr", 50)]),
+    "fused": ({"images": 16},
+              lambda r: " on 16 MNIST test images" in next(c.measured for c in r.claims if c.name == "exact")),
+    "noise": ({"sigmas": [0.01, 1.0]},
+              lambda r: all(set(row) == {"arch", "model", "0.01", "1"} for row in _table(r, "accuracy % vs sigma"))),
+    "snn-attacks": ({"eps": [0.3]},
+                    lambda r: all([k for k in row if k.startswith("eps ")] == ["eps 0.3"]
+                                  for row in _table(r, "adversarial accuracy"))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OVERRIDES))
+def test_experiment_takes_setting_overrides(name, tmp_path):
+    """``reproduce(..., options=...)`` (what ``lenetlab sweep`` kind = "experiment" calls) changes the run."""
+    options, took_effect = OVERRIDES[name]
+    assert get("experiment", name).accepts_options
+    with pytest.raises(LenetlabError, match="unknown experiment setting 'no_such_setting'"):
+        reproduce(name, tmp_path / "bad", tiny=True, options={"no_such_setting": 1})
+    assert not (tmp_path / "bad").exists()
+    (key, value), = options.items()
+    default = get("experiment", name)().settings(False, tiny=True)[key]
+    assert json.loads(json.dumps(default)) != value          # the override is a change
+    r = reproduce(name, tmp_path, tiny=True, options=options)
+    assert json.loads((tmp_path / "run.json").read_text())["settings"][key] == value
+    config = json.loads((tmp_path / "result.json").read_text())["config"]
+    assert config.get("settings", config)[key] == value     # cascade records its settings at the top level
+    assert took_effect(r), f"{name}: {options} did not reach the run"

@@ -222,14 +222,22 @@ def test_a_failing_trial_is_reported_and_retried(tmp_path):
     assert "TypeError" in read_trials(tmp_path / "out" / "errors.jsonl")[0]["error"]
 
 
-def test_experiment_sweeps_need_an_experiment_that_takes_overrides(tmp_path):
+def test_experiment_sweeps_need_an_experiment_that_takes_overrides(tmp_path, monkeypatch):
+    from lenetlab import registry
+    from lenetlab.experiments import Experiment
+
     text = '[sweep]\nkind = "experiment"\nexperiment = "{name}"\nmode = "tiny"\n[grid]\n{key} = [[0], [1]]\n'
     with pytest.raises(LenetlabError, match="unknown experiment 'nope'"):
         load(write(tmp_path, text.format(name="nope", key="seeds")))
     with pytest.raises(LenetlabError, match="unknown experiment setting 'seedz'"):
         load(write(tmp_path, text.format(name="abs", key="seedz")))
+    assert len(load(write(tmp_path, text.format(name="abs", key="seeds"))).trials()) == 2
+    # every paper experiment opts in now: a stand-in that does not
+    closed = type("Closed", (OptInExperiment, Experiment), {"name": "closed", "accepts_options": False})
+    registry.names("experiment")   # load the real ones first
+    monkeypatch.setitem(registry._TABLES["experiment"], "closed", closed)
     with pytest.raises(LenetlabError, match="takes no setting overrides yet"):
-        load(write(tmp_path, text.format(name="abs", key="seeds")))
+        load(write(tmp_path, text.format(name="closed", key="seeds")))
     with pytest.raises(LenetlabError, match="mode is for experiment sweeps"):
         load(write(tmp_path, '[sweep]\nmode = "tiny"\n[grid]\n"train.lr" = [0.1]\n'))
 

@@ -91,13 +91,14 @@ class AbsStudy(Experiment):
 
     name = "abs"
     paper = "Berngardt 2023, absolute activation function (PAPERS.md section 8)"
+    accepts_options = True
 
     def run(self, ctx: Context) -> Result:
         from lenetlab.data import load_splits
         from lenetlab.models import create_model, param_count
         from lenetlab.train import fit
 
-        s = settings(ctx.full, ctx.tiny)
+        s = ctx.resolve_settings(settings(ctx.full, ctx.tiny))
         splits = None
         cells = []
         grid = [(w, a, sch, seed) for w in s["widths"] for a in ACTIVATIONS for sch in SCHEDULES

@@ -100,6 +100,7 @@ class CascadeStudy(Experiment):
     paper = ("Rohlfs 2022/23, Problem-dependent attention and effort in neural networks with applications "
              "to image resolution and model selection (PAPERS.md section 9)")
     description = "data-usage and compute vs accuracy of resolution and model cascades (MNIST)"
+    accepts_options = True
 
     def run(self, ctx: Context) -> Result:
         from lenetlab.cascade.model_cascade import member_from_run, member_probs
@@ -110,7 +111,9 @@ class CascadeStudy(Experiment):
         from lenetlab.train import fit
         from lenetlab.train.presets import resolve
 
-        s = settings(ctx.full, getattr(ctx, "tiny", False))
+        s = ctx.resolve_settings(settings(ctx.full, ctx.tiny))
+        # ladders key the sweeps (hashable): an override read from a sweep file arrives as lists
+        s["ladders"] = [tuple(lad) for lad in s["ladders"]]
         runs = ctx.out / "runs"
         cfgs = {"lenet5": _lenet_cfg(s, LENET_OPTIONS), "lenet5_relu": _lenet_cfg(s, RELU_OPTIONS),
                 "pca_logreg": resolve("fast", "pca_logreg", overrides=_overrides(s))}

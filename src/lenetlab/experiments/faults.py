@@ -84,6 +84,7 @@ class FaultStudy(Experiment):
 
     name = "faults"
     paper = "Ahmadilivani et al. 2023, fault resilience of QNNs by selective neuron splitting (PAPERS.md section 6)"
+    accepts_options = True
 
     def run(self, ctx: Context) -> Result:
         from lenetlab.data.datasets import load_raw
@@ -95,7 +96,7 @@ class FaultStudy(Experiment):
         from lenetlab.train import fit
         from lenetlab.train.presets import resolve
 
-        s = settings(ctx.full, ctx.tiny)
+        s = ctx.resolve_settings(settings(ctx.full, ctx.tiny))
         run_dir = ctx.out / "run"
 
         def train() -> dict[str, Any]:

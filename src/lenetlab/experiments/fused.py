@@ -111,9 +111,10 @@ class FusedStudy(Experiment):
     name = "fused"
     paper = "Ibrahim, Usman, Lee 2024/25, USEFUSE: uniform stride for fused layers (PAPERS.md section 4)"
     description = "fused-layer tiling of LeNet-5's conv stack: exact simulation, traffic, OI, uniform stride, END"
+    accepts_options = True
 
     def run(self, ctx: Context) -> Result:
-        s = settings(ctx.full, ctx.tiny)
+        s = ctx.resolve_settings(settings(ctx.full, ctx.tiny))
         trained = {}
         for m in MODELS:
             ctx.log(f"training {m} ...")

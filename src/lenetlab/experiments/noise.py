@@ -98,6 +98,7 @@ class NoiseStudy(Experiment):
 
     name = "noise"
     paper = "Wang, Borras, Klein, Froening 2025, hardening DNNs against noisy computations (PAPERS.md section 2)"
+    accepts_options = True
 
     def run(self, ctx: Context) -> Result:
         from lenetlab.data import load_splits
@@ -106,7 +107,7 @@ class NoiseStudy(Experiment):
         from lenetlab.noise.training import apply_eval_qat
         from lenetlab.train import fit
 
-        s = settings(ctx.full, ctx.tiny)
+        s = ctx.resolve_settings(settings(ctx.full, ctx.tiny))
         splits = None
         rows: list[dict[str, Any]] = []
         grid = [(arch, v) for arch in ARCHS for v in variants(s)]

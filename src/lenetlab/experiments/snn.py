@@ -92,13 +92,14 @@ class SNNAttacks(Experiment):
     name = "snn-attacks"
     paper = ("Lin, Sengupta 2025, on the adversarial robustness of spiking neural networks trained by local "
              "learning (PAPERS.md section 1)")
+    accepts_options = True
 
     def run(self, ctx: Context) -> Result:
         import torch
 
         from lenetlab.data.datasets import load_raw
 
-        s = settings(ctx.full, ctx.tiny)
+        s = ctx.resolve_settings(settings(ctx.full, ctx.tiny))
         runs = ctx.out / "runs"
         _, _, xs, ys = load_raw("mnist")
         n = s["test_subset"]
