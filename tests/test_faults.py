@@ -144,6 +144,8 @@ def test_campaign_validates_input(engine, images):
         run_campaign(engine, images, "biases", samples=1)
     with pytest.raises(LenetlabError, match="unknown fault_model"):
         run_campaign(engine, images, "weights", samples=1, model="cosmic")
+    with pytest.raises(LenetlabError, match="at least one image"):
+        run_campaign(engine, images[:0], "weights", samples=1)
 
 
 # ---------------------------------------------------------------- NVF
@@ -184,6 +186,51 @@ def test_hardened_model_is_fault_free_identical_and_corrects(engine, images, mod
     for target in ("accumulators", "weights", "activations"):   # copies merged before requantisation
         faults = sample_faults(hard, target, 1 + (target == "accumulators"), np.random.default_rng(3))
         np.testing.assert_array_equal(camp_h.fast(faults), camp_h.naive(faults), err_msg=target)
+
+
+@pytest.mark.parametrize("mode", ["split", "tmr"])
+def test_hardened_fast_equals_naive_when_no_pair_survives(engine, images, mode, monkeypatch):
+    """Regression: the fast engine once crashed on a hardened model when a batch had no (fault, image) pair
+    left after the masked ones were dropped. Every stage is hardened here; batches are made where every fault
+    is masked at the merge, and single-fault batches on one image where the last pair dies mid-propagation
+    (the one-channel change is zero after ReLU / pool, or the next stage's outputs stay put)."""
+    from lenetlab.faults.fast import FastEngine
+
+    protect = [(j, c) for j, st in enumerate(engine.stages) for c in range(0, st.channels, 3)]
+    hard = harden(engine, protect, mode)
+    assert all(st.groups for st in hard.stages)
+    sizes = []
+    propagate = FastEngine._propagate
+
+    def spy(self, j, img, **kw):
+        sizes.append(len(img))
+        return propagate(self, j, img, **kw)
+
+    monkeypatch.setattr(FastEngine, "_propagate", spy)
+    # (1) every fault masked by the merge: one raised copy (split: 2 x min drops it) / any one copy (TMR: outvoted)
+    rng = np.random.default_rng(7)
+    st_, ix = [], []
+    for j, st in enumerate(hard.stages):
+        for _, c, copies in st.groups:
+            for r in [c, *copies]:
+                st_.append(j), ix.append(r * st.positions + int(rng.integers(st.positions)))
+    bits = rng.integers(0, 32, len(ix)) if mode == "tmr" else np.full(len(ix), 30)
+    f = FaultList("accumulators", np.array(st_), np.array(ix), bits, "bitflip" if mode == "tmr" else "stuck_at_1")
+    camp = Campaign(hard, images[:4])
+    naive = camp.naive(f)
+    assert not naive.any()
+    assert np.array_equal(camp.fast(f), naive)
+    empty = FaultList("weights", np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    assert camp.fast(empty).shape == (0, 4) and np.array_equal(camp.fast(empty), camp.naive(empty))
+    # (2) one image, one fault per batch: many batches lose their only pair at some stage boundary
+    camp = Campaign(hard, images[:1])
+    for target in ("weights", "activations", "accumulators"):
+        f = sample_faults(hard, target, 1 + (target == "accumulators"), np.random.default_rng(8))
+        fast = np.concatenate([camp.fast(f.subset(np.array([i]))) for i in range(len(f))])
+        naive = camp.naive(f)
+        assert np.array_equal(fast, naive), target
+        assert np.array_equal(camp.fast(f), naive), target
+    assert 0 in sizes                      # the empty batch did reach the propagation (not vacuous)
 
 
 def test_top_neurons_and_hardening_errors(engine):
