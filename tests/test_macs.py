@@ -112,3 +112,16 @@ def test_missing_input_shape_is_a_clean_error():
     with pytest.raises(LenetlabError, match="input_shape"):
         count_macs(nn.Linear(3, 2))
     assert count_macs(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), input_shape=(1, 3, 4)).total == 24
+
+
+@pytest.mark.parametrize("encoding, expected", [
+    # direct encoding: conv1 + pool run once on the image, every later layer at each of the T steps
+    ("direct", C1 + 4 * (C3 + F5 + F6 + OUT)),
+    # rate (Poisson) encoding: the whole network at every step
+    ("rate", 4 * LENET5),
+])
+def test_spiking_lenet_counts_every_time_step(encoding, expected):
+    r = count_macs(create_model("lenet5_snn", steps=4, encoding=encoding))
+    assert r.total == expected
+    one_step = count_macs(create_model("lenet5_snn", steps=1, encoding=encoding)).total
+    assert one_step == LENET5 and r.total > one_step

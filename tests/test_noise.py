@@ -196,3 +196,46 @@ def test_reproduce_noise_tiny(tmp_path):
     data = json.loads((tmp_path / "result.json").read_text())
     rows = next(iter(data["tables"].values()))
     assert len(rows) == 6 and all(0 <= row["auc"] <= 1 for row in rows)
+
+
+def test_tensor_network_layers_are_one_noise_site_and_qat_skips_them():
+    from lenetlab.noise.inject import leaf_sites
+
+    model = create_model("lenet5_tt", layers="c5,f6", rank=4).eval()
+    sites = {name: kind for name, _, kind in leaf_sites(model)}
+    assert sites["fc1"] == "linear" and sites["fc2"] == "linear"
+    assert not any(name.startswith(("fc1.", "fc2.")) for name in sites)   # the cores are not sites
+    x = torch.randn(3, 1, 28, 28)
+    seen = {}
+    handle = model.fc1.register_forward_hook(lambda m, a, y: seen.setdefault("clean", y.clone()))
+    clean = model(x)
+    handle.remove()
+    with NoiseInjector(model, 0.5, sites=("linear",), seed=0, record=True) as inj:
+        noisy = model(x)
+    assert "linear:fc1" in inj.stats and inj.stats["linear:fc1"][0].numel() == 3 * 120
+    assert not torch.allclose(clean, noisy)
+    with apply_qat(model, 8, 1.0):            # generated weights are left alone, the model still runs
+        assert model(x).shape == (3, 10)
+
+
+def test_relative_noise_of_a_time_major_model_is_per_step_and_sample():
+    class TimeMajor(nn.Module):
+        rule_time_major = True
+
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(1, 2000, bias=False)
+            with torch.no_grad():
+                self.fc.weight.fill_(1.0)
+
+        def forward(self, x):           # x: (T, B, 1) -> (T, B, 2000), every feature equal to x
+            return self.fc(x)
+
+    model = TimeMajor()
+    x = torch.tensor([[[1.0], [100.0]], [[3.0], [0.5]]])      # T = 2, B = 2: very different scales
+    with NoiseInjector(model, 0.1, relative=True, sites=("linear",), seed=0, record=True) as inj:
+        model(x)
+    noise = inj.stats["linear:fc"][0].view(2, 2, 2000)
+    std = noise.std(dim=2) / (0.1 * x.squeeze(2).abs())
+    # each (step, sample) gets sigma x its own max|y|, not the batch's or the step's maximum
+    assert torch.allclose(std, torch.ones(2, 2), atol=0.08), std

@@ -172,5 +172,11 @@ def test_cells_recorded_under_other_settings_are_not_reused(tmp_path, monkeypatc
     assert computed == [0.5, 2.0]
     with pytest.raises(LenetlabError, match="unknown experiment setting 'scal'"):
         reproduce("scaled", tmp_path, options={"scal": 2.0})
-    with pytest.raises(LenetlabError, match="'abs' takes no setting overrides"):
-        reproduce("abs", tmp_path / "abs", options={"seeds": [0]})
+
+    class Fixed(Scaled):          # an experiment whose run() does not read overrides refuses them
+        name, accepts_options = "fixed", False
+
+    monkeypatch.setitem(registry._TABLES["experiment"], "fixed", Fixed)
+    with pytest.raises(LenetlabError, match="'fixed' takes no setting overrides"):
+        reproduce("fixed", tmp_path / "fixed", options={"scale": 0.5})
+    assert not (tmp_path / "fixed").exists()

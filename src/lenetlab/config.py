@@ -80,6 +80,7 @@ class TrainConfig:
     train_noise: float = 0.0      # noisy training: sigma of the noise after every layer (0 = off)
     train_noise_ramp: float = 0.0  # fraction of training over which sigma ramps up linearly from 0
     noise_relative: bool = False  # noisy training: sigma times max|y| of each site
+    noise_sites: str = "all"      # noisy training: "all" or a comma list of input,conv,act,pool,linear
     # training without backprop (ElasticZO, PAPERS.md section 3; lenetlab.train.zeroth_order)
     method: str = "bp"            # bp | zo | elasticzo | elasticzo-int8
     zo_layers: int | None = None  # ElasticZO cutoff: the first N weight layers trained by ZO (None: all for zo)

@@ -235,6 +235,8 @@ def _tt_svd_ranks(w2d: torch.Tensor, rows, cols, ranks: list[int]) -> list[torch
 class TTLinear(nn.Module):
     """``nn.Linear`` whose weight is a TT matrix (dense bias). ``weight`` is the materialised matrix."""
 
+    noise_site = "linear"   # one analog-noise site (lenetlab.noise), like the dense layer
+
     def __init__(self, tt: TTMatrix, bias: torch.Tensor | None):
         super().__init__()
         self.tt = tt
@@ -254,6 +256,8 @@ class TTLinear(nn.Module):
 
 class TTConv2d(nn.Module):
     """Square stride-1 ``nn.Conv2d`` whose reshaped kernel (out, in*k*k) is a TT matrix (dense bias)."""
+
+    noise_site = "conv"   # one analog-noise site (lenetlab.noise), like the dense layer
 
     def __init__(self, tt: TTMatrix, bias: torch.Tensor | None, in_channels: int, kernel_size: int, padding: int):
         super().__init__()

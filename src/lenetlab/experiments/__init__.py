@@ -4,7 +4,7 @@ from lenetlab.experiments.base import Cells, Claim, Context, Experiment, Result,
 
 __all__ = ["Cells", "Claim", "Context", "Experiment", "Result", "reproduce", "load_all"]
 
-_MODULES = ("abs", "fused", "cascade", "noise", "faults", "zo", "snn", "tt", "deploy")
+_MODULES = ("abs", "fused", "cascade", "noise", "faults", "zo", "snn", "tt", "matrix", "deploy")
 
 
 def load_all() -> None:

@@ -128,6 +128,7 @@ class Experiment:
     paper = ""            # citation, as in PAPERS.md
     description = ""
     accepts_options = False   # True once run() reads its settings through ctx.resolve_settings
+    order = 0                 # ``reproduce all`` runs (and reports) experiments by (order, name)
 
     def run(self, ctx: Context) -> Result:
         raise NotImplementedError

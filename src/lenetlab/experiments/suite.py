@@ -63,7 +63,7 @@ def reproduce_all(out: str | Path, full: bool = False, force: bool = False, only
                   tiny: bool = False, log: Callable[[str], None] | None = None,
                   sections: Sequence[Section] = ()) -> list[Outcome]:
     """Run (or reuse) every registered experiment (or those in ``only``) and write the suite report."""
-    from lenetlab.registry import names
+    from lenetlab.registry import get, names
 
     log = log or (lambda s: None)
     out = Path(out)
@@ -75,6 +75,7 @@ def reproduce_all(out: str | Path, full: bool = False, force: bool = False, only
     if unknown:
         raise LenetlabError(f"unknown experiment {', '.join(map(repr, unknown))}; "
                             f"choose from: {', '.join(registered)}")
+    todo = sorted(dict.fromkeys(todo), key=lambda n: (get("experiment", n).order, n))   # summaries last
     out.mkdir(parents=True, exist_ok=True)
     outcomes: list[Outcome] = []
     for i, name in enumerate(todo):

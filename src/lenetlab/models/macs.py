@@ -84,7 +84,9 @@ class MacReport:
 
 
 def _numel(shape: torch.Size | tuple[int, ...]) -> int:
-    return int(math.prod(shape[1:]))      # per image: drop the batch dimension
+    # The trace runs ONE image, so every element of a layer's output belongs to it - including the T time
+    # steps a spiking model folds into the batch dimension or stacks in front of it (lenet5_snn).
+    return int(math.prod(shape))
 
 
 def _layer_count(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[int, dict[str, int], str] | None:

@@ -40,7 +40,13 @@ _SKIP = (nn.Dropout, nn.Flatten, nn.Identity, nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def site_of(module: nn.Module) -> str | None:
-    """The noise-site kind of a leaf module, or None if it gets no noise."""
+    """The noise-site kind of a leaf module, or None if it gets no noise.
+
+    A composite layer (e.g. a tensor-train linear layer, :mod:`lenetlab.compress`) declares its kind with a
+    ``noise_site`` class attribute ("conv" / "linear"); it is then one site and its submodules are not."""
+    declared = getattr(module, "noise_site", None)
+    if declared is not None:
+        return declared
     if isinstance(module, nn.Conv2d):
         return "conv"
     if isinstance(module, nn.Linear):
@@ -60,12 +66,17 @@ def leaf_sites(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
     Modules inside ``parametrizations`` (the QAT weight fake-quant) are not layers and are skipped.
     """
     out = []
+    inside: list[str] = []      # composite layers already taken as one site
     for name, m in list(model.named_modules()):
         if m is model or "parametrizations" in name.split("."):
+            continue
+        if any(name.startswith(p + ".") for p in inside):
             continue
         kind = site_of(m)
         if kind is not None:
             out.append((name, m, kind))
+            if getattr(m, "noise_site", None) is not None:
+                inside.append(name)
     return out
 
 
@@ -128,7 +139,11 @@ class NoiseInjector:
         n = torch.randn(y.shape, generator=self.generator, dtype=y.dtype).to(y.device)
         if self.relative:
             # the scale is a property of the hardware's range, not a learnable path: no gradient through it
-            scale = y.detach().abs().flatten(1).amax(1).view(-1, *([1] * (y.dim() - 1)))
+            if getattr(self.model, "rule_time_major", False) and y.dim() == 3:
+                # a spiking model's (T, B, features) layer output: per time step and sample
+                scale = y.detach().abs().amax(2, keepdim=True)
+            else:
+                scale = y.detach().abs().flatten(1).amax(1).view(-1, *([1] * (y.dim() - 1)))
             n = n * (self.sigma * scale)
         else:
             n = n * self.sigma

@@ -111,7 +111,8 @@ class QATWrapper:
         self._param_modules: list[nn.Module] = []
         self._orders: dict[nn.Module, list[str]] = {}
         for _, m, kind in leaf_sites(model):
-            if kind in ("conv", "linear"):
+            if kind in ("conv", "linear") and "weight" in m._parameters:
+                # (a composite layer whose weight is generated, e.g. a TT layer, has no weight to fake-quantise)
                 self._orders[m] = list(m._parameters)
                 parametrize.register_parametrization(m, "weight", _WeightQuant(self.bits, kind == "conv"))
                 self._param_modules.append(m)

@@ -1,7 +1,7 @@
 """The one step ``fit`` takes to train with QAT and/or noise on (PAPERS.md section 2).
 
 :func:`harden` reads ``TrainConfig.qat_bits / act_scale / train_noise /
-train_noise_ramp / noise_relative`` and puts the fake-quant and the noise hooks
+train_noise_ramp / noise_relative / noise_sites`` and puts the fake-quant and the noise hooks
 on the model (fake-quant first, so noise lands on the quantised values, as on
 analog hardware). Noise is on in training mode only, so ``fit``'s validation
 and test numbers are clean (but fake-quantised for a QAT run).
@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from lenetlab.errors import LenetlabError
-from lenetlab.noise.inject import NoiseInjector, check_sigma
+from lenetlab.noise.inject import SITES, NoiseInjector, check_sigma, check_sites
 from lenetlab.noise.qat import QATWrapper, check_bits, check_scale
 
 
@@ -38,6 +38,13 @@ class Hardening:
             self.qat = None
 
 
+def noise_sites(text: str) -> tuple[str, ...]:
+    """``train.noise_sites``: "all" or a comma list of site kinds (checked)."""
+    if str(text).strip() == "all":
+        return SITES
+    return check_sites([t.strip() for t in str(text).split(",") if t.strip()] or ["(none)"])
+
+
 def apply_eval_qat(model: nn.Module, tc: Any) -> QATWrapper | None:
     """Fake-quant as the run was trained with (None for a float run)."""
     bits = getattr(tc, "qat_bits", None)
@@ -51,6 +58,7 @@ def harden(model: nn.Module, tc: Any, total_steps: int) -> Hardening | None:
     ramp = float(getattr(tc, "train_noise_ramp", 0.0))
     if not 0.0 <= ramp <= 1.0:
         raise LenetlabError(f"train.train_noise_ramp must be a fraction in [0, 1], got {ramp}")
+    sites = noise_sites(getattr(tc, "noise_sites", "all"))
     if bits is not None:
         check_bits(bits)
     check_scale(getattr(tc, "act_scale", 1.0))
@@ -60,5 +68,6 @@ def harden(model: nn.Module, tc: Any, total_steps: int) -> Hardening | None:
     noise = None
     if sigma > 0:
         noise = NoiseInjector(model, 0.0 if ramp > 0 else sigma, relative=bool(getattr(tc, "noise_relative", False)),
+                              sites=sites,
                               seed=tc.seed + 7919, train_only=True)
     return Hardening(qat, noise, sigma, int(round(ramp * total_steps)))

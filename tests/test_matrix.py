@@ -1,0 +1,100 @@
+"""The robustness matrix (``lenetlab reproduce matrix``): every variant and column, exact counts where they
+are known, the integer engine's analog noise against the float implementation, and the claim rules."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lenetlab.experiments import Cells, reproduce
+from lenetlab.experiments.matrix import VARIANTS, _separated, int8_noise_hooks, int8_noisy_accuracy
+
+
+@pytest.fixture(scope="module")
+def tiny_matrix(tmp_path_factory):
+    out = tmp_path_factory.mktemp("matrix")
+    return out, reproduce("matrix", out, tiny=True)
+
+
+def test_every_variant_gets_every_column(tiny_matrix):
+    out, r = tiny_matrix
+    cells = Cells(out / "cells.jsonl").rows
+    ev = {v: cells[f"eval/{v}"] for v in VARIANTS}
+    table = r.tables["robustness matrix"]
+    assert [row["variant"] for row in table] == list(VARIANTS)
+    for v, m in ev.items():
+        for key in ("clean_accuracy", "pgd_accuracy", "noise_accuracy"):
+            assert 0.0 <= m[key] <= 1.0, (v, key)
+        assert len(m["noise_per_draw"]) == 2
+    # exact parameter / MAC counts
+    assert ev["float"]["params"] == ev["qat_int8"]["params"] == ev["abs"]["params"] == 61_706
+    assert ev["tt"]["params"] == 8_538 and ev["adtn"]["params"] == 5_418
+    assert ev["float"]["macs"] == ev["tt"]["macs"] == 416_520
+    assert ev["snn_bp"]["macs"] == 117_600 + 4 * (240_000 + 48_000 + 10_080 + 840)
+    # the SNN has no integer deployment; every other variant does
+    assert "sdc" not in ev["snn_bp"] and all("sdc" in ev[v] for v in VARIANTS if v != "snn_bp")
+    snn_row = table[VARIANTS.index("snn_bp")]
+    assert snn_row["int8 acc %"] == "n/a"
+    # hardening changes nothing fault-free, and costs copies
+    h, f = ev["hardened_int8"], ev["float"]
+    assert h["int8_accuracy"] == h["clean_accuracy"] == f["int8_accuracy"]
+    assert h["protected"] >= 1 and h["params"] > f["params"] and h["macs"] > f["macs"]
+    # the report: one heatmap, and the claims follow their rule from the recorded draws
+    assert r.figures == ["robustness_matrix.png"] and (out / "robustness_matrix.png").stat().st_size > 10_000
+    claims = {c.name: c for c in r.claims}
+    assert claims["noisy_training_beats_float_under_noise"].supported == _separated(
+        ev["noisy"]["noise_per_draw"], f["noise_per_draw"])
+    assert json.loads((out / "result.json").read_text())["experiment"] == "matrix"
+
+
+def test_a_second_run_reuses_the_cells(tiny_matrix):
+    out, r = tiny_matrix
+    again = reproduce("matrix", out, tiny=True)
+    assert again.tables == r.tables and again.wall_seconds < r.wall_seconds
+
+
+def test_claim_rule():
+    assert _separated([0.9, 0.92], [0.8, 0.85]) is True
+    assert _separated([0.9, 0.8], [0.85, 0.82]) is None       # higher mean, overlapping draws
+    assert _separated([0.8, 0.8], [0.8, 0.8]) is False
+
+
+@pytest.fixture(scope="module")
+def trained_int8(deploy_runs):
+    from lenetlab.deploy.export import build_flat
+    from lenetlab.quant.engine import IntEngine
+    from lenetlab.rundir import load_model
+
+    model, cfg = load_model(deploy_runs["lenet5"])
+    return model.eval(), cfg, IntEngine(build_flat(model, cfg, int8=True))
+
+
+def test_int8_noise_at_sigma_zero_is_exact(trained_int8, mnist_test):
+    _, _, eng = trained_int8
+    x0 = eng.input(np.ascontiguousarray(mnist_test[0][:64]))
+    hooks = int8_noise_hooks(eng, 0.0, np.random.default_rng(0))
+    assert len(hooks) == len(eng.stages)
+    assert np.array_equal(eng.forward(x0, acc_hooks=hooks), eng.forward(x0))
+
+
+def test_int8_analog_noise_matches_the_float_noise_model(trained_int8, mnist_test):
+    """The same relative noise on the int32 accumulators (in real units) as on the float conv/linear
+    outputs: accuracy under noise agrees with the float implementation, at several sigmas."""
+    from lenetlab.data.transforms import from_unit
+    from lenetlab.noise.inject import noisy_accuracy
+
+    model, cfg, eng = trained_int8
+    images, labels = mnist_test[0][:1000], mnist_test[1][:1000]
+    x0 = eng.input(np.ascontiguousarray(images))
+    x = from_unit(torch.from_numpy(images).float().div(255).unsqueeze(1), cfg.data)
+    y = torch.from_numpy(labels.astype(np.int64))
+    accs = []
+    for sigma in (0.05, 0.2, 0.5):
+        fl = noisy_accuracy(model, x, y, sigma, draws=4, relative=True, sites=("conv", "linear"), seed=0)["mean"]
+        it = int8_noisy_accuracy(eng, x0, labels, sigma, draws=4, seed=0)["mean"]
+        accs.append((sigma, fl, it))
+        assert abs(fl - it) < 0.03, accs
+    assert accs[0][2] > accs[-1][2] + 0.2, accs      # and the noise does bite
