@@ -10,19 +10,24 @@ import pytest
 import torch
 
 from lenetlab.experiments import Cells, reproduce
-from lenetlab.experiments.matrix import VARIANTS, _separated, int8_noise_hooks, int8_noisy_accuracy
+from lenetlab.experiments.matrix import VARIANTS, _separated, aggregate, int8_noise_hooks, int8_noisy_accuracy
 
 
 @pytest.fixture(scope="module")
 def tiny_matrix(tmp_path_factory):
-    out = tmp_path_factory.mktemp("matrix")
-    return out, reproduce("matrix", out, tiny=True)
+    """The tiny matrix, run through ``reproduce all`` (so it also gets the suite's HTML report)."""
+    from lenetlab.experiments.suite import reproduce_all
+
+    root = tmp_path_factory.mktemp("matrix")
+    (outcome,) = reproduce_all(root, only=["matrix"], tiny=True)
+    assert outcome.status == "ran", outcome.error
+    return root / "matrix", outcome.result
 
 
 def test_every_variant_gets_every_column(tiny_matrix):
     out, r = tiny_matrix
     cells = Cells(out / "cells.jsonl").rows
-    ev = {v: cells[f"eval/{v}"] for v in VARIANTS}
+    ev = {v: cells[f"eval/{v}/s0"] for v in VARIANTS}          # tiny: one seed
     table = r.tables["robustness matrix"]
     assert [row["variant"] for row in table] == list(VARIANTS)
     for v, m in ev.items():
@@ -42,6 +47,8 @@ def test_every_variant_gets_every_column(tiny_matrix):
     h, f = ev["hardened_int8"], ev["float"]
     assert h["int8_accuracy"] == h["clean_accuracy"] == f["int8_accuracy"]
     assert h["protected"] >= 1 and h["params"] > f["params"] and h["macs"] > f["macs"]
+    assert table[0]["params"] == "61,706" and r.metrics["tt.params"] == 8_538
+    assert r.metrics["hardened_int8.sdc"] == ev["hardened_int8"]["sdc"]
     # the report: one heatmap, and the claims follow their rule from the recorded draws
     assert r.figures == ["robustness_matrix.png"] and (out / "robustness_matrix.png").stat().st_size > 10_000
     claims = {c.name: c for c in r.claims}
@@ -50,10 +57,35 @@ def test_every_variant_gets_every_column(tiny_matrix):
     assert json.loads((out / "result.json").read_text())["experiment"] == "matrix"
 
 
+def test_the_report_shows_the_matrix_and_its_heatmap(tiny_matrix, browser):
+    out, r = tiny_matrix
+    page = out.parent / "report.html"
+    browser.get(page.as_uri())
+    images = browser.execute_script(
+        "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt]);")
+    assert [alt for _, _, alt in images] == ["robustness_matrix"]
+    assert all(done and width > 400 for done, width, _ in images), images
+    text = browser.execute_script("return document.body.innerText;")
+    assert "robustness matrix" in text and all(v in text for v in VARIANTS)
+    for c in r.claims:
+        assert c.name in text
+
+
 def test_a_second_run_reuses_the_cells(tiny_matrix):
     out, r = tiny_matrix
     again = reproduce("matrix", out, tiny=True)
     assert again.tables == r.tables and again.wall_seconds < r.wall_seconds
+
+
+def test_seeds_are_averaged_and_the_sdc_pooled():
+    a = {"clean_accuracy": 0.9, "noise_accuracy": 0.8, "noise_per_draw": [0.8], "params": 10, "sdc": 0.1,
+         "trials": 100, "seconds": 1.0}
+    b = {**a, "clean_accuracy": 0.7, "noise_per_draw": [0.6, 0.7], "sdc": 0.3, "trials": 300}
+    m = aggregate([a, b])
+    assert m["clean_accuracy"] == pytest.approx(0.8) and m["clean_accuracy_per_seed"] == [0.9, 0.7]
+    assert m["noise_per_draw"] == [0.8, 0.6, 0.7] and m["seeds"] == 2 and m["seconds"] == 2.0
+    assert m["trials"] == 400 and m["sdc"] == pytest.approx((10 + 90) / 400)    # pooled, not averaged
+    assert m["sdc_ci95"][0] < m["sdc"] < m["sdc_ci95"][1]
 
 
 def test_claim_rule():

@@ -273,3 +273,21 @@ def test_recommended_training_settings_reach_the_experiment():
     assert (bp.train.lr, bp.train.batch_size) == (6e-3, 128)        # the fast preset, untouched
     with pytest.raises(LenetlabError, match="unknown rule 'xfa'"):
         recommended_train("xfa", "lenet5")
+
+
+def test_train_with_a_rule_gets_its_recommended_settings_unless_overridden():
+    from lenetlab.train.presets import resolve
+
+    fa = resolve("fast", "lenet5_snn", overrides={"train": {"rule": "fa"}})
+    assert (fa.train.lr, fa.train.batch_size) == (2e-3, 32)
+    from_file = resolve("fast", "lenet5", file_data={"train": {"rule": "dfa"}})
+    assert (from_file.train.lr, from_file.train.batch_size) == (1e-3, 64)
+    # flags and files still win; bp and LE keep the preset
+    mine = resolve("fast", "lenet5_snn", file_data={"train": {"batch_size": 16}},
+                   overrides={"train": {"rule": "fa", "lr": 5e-4}})
+    assert (mine.train.lr, mine.train.batch_size) == (5e-4, 16)
+    for rule in ("bp", "le"):
+        cfg = resolve("fast", "lenet5", overrides={"train": {"rule": rule}})
+        assert (cfg.train.lr, cfg.train.batch_size) == (6e-3, 128)
+    with pytest.raises(LenetlabError, match="unknown rule 'xfa'"):
+        resolve("fast", "lenet5", overrides={"train": {"rule": "xfa"}})

@@ -255,7 +255,8 @@ class OptInExperiment:
 
         s = ctx.resolve_settings(self.settings(ctx.full, ctx.tiny))
         return Result(self.name, self.paper, ctx.mode, {"settings": s},
-                      claims=[Claim("big", "scale > 1", f"scale {s['scale']}", s["scale"] > 1)])
+                      claims=[Claim("big", "scale > 1", f"scale {s['scale']}", s["scale"] > 1)],
+                      metrics={"twice": 2 * s["scale"]})
 
 
 def test_experiment_sweep_passes_its_values_as_setting_overrides(tmp_path, monkeypatch):
@@ -267,11 +268,17 @@ def test_experiment_sweep_passes_its_values_as_setting_overrides(tmp_path, monke
     registry.names("experiment")   # load the real ones first
     monkeypatch.setitem(registry._TABLES["experiment"], "opt-in", cls)
     sweep = load(write(tmp_path, '[sweep]\nkind = "experiment"\nexperiment = "opt-in"\nmode = "tiny"\n'
-                                 '[grid]\nscale = [0.5, 2.0]\n'))
+                                 'metric = "metrics.twice"\n[grid]\nscale = [0.5, 2.0]\n'))
     trials = sweep.trials()
     assert [t.payload["options"] for t in trials] == [{"scale": 0.5}, {"scale": 2.0}]
     got = [run_trial({**t.payload, "out": str(tmp_path / t.id)})["metrics"] for t in trials]
     assert [g["claims"] for g in got] == [{"big": False}, {"big": True}]
     assert got[1]["claims_supported"] == 1 and got[0]["claims_refuted"] == 1
+    assert [g["metrics.twice"] for g in got] == [1.0, 4.0]        # the experiment's headline numbers
+    # metrics.NAME is for experiment sweeps; a bare "metrics." is not a name
+    for kind, metric in (("experiment", "metrics."), ("train", "metrics.twice")):
+        head = f'kind = "{kind}"\n' + ('experiment = "opt-in"\n' if kind == "experiment" else "")
+        with pytest.raises(LenetlabError, match="is not reported by"):
+            load(write(tmp_path, f'[sweep]\n{head}metric = "{metric}"\n[grid]\nscale = [1.0]\n'))
     hashes = {json.loads((tmp_path / t.id / "result.json").read_text())["config_hash"] for t in trials}
     assert len(hashes) == 2

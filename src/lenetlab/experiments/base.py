@@ -55,6 +55,8 @@ class Result:
     claims: list[Claim] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)   # paths relative to the output dir
     notes: list[str] = field(default_factory=list)
+    # headline numbers, flat: what ``lenetlab sweep`` can report and optimise (metric = "metrics.NAME")
+    metrics: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
     config_hash: str = ""                       # set by :func:`reproduce`
 

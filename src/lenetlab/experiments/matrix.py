@@ -48,15 +48,19 @@ Columns, per variant:
   plus the protected copies).
 
 Claims re-checked across variants (computed from the matrix; a verdict needs
-the noise draws / Wilson intervals to separate, else it is inconclusive):
+the seeds' accuracies / the pooled Wilson intervals to separate, else it is
+inconclusive):
 noisy training beats the float model under analog noise and so does QAT
 (Wang et al. 2025), and hardening lowers the SDC rate of the int8 model
 (Ahmadilivani et al. 2023).
 
-Quick mode (default): 30k training images x 2 epochs per trained variant,
-PGD and noise on 1,000 test images (10 PGD steps, 5 noise draws), SDC on 500
-images x 8 draws. ``--full``: all 60k images x 5 epochs, the 10k test set,
-40 PGD steps, 10 draws, SDC on 2,000 images x 20 draws. Settings can be
+Every variant is built from several training seeds (the table shows means
++- sd; the claims compare trained models, so one lucky seed cannot decide
+them). Quick mode (default): 3 seeds, 30k training images x 2 epochs per
+trained variant, PGD and noise on 1,000 test images (10 PGD steps, 5 noise
+draws), SDC on 500 images x 8 draws per seed. ``--full``: 5 seeds, all 60k
+images x 5 epochs, the 10k test set, 40 PGD steps, 10 draws, SDC on 2,000
+images x 20 draws. Settings can be
 overridden (``lenetlab sweep``, kind = "experiment").
 """
 
@@ -79,21 +83,23 @@ def settings(full: bool, tiny: bool = False) -> dict[str, Any]:
     common = {"eps": 0.1, "sigma": 0.1, "ber": 2e-4, "qat_bits": 8, "qat_act_scale": 0.125, "train_sigma": 0.05,
               "tt_rank": 8, "adtn_depth": 4, "harden": "split", "harden_k": 20, "snn_steps": 4}
     if tiny:   # tests only: every code path, meaningless numbers
-        return {**common, "train_subset": 500, "epochs": 1, "eval_images": 48, "pgd_steps": 2, "draws": 2,
+        return {**common, "seeds": [0], "train_subset": 500, "epochs": 1, "eval_images": 48, "pgd_steps": 2, "draws": 2,
                 "sdc_images": 24, "sdc_draws": 2, "nvf_images": 2, "fit_steps": 10, "finetune_epochs": 1}
     if full:
-        return {**common, "train_subset": None, "epochs": 5, "eval_images": 10000, "pgd_steps": 40, "draws": 10,
+        return {**common, "seeds": [0, 1, 2, 3, 4], "train_subset": None, "epochs": 5, "eval_images": 10000,
+                "pgd_steps": 40, "draws": 10,
                 "sdc_images": 2000, "sdc_draws": 20, "nvf_images": 64, "fit_steps": 1000, "finetune_epochs": 2}
-    return {**common, "train_subset": 30000, "epochs": 2, "eval_images": 1000, "pgd_steps": 10, "draws": 5,
+    return {**common, "seeds": [0, 1, 2], "train_subset": 30000, "epochs": 2, "eval_images": 1000,
+            "pgd_steps": 10, "draws": 5,
             "sdc_images": 500, "sdc_draws": 8, "nvf_images": 16, "fit_steps": 500, "finetune_epochs": 1}
 
 
-def train_config(variant: str, s: dict[str, Any]):
+def train_config(variant: str, s: dict[str, Any], seed: int = 0):
     """The run config of a trained variant (fast preset, the matrix's data budget)."""
     from lenetlab.train.presets import resolve
 
     model = {"snn_bp": "lenet5_snn", "abs": "lenet5_abs"}.get(variant, "lenet5")
-    train: dict[str, Any] = {"epochs": s["epochs"], "grad_norms": False, "eval_test_every_epoch": False, "seed": 0}
+    train: dict[str, Any] = {"epochs": s["epochs"], "grad_norms": False, "eval_test_every_epoch": False, "seed": seed}
     if variant == "qat_int8":
         train |= {"qat_bits": s["qat_bits"], "act_scale": s["qat_act_scale"]}
     if variant == "noisy":
@@ -188,31 +194,31 @@ class RobustnessMatrix(Experiment):
             return splits_cache[key]
 
         # ---- build every variant (each a resumable cell with its own run directory)
-        def trained(v: str) -> dict[str, Any]:
-            cfg = train_config(v, s)
-            r = fit(cfg, out=runs / v, force=True, splits=splits_for(cfg), log=None, progress=False)
+        def trained(v: str, seed: int) -> dict[str, Any]:
+            cfg = train_config(v, s, seed)
+            r = fit(cfg, out=runs / f"s{seed}" / v, force=True, splits=splits_for(cfg), log=None, progress=False)
             return {"seconds": r["wall_seconds"]}
 
-        def compressed(v: str) -> dict[str, Any]:
+        def compressed(v: str, seed: int) -> dict[str, Any]:
             from lenetlab.compress.cli import compress_run
 
-            method = v
-            r = compress_run(runs / "float", runs / v, method, "c5,f6", rank=s["tt_rank"], depth=s["adtn_depth"],
-                             fit_steps=s["fit_steps"], epochs=s["finetune_epochs"], force=True, log=None,
-                             progress=False, splits=splits_for(train_config("float", s)))
+            r = compress_run(runs / f"s{seed}" / "float", runs / f"s{seed}" / v, v, "c5,f6", rank=s["tt_rank"],
+                             depth=s["adtn_depth"], fit_steps=s["fit_steps"], epochs=s["finetune_epochs"],
+                             force=True, log=None, progress=False, splits=splits_for(train_config("float", s)))
             return {"seconds": r["compress_wall_seconds"]}
 
         built: dict[str, float] = {}
-        for v in ("float", "qat_int8", "noisy", "snn_bp", "abs", "tt", "adtn"):
-            make = compressed if v in ("tt", "adtn") else trained
-            rec = ctx.cells.get_or_run(f"build/{v}", lambda v=v, make=make: make(v))
-            if not (runs / v / "model.safetensors").exists():   # cells kept but the run deleted: rebuild
-                rec = make(v)
-            built[v] = rec["seconds"]
-            ctx.log(f"built {v} ({rec['seconds']:.0f}s)")
+        for seed in s["seeds"]:
+            for v in ("float", "qat_int8", "noisy", "snn_bp", "abs", "tt", "adtn"):
+                make = compressed if v in ("tt", "adtn") else trained
+                rec = ctx.cells.get_or_run(f"build/{v}/s{seed}", lambda v=v, seed=seed, make=make: make(v, seed))
+                if not (runs / f"s{seed}" / v / "model.safetensors").exists():   # cells kept, run deleted: rebuild
+                    rec = make(v, seed)
+                built[v] = built.get(v, 0.0) + rec["seconds"]
+                ctx.log(f"seed {seed}: built {v} ({rec['seconds']:.0f}s)")
 
         # ---- evaluate
-        def torch_metrics(v: str) -> dict[str, Any]:
+        def torch_metrics(v: str, seed: int) -> dict[str, Any]:
             from lenetlab.attacks import Target, make_attack, run_attack
             from lenetlab.data.transforms import from_unit
             from lenetlab.models import param_count
@@ -221,7 +227,7 @@ class RobustnessMatrix(Experiment):
             from lenetlab.noise.training import apply_eval_qat
 
             t0 = time.perf_counter()
-            model, cfg = load_model(runs / v)
+            model, cfg = load_model(runs / f"s{seed}" / v)
             model.eval()
             params = param_count(model)
             deployed = model.materialize() if hasattr(model, "materialize") else model
@@ -241,7 +247,7 @@ class RobustnessMatrix(Experiment):
                 res, _ = run_attack(attack, x01_all[:n_eval], y_all[:n_eval])
                 out["pgd_accuracy"] = res.adv_accuracy
                 noisy = noisy_accuracy(model, from_unit(x01_all[:n_eval], cfg.data), y_all[:n_eval], s["sigma"],
-                                       draws=s["draws"], relative=True, sites=NOISE_SITES, seed=0)
+                                       draws=s["draws"], relative=True, sites=NOISE_SITES, seed=seed)
                 out["noise_accuracy"], out["noise_per_draw"] = noisy["mean"], noisy["per_draw"]
             finally:
                 if qat is not None:
@@ -249,11 +255,11 @@ class RobustnessMatrix(Experiment):
             out["seconds"] = time.perf_counter() - t0
             return out
 
-        def hardened_metrics() -> dict[str, Any]:
+        def hardened_metrics(seed: int) -> dict[str, Any]:
             from lenetlab.attacks import Target, make_attack
 
             t0 = time.perf_counter()
-            model, cfg = load_model(runs / "float")
+            model, cfg = load_model(runs / f"s{seed}" / "float")
             model.eval()
             with blas_threads(1):
                 base = IntEngine(build_flat(model, cfg, int8=True))
@@ -268,7 +274,7 @@ class RobustnessMatrix(Experiment):
                 adv_u8 = (x_adv.squeeze(1).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
                 out["pgd_accuracy"] = float((eng.predict(adv_u8) == test_y[:n_eval]).mean())
                 noisy = int8_noisy_accuracy(eng, eng.input(np.ascontiguousarray(test_x[:n_eval])), test_y[:n_eval],
-                                            s["sigma"], s["draws"], seed=0)
+                                            s["sigma"], s["draws"], seed=seed)
                 out["noise_accuracy"], out["noise_per_draw"] = noisy["mean"], noisy["per_draw"]
                 out |= sdc_rate(eng, eng.input(np.ascontiguousarray(test_x[:n_sdc])), s["ber"], s["sdc_draws"])
                 from lenetlab.models import param_count
@@ -283,37 +289,77 @@ class RobustnessMatrix(Experiment):
 
         rows: list[dict[str, Any]] = []
         for i, v in enumerate(VARIANTS):
-            m = ctx.cells.get_or_run(f"eval/{v}", hardened_metrics if v == "hardened_int8"
-                                     else (lambda v=v: torch_metrics(v)))
+            def evaluate(v=v, seed=0) -> dict[str, Any]:
+                return hardened_metrics(seed) if v == "hardened_int8" else torch_metrics(v, seed)
+
+            per_seed = [ctx.cells.get_or_run(f"eval/{v}/s{seed}", lambda v=v, seed=seed: evaluate(v, seed))
+                        for seed in s["seeds"]]
+            m = aggregate(per_seed)
             rows.append({"variant": v, **m})
             sdc = f"{100 * m['sdc']:.2f}%" if "sdc" in m else "n/a"
             ctx.log(f"[{i + 1}/{len(VARIANTS)}] {v:13s} clean {100 * m['clean_accuracy']:.2f}%  "
                     f"PGD {100 * m['pgd_accuracy']:.1f}%  noise {100 * m['noise_accuracy']:.1f}%  SDC {sdc}  "
-                    f"({m['seconds']:.0f}s)")
+                    f"(mean of {len(per_seed)} seed(s); {sum(r['seconds'] for r in per_seed):.0f}s)")
 
         table = [_table_row(r, s) for r in rows]
         figures = _heatmap(ctx, rows, s)
+        metrics = {f"{r['variant']}.{k}": r[k] for r in rows for k in HEADLINE if k in r}
         return Result(self.name, self.paper, ctx.mode, {"settings": s, "variants": list(VARIANTS)},
                       tables={"robustness matrix": table}, claims=_claims(rows, s), figures=figures,
-                      notes=_notes(rows, s, n_eval, n_sdc, built))
+                      notes=_notes(rows, s, n_eval, n_sdc, built), metrics=metrics)
+
+
+HEADLINE = ("clean_accuracy", "pgd_accuracy", "noise_accuracy", "int8_accuracy", "sdc", "params", "macs")
+_MEAN = ("clean_accuracy", "pgd_accuracy", "noise_accuracy", "int8_accuracy", "params", "macs", "factored_macs",
+         "protected")
+
+
+def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """One variant over its seeds: means (and the per-seed values) of the accuracies and counts; the SDC
+    pooled over every (image, draw) of every seed, with its Wilson interval."""
+    from lenetlab.faults.campaign import wilson
+
+    out: dict[str, Any] = {"seeds": len(per_seed), "seconds": sum(r["seconds"] for r in per_seed)}
+    for k in _MEAN:
+        if k in per_seed[0]:
+            vals = [float(r[k]) for r in per_seed]
+            out[k] = float(np.mean(vals))
+            out[f"{k}_per_seed"] = vals
+    out["noise_per_draw"] = [a for r in per_seed for a in r["noise_per_draw"]]
+    if "sdc" in per_seed[0]:
+        k = sum(int(round(r["sdc"] * r["trials"])) for r in per_seed)
+        n = sum(int(r["trials"]) for r in per_seed)
+        out["sdc"], out["sdc_ci95"], out["trials"] = k / n, list(wilson(k, n)), n
+        out["sdc_per_seed"] = [r["sdc"] for r in per_seed]
+    return out
 
 
 def _pct(v: float | None, digits: int = 2) -> float | None:
     return None if v is None else round(100 * v, digits)
 
 
+def _mean_sd(r: dict[str, Any], key: str, digits: int) -> str | float | None:
+    """Mean over seeds in %, "+- sd" when there are several."""
+    if key not in r:
+        return "n/a"
+    vals = r.get(f"{key}_per_seed", [r[key]])
+    if len(vals) < 2:
+        return _pct(r[key], digits)
+    return f"{100 * r[key]:.{digits}f} +- {100 * float(np.std(vals, ddof=1)):.{digits}f}"
+
+
 def _table_row(r: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
     sdc = (f"{100 * r['sdc']:.2f} [{100 * r['sdc_ci95'][0]:.2f}, {100 * r['sdc_ci95'][1]:.2f}]"
            if "sdc" in r else "n/a (no int8 deployment)")
-    return {"variant": r["variant"], "clean acc %": _pct(r["clean_accuracy"]),
-            f"PGD acc % (eps {s['eps']:g})": _pct(r["pgd_accuracy"], 1),
-            f"noise acc % (sigma {s['sigma']:g})": _pct(r["noise_accuracy"], 1),
-            "int8 acc %": _pct(r.get("int8_accuracy")) if "int8_accuracy" in r else "n/a",
-            f"SDC % (BER {s['ber']:g}) [95% CI]": sdc, "params": r["params"], "MACs": r["macs"]}
+    return {"variant": r["variant"], "clean acc %": _mean_sd(r, "clean_accuracy", 2),
+            f"PGD acc % (eps {s['eps']:g})": _mean_sd(r, "pgd_accuracy", 1),
+            f"noise acc % (sigma {s['sigma']:g})": _mean_sd(r, "noise_accuracy", 1),
+            "int8 acc %": _mean_sd(r, "int8_accuracy", 2),
+            f"SDC % (BER {s['ber']:g}) [95% CI]": sdc, "params": f"{r['params']:,.0f}", "MACs": f"{r['macs']:,.0f}"}
 
 
 def _separated(a: list[float], b: list[float]) -> bool | None:
-    """True: every draw of ``a`` beats every draw of ``b``; False: a's mean <= b's; None: in between."""
+    """True: every value of ``a`` beats every value of ``b``; False: a's mean <= b's; None: in between."""
     if np.mean(a) <= np.mean(b):
         return False
     return True if min(a) > max(b) else None
@@ -329,12 +375,15 @@ def _claims(rows: list[dict[str, Any]], s: dict[str, Any]) -> list[Claim]:
             ("qat_int8", "qat_beats_float_under_noise",
              "Wang et al. 2025: constant-scale QAT makes a network more robust to noisy computation")):
         r = by[v]
-        verdict = _separated(r["noise_per_draw"], f["noise_per_draw"])
+        # the unit is a trained model (its mean over draws) when there are several seeds, else a draw
+        unit = "noise_accuracy_per_seed" if r["seeds"] > 1 else "noise_per_draw"
+        what = "seed" if r["seeds"] > 1 else "draw"
+        verdict = _separated(r[unit], f[unit])
         claims.append(Claim(name, statement,
                             f"accuracy at relative sigma {s['sigma']:g} on conv/linear outputs: {v} "
-                            f"{100 * r['noise_accuracy']:.2f}% (draws {_span(r['noise_per_draw'])}) vs float "
-                            f"{100 * f['noise_accuracy']:.2f}% ({_span(f['noise_per_draw'])}); "
-                            "supported when every draw beats every float draw", verdict))
+                            f"{100 * r['noise_accuracy']:.2f}% ({what}s {_span(r[unit])}) vs float "
+                            f"{100 * f['noise_accuracy']:.2f}% ({_span(f[unit])}); "
+                            f"supported when every {what} beats every float {what}", verdict))
     h = by["hardened_int8"]
     lo_f, hi_f = f["sdc_ci95"]
     lo_h, hi_h = h["sdc_ci95"]
@@ -343,8 +392,9 @@ def _claims(rows: list[dict[str, Any]], s: dict[str, Any]) -> list[Claim]:
                         "Ahmadilivani et al. 2023: protecting the most vulnerable neurons lowers the SDC rate",
                         f"SDC at accumulator BER {s['ber']:g}: {s['harden']} top {s['harden_k']}% "
                         f"{100 * h['sdc']:.2f}% [{100 * lo_h:.2f}, {100 * hi_h:.2f}] vs unhardened int8 "
-                        f"{100 * f['sdc']:.2f}% [{100 * lo_f:.2f}, {100 * hi_f:.2f}] (+{h['macs'] - f['macs']:,} "
-                        "MACs); supported when the 95% intervals separate", verdict))
+                        f"{100 * f['sdc']:.2f}% [{100 * lo_f:.2f}, {100 * hi_f:.2f}] (+{h['macs'] - f['macs']:,.0f} "
+                        f"MACs; pooled over {f['seeds']} seed(s)); supported when the 95% intervals separate",
+                        verdict))
     return claims
 
 
@@ -357,7 +407,8 @@ def _notes(rows: list[dict[str, Any]], s: dict[str, Any], n_eval: int, n_sdc: in
     by = {r["variant"]: r for r in rows}
     notes = [f"clean accuracy on the 10k test set; PGD ({s['pgd_steps']} steps, random start, seed 0) and noise "
              f"({s['draws']} draws) on the first {n_eval} test images; SDC on the first {n_sdc} x "
-             f"{s['sdc_draws']} draws. One training seed per variant.",
+             f"{s['sdc_draws']} draws. Every variant is built from {len(s['seeds'])} training seed(s) "
+             f"({', '.join(map(str, s['seeds']))}): accuracies are means (+- sd over seeds), the SDC is pooled.",
              f"Trained variants: fast preset, {s['train_subset'] or 60000} training images x {s['epochs']} "
              f"epoch(s); QAT {s['qat_bits']} bits, activation scale {s['qat_act_scale']:g}; noisy training at "
              f"relative sigma {s['train_sigma']:g} on conv/linear outputs (ramped over the first quarter; with the "
@@ -365,7 +416,8 @@ def _notes(rows: list[dict[str, Any]], s: dict[str, Any], n_eval: int, n_sdc: in
              "measured while choosing it); TT rank "
              f"{s['tt_rank']} and ADTN depth {s['adtn_depth']} on fc1/fc2, {s['finetune_epochs']} fine-tuning "
              f"epoch(s); SNN T = {s['snn_steps']}; hardened = {s['harden']} on the top {s['harden_k']}% neurons "
-             f"by NVF ({by['hardened_int8'].get('protected', '?')} protected, NVF on {s['nvf_images']} images).",
+             f"by NVF ({by['hardened_int8'].get('protected', 0):.0f} protected on average, NVF on {s['nvf_images']} "
+             "images).",
              "hardened_int8 has no gradient: its PGD column is the float parent's adversarial images (a transfer "
              "attack, rounded to uint8), so it is an upper bound on its white-box robustness. Its fault-free "
              "function equals the float model's int8 deployment (clean = int8 column). Under analog noise each "
@@ -375,9 +427,9 @@ def _notes(rows: list[dict[str, Any]], s: dict[str, Any], n_eval: int, n_sdc: in
     for v in ("tt", "adtn"):
         if v in by and by[v]["factored_macs"] != by[v]["macs"]:
             notes.append(f"{v}: MACs as deployed (materialised dense weights); run in its factored PyTorch form it "
-                         f"costs {by[v]['factored_macs']:,} MACs per image (the weight is rebuilt per forward): "
+                         f"costs {by[v]['factored_macs']:,.0f} MACs per image (the weight is rebuilt per forward): "
                          "these networks compress parameters, not compute, at batch 1.")
-    notes.append(f"Builds (s): {', '.join(f'{k} {v:.0f}' for k, v in built.items())}.")
+    notes.append(f"Build time, all seeds (s): {', '.join(f'{k} {v:.0f}' for k, v in built.items())}.")
     return notes
 
 
@@ -413,7 +465,8 @@ def _heatmap(ctx: Context, rows: list[dict[str, Any]], s: dict[str, Any]) -> lis
             ax.text(j, i, text, ha="center", va="center", fontsize=9)
     ax.set_xticks(range(len(cols)), [c[0] for c in cols], rotation=20, ha="right")
     ax.set_yticks(range(len(rows)), [r["variant"] for r in rows])
-    ax.set_title("LeNet-5 robustness matrix (colour: best to worst within each column; grey: not applicable)")
+    ax.set_title(f"LeNet-5 robustness matrix, mean of {len(s['seeds'])} seed(s)\n"
+                 "(colour: best to worst within each column; grey: not applicable)")
     fig.tight_layout()
     fig.savefig(ctx.out / "robustness_matrix.png", dpi=110)
     plt.close(fig)

@@ -101,10 +101,10 @@ class Rule:
 def recommended_train(rule: str, model: str) -> dict[str, Any]:
     """The ``train`` overrides rule ``rule`` recommends on model ``model`` ({} if none).
 
-    ``lenetlab reproduce snn-attacks`` applies them on top of the ``fast``
-    preset; ``lenetlab train --rule X`` does not (it keeps the preset, as for
-    every other run) - pass them by hand, e.g. ``--lr 2e-3 --set
-    train.batch_size=32`` for FA on ``lenet5_snn``.
+    Config resolution (:func:`lenetlab.train.presets.resolve`, so ``lenetlab
+    train --rule X``, sweeps and ``lenetlab reproduce snn-attacks``) applies
+    them on top of the preset; a TOML file or flags (``--lr``, ``--set
+    train.batch_size=...``) still override them.
     """
     if rule not in names("rule"):
         raise LenetlabError(f"unknown rule {rule!r}; choose from: {', '.join(names('rule'))}")

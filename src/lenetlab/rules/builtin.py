@@ -19,12 +19,13 @@ gradients, so rescaling B (e.g. to ``lenet5_snn``'s 2.5x init gain) changes
 nothing that matters; we checked it with SGD, where it is equivalent to a
 larger learning rate for the lower layers.
 
-Recommended training settings (``Rule.recommended``, used by ``lenetlab
-reproduce snn-attacks``; ``lenetlab train --rule X`` keeps the preset's, pass
-them by hand): FA and DFA learn only as fast as the forward weights come to
-align with the fixed feedback, which takes *steps*, not epochs, and large
-Adam steps on random-feedback gradients undo the alignment. So they get
-smaller batches and a lower peak learning rate than the ``fast`` preset's
+Recommended training settings (``Rule.recommended``, applied on top of the
+preset whenever ``train.rule`` is set - ``lenetlab train --rule X``, ``lenetlab
+reproduce snn-attacks`` - and overridden by a config file or flags): FA and
+DFA learn only as fast as the forward weights come to align with the fixed
+feedback, which takes *steps*, not epochs, and large Adam steps on
+random-feedback gradients undo the alignment. So they get smaller batches
+and a lower peak learning rate than the ``fast`` preset's
 128 / 6e-3 (measured on 30k MNIST images x 3 epochs, 2000 test images,
 issue 7): FA-SNN 87.7% (preset) -> 92.9% (batch 32, lr 2e-3); FA-ANN
 91.5% (lr 1e-3) -> 94.8% (batch 64); DFA-ANN 88.2% (preset) -> 93.7% (batch

@@ -48,9 +48,11 @@ A ``kind = "experiment"`` sweep runs ``experiment = "NAME"`` (``mode =
 "quick"`` | ``"full"`` | ``"tiny"``) once per point, with ``[base]`` and the
 swept values overriding keys of the experiment's settings (plain keys, e.g.
 ``seeds = [[0], [1]]``), each into ``DIR/runs/<trial>/``; it reports claim
-verdicts (``claims_supported``, ...). Only experiments that read their
-settings through ``ctx.resolve_settings`` (``accepts_options = True``) can be
-swept; the others are refused up front.
+verdicts (``claims_supported``, ...) and the experiment's headline numbers as
+``metrics.NAME`` (e.g. ``metric = "metrics.noisy.noise_accuracy"`` for the
+robustness matrix). Every registered experiment reads its settings through
+``ctx.resolve_settings`` (``accepts_options = True``); one that does not is
+refused up front.
 
 A ``kind = "function"`` sweep calls ``function = "package.module:name"`` with
 ``[base]`` and the swept values as keyword arguments (plain, undotted keys);

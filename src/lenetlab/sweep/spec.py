@@ -239,9 +239,11 @@ def parse(data: dict[str, Any], where: str = "sweep") -> Sweep:
 
         import_function(sw.function)     # fails now, not in every worker
     allowed = {"train": TRAIN_METRICS, "experiment": EXPERIMENT_METRICS}.get(kind)
-    if allowed and metric not in allowed:
+    headline = kind == "experiment" and metric.startswith("metrics.") and len(metric) > len("metrics.")
+    if allowed and metric not in allowed and not headline:
+        more = ", or metrics.NAME (a headline number the experiment reports)" if kind == "experiment" else ""
         raise LenetlabError(f"{where}: metric {metric!r} is not reported by {kind} trials; choose from: "
-                            f"{', '.join(allowed)}")
+                            f"{', '.join(allowed)}{more}")
     sw.trials()     # resolves every trial's config: a bad key or value anywhere fails now
     return sw
 

@@ -58,7 +58,8 @@ def _experiment(payload: dict[str, Any]) -> dict[str, Any]:
                   options=payload["options"])
     verdicts = [c.supported for c in r.claims]
     return {"claims_supported": verdicts.count(True), "claims_refuted": verdicts.count(False),
-            "claims_inconclusive": verdicts.count(None), "claims": {c.name: c.supported for c in r.claims}}
+            "claims_inconclusive": verdicts.count(None), "claims": {c.name: c.supported for c in r.claims},
+            **{f"metrics.{k}": v for k, v in r.metrics.items()}}
 
 
 @functools.lru_cache(maxsize=2)

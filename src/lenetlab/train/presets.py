@@ -1,7 +1,8 @@
 """Named training recipes (``--preset``), resolved per model.
 
 A preset returns a partial config dict; the resolution order is
-defaults < preset < the model's data needs < TOML file < CLI flags.
+defaults < preset < the model's data needs < the learning rule's recommended
+settings < TOML file < CLI flags.
 
 ``fast`` is the quickest honest route to >= 99% MNIST test accuracy with the
 modern LeNet-5 (see benchmarks/train_to_99.py): 2 epochs, batch 128, Adam with
@@ -49,6 +50,9 @@ def resolve(preset: str | None = None, model: str | None = None, file_data: dict
             overrides: dict[str, Any] | None = None) -> "RunConfig":
     """Build the full :class:`RunConfig` from a preset, a TOML dict and CLI overrides.
 
+    Order: defaults < preset < the model's data needs < the learning rule's recommended settings
+    (``train.rule``, :func:`lenetlab.rules.recommended_train`) < TOML file < CLI flags.
+
     In TOML the model options sit beside its name: ``[model] name = "lenet5"
     activation = "tanh"``; they are validated against the model's own config.
     """
@@ -65,6 +69,12 @@ def resolve(preset: str | None = None, model: str | None = None, file_data: dict
     merged["model"] = {"name": model, "options": {}}
     merged = deep_merge(merged, get("preset", preset)(model))
     merged = deep_merge(merged, {"data": entry.data_defaults})
+    rule = (overrides.get("train") or {}).get("rule") or (file_data.get("train") or {}).get("rule")
+    if rule and rule != "bp":
+        from lenetlab.rules import recommended_train
+
+        # a local learning rule's tuned batch size / lr on this model (FA, DFA); the file and flags still win
+        merged = deep_merge(merged, {"train": recommended_train(str(rule), model)})
     merged = deep_merge(merged, file_data)
     merged = deep_merge(merged, overrides)
     merged["preset"], merged["model"]["name"] = preset, model
