@@ -282,3 +282,10 @@ def test_experiment_sweep_passes_its_values_as_setting_overrides(tmp_path, monke
             load(write(tmp_path, f'[sweep]\n{head}metric = "{metric}"\n[grid]\nscale = [1.0]\n'))
     hashes = {json.loads((tmp_path / t.id / "result.json").read_text())["config_hash"] for t in trials}
     assert len(hashes) == 2
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "examples" / "sweeps").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_every_example_sweep_file_is_valid(path):
+    sweep = load(path)
+    assert sweep.trials()
