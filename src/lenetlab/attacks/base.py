@@ -118,6 +118,11 @@ class Attack:
         self.target, self.eps, self.seed, self.substitute = target, float(eps), int(seed), substitute
         self.options = self.check_options(**options)
 
+    @property
+    def source(self) -> Target:
+        """The model whose gradient crafts the examples: the target (white box) or the substitute (transfer)."""
+        return self.target if self.white_box else self.substitute
+
     def check_options(self, **options: Any) -> dict[str, Any]:
         if options:
             raise LenetlabError(f"attack {self.name!r} takes no options {sorted(options)}")

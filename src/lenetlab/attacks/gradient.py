@@ -26,7 +26,7 @@ class FGSM(Attack):
     description = "fast gradient sign method: one signed-gradient step of size eps"
 
     def forward(self, x01, y, gen):
-        _, g = self.target.loss_grad(x01, y)
+        _, g = self.source.loss_grad(x01, y)
         return x01 + self.eps * g.sign()
 
 
@@ -80,5 +80,5 @@ class PGD(Attack):
 
     def forward(self, x01, y, gen):
         o = self.options
-        return pgd(self.target, x01, y, self.eps, o["steps"], o["step_size"], o["random_start"], gen,
+        return pgd(self.source, x01, y, self.eps, o["steps"], o["step_size"], o["random_start"], gen,
                    keep_best=o["keep_best"])

@@ -19,41 +19,29 @@ from __future__ import annotations
 import torch
 
 from lenetlab.attacks.base import Attack
-from lenetlab.attacks.gradient import pgd, pgd_options
+from lenetlab.attacks.gradient import FGSM, PGD, pgd, pgd_options
 from lenetlab.errors import LenetlabError
 from lenetlab.registry import register
 
 
 @register("attack", "bb-fgsm")
-class TransferFGSM(Attack):
+class TransferFGSM(FGSM):
     """Black-box FGSM: crafted on the substitute, transferred to the target."""
 
     name = "bb-fgsm"
     description = "black-box FGSM: crafted on the substitute, transferred to the target"
     needs_substitute = True
-    white_box = False
-
-    def forward(self, x01, y, gen):
-        _, g = self.substitute.loss_grad(x01, y)
-        return x01 + self.eps * g.sign()
+    white_box = False       # Attack.source is the substitute
 
 
 @register("attack", "bb-pgd")
-class TransferPGD(Attack):
+class TransferPGD(PGD):
     """Black-box PGD: crafted on the substitute, transferred to the target."""
 
     name = "bb-pgd"
     description = "black-box PGD: crafted on the substitute, transferred to the target"
     needs_substitute = True
     white_box = False
-
-    def check_options(self, **options):
-        return pgd_options(self.eps, **options)
-
-    def forward(self, x01, y, gen):
-        o = self.options
-        return pgd(self.substitute, x01, y, self.eps, o["steps"], o["step_size"], o["random_start"], gen,
-                   keep_best=o["keep_best"])
 
 
 def _unit(g: torch.Tensor) -> torch.Tensor:

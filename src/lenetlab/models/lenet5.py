@@ -42,29 +42,36 @@ def _w(n: int, mult: float) -> int:
     return max(1, int(round(n * mult)))
 
 
+def add_lenet5_layers(module: nn.Module, cfg) -> None:
+    """Check ``cfg`` (pool, width, input size) and give ``module`` LeNet-5's weight layers and pooling:
+    ``input_shape``, ``conv1``, ``conv2``, ``fc1``-``fc3``, ``pool``. Shared by every LeNet-5 variant
+    (:class:`LeNet5`, the spiking one) so the geometry is written once."""
+    if cfg.pool not in ("max", "avg"):
+        raise LenetlabError(f"model.pool must be 'max' or 'avg', got {cfg.pool!r}")
+    if cfg.width <= 0:
+        raise LenetlabError(f"model.width must be positive, got {cfg.width}")
+    c1, c3, f5, f6 = (_w(n, cfg.width) for n in (6, 16, 120, 84))
+    s1 = cfg.input_size + 2 * cfg.c1_padding - 4      # after C1
+    s2 = s1 // 2 - 4                                   # after C3
+    side = s2 // 2
+    if side < 1:
+        raise LenetlabError(f"model.input_size {cfg.input_size} is too small for LeNet-5")
+    module.input_shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
+    module.conv1 = nn.Conv2d(cfg.in_channels, c1, 5, padding=cfg.c1_padding)
+    module.conv2 = nn.Conv2d(c1, c3, 5)
+    module.fc1 = nn.Linear(c3 * side * side, f5)
+    module.fc2 = nn.Linear(f5, f6)
+    module.fc3 = nn.Linear(f6, cfg.num_classes)
+    module.pool = nn.MaxPool2d(2) if cfg.pool == "max" else nn.AvgPool2d(2)
+
+
 class LeNet5(nn.Module):
     default_loss = "ce"
 
     def __init__(self, cfg: LeNet5Config):
         super().__init__()
-        if cfg.pool not in ("max", "avg"):
-            raise LenetlabError(f"model.pool must be 'max' or 'avg', got {cfg.pool!r}")
-        if cfg.width <= 0:
-            raise LenetlabError(f"model.width must be positive, got {cfg.width}")
-        c1, c3, f5, f6 = (_w(n, cfg.width) for n in (6, 16, 120, 84))
-        s1 = cfg.input_size + 2 * cfg.c1_padding - 4      # after C1
-        s2 = s1 // 2 - 4                                   # after C3
-        side = s2 // 2
-        if side < 1:
-            raise LenetlabError(f"model.input_size {cfg.input_size} is too small for LeNet-5")
-        self.input_shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
-        self.conv1 = nn.Conv2d(cfg.in_channels, c1, 5, padding=cfg.c1_padding)
-        self.conv2 = nn.Conv2d(c1, c3, 5)
-        self.fc1 = nn.Linear(c3 * side * side, f5)
-        self.fc2 = nn.Linear(f5, f6)
-        self.fc3 = nn.Linear(f6, cfg.num_classes)
+        add_lenet5_layers(self, cfg)
         self.act1, self.act2, self.act3, self.act4 = (make_activation(cfg.activation) for _ in range(4))
-        self.pool = nn.MaxPool2d(2) if cfg.pool == "max" else nn.AvgPool2d(2)
         self.pool_first = cfg.pool == "max" and cfg.activation in MONOTONE
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ from torch import nn
 
 from lenetlab.errors import LenetlabError
 from lenetlab.models.base import register_model
-from lenetlab.models.lenet5 import _w  # the same width rounding as LeNet-5
+from lenetlab.models.lenet5 import add_lenet5_layers
 from lenetlab.models.surrogate import SURROGATES, make_spike
 
 
@@ -111,27 +111,15 @@ class SpikingLeNet5(nn.Module):
                                                        f"{cfg.encoding!r}"),
                   (cfg.readout in ("membrane", "spikes"), f"model.readout must be 'membrane' or 'spikes', got "
                                                           f"{cfg.readout!r}"),
-                  (cfg.pool in ("max", "avg"), f"model.pool must be 'max' or 'avg', got {cfg.pool!r}"),
-                  (cfg.width > 0, f"model.width must be positive, got {cfg.width}"),
                   (cfg.init_gain > 0, f"model.init_gain must be positive, got {cfg.init_gain}"),
                   (cfg.surrogate in SURROGATES, f"unknown surrogate {cfg.surrogate!r}; choose from: "
                                                 f"{', '.join(SURROGATES)}")]
         for ok, msg in checks:
             if not ok:
                 raise LenetlabError(msg)
-        c1, c3, f5, f6 = (_w(n, cfg.width) for n in (6, 16, 120, 84))
-        side = ((cfg.input_size + 2 * cfg.c1_padding - 4) // 2 - 4) // 2
-        if side < 1:
-            raise LenetlabError(f"model.input_size {cfg.input_size} is too small for LeNet-5")
         self.steps = cfg.steps
         self.encoding = cfg.encoding
-        self.input_shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
-        self.conv1 = nn.Conv2d(cfg.in_channels, c1, 5, padding=cfg.c1_padding)
-        self.conv2 = nn.Conv2d(c1, c3, 5)
-        self.fc1 = nn.Linear(c3 * side * side, f5)
-        self.fc2 = nn.Linear(f5, f6)
-        self.fc3 = nn.Linear(f6, cfg.num_classes)
-        self.pool = nn.MaxPool2d(2) if cfg.pool == "max" else nn.AvgPool2d(2)
+        add_lenet5_layers(self, cfg)      # the same geometry and checks as lenet5
         spike = make_spike(cfg.surrogate, cfg.slope)
         self.lif1, self.lif2, self.lif3, self.lif4 = (LIF(cfg.beta, cfg.threshold, spike) for _ in range(4))
         self.readout = cfg.readout

@@ -8,8 +8,9 @@ backward pass only - the snnTorch convention:
 - ``fast_sigmoid``: ds/dv = 1 / (k |v| + 1)^2  (Zenke & Ganguli's SuperSpike);
 - ``arctan``:       ds/dv = (a / 2) / (1 + (pi a v / 2)^2).
 
-They are ``torch.autograd.Function``s with a small factory, as every custom
-gradient in lenetlab is (STYLE principle 6).
+One ``torch.autograd.Function`` (:class:`Spike`) takes the derivative from a
+table, behind a small factory, as every custom gradient in lenetlab is (STYLE
+principle 6).
 
 Example::
 
@@ -28,38 +29,32 @@ import torch
 from lenetlab.errors import LenetlabError
 
 
-class FastSigmoidSpike(torch.autograd.Function):
-    """H(v) forward; 1/(k|v|+1)^2 backward."""
+def _fast_sigmoid(v: torch.Tensor, k: float) -> torch.Tensor:
+    return 1.0 / (k * v.abs() + 1.0) ** 2
+
+
+def _arctan(v: torch.Tensor, a: float) -> torch.Tensor:
+    # the derivative of arctan(pi a v / 2) / pi
+    return (a / 2.0) / (1.0 + (math.pi * a * v / 2.0) ** 2)
+
+
+SURROGATES: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {"fast_sigmoid": _fast_sigmoid,
+                                                                        "arctan": _arctan}
+
+
+class Spike(torch.autograd.Function):
+    """H(v) forward; ``derivative(v, slope)`` (one of :data:`SURROGATES`) backward."""
 
     @staticmethod
-    def forward(ctx, v: torch.Tensor, slope: float) -> torch.Tensor:
+    def forward(ctx, v: torch.Tensor, derivative: Callable, slope: float) -> torch.Tensor:
         ctx.save_for_backward(v)
-        ctx.slope = slope
+        ctx.derivative, ctx.slope = derivative, slope
         return (v > 0).to(v.dtype)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         (v,) = ctx.saved_tensors
-        return g / (ctx.slope * v.abs() + 1.0) ** 2, None
-
-
-class ArctanSpike(torch.autograd.Function):
-    """H(v) forward; (a/2)/(1+(pi a v/2)^2) backward (the derivative of arctan(pi a v/2)/pi)."""
-
-    @staticmethod
-    def forward(ctx, v: torch.Tensor, alpha: float) -> torch.Tensor:
-        ctx.save_for_backward(v)
-        ctx.alpha = alpha
-        return (v > 0).to(v.dtype)
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        (v,) = ctx.saved_tensors
-        a = ctx.alpha
-        return g * (a / 2.0) / (1.0 + (math.pi * a * v / 2.0) ** 2), None
-
-
-SURROGATES = {"fast_sigmoid": FastSigmoidSpike, "arctan": ArctanSpike}
+        return g * ctx.derivative(v, ctx.slope), None, None
 
 
 def make_spike(name: str, slope: float) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -68,5 +63,5 @@ def make_spike(name: str, slope: float) -> Callable[[torch.Tensor], torch.Tensor
         raise LenetlabError(f"unknown surrogate {name!r}; choose from: {', '.join(SURROGATES)}")
     if not slope > 0:
         raise LenetlabError(f"surrogate slope must be positive, got {slope}")
-    fn = SURROGATES[name]
-    return lambda v: fn.apply(v, slope)
+    derivative = SURROGATES[name]
+    return lambda v: Spike.apply(v, derivative, slope)
