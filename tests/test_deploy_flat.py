@@ -84,7 +84,8 @@ def test_trained_parity_full_test_set(name, deploy_runs, mnist_test):
 def test_fixed_point_multiplier():
     for m in (1e-6, 0.0123, 0.5, 0.99999, 1.0, 3.7, 1000.0):
         mult, n = fixed_point(m)
-        assert 1 <= n <= 62 and 2**30 <= mult < 2**31       # full 31-bit precision
+        assert 1 <= n <= 62
+        assert 2**30 <= mult < 2**31                         # full 31-bit precision
         assert abs(mult / 2**n - m) <= m * 2**-30
     assert fixed_point(0.5) == (2**30, 31)
     assert fixed_point(1.0) == (2**30, 30)
