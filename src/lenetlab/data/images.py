@@ -17,6 +17,9 @@ import numpy as np
 
 from lenetlab.errors import LenetlabError
 
+# 16 megapixels: far above any digit photo or scan a user would classify, far below what hurts memory
+MAX_PIXELS = 16_000_000
+
 
 def load_gray(path: str | Path) -> np.ndarray:
     """Grayscale float image in [0, 1] (not yet MNIST-converted)."""
@@ -25,9 +28,11 @@ def load_gray(path: str | Path) -> np.ndarray:
         raise LenetlabError(f"{p}: no such image file")
     if p.suffix.lower() == ".npy":
         try:
-            a = np.load(p, allow_pickle=False)
+            a = np.load(p, allow_pickle=False, mmap_mode="r")   # the header first: refuse huge arrays unread
         except (ValueError, OSError, EOFError) as e:
             raise LenetlabError(f"{p}: cannot read .npy image ({e})") from None
+        if a.size > MAX_PIXELS:
+            raise LenetlabError(f"{p}: array has {a.size:,} values; the limit is {MAX_PIXELS:,} pixels")
         a = np.squeeze(a)
         if a.ndim != 2 or a.size == 0 or not np.issubdtype(a.dtype, np.number):
             raise LenetlabError(f"{p}: expected a 2-D numeric array, got shape {a.shape} dtype {a.dtype}")
@@ -39,12 +44,21 @@ def load_gray(path: str | Path) -> np.ndarray:
 
     try:
         with Image.open(p) as im:
+            # the header alone says how big the decoded image would be: refuse before decoding, so a few
+            # KB of compressed PNG cannot ask for gigabytes (a decompression bomb)
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise LenetlabError(f"{p}: image is {w}x{h} pixels; the limit is {MAX_PIXELS:,} pixels "
+                                    "(resize it first)")
             im.load()
             if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
                 im = im.convert("RGBA")
                 bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(bg, im)
             g = np.asarray(im.convert("L"), dtype=np.float64) / 255.0
+    except Image.DecompressionBombError as e:
+        raise LenetlabError(f"{p}: image is too large to decode safely; the limit is {MAX_PIXELS:,} pixels "
+                           f"({str(e).split(',')[0]})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise LenetlabError(f"{p}: cannot read image ({why})") from None

@@ -1,0 +1,51 @@
+"""Bad input at the edge: one clear line, exit status 2, nothing written."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from lenetlab.data.images import MAX_PIXELS, load_gray
+from lenetlab.errors import LenetlabError
+
+
+def _png_bomb(path, side: int) -> None:
+    """A valid grayscale PNG of side x side black pixels: a few KB compressed, side^2 bytes decoded."""
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    row = b"\x00" + b"\x00" * side
+    comp = zlib.compressobj(9)
+    body = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def test_huge_png_is_refused_before_decoding(tmp_path):
+    p = tmp_path / "huge.png"
+    _png_bomb(p, 30000)          # 900 megapixels in ~1 MB
+    assert p.stat().st_size < 2_000_000
+    with pytest.raises(LenetlabError, match="the limit is 16,000,000 pixels"):
+        load_gray(p)
+
+
+def test_huge_npy_is_refused_unread(tmp_path):
+    p = tmp_path / "huge.npy"
+    side = int(MAX_PIXELS ** 0.5) + 10
+    a = np.lib.format.open_memmap(p, mode="w+", dtype=np.uint8, shape=(side, side))   # sparse file
+    del a
+    with pytest.raises(LenetlabError, match="the limit is"):
+        load_gray(p)
+
+
+def test_predict_huge_png_is_one_line_exit_2(small_run, tmp_path):
+    p = tmp_path / "huge.png"
+    _png_bomb(p, 30000)
+    r = run_cli("predict", str(small_run), str(p))
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "limit" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
