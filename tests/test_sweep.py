@@ -177,7 +177,7 @@ def test_resume_after_sigkill_with_real_training(tmp_path):
                 os.killpg(p.pid, 0)
             except ProcessLookupError:
                 break
-            assert time.time() - t0 < 10, "workers outlived the killed sweep"
+            assert time.time() - t0 < 120, "workers outlived the killed sweep"
             time.sleep(0.1)
     finally:
         try:

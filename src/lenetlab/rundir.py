@@ -24,7 +24,7 @@ from torch import nn
 
 from lenetlab.config import RunConfig, from_dict, to_dict
 from lenetlab.errors import LenetlabError
-from lenetlab.fileio import atomic_write, atomic_write_json
+from lenetlab.fileio import JsonlJournal, atomic_write, atomic_write_json
 
 CONFIG, METRICS, MODEL, SUMMARY = "config.json", "metrics.jsonl", "model.safetensors", "summary.json"
 OWNED = (CONFIG, METRICS, MODEL, SUMMARY, "checkpoint.safetensors")
@@ -111,22 +111,11 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
 
 
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
-    with open(run_dir / METRICS, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
+    JsonlJournal(Path(run_dir) / METRICS).append(row)
 
 
 def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
-    """Drop metric lines past the checkpointed epoch (they will be recomputed)."""
-    path = run_dir / METRICS
-    if not path.exists():
-        return
-    keep = []
-    for ln in path.read_text().splitlines():
-        try:
-            row = json.loads(ln)
-        except json.JSONDecodeError:  # a line cut short by a kill mid-append
-            continue
-        if row.get("epoch", 0) <= last_epoch:
-            keep.append(ln)
-    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(k + "\n" for k in keep)))
+    """Drop metric lines past the checkpointed epoch (they will be recomputed), and any cut-short line."""
+    journal = JsonlJournal(Path(run_dir) / METRICS)
+    if journal.path.exists():
+        journal.rewrite([row for row in journal.read() if row.get("epoch", 0) <= last_epoch])

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lenetlab.errors import LenetlabError
-from lenetlab.fileio import atomic_write_json
+from lenetlab.fileio import JsonlJournal, atomic_write_json
 
 
 @dataclass
@@ -77,21 +77,17 @@ class Cells:
 
     def __init__(self, path: Path):
         self.path = path
+        # the journal drops a line cut short by a kill, and never glues the next cell onto it
+        self._journal = JsonlJournal(path)
         self.rows: dict[str, dict[str, Any]] = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:   # a line cut short by a kill
-                    continue
+        for row in self._journal.read():
+            if "key" in row and "value" in row:
                 self.rows[row["key"]] = row["value"]
 
     def get_or_run(self, key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         if key not in self.rows:
             value = fn()
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"key": key, "value": value}) + "\n")
-                f.flush()
+            self._journal.append({"key": key, "value": value})
             self.rows[key] = value
         return self.rows[key]
 

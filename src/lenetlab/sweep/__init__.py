@@ -71,7 +71,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -81,6 +80,7 @@ from pathlib import Path
 from typing import Any
 
 from lenetlab.errors import LenetlabError
+from lenetlab.fileio import JsonlJournal
 from lenetlab.sweep.backends import BACKENDS, run_local, run_ray
 from lenetlab.sweep.journal import Journal
 from lenetlab.sweep.spec import Sweep, Trial, load, parse
@@ -143,13 +143,7 @@ def run_sweep(sweep: Sweep, out: str | os.PathLike, backend: str = "local", work
 
 def read_trials(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The finished trials in a ``trials.jsonl`` (a cut-short last line is ignored)."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    return JsonlJournal(path).read()
 
 
 def _best(rows: list[dict[str, Any]], sweep: Sweep) -> dict[str, Any] | None:
@@ -176,5 +170,4 @@ def _short(params: dict[str, Any]) -> str:
 
 
 def _append_error(path: Path, t: Trial, msg: str, backend: str) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps({"trial": t.id, "params": t.params, "error": msg, "backend": backend}) + "\n")
+    JsonlJournal(path).append({"trial": t.id, "params": t.params, "error": msg, "backend": backend})

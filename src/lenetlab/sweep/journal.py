@@ -1,20 +1,21 @@
 """``trials.jsonl``: one line per finished trial, appended and fsynced as each finishes.
 
-Only the sweep's parent process writes it. A kill can leave the last line cut
-short; opening the journal drops that partial line (it was never a finished
-trial), so resumed appends start on a fresh line. A lock file keeps a second
-sweep from writing into the same directory at the same time.
+Only the sweep's parent process writes it, through the one append-only journal
+(:class:`lenetlab.fileio.JsonlJournal`): a line cut short by a kill is dropped
+(it was never a finished trial) and the next append starts on a fresh line. A
+lock file keeps a second sweep from writing into the same directory at the
+same time.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from lenetlab.errors import LenetlabError
+from lenetlab.fileio import JsonlJournal
 
 
 class Journal:
@@ -27,33 +28,17 @@ class Journal:
         except BlockingIOError:
             self._lock.close()
             raise LenetlabError(f"another sweep is writing {self.path.parent}") from None
+        self._journal = JsonlJournal(self.path)
         self.rows: dict[str, dict[str, Any]] = {}
-        if self.path.exists():
-            self._load()
-
-    def _load(self) -> None:
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):          # a line cut short by a kill: drop it
-            with open(self.path, "r+b") as f:
-                f.truncate(end)
-                os.fsync(f.fileno())
-        for line in data[:end].splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and "trial" in row:
+        for row in self._journal.read():
+            if "trial" in row:
                 self.rows.setdefault(row["trial"], row)
 
     def __contains__(self, trial_id: str) -> bool:
         return trial_id in self.rows
 
     def append(self, row: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self._journal.append(row)
         self.rows.setdefault(row["trial"], row)
 
     def close(self) -> None:
