@@ -141,6 +141,38 @@ def test_extra_sections_are_rendered_with_embedded_figures(tmp_path):
     assert "![heat](heat.png)" in md.read_text()
 
 
+def test_claim_rows_show_rule_seeds_images_estimate_interval_and_verdict(tmp_path):
+    from lenetlab.experiments import stats
+    from lenetlab.experiments.report import render
+
+    rule = stats.Difference("QAT", "float", 0.0, metric="accuracy under noise", scale=100, unit=" points")
+    est = stats.bootstrap_difference([(930, 1000), (925, 1000), (940, 1000)], [(900, 1000), (905, 1000), (890, 1000)],
+                                     paired=True)
+    new = stats.make_claim("qat_beats_float", "QAT is more robust", rule, est, seeds=[0, 1, 2])
+    exact = stats.make_claim("macs", "4x fewer MACs", stats.AtLeastFactor(4), stats.exact(4.32), seeds=stats.EXACT)
+    r = Result("noise", "p", "quick", {}, claims=[new, exact, Claim("old_way", "s", "m", False)])
+    md = render(r)
+    lo, hi = new.interval
+    assert "| claim | paper | measured | rule | seeds | test images | estimate | 95% CI | verdict |" in md
+    assert (f"| {rule.text} [interval: {est.method}] | 3 (0, 1, 2) | 1000 | {new.estimate:.4g} | "
+            f"[{lo:.4g}, {hi:.4g}] | supported |") in md
+    assert "| n/a (exact) | - | 4.32 | [4.32, 4.32] | supported |" in md
+    assert "| (legacy: single-seed check) | - | - | - | - | not supported |" in md
+    # the suite report: the same columns in markdown and HTML, and the verdict counts per experiment
+    outcomes = [suite.Outcome("noise", "ran", r)]
+    page, md_path = write_suite_report(outcomes, tmp_path)
+    html = page.read_text()
+    for text in (rule.text.split(";")[0], "3 (0, 1, 2)", f"[{lo:.4g}, {hi:.4g}]",
+                 "n/a (exact)", "<td class=\"not\">not supported</td>", "<td class=\"supported\">supported</td>",
+                 "<th>95% CI</th>", "<th>test images</th>", "<th>legacy rules</th>"):
+        assert text in html, text
+    suite_md = md_path.read_text()
+    header = "| experiment | status | mode | claims | supported | not supported | inconclusive | legacy rules |"
+    assert header in suite_md
+    assert "| noise | ran | quick | 3 | 2 | 1 | 0 | 1 |" in suite_md
+    assert suite.verdict_counts(r) == "3 claims: 2 supported, 1 not supported"
+
+
 def test_result_round_trips_through_json():
     r = Result("x", "p", "quick", {"a": [1, 2]}, tables={"t": [{"k": 1.5}]}, claims=[Claim("c", "s", "m", None)],
                figures=["f.png"], notes=["n"], wall_seconds=3.0, config_hash="abc")

@@ -34,15 +34,43 @@ from pathlib import Path
 from typing import Any
 
 from lenetlab.errors import LenetlabError
+from lenetlab.experiments.stats import supported_of, verdict_of
 from lenetlab.fileio import JsonlJournal, atomic_write_json
+
+LEGACY_RULE = "(legacy: single-seed check)"   # the rule of a claim built the old way, not yet on stats
 
 
 @dataclass
 class Claim:
+    """One claim of a paper and its verdict: ``"supported"``, ``"not supported"`` or ``"inconclusive"``.
+
+    Build claims with :func:`lenetlab.experiments.stats.make_claim`, which fills every field from a rule
+    and an interval (docs/claims.md). The old form ``Claim(name, statement, measured, supported)`` still
+    works: its verdict is derived from ``supported`` and its rule reads :data:`LEGACY_RULE`. ``supported``
+    is always the verdict as a flag (True / False / None for inconclusive), for older readers."""
+
     name: str
     statement: str            # what the paper says
     measured: str             # what this run measured, with numbers
-    supported: bool | None    # None: the run cannot decide (say why in ``measured``)
+    supported: bool | None = None   # derived from ``verdict`` when that is given
+    rule: str = LEGACY_RULE   # how the verdict is decided, in words (with how the interval was computed)
+    seeds: int | list[int] | str | None = None   # training seeds (count or list); "n/a": pure counting
+    test_images: int | None = None                # test images behind the estimate, where it has any
+    estimate: float | None = None
+    interval: list[float | None] | None = None    # [lo, hi] at 95%; None inside: unbounded
+    verdict: str = ""         # "" -> derived from ``supported``
+
+    def __post_init__(self) -> None:
+        flag = None if self.supported is None else bool(self.supported)
+        if not self.verdict:
+            self.verdict = verdict_of(flag)
+        elif self.supported is not None and supported_of(self.verdict) != flag:
+            raise ValueError(f"claim {self.name!r}: supported={flag} contradicts verdict {self.verdict!r}")
+        self.supported = supported_of(self.verdict)
+        if self.interval is not None:
+            if len(self.interval) != 2:
+                raise ValueError(f"claim {self.name!r}: interval must be [lo, hi], got {self.interval!r}")
+            self.interval = [None if x is None else float(x) for x in self.interval]
 
 
 @dataclass
@@ -68,7 +96,8 @@ class Result:
         """Inverse of :meth:`to_dict` (a ``result.json``); unknown keys are ignored."""
         known = {f for f in cls.__dataclass_fields__}
         d = {k: v for k, v in d.items() if k in known}
-        d["claims"] = [Claim(**c) for c in d.get("claims", [])]
+        claim_keys = set(Claim.__dataclass_fields__)   # result.json files older than a field still load
+        d["claims"] = [Claim(**{k: v for k, v in c.items() if k in claim_keys}) for c in d.get("claims", [])]
         return cls(**d)
 
 

@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lenetlab.experiments.base import LEGACY_RULE
+from lenetlab.experiments.stats import EXACT, VERDICTS
 from lenetlab.fileio import atomic_write_bytes
 
-VERDICT = {True: "supported", False: "NOT supported", None: "inconclusive"}
 _MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
          ".gif": "image/gif", ".webp": "image/webp"}
 
@@ -65,12 +66,44 @@ def _md_cell(v: Any) -> str:
     return fmt(v).replace("|", "\\|").replace("\n", " ")
 
 
+def _seeds(seeds: Any) -> str:
+    if seeds is None:
+        return "-"
+    if isinstance(seeds, list):
+        return f"{len(seeds)} ({', '.join(map(str, seeds))})"
+    return "n/a (exact)" if seeds == EXACT else str(seeds)
+
+
+def _interval(iv: list[float | None] | None) -> str:
+    if iv is None:
+        return "-"
+    lo, hi = ("-inf" if iv[0] is None else f"{iv[0]:.4g}"), ("inf" if iv[1] is None else f"{iv[1]:.4g}")
+    return f"[{lo}, {hi}]"
+
+
+CLAIMS_LEGEND = ("Each verdict is decided by the rule in its row from the 95% interval of the estimate, over the "
+                 "training seeds and test images shown: supported / not supported when the interval lies on one "
+                 "side, inconclusive when it straddles the threshold or fewer than 3 seeds were trained. Rows "
+                 f"whose rule reads {LEGACY_RULE} were decided the old way, from one run without an interval. "
+                 "See docs/claims.md.")
+
+
+def claim_columns(c) -> dict[str, Any]:
+    """How the verdict of claim ``c`` was reached, as table cells: rule, seeds, test images, estimate,
+    95% interval, verdict (docs/claims.md)."""
+    return {"rule": c.rule, "seeds": _seeds(c.seeds), "test images": "-" if c.test_images is None else c.test_images,
+            "estimate": "-" if c.estimate is None else c.estimate,
+            "95% CI": _interval(c.interval),
+            "verdict": c.verdict}
+
+
 def render(result) -> str:
     parts = [f"# {result.experiment}: {result.paper}\n",
              f"Mode: {result.mode}. Wall time: {result.wall_seconds:.0f} s.\n",
              "## Claims\n",
-             markdown_table([{"claim": c.name, "paper": c.statement, "measured": c.measured,
-                              "verdict": VERDICT[c.supported]} for c in result.claims])]
+             CLAIMS_LEGEND + "\n",
+             markdown_table([{"claim": c.name, "paper": c.statement, "measured": c.measured, **claim_columns(c)}
+                             for c in result.claims])]
     for name, rows in result.tables.items():
         parts += [f"\n## {name}\n", markdown_table(rows)]
     if result.figures:
@@ -107,11 +140,12 @@ def claims_rows(outcomes) -> list[dict[str, Any]]:
     for o in outcomes:
         if o.result is None:
             rows.append({"experiment": o.name, "paper": "", "claim": "(experiment failed)", "paper says": "",
-                         "we measured": o.error or "", "verdict": "error"})
+                         "we measured": o.error or "", "rule": "", "seeds": "", "test images": "", "estimate": "",
+                         "95% CI": "", "verdict": "error"})
             continue
         for c in o.result.claims:
             rows.append({"experiment": o.name, "paper": o.result.paper, "claim": c.name, "paper says": c.statement,
-                         "we measured": c.measured, "verdict": VERDICT[c.supported]})
+                         "we measured": c.measured, **claim_columns(c)})
     return rows
 
 
@@ -119,16 +153,18 @@ def _summary_rows(outcomes) -> list[dict[str, Any]]:
     rows = []
     for o in outcomes:
         r = o.result
-        verdicts = [c.supported for c in r.claims] if r else []
+        verdicts = [c.verdict for c in r.claims] if r else []
         rows.append({"experiment": o.name, "status": o.status, "mode": r.mode if r else "",
-                     "claims supported": f"{verdicts.count(True)}/{len(verdicts)}" if r else "-",
+                     "claims": len(verdicts) if r else "-",
+                     **{v: verdicts.count(v) if r else "-" for v in VERDICTS},
+                     "legacy rules": sum(c.rule == LEGACY_RULE for c in r.claims) if r else "-",
                      "wall time (s)": round(r.wall_seconds) if r else round(o.seconds),
                      "config hash": r.config_hash if r else ""})
     return rows
 
 
 def render_suite_markdown(outcomes, sections: list[Section] = (), title: str = "lenetlab reproduce all") -> str:
-    parts = [f"# {title}\n", markdown_table(_summary_rows(outcomes)), "\n## Claims\n",
+    parts = [f"# {title}\n", markdown_table(_summary_rows(outcomes)), "\n## Claims\n", CLAIMS_LEGEND + "\n",
              markdown_table(claims_rows(outcomes))]
     for o in outcomes:
         parts.append(f"\n## {o.name}" + (f": {o.result.paper}" if o.result else "") + "\n")
@@ -156,7 +192,7 @@ padding:0 1em;color:#1b1b1b}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}h3{font-size:1.05em}
 table{border-collapse:collapse;margin:.6em 0;font-size:12.5px}th,td{border:1px solid #ccc;padding:3px 7px;
 text-align:left;vertical-align:top}th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}
-.supported{color:#0a6b2b;font-weight:600}.NOT{color:#b00020;font-weight:600}.inconclusive{color:#8a6d00}
+.supported{color:#0a6b2b;font-weight:600}.not{color:#b00020;font-weight:600}.inconclusive{color:#8a6d00}
 .error,.failed{color:#b00020;font-weight:600}img{max-width:100%;border:1px solid #eee;margin:.4em 0}
 pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:12px}.muted{color:#666}
 """
@@ -197,7 +233,8 @@ def render_suite_html(outcomes, out: Path, sections: list[Section] = (),
              "<p>" + " &middot; ".join(["<a href='#claims'>claims</a>"] + [f"<a href='#{e(o.name)}'>{e(o.name)}</a>"
                                                                              for o in outcomes]) + "</p>",
              _html_table(_summary_rows(outcomes), "status"),
-             "<h2 id=claims>Claims</h2>", _html_table(claims_rows(outcomes), "verdict")]
+             "<h2 id=claims>Claims</h2>", _html_table(claims_rows(outcomes), "verdict"),
+             f"<p class=muted>{e(CLAIMS_LEGEND)}</p>"]
     for o in outcomes:
         r = o.result
         parts.append(f"<h2 id='{e(o.name)}'>{e(o.name)}" + (f": {e(r.paper)}" if r else "") + "</h2>")

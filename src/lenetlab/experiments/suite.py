@@ -11,7 +11,7 @@ others: its error goes into the report (and the traceback into
 so the CLI exits non-zero.
 
 At the end ``DIR/report.html`` (self-contained), ``DIR/report.md`` and
-``DIR/manifest.json`` (status, hash and time per experiment) are written. More
+``DIR/manifest.json`` (status, hash, time and claim verdicts per experiment) are written. More
 report content (a robustness matrix, ...) plugs in through ``sections``.
 
 Example::
@@ -33,6 +33,7 @@ from pathlib import Path
 from lenetlab.errors import LenetlabError
 from lenetlab.experiments.base import Result, config_hash, reproduce
 from lenetlab.experiments.report import Section, write_suite_report
+from lenetlab.experiments.stats import VERDICTS
 from lenetlab.fileio import atomic_write_bytes, atomic_write_json
 
 
@@ -43,6 +44,12 @@ class Outcome:
     result: Result | None
     error: str | None = None
     seconds: float = 0.0
+
+
+def verdict_counts(r: Result) -> str:
+    """``"3 claims: 1 supported, 1 not supported, 1 inconclusive"`` (verdicts with no claim left out)."""
+    counts = [f"{n} {v}" for v in VERDICTS if (n := sum(c.verdict == v for c in r.claims))]
+    return f"{len(r.claims)} claim{'s' if len(r.claims) != 1 else ''}" + (": " + ", ".join(counts) if counts else "")
 
 
 def stored_result(out: Path, expected_hash: str) -> Result | None:
@@ -100,14 +107,14 @@ def reproduce_all(out: str | Path, full: bool = False, force: bool = False, only
             log(f"{tag}: FAILED after {dt:.0f} s: {msg} (traceback in {out / name / 'error.txt'})")
             outcomes.append(Outcome(name, "failed", None, msg, dt))
             continue
-        ok = sum(c.supported is True for c in r.claims)
-        log(f"{tag}: done in {r.wall_seconds:.0f} s, {ok}/{len(r.claims)} claims supported")
+        log(f"{tag}: done in {r.wall_seconds:.0f} s, {verdict_counts(r)}")
         outcomes.append(Outcome(name, "ran", r, None, r.wall_seconds))
     write_suite_report(outcomes, out, list(sections))
     atomic_write_json(out / "manifest.json", {
         "mode": "tiny" if tiny else ("full" if full else "quick"),
         "experiments": [{"name": o.name, "status": o.status, "error": o.error,
                          "config_hash": o.result.config_hash if o.result else None,
+                         "claims": {c.name: c.verdict for c in o.result.claims} if o.result else {},
                          "wall_seconds": round(o.result.wall_seconds if o.result else o.seconds, 3)}
                         for o in outcomes]})
     return outcomes
