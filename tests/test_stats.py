@@ -249,6 +249,13 @@ def test_too_few_seeds_give_inconclusive_with_the_reason():
     assert c.verdict == SUPPORTED and c.seeds == "n/a" and c.interval == [4.32, 4.32]
     with pytest.raises(ValueError, match="stats.EXACT"):
         stats.make_claim("c", "s", rule, synthetic(0.6, 0.7), seeds=0)
+    # the seeds default to the estimate's own, and a claim cannot say it rests on more
+    two = stats.mean_interval([0.7, 0.8])
+    assert stats.make_claim("c", "s", rule, two).seeds == 2
+    with pytest.raises(ValueError, match="rests on 2 seeds, the claim says 3"):
+        stats.make_claim("c", "s", rule, two, seeds=[0, 1, 2])
+    with pytest.raises(ValueError, match="does not know its seeds"):
+        stats.make_claim("c", "s", rule, stats.wilson(7, 10))
     with pytest.raises(ValueError, match="stated at"):
         stats.make_claim("c", "s", rule, stats.wilson(7, 10, level=0.9), seeds=EXACT)
 

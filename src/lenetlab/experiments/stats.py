@@ -566,19 +566,24 @@ def _finite(x: float) -> float | None:
 
 
 def make_claim(name: str, statement: str, rule: Rule, estimate: Estimate | tuple[Estimate, ...], *,
-               seeds: int | Sequence[int] | str, test_images: int | None = None, measured: str = "",
+               seeds: int | Sequence[int] | str | None = None, test_images: int | None = None, measured: str = "",
                min_seeds: int = QUICK_MIN_SEEDS) -> Claim:
     """A :class:`~lenetlab.experiments.base.Claim` decided by ``rule`` from ``estimate``.
 
-    ``seeds``: the training seeds behind the estimate (a count or the list), or :data:`EXACT` for pure
-    counting with no training (no seed guard). Fewer than ``min_seeds`` seeds make the verdict inconclusive,
-    and ``measured`` says why and what the interval alone would have said. ``test_images`` defaults to the
-    estimate's. ``measured`` defaults to the estimate with its interval and method."""
+    ``seeds``: the training seeds behind the estimate (a count or the list; default: the estimate's own
+    count, which a given count must match), or :data:`EXACT` for pure counting with no training (no seed
+    guard). Fewer than ``min_seeds`` seeds make the verdict inconclusive, and ``measured`` says why and what
+    the interval alone would have said. ``test_images`` defaults to the estimate's. ``measured`` defaults to
+    the estimate with its interval and method. ``estimate`` is a tuple ``(a, b)`` for :class:`Separated`."""
     from lenetlab.experiments.base import Claim  # not at the top: base imports this module
 
     est = rule.estimate(*estimate) if isinstance(estimate, tuple) else rule.estimate(estimate)
     if est.level != rule.level:
         raise ValueError(f"claim {name!r}: the rule is stated at {rule.level}, the interval is at {est.level}")
+    if seeds is None:
+        if est.seeds is None:
+            raise ValueError(f"claim {name!r}: the estimate does not know its seeds; pass seeds= (or stats.EXACT)")
+        seeds = est.seeds
     if isinstance(seeds, str):
         if seeds != EXACT:
             raise ValueError(f"claim {name!r}: seeds must be a count, a list of seeds, or stats.EXACT")
@@ -588,6 +593,8 @@ def make_claim(name: str, statement: str, rule: Rule, estimate: Estimate | tuple
         if n_seeds <= 0:
             raise ValueError(f"claim {name!r}: {n_seeds} seeds; a claim with no training passes seeds=stats.EXACT")
         seeds = n_seeds if isinstance(seeds, int) else [int(s) for s in seeds]
+        if est.seeds is not None and est.seeds != n_seeds:
+            raise ValueError(f"claim {name!r}: the estimate rests on {est.seeds} seeds, the claim says {n_seeds}")
     verdict = rule.decide(est)
     text = measured or f"{rule.label}: {est.format(rule.scale, rule.unit)} ({est.method})"
     if n_seeds is not None and n_seeds < min_seeds:
