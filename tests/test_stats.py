@@ -230,7 +230,7 @@ def test_make_claim_fills_every_field():
     assert c.seeds == [0, 1, 2] and c.test_images == 1000
     assert c.estimate == pytest.approx(0.935) and c.interval == [0.92, 0.95]
     assert c.rule.startswith(rule.text) and "[interval: synthetic]" in c.rule
-    assert c.measured == "accuracy: 93.50% [92.00, 95.00] (synthetic)"
+    assert c.measured == "accuracy: 93.50% [92.00, 95.00]"
     est = stats.bootstrap_accuracy([(950, 1000), (940, 1000), (930, 1000)])
     c = stats.make_claim("acc", "over 90%", rule, est, seeds=3, measured="94.0% over 3 seeds")
     assert c.test_images == 1000 and c.seeds == 3 and c.measured == "94.0% over 3 seeds"
@@ -265,6 +265,12 @@ def test_separated_claim_records_the_difference_both_intervals_allow():
     c = stats.make_claim("sdc", "lower", Separated("hardened", "plain"), (a, b), seeds=EXACT)
     assert c.verdict == SUPPORTED and c.interval == pytest.approx([a.lo - b.hi, a.hi - b.lo])
     assert c.measured.startswith("(hardened - plain): 0.30 [")
+
+
+def test_untestable_claims_are_listed_as_inconclusive():
+    c = stats.untestable("energy", "47% energy saved", "no energy model in this simulator")
+    assert c.verdict == INCONCLUSIVE and c.rule == stats.NOT_TESTABLE and c.measured.startswith("no energy")
+    assert c.seeds is None and c.interval is None
 
 
 def test_legacy_claims_still_construct_and_show_it():

@@ -25,7 +25,8 @@ a report):
    a verdict from an estimate and state themselves in words (``rule.text``).
 3. :func:`make_claim` ties them together into a
    :class:`~lenetlab.experiments.base.Claim` carrying rule, seeds, test
-   images, estimate, interval and verdict, with the minimum-seeds guard.
+   images, estimate, interval and verdict, with the minimum-seeds guard;
+   :func:`untestable` records a claim the reproduction cannot test.
 
 Per-seed samples, the input of the bootstrap estimators, come in three kinds
 (all samples of one group must be of one kind):
@@ -72,7 +73,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -137,6 +138,8 @@ class Estimate:
         def f(x: float) -> str:
             return f"{x * scale:.{digits}f}" if math.isfinite(x) else ("-inf" if x < 0 else "inf")
 
+        if self.lo == self.value == self.hi:      # exact: no interval to show
+            return f"{f(self.value)}{unit} (exact)"
         return f"{f(self.value)}{unit} [{f(self.lo)}, {f(self.hi)}]"
 
 
@@ -322,13 +325,17 @@ def _percentile(reps: np.ndarray, level: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _what(groups: list[_Group], same_images: bool) -> str:
+def _what(groups: list[_Group], same_images: bool, paired: bool = False) -> str:
+    """``"percentile bootstrap (2000 resamples) over 3 seeds (paired) and 1000 shared test images"``."""
     kinds = {g.kind for g in groups}
-    imgs = [g.images for g in groups if g.images is not None]
+    counts = sorted({g.seeds for g in groups})
+    seeds = f"{counts[0]} seeds" if len(counts) == 1 else f"{' vs '.join(str(g.seeds) for g in groups)} seeds"
+    seeds += " (paired)" if paired else ""
     if kinds == {"values"}:
-        return "seeds"
-    shared = "images" in kinds and same_images
-    return f"seeds and {min(imgs)} test images" + (" (shared)" if shared else "")
+        return seeds
+    imgs = min(g.images for g in groups if g.images is not None)
+    shared = "shared " if "images" in kinds and same_images else ""
+    return f"{seeds} and {imgs} {shared}test images"
 
 
 def bootstrap_accuracy(per_seed: Sequence[Any], same_images: bool = True, level: float = LEVEL,
@@ -341,7 +348,7 @@ def bootstrap_accuracy(per_seed: Sequence[Any], same_images: bool = True, level:
     (reps,) = _replicates([g], False, same_images, n_boot, seed)
     lo, hi = _percentile(reps, level)
     return Estimate(float(g.point.mean()), lo, hi,
-                    f"percentile bootstrap ({n_boot} resamples) over {g.seeds} {_what([g], same_images)}",
+                    f"percentile bootstrap ({n_boot} resamples) over {_what([g], same_images)}",
                     level, g.seeds, g.images)
 
 
@@ -350,8 +357,7 @@ def _two_groups(a: Sequence[Any], b: Sequence[Any], paired: bool, same_images: b
     ra, rb = _replicates([ga, gb], paired, same_images, n_boot, seed)
     imgs = [x for x in (ga.images, gb.images) if x is not None]
     seeds = min(ga.seeds, gb.seeds)
-    what = (f"percentile bootstrap ({n_boot} resamples) over {_what([ga, gb], same_images)}, "
-            + (f"paired by seed ({seeds} seeds)" if paired else f"{ga.seeds} vs {gb.seeds} seeds"))
+    what = f"percentile bootstrap ({n_boot} resamples) over {_what([ga, gb], same_images, paired)}"
     return ga, gb, ra, rb, seeds, (min(imgs) if imgs else None), what
 
 
@@ -504,6 +510,7 @@ class AtLeastFactor(Rule):
     """Supported if the interval of a ratio lies at or above ``factor``; not supported if it lies below it."""
 
     factor: float
+    unit: str = field(default="x", kw_only=True)
 
     def decide(self, est: Estimate) -> str:
         if est.lo >= self.factor:
@@ -514,7 +521,7 @@ class AtLeastFactor(Rule):
 
     @property
     def text(self) -> str:
-        f = f"{self.factor:g}x"
+        f = _num(self.factor, self.scale, self.unit)
         return (f"supported if {self.ci} lies at or above {f}"
                 f"; not supported if it lies below {f}; inconclusive otherwise")
 
@@ -574,7 +581,8 @@ def make_claim(name: str, statement: str, rule: Rule, estimate: Estimate | tuple
     count, which a given count must match), or :data:`EXACT` for pure counting with no training (no seed
     guard). Fewer than ``min_seeds`` seeds make the verdict inconclusive, and ``measured`` says why and what
     the interval alone would have said. ``test_images`` defaults to the estimate's. ``measured`` defaults to
-    the estimate with its interval and method. ``estimate`` is a tuple ``(a, b)`` for :class:`Separated`."""
+    the estimate with its interval, in the rule's units (the interval's method goes into the rule column).
+    ``estimate`` is a tuple ``(a, b)`` for :class:`Separated`."""
     from lenetlab.experiments.base import Claim  # not at the top: base imports this module
 
     est = rule.estimate(*estimate) if isinstance(estimate, tuple) else rule.estimate(estimate)
@@ -596,7 +604,7 @@ def make_claim(name: str, statement: str, rule: Rule, estimate: Estimate | tuple
         if est.seeds is not None and est.seeds != n_seeds:
             raise ValueError(f"claim {name!r}: the estimate rests on {est.seeds} seeds, the claim says {n_seeds}")
     verdict = rule.decide(est)
-    text = measured or f"{rule.label}: {est.format(rule.scale, rule.unit)} ({est.method})"
+    text = measured or f"{rule.label}: {est.format(rule.scale, rule.unit)}"
     if n_seeds is not None and n_seeds < min_seeds:
         text += (f" [inconclusive: {n_seeds} seed{'s' if n_seeds != 1 else ''}, a verdict needs >= {min_seeds}; "
                  f"the interval alone says {verdict}]")
@@ -604,3 +612,15 @@ def make_claim(name: str, statement: str, rule: Rule, estimate: Estimate | tuple
     return Claim(name, statement, text, rule=f"{rule.text} [interval: {est.method}]", seeds=seeds,
                  test_images=test_images if test_images is not None else est.test_images,
                  estimate=_finite(est.value), interval=[_finite(est.lo), _finite(est.hi)], verdict=verdict)
+
+
+NOT_TESTABLE = "not testable here; always inconclusive"
+
+
+def untestable(name: str, statement: str, why: str) -> Claim:
+    """A claim this reproduction cannot test (an energy saving without an energy model, a hardware result
+    without the hardware): inconclusive, with the reason as its measurement and :data:`NOT_TESTABLE` as its
+    rule, so it is listed rather than silently dropped."""
+    from lenetlab.experiments.base import Claim
+
+    return Claim(name, statement, why, rule=NOT_TESTABLE, verdict=INCONCLUSIVE)
