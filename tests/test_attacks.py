@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from conftest import run_cli
 from lenetlab.attacks import Target, make_attack, run_attack
 from lenetlab.errors import LenetlabError
-from lenetlab.registry import names
+from lenetlab.registry import get, names
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +51,21 @@ def batch(mnist_test):
 EPS = 0.1
 
 
+def option_names(name: str) -> list[str]:
+    """The options attack ``name`` declares (its ``Options`` dataclass: what the CLI makes flags of)."""
+    return [f.name for f in dataclasses.fields(get("attack", name).Options)]
+
+
+def tiny(name: str) -> dict:
+    """Few steps for the attacks whose schema has ``steps``."""
+    return {"steps": 4} if "steps" in option_names(name) else {}
+
+
 @pytest.mark.parametrize("name", names("attack"))
 def test_attack_invariants(name, small_run, substitute_run, batch):
     x, y = batch
     target, sub = Target.from_run(small_run), Target.from_run(substitute_run)
-    atk = make_attack(name, target, EPS, seed=3, substitute=sub, steps=4) if name != "fgsm" and name != "bb-fgsm" \
-        else make_attack(name, target, EPS, seed=3, substitute=sub)
+    atk = make_attack(name, target, EPS, seed=3, substitute=sub, **tiny(name))
     xa = atk(x, y)
     assert (xa - x).abs().max() <= EPS + 1e-6              # the L-inf budget (float rounding only)
     assert xa.min() >= 0 and xa.max() <= 1
@@ -69,7 +79,7 @@ def test_attack_invariants(name, small_run, substitute_run, batch):
     if atk.needs_substitute and not atk.white_box:
         assert sub.losses(xa, y).mean() > sub.losses(x, y).mean()   # crafted to hurt the substitute
     if name in ("pgd", "bb-pgd", "hybrid"):                # random starts follow the seed
-        other = make_attack(name, target, EPS, seed=4, substitute=sub, steps=4)(x, y)
+        other = make_attack(name, target, EPS, seed=4, substitute=sub, **tiny(name))(x, y)
         assert not torch.equal(other, xa)
 
 
@@ -166,6 +176,10 @@ def test_bad_attack_input(small_run, batch):
         make_attack("pgd", t, 0.1, steps=0)
     with pytest.raises(LenetlabError, match="takes no options"):
         make_attack("fgsm", t, 0.1, steps=3)
+    with pytest.raises(LenetlabError, match="attack 'pgd' has no option 'stepz'; options: steps, step_size"):
+        make_attack("pgd", t, 0.1, stepz=3)
+    with pytest.raises(LenetlabError, match="'attack.hybrid.lam' must be float"):
+        make_attack("hybrid", t, 0.1, substitute=t, lam="big")
     with pytest.raises(LenetlabError, match="unknown gradient source 'spsa'"):
         Target(t.model, t.data, "spsa")
     with pytest.raises(LenetlabError, match=r"must be in \[0, 1\] pixel units"):
@@ -192,3 +206,25 @@ def test_cli_attack(small_run, substitute_run, tmp_path):
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
     r = run_cli("attack", str(tmp_path / "missing"))
     assert r.returncode == 2 and "no such run directory" in r.stderr
+
+
+@pytest.mark.parametrize("name", names("attack"))
+def test_every_option_in_the_schema_is_a_cli_flag(name):
+    """The CLI reads the same schema: each declared option is a flag, parsed and handed to that attack."""
+    from lenetlab.attacks.cli import _options
+    from lenetlab.cli import build_parser
+
+    p = build_parser()
+    cls = get("attack", name)
+    argv, want = ["attack", "RUN", "--attack", name], {}
+    for f in dataclasses.fields(cls.Options):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            argv.append(flag if not f.default else "--no-" + f.name.replace("_", "-"))
+            want[f.name] = not f.default
+        else:
+            value = 3 if f.name.endswith("steps") else 0.25
+            argv += [flag, str(value)]
+            want[f.name] = value
+    assert _options(p.parse_args(argv)) == want
+    assert _options(p.parse_args(["attack", "RUN", "--attack", name])) == {}   # defaults stay the schema's

@@ -6,8 +6,17 @@ Example::
     model = lenetlab.create_model("lenet5", activation="abs")
 """
 
+from typing import Any
+
 __version__ = "0.1.0"
 
-from lenetlab.models import create_model  # noqa: E402
-
 __all__ = ["create_model", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # imported on first use, so that ``import lenetlab.registry`` (or any light module) loads nothing else
+    if name == "create_model":
+        from lenetlab.models import create_model
+
+        return create_model
+    raise AttributeError(f"module 'lenetlab' has no attribute {name!r}")

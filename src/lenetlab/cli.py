@@ -14,11 +14,6 @@ from typing import Any
 
 from lenetlab.errors import LenetlabError
 
-PLUGIN_COMMANDS = ("lenetlab.quant.cli", "lenetlab.fused.cli", "lenetlab.cascade.cli", "lenetlab.noise.cli",
-                   "lenetlab.faults.cli", "lenetlab.attacks.cli", "lenetlab.compress.cli")
-LIST_KINDS = ("models", "activations", "datasets", "presets", "schedules", "optimizers", "exporters", "experiments",
-              "rules", "attacks", "fault_models", "compressors")
-
 
 def _console():
     from rich.console import Console
@@ -135,12 +130,13 @@ def cmd_list(a: argparse.Namespace) -> int:
 
     from lenetlab import registry
 
-    kinds = [a.what] if a.what else list(LIST_KINDS)
+    plural = {f"{k}s": k for k in registry.kinds()}   # every kind something is registered under
+    if a.what is not None and a.what not in plural:
+        raise LenetlabError(f"nothing to list as {a.what!r}; choose from: {', '.join(sorted(plural))}")
+    kinds = [a.what] if a.what else sorted(plural)
     con = _console()
     for kind in kinds:
-        singular = kind[:-1]
-        if not registry.names(singular) and a.what is None:
-            continue   # a capability not in this build
+        singular = plural[kind]
         table = Table(title=kind, title_justify="left", show_header=True)
         table.add_column("name")
         table.add_column("description")
@@ -389,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_predict)
 
     li = sub.add_parser("list", help="list registered components")
-    li.add_argument("what", nargs="?", choices=LIST_KINDS)
+    li.add_argument("what", nargs="?", help="one kind (models, attacks, exporters, ...); default: all")
     li.set_defaults(func=cmd_list)
 
     i = sub.add_parser("info", help="describe a run directory or a registered model")
@@ -438,12 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     # capability packages that own their subcommands: each module defines add_commands(sub)
     import importlib
 
-    for mod in PLUGIN_COMMANDS:
-        try:
-            importlib.import_module(mod).add_commands(sub)
-        except ModuleNotFoundError as e:   # that capability is not in this build
-            if not e.name or not mod.startswith(e.name):
-                raise
+    from lenetlab.catalogue import COMMANDS
+
+    for mod in COMMANDS:
+        importlib.import_module(mod).add_commands(sub)
     return p
 
 
@@ -454,8 +448,9 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        # inside: building the parser loads the registry, and a broken outside plugin is one error line
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except LenetlabError as e:
         print(f"lenetlab: error: {e}", file=sys.stderr)

@@ -1,15 +1,32 @@
 """Register-where-you-define registries (timm's ``@register_model`` pattern).
 
 Every pluggable component - models, activations, datasets, schedules,
-optimisers, presets, and later attacks, rules and experiments - is looked up
-by ``(kind, name)``. There is no hand-kept parallel list: a component exists
-for the CLI and the tests as soon as its module is imported.
+optimisers, presets, learning rules, trainer plugins, attacks, fault models,
+compressors, exporters, experiments - is looked up by ``(kind, name)``. A
+component registers itself where it is defined; there is no hand-kept
+parallel list of components.
+
+Discovery, the first time :func:`get`, :func:`names` or :func:`kinds` is
+called (never at import time - importing this module loads no other
+lenetlab module):
+
+1. every module of the built-in catalogue (:data:`lenetlab.catalogue.BUILTINS`),
+2. then every outside plugin: a Python entry point in the group
+   ``lenetlab.plugins`` naming a module (importing it registers its
+   components) or a function (called with no arguments to register them).
+   A plugin that fails to load is one :class:`~lenetlab.errors.LenetlabError`
+   line naming the entry point.
+
+An outside package declares, in its ``pyproject.toml``::
+
+    [project.entry-points."lenetlab.plugins"]
+    my_models = "my_package.lenetlab_plugin"
 
 Example::
 
     from lenetlab.registry import register, get
     @register("activation", "cube")
-    def cube(): ...
+    class Cube(torch.nn.Module): ...
     get("activation", "cube")
 """
 
@@ -17,13 +34,16 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
-from lenetlab.errors import LenetlabError
-
 T = TypeVar("T")
 
-# kind -> name -> object. Populated at import time only (decorators); nothing
-# mutates it afterwards, so it behaves as a constant table.
+PLUGIN_GROUP = "lenetlab.plugins"
+
+# kind -> name -> object. Filled by the @register decorators as modules are imported (the built-ins, then
+# the plugins, once); nothing mutates it afterwards, so it behaves as a constant table.
 _TABLES: dict[str, dict[str, Any]] = {}
+# discovery state: None (not yet), "loading", "done", or the LenetlabError a plugin raised (raised again on
+# every later call, rather than re-importing a half-registered plugin)
+_discovery: list[Any] = [None]
 
 
 def register(kind: str, name: str | None = None) -> Callable[[T], T]:
@@ -45,6 +65,8 @@ def get(kind: str, name: str) -> Any:
     _ensure_loaded()
     table = _TABLES.get(kind, {})
     if name not in table:
+        from lenetlab.errors import LenetlabError
+
         valid = ", ".join(sorted(table)) or "(none)"
         raise LenetlabError(f"unknown {kind} {name!r}; choose from: {valid}")
     return table[name]
@@ -57,27 +79,53 @@ def names(kind: str) -> list[str]:
 
 
 def kinds() -> list[str]:
+    """Sorted kinds that have at least one registered component."""
     _ensure_loaded()
     return sorted(_TABLES)
 
 
 def _ensure_loaded() -> None:
-    # Importing the packages runs their @register decorators.
-    # capability packages that register components (rules, attacks, fault models, ...)
+    state = _discovery[0]
+    if state in ("done", "loading"):   # "loading": a module being imported asked; it sees what exists so far
+        return
+    if isinstance(state, Exception):
+        raise state
+    _discovery[0] = "loading"
+    try:
+        _load_builtins()
+        _load_plugins()
+    except BaseException as e:
+        _discovery[0] = e if _is_plugin_error(e) else None
+        raise
+    _discovery[0] = "done"
+
+
+def _load_builtins() -> None:
     import importlib
 
-    import lenetlab.data  # noqa: F401
-    import lenetlab.models  # noqa: F401
-    import lenetlab.train  # noqa: F401
-    from lenetlab.experiments import load_all
+    from lenetlab.catalogue import BUILTINS
 
-    for pkg in OPTIONAL_PACKAGES:
+    for module in BUILTINS:
+        importlib.import_module(module)
+
+
+def _load_plugins() -> None:
+    from importlib.metadata import entry_points
+
+    from lenetlab.errors import LenetlabError
+
+    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: (ep.name, ep.value)):
         try:
-            importlib.import_module(pkg)
-        except ModuleNotFoundError as e:   # that capability is not in this build
-            if e.name != pkg:
-                raise
-    load_all()
+            obj = ep.load()
+            if callable(obj) and not isinstance(obj, type):
+                obj()              # a registration function; a module registered on import
+        except Exception as e:
+            detail = (str(e).strip().splitlines() or [""])[0]
+            err = LenetlabError(f"plugin {ep.name!r} (entry point {ep.value!r}, group {PLUGIN_GROUP}) failed "
+                                f"to load: {type(e).__name__}: {detail}")
+            err.plugin = ep.name
+            raise err from e
 
 
-OPTIONAL_PACKAGES = ("lenetlab.rules", "lenetlab.attacks", "lenetlab.faults", "lenetlab.compress", "lenetlab.quant")
+def _is_plugin_error(e: BaseException) -> bool:
+    return getattr(e, "plugin", None) is not None

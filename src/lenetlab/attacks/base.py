@@ -7,6 +7,12 @@ checks epsilon, seeds every random draw (random starts, Poisson encoding)
 without touching the global RNG, and projects the result onto the
 L-inf ball and [0, 1]; a subclass writes only :meth:`Attack.forward`.
 
+Options: an attack declares its options as a dataclass, ``Options`` (field
+name, type, default, ``metadata={"help": ...}``). ``make_attack`` checks the
+options against it (unknown name, wrong type: one clear error) and
+``lenetlab attack`` makes one flag per field (``step_size`` ->
+``--step-size``), so an attack added by an outside plugin gets its flags too.
+
 Gradient sources (``Target(grad_source=...)``):
 
 - ``autograd``: the true autograd graph (for ``lenet5_snn``: BPTT through the
@@ -28,6 +34,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenetlab.config import DataConfig
+from lenetlab.config import DataConfig, from_dict
 from lenetlab.data.transforms import from_unit
 from lenetlab.errors import LenetlabError
 
@@ -58,7 +65,7 @@ class Target:
         from lenetlab.rundir import load_model
 
         model, cfg = load_model(run_dir)
-        return cls(model, cfg.data, grad_source, cfg.train.rule, cfg.train.seed, name=str(run_dir))
+        return cls(model, cfg.data, grad_source, cfg.train.rule.name, cfg.train.seed, name=str(run_dir))
 
     def logits(self, x01: torch.Tensor) -> torch.Tensor:
         if hasattr(self.model, "reset_state"):
@@ -102,13 +109,19 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """An attack that takes no options."""
+
+
 class Attack:
-    """Subclasses set ``name``, ``needs_substitute`` and implement :meth:`forward` (x01, y -> x_adv)."""
+    """Subclasses set ``name``, ``needs_substitute``, ``Options`` and implement :meth:`forward` (x01, y -> x_adv)."""
 
     name = ""
     description = ""
     needs_substitute = False
     white_box = True        # uses the target's gradient
+    Options: type = NoOptions   # dataclass of the attack's options (its fields become `lenetlab attack` flags)
 
     def __init__(self, target: Target, eps: float, seed: int = 0, substitute: Target | None = None, **options: Any):
         if not 0.0 <= eps <= 1.0:
@@ -124,9 +137,18 @@ class Attack:
         return self.target if self.white_box else self.substitute
 
     def check_options(self, **options: Any) -> dict[str, Any]:
-        if options:
+        """``options`` parsed against :attr:`Options` (unknown names, wrong types: errors), then :meth:`validate`."""
+        known = [f.name for f in dataclasses.fields(self.Options)]
+        if options and not known:
             raise LenetlabError(f"attack {self.name!r} takes no options {sorted(options)}")
-        return {}
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise LenetlabError(f"attack {self.name!r} has no option {unknown[0]!r}; options: {', '.join(known)}")
+        return self.validate(dataclasses.asdict(from_dict(self.Options, options, where=f"attack.{self.name}")))
+
+    def validate(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Check values beyond their types and fill derived ones; returns what :meth:`forward` reads."""
+        return options
 
     def __call__(self, x01: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x01.ndim != 4:

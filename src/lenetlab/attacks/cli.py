@@ -4,42 +4,76 @@ Prints clean accuracy, adversarial accuracy and the attack success rate (of
 the correctly classified test images, the fraction the attack flips);
 ``--save-examples DIR`` writes the adversarial images as IDX (uint8, like
 MNIST), their labels, and a PNG grid of clean / adversarial pairs.
+
+The attack options (``--steps``, ``--lam``, ...) are not written here: each
+field of a registered attack's ``Options`` dataclass becomes one flag, so an
+attack from an outside plugin gets its flags with nothing to edit here.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import typing
 from pathlib import Path
+from typing import Any
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("attack", help="adversarial attacks: FGSM, PGD, black-box, hybrid (Lin & Sengupta 2025)")
     p.add_argument("run_dir")
-    p.add_argument("--attack", default="fgsm", help="fgsm | pgd | bb-fgsm | bb-pgd | hybrid (lenetlab list attacks)")
+    p.add_argument("--attack", default="fgsm", help="lenetlab list attacks (fgsm, pgd, bb-fgsm, bb-pgd, hybrid, ...)")
     p.add_argument("--eps", type=float, nargs="+", default=[0.1], help="L-inf budget(s) in [0,1] pixel units")
     p.add_argument("--substitute", metavar="RUN_DIR", help="substitute model for bb-* and hybrid")
     p.add_argument("--grad-source", default="autograd", choices=("autograd", "rule"),
                    help="target gradient: autograd (surrogate) or the run's learning-rule pathway")
-    p.add_argument("--steps", type=int, help="PGD / hybrid steps (default 10)")
-    p.add_argument("--step-size", type=float, help="PGD step size (default 2.5 eps / steps)")
-    p.add_argument("--lam", type=float, help="hybrid: weight of the substitute gradient (default 1)")
     p.add_argument("--limit", type=int, default=1000, metavar="N", help="first N test images (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-examples", metavar="DIR", help="write adversarial images (IDX) and a PNG grid here")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
-    p.set_defaults(func=cmd_attack)
+    fixed = {a.dest for a in p._actions}
+    options = option_fields()
+    g = p.add_argument_group("attack options (from each attack's Options; given only to attacks that declare them)")
+    for name, decls in options.items():
+        if name in fixed:
+            from lenetlab.errors import LenetlabError
+
+            raise LenetlabError(f"attack {decls[0][0]!r}: option {name!r} clashes with the fixed "
+                                f"`lenetlab attack` flag --{name.replace('_', '-')}")
+        g.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, **_flag(decls))
+    p.set_defaults(func=cmd_attack, attack_options=tuple(options))
+
+
+def option_fields() -> dict[str, list[tuple[str, dataclasses.Field, Any]]]:
+    """option name -> [(attack, field, resolved type)] over every registered attack's ``Options``."""
+    from lenetlab.registry import get, names
+
+    out: dict[str, list[tuple[str, dataclasses.Field, Any]]] = {}
+    for attack in names("attack"):
+        cls = get("attack", attack).Options
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            out.setdefault(f.name, []).append((attack, f, hints[f.name]))
+    return out
+
+
+def _flag(decls: list[tuple[str, dataclasses.Field, Any]]) -> dict[str, Any]:
+    """argparse settings for one option, declared by one or more attacks."""
+    attacks = ", ".join(a for a, _, _ in decls)
+    _, f, tp = decls[0]
+    help_text = f.metadata.get("help", f.name)
+    if all(t is bool for _, _, t in decls):
+        return {"action": argparse.BooleanOptionalAction, "help": f"{help_text} (default {f.default}) [{attacks}]"}
+    default = "" if f.default is None or f.default is dataclasses.MISSING else f" (default {f.default})"
+    # one parser for every declaring attack: a TOML literal (3, 0.5, "s"); the chosen attack checks the type
+    from lenetlab.config import parse_value
+
+    return {"type": parse_value, "metavar": f.name.upper(), "help": f"{help_text}{default} [{attacks}]"}
 
 
 def _options(a: argparse.Namespace) -> dict:
-    o = {}
-    if a.steps is not None:
-        o["steps"] = a.steps
-    if a.step_size is not None:
-        o["step_size"] = a.step_size
-    if a.lam is not None:
-        o["lam"] = a.lam
-    return o
+    return {k: getattr(a, k) for k in a.attack_options if getattr(a, k) is not None}
 
 
 def cmd_attack(a: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ the last iterate, as ART and most papers do).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -68,14 +69,23 @@ def pgd(target: Target, x01: torch.Tensor, y: torch.Tensor, eps: float, steps: i
     return best
 
 
+@dataclass(frozen=True)
+class PGDOptions:
+    steps: int = field(default=10, metadata={"help": "PGD / hybrid steps"})
+    step_size: float | None = field(default=None, metadata={"help": "PGD step size (default 2.5 eps / steps)"})
+    random_start: bool = field(default=True, metadata={"help": "start uniformly in the eps-ball"})
+    keep_best: bool = field(default=True, metadata={"help": "keep each image's best iterate (else the last)"})
+
+
 @register("attack", "pgd")
 class PGD(Attack):
     """Projected gradient descent: random start, `steps` signed steps, best iterate kept."""
 
     name = "pgd"
     description = "projected gradient descent: random start, `steps` signed steps, best iterate kept"
+    Options = PGDOptions
 
-    def check_options(self, **options):
+    def validate(self, options):
         return pgd_options(self.eps, **options)
 
     def forward(self, x01, y, gen):

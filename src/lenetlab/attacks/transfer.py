@@ -16,10 +16,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from lenetlab.attacks.base import Attack
-from lenetlab.attacks.gradient import FGSM, PGD, pgd, pgd_options
+from lenetlab.attacks.gradient import FGSM, PGD, PGDOptions, pgd, pgd_options
 from lenetlab.errors import LenetlabError
 from lenetlab.registry import register
 
@@ -48,6 +50,12 @@ def _unit(g: torch.Tensor) -> torch.Tensor:
     return g / g.abs().flatten(1).mean(1).clamp_min(1e-30).view(-1, *([1] * (g.ndim - 1)))
 
 
+@dataclass(frozen=True)
+class HybridOptions(PGDOptions):
+    lam: float = field(default=1.0, metadata={"help": "hybrid: weight of the substitute gradient"})
+    transfer_steps: int = field(default=10, metadata={"help": "hybrid: PGD steps on the substitute for the start"})
+
+
 @register("attack", "hybrid")
 class Hybrid(Attack):
     """Transfer from the BP substitute, then PGD along target + lam * substitute gradients."""
@@ -55,11 +63,13 @@ class Hybrid(Attack):
     name = "hybrid"
     description = "transfer from the BP substitute, then PGD along target + lam * substitute gradients"
     needs_substitute = True
+    Options = HybridOptions
 
-    def check_options(self, lam: float = 1.0, transfer_steps: int = 10, **pgd_opts):
+    def validate(self, options):
+        lam, transfer_steps = options.pop("lam"), options.pop("transfer_steps")
         if not lam >= 0:
             raise LenetlabError(f"hybrid lam must be >= 0, got {lam}")
-        o = pgd_options(self.eps, **pgd_opts)
+        o = pgd_options(self.eps, **options)
         if not isinstance(transfer_steps, int) or transfer_steps < 1:
             raise LenetlabError(f"hybrid transfer_steps must be a positive integer, got {transfer_steps}")
         return {**o, "lam": float(lam), "transfer_steps": transfer_steps}

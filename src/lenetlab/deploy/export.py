@@ -13,7 +13,6 @@ Example::
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from lenetlab.fileio import atomic_write_bytes, atomic_write_json
 from lenetlab.registry import get, names, register
 
 CALIBRATION_IMAGES = 2000   # first N training images calibrate int8 scales
-_MODULES = ("lenetlab.deploy.c_runtime", "lenetlab.deploy.web", "lenetlab.deploy.onnx_export")
 
 
 @dataclass
@@ -74,17 +72,8 @@ class FlatExporter(Exporter):
         return [path, meta]
 
 
-def _load_exporters() -> None:
-    for mod in _MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:   # a format whose module is not part of this build
-            if e.name != mod:
-                raise
-
-
 def formats() -> list[str]:
-    _load_exporters()
+    """The registered export formats (each module is listed in :data:`lenetlab.catalogue.BUILTINS`)."""
     return names("exporter")
 
 
@@ -107,7 +96,6 @@ def export(run_dir: str | Path, fmt: str, int8: bool = False, out: str | Path | 
     from lenetlab.rundir import load_model, require_run
 
     run = require_run(run_dir)
-    _load_exporters()
     cls = get("exporter", fmt)
     model, cfg = load_model(run)
     model.eval()
