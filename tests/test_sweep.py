@@ -54,11 +54,15 @@ def lines(path: Path) -> int:
     return path.read_text().count("\n") if path.exists() else 0
 
 
-def wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+# waits end when the sweep gets there; HANG_S only keeps a hung sweep from hanging the suite (not a speed bound)
+HANG_S = 600
+
+
+def wait_for_lines(path: Path, n: int, proc: subprocess.Popen) -> None:
     t0 = time.time()
     while lines(path) < n:
         assert proc.poll() is None, f"sweep ended early: {proc.communicate()}"
-        assert time.time() - t0 < timeout, "sweep too slow"
+        assert time.time() - t0 < HANG_S, f"sweep hung: {lines(path)} of {n} lines after {HANG_S} s"
         time.sleep(0.05)
 
 
@@ -152,7 +156,7 @@ def test_resume_after_sigterm(tmp_path):
     p = start_sweep(toml, out, "--workers", "1")
     wait_for_lines(out / "trials.jsonl", 3, p)
     p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=30)
+    _, err = p.communicate(timeout=HANG_S)
     assert p.returncode == 130 and "Run the same command again" in err
     done = lines(out / "trials.jsonl")
     assert 3 <= done < 12
@@ -169,7 +173,7 @@ def test_resume_after_sigkill_with_real_training(tmp_path):
     try:
         wait_for_lines(out / "trials.jsonl", 2, p)
         p.kill()
-        p.wait(timeout=10)
+        p.wait(timeout=HANG_S)
         # the pool workers die with their parent (PR_SET_PDEATHSIG), not finishing orphaned trials
         t0 = time.time()
         while True:
@@ -177,7 +181,7 @@ def test_resume_after_sigkill_with_real_training(tmp_path):
                 os.killpg(p.pid, 0)
             except ProcessLookupError:
                 break
-            assert time.time() - t0 < 120, "workers outlived the killed sweep"
+            assert time.time() - t0 < HANG_S, "workers outlived the killed sweep"
             time.sleep(0.1)
     finally:
         try:
