@@ -148,6 +148,15 @@ def test_difference_on_shared_images_is_paired_image_by_image():
     assert loose.hi - loose.lo > 2 * (d.hi - d.lo)
 
 
+def test_per_image_scores_averaged_over_draws():
+    """Correctness averaged over noise draws (a score in [0, 1] per image) on shared images: the estimate is
+    the mean score, and the images' spread is in the interval."""
+    rng = np.random.default_rng(3)
+    draws = [(rng.random((8, 500)) < 0.7).mean(axis=0) for _ in range(3)]     # 8 noise draws, 3 seeds
+    e = stats.bootstrap_accuracy(draws)
+    assert e.value == pytest.approx(np.mean(draws)) and e.lo < e.value < e.hi and e.hi - e.lo < 0.1
+
+
 def test_ratio_of_means():
     r = stats.bootstrap_ratio([2.0, 2.2, 1.8], [1.0, 1.1, 0.9], paired=True)
     assert r.value == pytest.approx(2.0) and r.lo == pytest.approx(2.0) and r.hi == pytest.approx(2.0)
@@ -158,8 +167,12 @@ def test_ratio_of_means():
 def test_bad_samples_are_rejected():
     with pytest.raises(ValueError, match="mixes kinds"):
         stats.bootstrap_accuracy([(9, 10), 0.9])
-    with pytest.raises(ValueError, match="only 0/1"):
+    with pytest.raises(ValueError, match=r"lie in \[0, 1\]"):
         stats.bootstrap_accuracy([np.array([0, 2, 1])])
+    with pytest.raises(ValueError, match="need the same images"):
+        stats.bootstrap_accuracy([np.array([0, 0.5, 1]), np.array([0.5, 1])])
+    with pytest.raises(ValueError, match="same_images=False needs 0/1"):
+        stats.bootstrap_accuracy([np.array([0, 0.5, 1])] * 3, same_images=False)
     with pytest.raises(ValueError, match="non-empty"):
         stats.bootstrap_accuracy([])
     with pytest.raises(ValueError, match="differ in length"):

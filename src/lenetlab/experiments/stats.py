@@ -31,7 +31,8 @@ a report):
 Per-seed samples, the input of the bootstrap estimators, come in three kinds
 (all samples of one group must be of one kind):
 
-- a 0/1 (or bool) vector per seed - the per-image correctness. Vectors of
+- a 0/1 (or bool) vector per seed - the per-image correctness (or a score
+  in [0, 1] per image, e.g. the correctness averaged over noise draws). Vectors of
   equal length are taken to be the *same* test images in the same order: one
   image resample is drawn per bootstrap replicate and shared by every seed and
   group, so the test-set sampling error that all seeds share is in the
@@ -269,13 +270,18 @@ def _group(samples: Sequence[Any], name: str) -> _Group:
     vecs = [np.asarray(s) for s in samples]
     if any(v.ndim != 1 or len(v) == 0 for v in vecs):
         raise ValueError(f"{name}: every correctness vector must be 1-D and non-empty")
-    if any(not np.isin(v, (0, 1)).all() for v in vecs):
-        raise ValueError(f"{name}: correctness vectors must hold only 0/1 (or bools)")
-    k = np.array([int(v.sum()) for v in vecs], dtype=np.int64)
+    vecs = [v.astype(np.float64) for v in vecs]
+    if any(not ((v >= 0) & (v <= 1)).all() for v in vecs):
+        raise ValueError(f"{name}: per-image scores must lie in [0, 1] (0/1 correctness, or its mean over draws)")
+    k = np.array([v.sum() for v in vecs])
     n = np.array([len(v) for v in vecs], dtype=np.int64)
-    if len(set(n.tolist())) > 1:     # different images per seed: only their counts can be resampled
-        return _Group("counts", k / n, k, n)
-    return _Group("images", k / n, k, n, np.stack(vecs).astype(np.float32))
+    if len(set(n.tolist())) == 1:
+        return _Group("images", k / n, k, n, np.stack(vecs).astype(np.float32))
+    # different images per seed: only their counts can be resampled, which needs whole counts
+    if any(not np.isin(v, (0, 1)).all() for v in vecs):
+        raise ValueError(f"{name}: vectors of different lengths must hold 0/1 correctness (their counts are "
+                         "resampled); per-image scores between 0 and 1 need the same images for every seed")
+    return _Group("counts", k / n, k.astype(np.int64), n)
 
 
 def _replicates(groups: list[_Group], paired: bool, same_images: bool, n_boot: int, seed: int) -> list[np.ndarray]:
@@ -304,8 +310,11 @@ def _replicates(groups: list[_Group], paired: bool, same_images: bool, n_boot: i
         if g.kind == "values":
             out[i] = u @ g.point / g.seeds
         elif i not in shared_idx:
+            if g.kind == "images" and not np.isin(g.matrix, (0, 1)).all():
+                raise ValueError("same_images=False needs 0/1 correctness vectors: per-image scores between 0 "
+                                 "and 1 can only be resampled on shared images")
             # a seed drawn u times contributes u independent image resamples: Binomial(u * n, p) correct
-            draws = rng.binomial((u * g.n).astype(np.int64), np.broadcast_to(g.point, u.shape))
+            draws = rng.binomial((u * g.n).astype(np.int64), np.broadcast_to(g.k / g.n, u.shape))
             out[i] = (draws / g.n).sum(axis=1) / g.seeds
     if shared_idx:   # one image resample per replicate, seen by every seed of every shared group
         n_img = shared[0].matrix.shape[1]
