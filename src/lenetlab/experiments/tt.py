@@ -68,7 +68,7 @@ class TensorNetworkStudy(Experiment):
     accepts_options = True
 
     def run(self, ctx: Context) -> Result:
-        from lenetlab.compress.cli import compress_run
+        from lenetlab.compress.run import compress_run
         from lenetlab.data import load_splits
         from lenetlab.rundir import load_model
         from lenetlab.train import fit
