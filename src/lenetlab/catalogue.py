@@ -51,6 +51,8 @@ BUILTINS: tuple[str, ...] = (
     "lenetlab.experiments.snn",
     "lenetlab.experiments.tt",
     "lenetlab.experiments.matrix",
+    "lenetlab.experiments.deploy",
+    "lenetlab.experiments.lenet5",
 )
 
 # Modules that own ``lenetlab`` subcommands: each defines ``add_commands(subparsers)``.
