@@ -143,7 +143,7 @@ def test_train_with_qat_and_noise_saves_plain_model(tmp_path):
              "train": {"epochs": 1, "qat_bits": 6, "act_scale": 0.5, "train_noise": 0.2, "train_noise_ramp": 0.5}}
     r = fit(resolve("fast", "lenet5", overrides=small), out=tmp_path / "run", log=None, progress=False)
     model, cfg = load_model(tmp_path / "run")
-    assert cfg.train.qat_bits == 6 and list(model.state_dict()) == list(create_model("lenet5").state_dict())
+    assert cfg.train.hardening.qat_bits == 6 and list(model.state_dict()) == list(create_model("lenet5").state_dict())
     assert 0 <= r["test_accuracy"] <= 1
     code = main(["noise", "eval", str(tmp_path / "run"), "--sigma", "0", "0.1", "--draws", "2", "--limit", "100",
                  "--json"])
@@ -151,10 +151,10 @@ def test_train_with_qat_and_noise_saves_plain_model(tmp_path):
 
 
 def test_noise_ramp():
-    from lenetlab.config import TrainConfig
+    from lenetlab.config import HardeningConfig, TrainConfig
 
     model = create_model("lenet5")
-    h = harden(model, TrainConfig(train_noise=0.4, train_noise_ramp=0.5), total_steps=100)
+    h = harden(model, TrainConfig(hardening=HardeningConfig(sigma=0.4, ramp=0.5)), total_steps=100)
     h.step(0)
     assert h.noise.sigma == 0.0
     h.step(25)
@@ -175,7 +175,7 @@ def test_noise_ramp():
     (["noise", "eval", "RUN", "--sigma", "0.1", "--draws", "0"], "draws"),
     (["train", "--qat-bits", "1", "--out", "OUT"], "2..16"),
     (["train", "--qat-bits", "17", "--out", "OUT"], "2..16"),
-    (["train", "--train-noise", "-1", "--out", "OUT"], "train_noise"),
+    (["train", "--train-noise", "-1", "--out", "OUT"], "hardening.sigma"),
     (["train", "--qat-bits", "8", "--act-scale", "0", "--out", "OUT"], "scale"),
 ])
 def test_cli_bad_input(argv, needle, small_run, tmp_path, capsys):

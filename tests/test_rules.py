@@ -238,10 +238,10 @@ def test_bad_rule_input():
         attach_rule(m, "xfa")
     with pytest.raises(LenetlabError, match="lenet5_snn; got lenet5_classic"):
         attach_rule(create_model("lenet5_classic"), "fa")
-    from lenetlab.config import TrainConfig
+    from lenetlab.config import RuleConfig, TrainConfig, ZOConfig
 
     with pytest.raises(LenetlabError, match="cannot be combined with train.method 'zo'"):
-        attach_rule(m, TrainConfig(rule="dfa", method="zo"))
+        attach_rule(m, TrainConfig(rule=RuleConfig("dfa"), zo=ZOConfig(method="zo")))
 
 
 def test_rule_trains_and_saves_a_plain_model(tmp_path):
@@ -254,7 +254,7 @@ def test_rule_trains_and_saves_a_plain_model(tmp_path):
     s = fit(cfg, out=tmp_path / "r", log=None, progress=False)
     assert s["test_accuracy"] > 0.5              # chance is 0.1; LE learns
     model, cfg2 = load_model(tmp_path / "r")
-    assert cfg2.train.rule == "le"
+    assert cfg2.train.rule.name == "le"
     assert not model._forward_hooks
 
 

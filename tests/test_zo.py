@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from lenetlab.config import DataConfig, TrainConfig
+from lenetlab.config import DataConfig, TrainConfig, ZOConfig
 from lenetlab.errors import LenetlabError
 from lenetlab.models import create_model
 from lenetlab.train import fit
@@ -107,13 +107,13 @@ def test_clipped_update_is_minus_lr_clamped_g_z():
 
 
 def test_make_stepper_defaults_for_zo():
-    """Without train.zo_lr the ZO part peaks at DEFAULT_ZO_LR (whatever train.lr is), with the default clip."""
+    """Without train.zo.lr the ZO part peaks at DEFAULT_ZO_LR (whatever train.lr is), with the default clip."""
     m = create_model("lenet5")
     for lr in (1e-3, 6e-3):
-        tc = TrainConfig(method="zo", lr=lr)
+        tc = TrainConfig(zo=ZOConfig(method="zo"), lr=lr)
         st = make_stepper(m, tc, F.cross_entropy, torch.optim.SGD(m.parameters(), lr=lr))
         assert st.zo_lr_scale * lr == pytest.approx(DEFAULT_ZO_LR) and st.clip == DEFAULT_ZO_CLIP
-    st = make_stepper(m, TrainConfig(method="zo", lr=1e-3, zo_lr=1e-4), F.cross_entropy,
+    st = make_stepper(m, TrainConfig(zo=ZOConfig(method="zo", lr=1e-4), lr=1e-3), F.cross_entropy,
                       torch.optim.SGD(m.parameters(), lr=1e-3))
     assert st.zo_lr_scale * 1e-3 == pytest.approx(1e-4)
     with pytest.raises(LenetlabError, match="clip must be positive"):
@@ -163,11 +163,11 @@ def test_fit_with_zo_methods_writes_a_usable_run(tmp_path):
 
 
 @pytest.mark.parametrize("train,match", [
-    ({"method": "nope"}, "unknown train.method 'nope'; choose from: bp, zo, elasticzo, elasticzo-int8"),
-    ({"method": "elasticzo", "zo_layers": 6}, r"zo_layers must be in \[0, 5\]"),
-    ({"method": "zo", "zo_eps": 0.0}, "zo_eps must be positive"),
-    ({"method": "zo", "zo_q": 0}, "zo_q must be >= 1"),
-    ({"method": "elasticzo-int8", "zo_layers": 1}, r"zo_layers must be in \[2, 5\]"),
+    ({"method": "nope"}, "unknown train.zo.method 'nope'; choose from: bp, zo, elasticzo, elasticzo-int8"),
+    ({"method": "elasticzo", "zo_layers": 6}, r"zo.layers must be in \[0, 5\]"),
+    ({"zo": {"method": "zo", "eps": 0.0}}, "zo.eps must be positive"),
+    ({"method": "zo", "zo_q": 0}, "zo.q must be >= 1"),
+    ({"method": "elasticzo-int8", "zo_layers": 1}, r"zo.layers must be in \[2, 5\]"),
 ])
 def test_bad_zo_config_is_a_clean_error(train, match):
     cfg = resolve("fast", overrides={**TINY, "train": {**TINY["train"], **train}})
@@ -177,4 +177,4 @@ def test_bad_zo_config_is_a_clean_error(train, match):
 
 def test_zo_config_fields_exist():
     tc = TrainConfig()
-    assert (tc.method, tc.zo_layers, tc.zo_q) == ("bp", None, 1)
+    assert (tc.zo.method, tc.zo.layers, tc.zo.q) == ("bp", None, 1)

@@ -23,14 +23,12 @@ def _console():
 
 # ---------------------------------------------------------------- train
 def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
-    from lenetlab.config import apply_override
+    from lenetlab.config import TrainConfig, apply_override, section_overrides
 
     o: dict[str, Any] = {}
     train = {k: v for k, v in (("epochs", a.epochs), ("seed", a.seed), ("batch_size", a.batch_size),
-                               ("lr", a.lr), ("stop_at_accuracy", a.stop_at), ("qat_bits", a.qat_bits),
-                               ("act_scale", a.act_scale), ("train_noise", a.train_noise), ("method", a.method),
-                               ("zo_layers", a.zo_layers), ("zo_eps", a.eps), ("zo_q", a.q), ("zo_lr", a.zo_lr),
-                               ("rule", a.rule)) if v is not None}
+                               ("lr", a.lr), ("stop_at_accuracy", a.stop_at)) if v is not None}
+    train.update(section_overrides(a, TrainConfig))   # the training plugins' options (--zo-eps, --rule, ...)
     if train:
         o["train"] = train
     data = {k: v for k, v in (("dataset", a.dataset), ("data_dir", a.data_dir)) if v is not None}
@@ -354,15 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", help="mnist | fashion_mnist | kmnist")
     t.add_argument("--data-dir", help="folder with dataset IDX files (else $LENETLAB_DATA)")
     t.add_argument("--stop-at", type=float, metavar="ACC", help="stop once test accuracy >= ACC (0..1)")
-    t.add_argument("--qat-bits", type=int, metavar="B", help="constant-scale QAT at B bits (2..16)")
-    t.add_argument("--act-scale", type=float, metavar="S", help="QAT constant activation scale (default 1)")
-    t.add_argument("--train-noise", type=float, metavar="SIGMA", help="noisy training: sigma after every layer")
-    t.add_argument("--method", help="bp (default) | zo | elasticzo | elasticzo-int8: training without backprop")
-    t.add_argument("--zo-layers", type=int, metavar="N", help="ElasticZO cutoff: first N weight layers by ZO")
-    t.add_argument("--eps", type=float, help="SPSA perturbation size (default 1e-3)")
-    t.add_argument("--q", type=int, help="SPSA perturbations per step (default 1)")
-    t.add_argument("--zo-lr", type=float, help="peak learning rate of the ZO layers (default 5e-3)")
-    t.add_argument("--rule", help="learning rule: bp (default) | fa | dfa | le (lenetlab list rules)")
+    from lenetlab.config import TrainConfig, add_section_flags
+
+    add_section_flags(t, TrainConfig)   # --<section>-<option> of every training plugin's config section
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. train.lr=0.01")
     t.add_argument("--out", required=True, help="run directory to write")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

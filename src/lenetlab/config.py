@@ -17,6 +17,7 @@ import dataclasses
 import sys
 import types
 import typing
+from argparse import SUPPRESS
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,27 +70,104 @@ class TrainConfig:
     eval_test_every_epoch: bool = True
     stop_at_accuracy: float | None = None  # stop once test accuracy >= this (benchmarks)
     grad_norms: bool = True       # log per-layer gradient norms (epoch means) to metrics.jsonl
-    # schedule = "lb-restart" (Berngardt 2023): LB = p - k sqrt(p(1-p)/N) on the validation set
-    lb_k: float = 2.0
-    lb_patience: int = 3          # epochs without a better LB before a restart
-    lb_lr_divisor: float = 3.0    # lr /= this at each restart (Adam is re-created)
-    lb_min_lr: float = 1e-5       # stop once lr < this; `epochs` stays the upper bound
-    # noise hardening (Wang et al. 2025, PAPERS.md section 2; lenetlab.noise)
-    qat_bits: int | None = None   # constant-scale QAT at this bit width (2..16); None = float training
-    act_scale: float = 1.0        # QAT: the constant activation scale s
-    train_noise: float = 0.0      # noisy training: sigma of the noise after every layer (0 = off)
-    train_noise_ramp: float = 0.0  # fraction of training over which sigma ramps up linearly from 0
-    noise_relative: bool = False  # noisy training: sigma times max|y| of each site
-    noise_sites: str = "all"      # noisy training: "all" or a comma list of input,conv,act,pool,linear
-    # training without backprop (ElasticZO, PAPERS.md section 3; lenetlab.train.zeroth_order)
-    method: str = "bp"            # bp | zo | elasticzo | elasticzo-int8
-    zo_layers: int | None = None  # ElasticZO cutoff: the first N weight layers trained by ZO (None: all for zo)
-    zo_eps: float = 1e-3          # SPSA perturbation size
-    zo_q: int = 1                 # SPSA perturbations per step
-    zo_lr: float | None = None    # peak learning rate of the ZO layers (None: 5e-3), scheduled like lr
-    zo_clip: float | None = 0.3   # clip the SPSA projected gradient g to +-this (None: no clip, the paper's rule)
-    # local learning rules (Lin & Sengupta 2025, PAPERS.md section 1; lenetlab.rules)
-    rule: str = "bp"              # bp | fa | dfa | le
+    # the training plugins' own sections (lenetlab.train.plugins); each is off by default
+    hardening: HardeningConfig = field(default_factory=lambda: HardeningConfig())
+    rule: RuleConfig = field(default_factory=lambda: RuleConfig())
+    zo: ZOConfig = field(default_factory=lambda: ZOConfig())
+    lb: LBConfig = field(default_factory=lambda: LBConfig())
+
+    @staticmethod
+    def upgrade_dict(data: dict[str, Any]) -> dict[str, Any]:
+        """Map the flat keys of older configs (``qat_bits``, ``method``, ``zo_eps``, ``lb_k``, ``rule = "fa"``
+        ...) onto their sections, so old run directories and TOML files keep loading."""
+        return upgrade_train_dict(data)
+
+
+@dataclass
+class HardeningConfig:
+    """QAT and noisy training (Wang et al. 2025, docs/papers/noise.md; plugin ``hardening``, lenetlab.noise)."""
+
+    qat_bits: int | None = field(default=None, metadata={
+        "flags": ("--qat-bits",), "help": "constant-scale QAT at this bit width (2..16); none = float training"})
+    act_scale: float = field(default=1.0, metadata={
+        "flags": ("--act-scale",), "help": "QAT: the constant activation scale s"})
+    sigma: float = field(default=0.0, metadata={
+        "flags": ("--train-noise",), "help": "noisy training: sigma of the noise after every layer (0 = off)"})
+    ramp: float = field(default=0.0, metadata={
+        "help": "noisy training: fraction of training over which sigma ramps up linearly from 0"})
+    relative: bool = field(default=False, metadata={"help": "noisy training: sigma times max|y| of each site"})
+    sites: str = field(default="all", metadata={
+        "help": 'noisy training: "all" or a comma list of input,conv,act,pool,linear'})
+
+
+@dataclass
+class RuleConfig:
+    """Local learning rule (Lin & Sengupta 2025, docs/papers/snn-attacks.md; plugin ``rule``, lenetlab.rules)."""
+
+    name: str = field(default="bp", metadata={
+        "flags": ("--rule",), "help": "learning rule: bp (off) | fa | dfa | le (lenetlab list rules)"})
+
+
+@dataclass
+class ZOConfig:
+    """Training without (full) backprop (ElasticZO, docs/papers/zo.md; plugin ``zo``, lenetlab.train.zeroth_order)."""
+
+    method: str = field(default="bp", metadata={
+        "flags": ("--method",), "help": "bp (off) | zo | elasticzo | elasticzo-int8: training without backprop"})
+    layers: int | None = field(default=None, metadata={
+        "help": "ElasticZO cutoff: the first N weight layers trained by ZO (none: all for zo, all but one else)"})
+    eps: float = field(default=1e-3, metadata={"flags": ("--eps",), "help": "SPSA perturbation size"})
+    q: int = field(default=1, metadata={"flags": ("--q",), "help": "SPSA perturbations per step"})
+    lr: float | None = field(default=None, metadata={
+        "help": "peak learning rate of the ZO layers (none: 5e-3), scheduled like train.lr"})
+    clip: float | None = field(default=0.3, metadata={
+        "help": "clip the SPSA projected gradient to +-this (none: no clip, the paper's rule)"})
+
+
+@dataclass
+class LBConfig:
+    """Lower-bound restarts, on with ``train.schedule = "lb-restart"`` (Berngardt 2023, docs/papers/abs.md).
+
+    LB = p - k sqrt(p(1-p)/N) on the validation set (plugin ``lb-restart``, lenetlab.train.lb_restart).
+    """
+
+    k: float = field(default=2.0, metadata={"help": "LB = p - k sqrt(p(1-p)/N)"})
+    patience: int = field(default=3, metadata={"help": "epochs without a better LB before a restart"})
+    lr_divisor: float = field(default=3.0, metadata={"help": "lr /= this at each restart (fresh optimiser)"})
+    min_lr: float = field(default=1e-5, metadata={"help": "stop once lr < this; train.epochs stays the upper bound"})
+
+
+# older configs kept these flat in [train]: key -> (section, field)
+LEGACY_TRAIN_KEYS = {
+    "qat_bits": ("hardening", "qat_bits"), "act_scale": ("hardening", "act_scale"),
+    "train_noise": ("hardening", "sigma"), "train_noise_ramp": ("hardening", "ramp"),
+    "noise_relative": ("hardening", "relative"), "noise_sites": ("hardening", "sites"),
+    "method": ("zo", "method"), "zo_layers": ("zo", "layers"), "zo_eps": ("zo", "eps"), "zo_q": ("zo", "q"),
+    "zo_lr": ("zo", "lr"), "zo_clip": ("zo", "clip"),
+    "lb_k": ("lb", "k"), "lb_patience": ("lb", "patience"), "lb_lr_divisor": ("lb", "lr_divisor"),
+    "lb_min_lr": ("lb", "min_lr"),
+}
+
+
+def upgrade_train_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``train`` table with the flat keys of older configs moved into their sections (a new dict).
+
+    ``rule = "fa"`` becomes ``rule = {name = "fa"}``. A flat key wins over the same key in its section
+    of the same table (a file is one layer; presets.resolve upgrades each layer before merging them).
+    """
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    if isinstance(out.get("rule"), str):
+        out["rule"] = {"name": out["rule"]}
+    for old, (section, key) in LEGACY_TRAIN_KEYS.items():
+        if old in out:
+            value = out.pop(old)
+            table = out.get(section)
+            table = dict(table) if isinstance(table, dict) else {}
+            table[key] = value
+            out[section] = table
+    return out
 
 
 @dataclass
@@ -144,6 +222,9 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types are errors."""
     if not isinstance(data, dict):
         raise LenetlabError(f"config {where or cls.__name__}: expected a table, got {type(data).__name__}")
+    upgrade = getattr(cls, "upgrade_dict", None)
+    if upgrade is not None:
+        data = upgrade(data)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
@@ -223,4 +304,55 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
             out[k] = deep_merge(out[k], v)
         else:
             out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------
+# CLI flags generated from a config's dataclass sections (the train plugins' options)
+
+
+def _flag_value(tp: Any) -> Any:
+    """An argparse ``type``: a TOML literal (typed later by from_dict); ``none`` -> None where None is allowed."""
+    allows_none = type(None) in typing.get_args(tp)
+
+    def convert(text: str) -> Any:
+        if allows_none and text.strip().lower() == "none":
+            return None
+        return parse_value(text)
+
+    convert.__name__ = _type_name(tp)   # argparse names the type in its error message
+    return convert
+
+
+def section_fields(cls: type) -> list[tuple[str, dataclasses.Field, Any]]:
+    """(section name, field, type) for every field of every dataclass-typed field of ``cls``."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            sub = typing.get_type_hints(tp)
+            out += [(f.name, g, sub[g.name]) for g in dataclasses.fields(tp)]
+    return out
+
+
+def add_section_flags(parser: Any, cls: type) -> None:
+    """``--<section>-<field>`` for every section field of ``cls`` (plus the aliases in its metadata ``flags``)."""
+    for section, f, tp in section_fields(cls):
+        flags = [f"--{section}-{f.name}".replace("_", "-")]
+        flags += [a for a in f.metadata.get("flags", ()) if a not in flags]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        # SUPPRESS: the attribute exists only when the flag is given, so "--zo-clip none" can set None
+        parser.add_argument(*flags, dest=f"section__{section}__{f.name}", type=_flag_value(tp), default=SUPPRESS,
+                            metavar=_type_name(tp).split(" |")[0].upper(),
+                            help=f"{f.metadata.get('help', '')} (default {default})".strip())
+
+
+def section_overrides(args: Any, cls: type) -> dict[str, Any]:
+    """The section values given on the command line, as ``{section: {field: value}}``."""
+    out: dict[str, Any] = {}
+    for section, f, _ in section_fields(cls):
+        dest = f"section__{section}__{f.name}"
+        if hasattr(args, dest):
+            out.setdefault(section, {})[f.name] = getattr(args, dest)
     return out

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from lenetlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from lenetlab.config import DataConfig, LBConfig, ModelConfig, RunConfig, TrainConfig
 from lenetlab.experiments.base import Claim, Context, Experiment, Result
 from lenetlab.registry import register
 
@@ -62,7 +62,7 @@ def run_config(act: str, width: float, schedule: str, seed: int, s: dict[str, An
                       test_subset=s.get("test_subset"))
     train = TrainConfig(epochs=s["epochs"], batch_size=128, optimizer="adam", lr=1e-3, seed=seed,
                         schedule="lb-restart" if schedule == "lb-restart" else "constant",
-                        lb_k=2.0, lb_patience=2, lb_lr_divisor=3.0, lb_min_lr=1e-5,
+                        lb=LBConfig(k=2.0, patience=2, lr_divisor=3.0, min_lr=1e-5),
                         eval_test_every_epoch=False, grad_norms=False)
     return RunConfig(model=ModelConfig("lenet5", {"activation": act, "width": width}), data=data, train=train)
 

@@ -57,7 +57,8 @@ def cmd_noise_eval(a: argparse.Namespace) -> int:
                           "test_images": len(splits.test_x), "rows": rows}))
         return 0
     mode = "relative" if a.relative else "absolute"
-    print(f"{cfg.model.name} ({'QAT %d-bit, s=%g' % (cfg.train.qat_bits, cfg.train.act_scale) if qat else 'float'})"
+    h = cfg.train.hardening
+    print(f"{cfg.model.name} ({'QAT %d-bit, s=%g' % (h.qat_bits, h.act_scale) if qat else 'float'})"
           f", {mode} noise at {','.join(sites)}, {len(splits.test_x)} test images, {a.draws} draws")
     for r in rows:
         print(f"  sigma {r['sigma']:<10g} accuracy {100 * r['accuracy_mean']:6.2f}% +- {100 * r['accuracy_std']:.2f}")

@@ -1,10 +1,18 @@
-"""The one step ``fit`` takes to train with QAT and/or noise on (PAPERS.md section 2).
+"""Training with QAT and/or noise on: the ``hardening`` trainer plugin (Wang et al. 2025, docs/papers/noise.md).
 
-:func:`harden` reads ``TrainConfig.qat_bits / act_scale / train_noise /
-train_noise_ramp / noise_relative / noise_sites`` and puts the fake-quant and the noise hooks
+:func:`harden` reads the ``train.hardening`` section (:class:`~lenetlab.config.HardeningConfig`:
+``qat_bits / act_scale / sigma / ramp / relative / sites``) and puts the fake-quant and the noise hooks
 on the model (fake-quant first, so noise lands on the quantised values, as on
 analog hardware). Noise is on in training mode only, so ``fit``'s validation
 and test numbers are clean (but fake-quantised for a QAT run).
+:class:`HardeningPlugin` is how ``fit`` uses it: hooks on at setup, the sigma
+ramp per step, hooks off before the model is saved. Its state, saved in every
+checkpoint, is the noise generator's (the ramp is a function of the step).
+
+Example::
+
+    lenetlab train --qat-bits 4 --out runs/qat4
+    lenetlab train --train-noise 0.1 --hardening-ramp 0.5 --out runs/noisy
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from torch import nn
 from lenetlab.errors import LenetlabError
 from lenetlab.noise.inject import SITES, NoiseInjector, check_sigma, check_sites
 from lenetlab.noise.qat import QATWrapper, check_bits, check_scale
+from lenetlab.registry import register
+from lenetlab.train.plugins import TrainContext, TrainerPlugin
 
 
 class Hardening:
@@ -39,35 +49,72 @@ class Hardening:
 
 
 def noise_sites(text: str) -> tuple[str, ...]:
-    """``train.noise_sites``: "all" or a comma list of site kinds (checked)."""
+    """``train.hardening.sites``: "all" or a comma list of site kinds (checked)."""
     if str(text).strip() == "all":
         return SITES
     return check_sites([t.strip() for t in str(text).split(",") if t.strip()] or ["(none)"])
 
 
+def _section(tc: Any) -> Any:
+    """The hardening section of a TrainConfig (or the section itself)."""
+    return getattr(tc, "hardening", tc)
+
+
 def apply_eval_qat(model: nn.Module, tc: Any) -> QATWrapper | None:
-    """Fake-quant as the run was trained with (None for a float run)."""
-    bits = getattr(tc, "qat_bits", None)
-    return None if bits is None else QATWrapper(model, bits, getattr(tc, "act_scale", 1.0))
+    """Fake-quant as the run was trained with (None for a float run). ``tc``: a TrainConfig or its section."""
+    h = _section(tc)
+    return None if h.qat_bits is None else QATWrapper(model, h.qat_bits, h.act_scale)
 
 
 def harden(model: nn.Module, tc: Any, total_steps: int) -> Hardening | None:
     """Wrap ``model`` per the train config; None when neither QAT nor training noise is asked for."""
-    bits = getattr(tc, "qat_bits", None)
-    sigma = check_sigma(getattr(tc, "train_noise", 0.0), "train.train_noise")
-    ramp = float(getattr(tc, "train_noise_ramp", 0.0))
+    h = _section(tc)
+    sigma = check_sigma(h.sigma, "train.hardening.sigma")
+    ramp = float(h.ramp)
     if not 0.0 <= ramp <= 1.0:
-        raise LenetlabError(f"train.train_noise_ramp must be a fraction in [0, 1], got {ramp}")
-    sites = noise_sites(getattr(tc, "noise_sites", "all"))
-    if bits is not None:
-        check_bits(bits)
-    check_scale(getattr(tc, "act_scale", 1.0))
-    if bits is None and sigma == 0:
+        raise LenetlabError(f"train.hardening.ramp must be a fraction in [0, 1], got {ramp}")
+    sites = noise_sites(h.sites)
+    if h.qat_bits is not None:
+        check_bits(h.qat_bits)
+    check_scale(h.act_scale)
+    if h.qat_bits is None and sigma == 0:
         return None
-    qat = apply_eval_qat(model, tc)
+    qat = apply_eval_qat(model, h)
     noise = None
     if sigma > 0:
-        noise = NoiseInjector(model, 0.0 if ramp > 0 else sigma, relative=bool(getattr(tc, "noise_relative", False)),
-                              sites=sites,
+        noise = NoiseInjector(model, 0.0 if ramp > 0 else sigma, relative=bool(h.relative), sites=sites,
                               seed=tc.seed + 7919, train_only=True)
     return Hardening(qat, noise, sigma, int(round(ramp * total_steps)))
+
+
+@register("trainer_plugin", "hardening")
+class HardeningPlugin(TrainerPlugin):
+    """QAT fake-quant and/or training noise while training; removed before the model is saved."""
+
+    order = 10   # first: a learning rule's hooks then see the fake-quantised layers
+
+    @classmethod
+    def active(cls, tc: Any) -> bool:
+        # also when the values are invalid, so that harden() reports them
+        return tc.hardening.qat_bits is not None or tc.hardening.sigma != 0
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.handle = harden(ctx.model, ctx.tc, ctx.total_steps)
+
+    def before_step(self, step: int, ctx: TrainContext) -> None:
+        if self.handle is not None:
+            self.handle.step(step)
+
+    def state_dict(self) -> dict[str, Any]:
+        # the noise generator advances with every draw: a resumed run must continue its stream
+        noise = self.handle.noise if self.handle is not None else None
+        return {} if noise is None else {"noise_rng": noise.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        noise = self.handle.noise if self.handle is not None else None
+        if noise is not None and "noise_rng" in state:
+            noise.generator.set_state(state["noise_rng"])
+
+    def teardown(self, ctx: TrainContext) -> None:
+        if self.handle is not None:
+            self.handle.remove()   # plain names and float weights: the run loads into the plain model

@@ -12,8 +12,9 @@ rules, whose feedback matrices and local classifiers are fixed) and
 
 Feedback matrices are a pure function of ``(seed, block index)`` (their own
 ``torch.Generator``, the global RNG is untouched), so an attack can rebuild
-a run's exact learning pathway from its config (``train.rule``,
-``train.seed``).
+a run's exact learning pathway from its config (``train.rule.name``,
+``train.seed``). :class:`RulePlugin` is how ``fit`` trains with a rule
+(``lenetlab train --rule dfa``).
 
 Example::
 
@@ -31,7 +32,8 @@ import torch
 from torch import nn
 
 from lenetlab.errors import LenetlabError
-from lenetlab.registry import get, names
+from lenetlab.registry import get, names, register
+from lenetlab.train.plugins import TrainContext, TrainerPlugin
 
 
 class RuleHandle:
@@ -125,13 +127,13 @@ def model_blocks(model: nn.Module) -> list[tuple[nn.Module, nn.Module | None]]:
 
 
 def attach_rule(model: nn.Module, rule: Any, seed: int | None = None) -> RuleHandle:
-    """Install a learning rule on ``model``. ``rule``: a name or a TrainConfig (uses ``.rule``/``.seed``)."""
+    """Install a learning rule on ``model``. ``rule``: a name or a TrainConfig (uses ``.rule.name``/``.seed``)."""
     if not isinstance(rule, str):
         tc = rule
-        if getattr(tc, "method", "bp") != "bp":
-            raise LenetlabError(f"train.rule {tc.rule!r} changes the backward pass and cannot be combined with "
-                                f"train.method {tc.method!r}")
-        rule, seed = tc.rule, tc.seed if seed is None else seed
+        if tc.zo.method != "bp":
+            raise LenetlabError(f"train.rule {tc.rule.name!r} changes the backward pass and cannot be combined "
+                                f"with train.method {tc.zo.method!r}")
+        rule, seed = tc.rule.name, tc.seed if seed is None else seed
     if rule not in names("rule"):
         raise LenetlabError(f"unknown rule {rule!r}; choose from: {', '.join(names('rule'))}")
     impl: Rule = get("rule", rule)()
@@ -139,3 +141,23 @@ def attach_rule(model: nn.Module, rule: Any, seed: int | None = None) -> RuleHan
     inst = Installer(model, 0 if seed is None else int(seed))
     impl.install(inst, blocks, bool(getattr(model, "rule_time_major", False)))
     return RuleHandle(rule, inst.undo, state=inst.state)
+
+
+@register("trainer_plugin", "rule")
+class RulePlugin(TrainerPlugin):
+    """Train with a local learning rule (``train.rule.name`` other than bp): the backward pathway is replaced,
+    the forward, loss and optimiser step stay ``fit``'s. Stateless: the feedback matrices are a function of
+    ``(train.seed, block)``."""
+
+    order = 20
+
+    @classmethod
+    def active(cls, tc: Any) -> bool:
+        return tc.rule.name != "bp"
+
+    def setup(self, ctx: TrainContext) -> list[nn.Parameter]:
+        self.handle = attach_rule(ctx.model, ctx.tc)
+        return self.handle.parameters()   # LE's local classifiers would train with the model (none built in)
+
+    def teardown(self, ctx: TrainContext) -> None:
+        self.handle.remove()

@@ -1,9 +1,10 @@
 """Training checkpoints: one safetensors file, written atomically every epoch.
 
 The file holds the model weights (``model.<name>``), every tensor of the
-optimiser state (``optim.<param index>.<key>``) and, in the safetensors
-metadata, a JSON blob with the epoch, the global step and the optimiser's
-non-tensor state. No pickle anywhere: a checkpoint from a stranger cannot
+optimiser state (``optim.<param index>.<key>``), every tensor of the trainer
+plugins' states (``plugin.<plugin>.<key>``) and, in the safetensors
+metadata, JSON blobs with the epoch, the global step, the optimiser's
+non-tensor state and the plugins' non-tensor state. No pickle anywhere: a checkpoint from a stranger cannot
 run code. Because shuffling and learning rates are pure functions of
 (seed, epoch, step), this is all a resumed run needs to finish bit for bit
 like an uninterrupted one.
@@ -27,12 +28,18 @@ CHECKPOINT = "checkpoint.safetensors"
 
 
 def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any],
-                    extra: dict[str, torch.Tensor] | None = None) -> None:
-    """``extra`` tensors (e.g. the best weights of the LB schedule) are stored as ``extra.<name>``."""
+                    plugins: dict[str, dict[str, Any]] | None = None) -> None:
+    """``plugins``: each trainer plugin's ``state_dict()`` (tensors and JSON-able values), by plugin name."""
     tensors: dict[str, torch.Tensor] = {f"model.{k}": v.detach().contiguous()
                                         for k, v in model.state_dict().items()}
-    for k, v in (extra or {}).items():
-        tensors[f"extra.{k}"] = v.detach().contiguous()
+    plugin_values: dict[str, dict[str, Any]] = {}
+    for name, pstate in (plugins or {}).items():
+        plugin_values[name] = {}
+        for k, v in pstate.items():
+            if torch.is_tensor(v):
+                tensors[f"plugin.{name}.{k}"] = v.detach().contiguous()
+            else:
+                plugin_values[name][k] = v
     sd = opt.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for pid, pstate in sd["state"].items():
@@ -43,12 +50,15 @@ def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, st
                 scalars.setdefault(str(pid), {})[key] = val
     groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
     meta = {"state": json.dumps(state), "param_groups": json.dumps(groups),
-            "optim_scalars": json.dumps(scalars)}
+            "optim_scalars": json.dumps(scalars), "plugins": json.dumps(plugin_values)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore model and optimiser in place; return the saved training state."""
+    """Restore model and optimiser in place; return the saved training state.
+
+    ``state["plugins"]`` holds each trainer plugin's saved state, by plugin name.
+    """
     if not path.is_file():
         raise LenetlabError(f"{path}: no checkpoint to resume from")
     try:
@@ -60,6 +70,7 @@ def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) ->
         state = json.loads(meta["state"])
         groups = json.loads(meta["param_groups"])
         scalars = json.loads(meta["optim_scalars"])
+        plugins: dict[str, dict[str, Any]] = json.loads(meta.get("plugins", "{}"))
     except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as e:
         raise LenetlabError(f"{path}: corrupt checkpoint ({e})") from None
     msd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -75,5 +86,13 @@ def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) ->
     for pid, d in scalars.items():
         ostate.setdefault(int(pid), {}).update(d)
     opt.load_state_dict({"state": ostate, "param_groups": groups})
-    state["extra"] = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+    for k, v in tensors.items():
+        if k.startswith("plugin."):
+            _, name, key = k.split(".", 2)
+            plugins.setdefault(name, {})[key] = v
+    if state.get("lb"):
+        # a checkpoint written before the trainer plugins: the LB controller's state and its best weights
+        plugins["lb-restart"] = {"controller": state["lb"], **{
+            f"best.{k[len('extra.'):]}": v for k, v in tensors.items() if k.startswith("extra.")}}
+    state["plugins"] = plugins
     return state

@@ -60,8 +60,8 @@ def resolve(preset: str | None = None, model: str | None = None, file_data: dict
     from lenetlab.models import make_config, model_entry
     from lenetlab.registry import get
 
-    file_data = _flatten_model(dict(file_data or {}))
-    overrides = _flatten_model(dict(overrides or {}))
+    file_data = _upgrade_train(_flatten_model(dict(file_data or {})))
+    overrides = _upgrade_train(_flatten_model(dict(overrides or {})))
     preset = preset or overrides.get("preset") or file_data.get("preset") or "fast"
     model = model or overrides.get("model", {}).get("name") or file_data.get("model", {}).get("name") or "lenet5"
     entry = model_entry(model)
@@ -69,7 +69,7 @@ def resolve(preset: str | None = None, model: str | None = None, file_data: dict
     merged["model"] = {"name": model, "options": {}}
     merged = deep_merge(merged, get("preset", preset)(model))
     merged = deep_merge(merged, {"data": entry.data_defaults})
-    rule = (overrides.get("train") or {}).get("rule") or (file_data.get("train") or {}).get("rule")
+    rule = _rule_name(overrides) or _rule_name(file_data)
     if rule and rule != "bp":
         from lenetlab.rules import recommended_train
 
@@ -82,6 +82,20 @@ def resolve(preset: str | None = None, model: str | None = None, file_data: dict
     # validate model options now (unknown option -> one-line error), store them resolved
     cfg.model.options = to_dict(make_config(model, cfg.model.options))
     return cfg
+
+
+def _upgrade_train(d: dict[str, Any]) -> dict[str, Any]:
+    """Older flat train keys (``qat_bits``, ``method``, ``rule = "fa"``...) moved into their sections, per layer."""
+    from lenetlab.config import upgrade_train_dict
+
+    if isinstance(d.get("train"), dict):
+        d["train"] = upgrade_train_dict(d["train"])
+    return d
+
+
+def _rule_name(d: dict[str, Any]) -> Any:
+    rule = (d.get("train") or {}).get("rule")
+    return rule.get("name") if isinstance(rule, dict) else None
 
 
 def _flatten_model(d: dict[str, Any]) -> dict[str, Any]:

@@ -53,10 +53,3 @@ def step_decay(cfg: TrainConfig, total: int, per_epoch: int) -> Schedule:
 def constant(cfg: TrainConfig, total: int, per_epoch: int) -> Schedule:
     """lr throughout."""
     return lambda step: cfg.lr
-
-
-@register("schedule", "lb-restart")
-def lb_restart(cfg: TrainConfig, total: int, per_epoch: int) -> Schedule:
-    """Berngardt's lower-bound restarts: constant lr per phase, divided on LB plateaus (see lb_restart.py)."""
-    # the trainer owns the phase lr (it changes on restarts); this is the first phase
-    return lambda step: cfg.lr

@@ -37,6 +37,7 @@ from lenetlab.models import create_model, param_count
 from lenetlab.registry import get
 from lenetlab.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from lenetlab.train.diagnostics import GradNorms
+from lenetlab.train.plugins import TrainContext, TrainerPlugin, active_plugins
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -99,7 +100,9 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
     """Train per ``cfg``; write a run directory to ``out`` (if given); return the summary.
 
     Everything that can fail on bad input (config, data, run dir) is checked
-    before anything is written.
+    before anything is written. What a capability adds to training (hooks, a
+    different step, restarts) comes from the active trainer plugins
+    (:mod:`lenetlab.train.plugins`).
     """
     t0 = time.perf_counter()
     tc = cfg.train
@@ -113,6 +116,7 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
         raise LenetlabError("train.epochs and train.batch_size must be >= 1")
     schedule_factory = get("schedule", tc.schedule)
     opt_factory = get("optimizer", tc.optimizer)
+    plugins = active_plugins(tc)
     splits = splits or load_splits(cfg.data)
     if len(splits.train_x) == 0:
         raise LenetlabError("no training images (check data.train_subset / data.val_size)")
@@ -130,35 +134,14 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
     n = len(splits.train_x)
     per_epoch = math.ceil(n / tc.batch_size)
     total = per_epoch * tc.epochs
-    from lenetlab.noise.training import harden
-
-    hardening = harden(model, tc, total)   # QAT fake-quant and/or training noise; removed before saving
-    rule = None
-    if tc.rule != "bp":
-        # FA / DFA / LE: the backward pathway is replaced, the forward is the model's own (lenetlab.rules);
-        # the handle may bring extra trainable parameters (LE's local classifiers)
-        from lenetlab.rules import attach_rule
-
-        rule = attach_rule(model, tc)
-    params = list(model.parameters()) + (list(rule.parameters()) if rule is not None else [])
-    opt = opt_factory(params, tc)
-    stepper = None
-    if tc.method != "bp":
-        # zeroth-order / ElasticZO: the step itself is different (lenetlab.train.zeroth_order)
-        from lenetlab.train.zeroth_order import make_stepper
-
-        stepper = make_stepper(model, tc, loss_fn, opt)
-    sched = schedule_factory(tc, total, per_epoch)
-
-    lb = None
-    best_state: dict[str, torch.Tensor] | None = None
-    if tc.schedule == "lb-restart":
-        from lenetlab.train.lb_restart import LBRestart
-
-        if len(splits.val_x) == 0:
-            raise LenetlabError("train.schedule 'lb-restart' needs a validation set (data.val_size > 0)")
-        lb = LBRestart(tc.lb_k, tc.lb_patience, tc.lr, tc.lb_lr_divisor, tc.lb_min_lr)
-        sched = lambda step: lb.lr  # noqa: E731  (the phase lr, changed by restarts)
+    ctx = TrainContext(cfg, model, loss_fn, splits, total, per_epoch, schedule_factory(tc, total, per_epoch),
+                       opt_factory)
+    extra: list[torch.Tensor] = []
+    for p in plugins:
+        extra += list(p.setup(ctx) or [])   # e.g. hooks on the model; may bring extra trainable parameters
+    ctx.params = list(model.parameters()) + extra
+    ctx.new_optimizer()
+    stepper = next((p for p in plugins if p.overrides_step()), None)
 
     start_epoch, step = 0, 0
     if out_dir is not None:
@@ -168,11 +151,10 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
             if log:
                 log(f"resuming {out_dir}: no finished epoch yet, starting from epoch 1")
         elif resume:
-            state = load_checkpoint(out_dir / CHECKPOINT, model, opt)
+            state = load_checkpoint(out_dir / CHECKPOINT, model, ctx.opt)
             start_epoch, step = state["epoch"], state["step"]
-            if lb is not None:
-                lb.load(state["lb"])
-                best_state = {k: v.clone() for k, v in state["extra"].items()} or None
+            for p in plugins:
+                p.load_state_dict(state["plugins"].get(p.name, {}))
             rundir.truncate_metrics(out_dir, start_epoch)
             if log:
                 log(f"resuming {out_dir} after epoch {start_epoch}/{tc.epochs}")
@@ -197,14 +179,15 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
             for idx in _batches(n, tc.batch_size, tc.seed, epoch):
                 xb = _fmt(splits.train_x[idx], cl)
                 yb = splits.train_y[idx]
-                lr = sched(step)
-                for group in opt.param_groups:
+                lr = ctx.schedule(step)
+                for group in ctx.opt.param_groups:
                     group["lr"] = lr
-                if hardening is not None:
-                    hardening.step(step)
+                for p in plugins:
+                    p.before_step(step, ctx)
                 if stepper is not None:
-                    logits, loss = stepper.step(xb, yb, lr, step)
+                    logits, loss = stepper.step(xb, yb, lr, step, ctx)
                 else:
+                    opt = ctx.opt
                     logits = model(xb)
                     loss = loss_fn(logits, yb)
                     opt.zero_grad(set_to_none=True)
@@ -236,49 +219,30 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
                 t = evaluate(model, splits.test_x, splits.test_y, tc.eval_batch_size, loss_fn, cl)
                 row["test_accuracy"], row["test_loss"] = t["accuracy"], t["loss"]
                 last_eval = t
-            stop_lb = False
-            if lb is not None:
-                d = lb.after_epoch(row["val_accuracy"], len(splits.val_x))
-                row["val_lower_bound"] = d.lb
-                if d.improved:
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                if d.restart or d.stop:
-                    # restore the best-LB weights; a restart also gets a fresh optimiser (new moments)
-                    model.load_state_dict(best_state)
-                    row["restored_best"] = True
-                if d.restart:
-                    opt = opt_factory(params, tc)
-                    row["restart"], row["next_lr"] = True, d.lr
-                stop_lb = d.stop
+            stop = _after_epoch(plugins, row, ctx)
             row["wall_seconds"] = time.perf_counter() - t0
             row["unix_time"] = time.time()
             history.append(row)
             if out_dir is not None:
                 # checkpoint first: a metrics line always has its checkpoint on disk
-                save_checkpoint(out_dir / CHECKPOINT, model, opt,
-                                {"epoch": epoch + 1, "step": step, "lb": lb.state() if lb else None},
-                                extra=best_state)
+                save_checkpoint(out_dir / CHECKPOINT, model, ctx.opt, {"epoch": epoch + 1, "step": step},
+                                {p.name: p.state_dict() for p in plugins})
                 rundir.append_metrics(out_dir, row)
             if log:
-                log(_epoch_line(row, tc.epochs))
+                log(_epoch_line(row, tc.epochs, [p.epoch_note(row) for p in plugins]))
             if tc.stop_at_accuracy is not None and row.get("test_accuracy", 0.0) >= tc.stop_at_accuracy:
                 stopped_early = epoch + 1 < tc.epochs
                 break
-            if stop_lb:
+            if stop:
                 stopped_early = True
                 break
 
-    if lb is not None and best_state is not None:
-        # the LB schedule's result is its best-LB weights, whatever the last epoch did
-        model.load_state_dict(best_state)
+    if any([p.end(ctx) for p in plugins]):   # a plugin chose the final weights (e.g. the best ones kept)
         last_eval = evaluate(model, splits.test_x, splits.test_y, tc.eval_batch_size, loss_fn, cl)
-
     if not last_eval:  # resumed a run whose last epoch was already done
         last_eval = evaluate(model, splits.test_x, splits.test_y, tc.eval_batch_size, loss_fn, cl)
-    if hardening is not None:
-        hardening.remove()   # plain names and float weights: the run loads into the plain model
-    if rule is not None:
-        rule.remove()
+    for p in reversed(plugins):
+        p.teardown(ctx)   # hooks off: plain names and float weights, the run loads into the plain model
     model = model.to(memory_format=torch.contiguous_format)
     epochs_done = history[-1]["epoch"] if history else start_epoch
     summary = {
@@ -298,9 +262,8 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
         "resumed_from_epoch": start_epoch if resume else None,
         "environment": environment(),
     }
-    if stepper is not None and hasattr(stepper, "finish"):
-        # elasticzo-int8: the integer engine's own test accuracy, and model_int8.safetensors beside the float twin
-        stepper.finish(out_dir, splits, summary)
+    for p in plugins:
+        p.finish(ctx, out_dir, summary)
     if out_dir is not None:
         rundir.save_model(out_dir, model, cfg)
         rundir.write_summary(out_dir, summary)
@@ -308,7 +271,24 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
     return summary
 
 
-def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+def _after_epoch(plugins: list[TrainerPlugin], row: dict[str, Any], ctx: TrainContext) -> bool:
+    """Run every plugin's after_epoch and carry out what they ask; True to stop training."""
+    stop = False
+    for p in plugins:
+        action = p.after_epoch(row, ctx)
+        if action is None:
+            continue
+        if action.restore is not None:
+            ctx.model.load_state_dict(action.restore)
+            for q in plugins:
+                q.weights_changed(ctx)
+        if action.new_optimizer:
+            ctx.new_optimizer()
+        stop = stop or action.stop
+    return stop
+
+
+def _epoch_line(row: dict[str, Any], epochs: int, notes: list[str] = ()) -> str:
     parts = [f"epoch {row['epoch']:>2}/{epochs}", f"loss {row['train_loss']:.4f}",
              f"train {100 * row['train_accuracy']:.2f}%"]
     if "val_accuracy" in row:
@@ -316,10 +296,7 @@ def _epoch_line(row: dict[str, Any], epochs: int) -> str:
     if "test_accuracy" in row:
         parts.append(f"test {100 * row['test_accuracy']:.2f}%")
     parts.append(f"{row['epoch_seconds']:.1f}s")
-    if "val_lower_bound" in row:
-        parts.append(f"LB {100 * row['val_lower_bound']:.2f}%")
-    if row.get("restart"):
-        parts.append(f"-> restart from best, lr {row['next_lr']:.2e}")
+    parts += [n for n in notes if n]
     return "  ".join(parts)
 
 

@@ -48,8 +48,12 @@ Example::
 
     from lenetlab.train import fit
     from lenetlab.train.presets import resolve
-    cfg = resolve("fast", overrides={"train": {"method": "elasticzo", "zo_layers": 4}})
+    cfg = resolve("fast", overrides={"train": {"zo": {"method": "elasticzo", "layers": 4}}})
     fit(cfg, out="runs/ezo")
+
+In ``fit`` this is the ``zo`` trainer plugin (:class:`ZOPlugin`, the
+``train.zo`` section), which replaces the training step; the optimiser it
+steps is always ``fit``'s current one (re-created after an LB restart).
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ from torch import nn
 
 from lenetlab.config import TrainConfig
 from lenetlab.errors import LenetlabError
+from lenetlab.registry import register
+from lenetlab.train.plugins import TrainContext, TrainerPlugin
 
 METHODS = ("bp", "zo", "elasticzo", "elasticzo-int8")
 # the ZO learning rate when the config names no zo_lr, and the |g| clip that makes it stable (module docstring):
@@ -156,18 +162,20 @@ def _frozen(params: Sequence[torch.Tensor]) -> Iterator[None]:
 class ElasticZOStepper:
     """One training step of ElasticZO; cutoff 0 is exactly the ordinary BP step, cutoff = all is vanilla ZO.
 
-    ``step(xb, yb, lr, step) -> (logits, loss)`` is what :func:`lenetlab.train.fit` calls per batch.
+    ``step(xb, yb, lr, step, opt) -> (logits, loss)`` is what the ``zo`` plugin calls per batch; ``opt``
+    (the optimiser of the BP part) is passed on every step, so it is always the trainer's current one
+    (``opt`` given at construction is the default, for direct use).
     """
 
     def __init__(self, model: nn.Module, cutoff: int, loss_fn: LossFn, opt: Any, eps: float = 1e-3, q: int = 1,
                  seed: int = 0, zo_lr_scale: float = 1.0, bp_grad: str = "mean", clip: float | None = None):
         layers = weight_layers(model)
         if not 0 <= cutoff <= len(layers):
-            raise LenetlabError(f"train.zo_layers must be in [0, {len(layers)}] for this model, got {cutoff}")
+            raise LenetlabError(f"train.zo.layers must be in [0, {len(layers)}] for this model, got {cutoff}")
         if eps <= 0:
-            raise LenetlabError(f"train.zo_eps must be positive, got {eps}")
+            raise LenetlabError(f"train.zo.eps must be positive, got {eps}")
         if q < 1:
-            raise LenetlabError(f"train.zo_q must be >= 1, got {q}")
+            raise LenetlabError(f"train.zo.q must be >= 1, got {q}")
         if bp_grad not in ("mean", "clean"):
             raise LenetlabError(f"bp_grad must be 'mean' or 'clean', got {bp_grad!r}")
         if clip is not None and clip <= 0:
@@ -191,16 +199,18 @@ class ElasticZOStepper:
             logits = self.model(xb)
             return logits, self.loss_fn(logits, yb)
 
-    def step(self, xb: torch.Tensor, yb: torch.Tensor, lr: float, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, lr: float, step: int, opt: Any = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        opt = self.opt if opt is None else opt
         has_bp = bool(self.bp_params)
         if not self.zo_params:   # pure BP: the ordinary step, op for op
             logits = self.model(xb)
             loss = self.loss_fn(logits, yb)
-            self.opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            self.opt.step()
+            opt.step()
             return logits, loss
-        self.opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
         bp_in_probes = has_bp and self.bp_grad == "mean"
         gs: list[float] = []
         losses: list[torch.Tensor] = []
@@ -229,8 +239,8 @@ class ElasticZOStepper:
                     for p in self.bp_params:
                         if p.grad is not None:
                             p.grad.div_(2 * self.q)
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         loss = lc if has_bp and self.bp_grad == "clean" else torch.stack(losses).mean()
         return logits, loss
 
@@ -238,30 +248,66 @@ class ElasticZOStepper:
 def resolve_cutoff(model: nn.Module, tc: TrainConfig) -> int:
     """ElasticZO's cutoff C from the config: ``zo`` defaults to all layers, ``elasticzo`` to all but the last."""
     n = len(weight_layers(model))
-    if tc.method == "bp":
+    zo = tc.zo
+    if zo.method == "bp":
         return 0
-    if tc.zo_layers is not None:
-        return tc.zo_layers
-    return n if tc.method == "zo" else n - 1
+    if zo.layers is not None:
+        return zo.layers
+    return n if zo.method == "zo" else n - 1
 
 
-def make_stepper(model: nn.Module, tc: TrainConfig, loss_fn: LossFn, opt: Any) -> Any:
-    """The per-batch step for ``tc.method`` (called by :func:`lenetlab.train.fit` when method != bp)."""
-    if tc.method not in METHODS:
-        raise LenetlabError(f"unknown train.method {tc.method!r}; choose from: {', '.join(METHODS)}")
-    if getattr(tc, "rule", "bp") != "bp":
-        raise LenetlabError(f"train.method {tc.method!r} cannot be combined with train.rule {tc.rule!r}")
-    zo_lr = getattr(tc, "zo_lr", None)
-    scale = (DEFAULT_ZO_LR if zo_lr is None else zo_lr) / tc.lr
-    clip = getattr(tc, "zo_clip", DEFAULT_ZO_CLIP)   # train.zo_clip; None = the unclipped rule of the paper
-    if tc.method == "elasticzo-int8":
+def make_stepper(model: nn.Module, tc: TrainConfig, loss_fn: LossFn, opt: Any = None) -> Any:
+    """The per-batch step for ``tc.zo.method`` (the ``zo`` plugin's; ``opt``: see ElasticZOStepper.step)."""
+    zo = tc.zo
+    if zo.method not in METHODS:
+        raise LenetlabError(f"unknown train.zo.method {zo.method!r}; choose from: {', '.join(METHODS)}")
+    if tc.rule.name != "bp":
+        raise LenetlabError(f"train.method {zo.method!r} cannot be combined with train.rule {tc.rule.name!r}")
+    scale = (DEFAULT_ZO_LR if zo.lr is None else zo.lr) / tc.lr
+    if zo.method == "elasticzo-int8":
         from lenetlab.train.zo_int8 import Int8Stepper
 
         return Int8Stepper(model, tc, resolve_cutoff(model, tc))
-    return ElasticZOStepper(model, resolve_cutoff(model, tc), loss_fn, opt, tc.zo_eps, tc.zo_q, tc.seed, scale,
-                            clip=clip)
+    # zo.clip None = the unclipped rule of the paper
+    return ElasticZOStepper(model, resolve_cutoff(model, tc), loss_fn, opt, zo.eps, zo.q, tc.seed, scale,
+                            clip=zo.clip)
+
+
+@register("trainer_plugin", "zo")
+class ZOPlugin(TrainerPlugin):
+    """ZO / ElasticZO / ElasticZO-INT8 training steps (``train.zo.method`` other than bp)."""
+
+    order = 30
+
+    @classmethod
+    def active(cls, tc: TrainConfig) -> bool:
+        return tc.zo.method != "bp"
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.stepper = make_stepper(ctx.model, ctx.tc, ctx.loss_fn)
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, lr: float, step: int, ctx: TrainContext
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.stepper.step(xb, yb, lr, step, ctx.opt)
+
+    def weights_changed(self, ctx: TrainContext) -> None:
+        if hasattr(self.stepper, "weights_changed"):
+            self.stepper.weights_changed()
+
+    def state_dict(self) -> dict[str, Any]:
+        # the float stepper's state is the optimiser's (in the checkpoint already) and the step number
+        return self.stepper.state_dict() if hasattr(self.stepper, "state_dict") else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if hasattr(self.stepper, "load_state_dict"):
+            self.stepper.load_state_dict(state)
+
+    def finish(self, ctx: TrainContext, out_dir: Any, summary: dict[str, Any]) -> None:
+        if hasattr(self.stepper, "finish"):
+            # elasticzo-int8: the integer engine's own test accuracy, and model_int8.safetensors beside the float twin
+            self.stepper.finish(out_dir, ctx.splits, summary)
 
 
 __all__ = ["ElasticZOStepper", "make_stepper", "perturb_", "projected_gradient", "spsa_estimate",
-           "weight_layers", "resolve_cutoff", "step_seed", "METHODS",
+           "weight_layers", "resolve_cutoff", "step_seed", "METHODS", "ZOPlugin",
            "DEFAULT_ZO_LR", "DEFAULT_ZO_CLIP"]

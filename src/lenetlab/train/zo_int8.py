@@ -238,7 +238,7 @@ class Int8ElasticZO:
         if "relu" not in act:
             raise LenetlabError(f"elasticzo-int8 needs the relu activation, got {type(model.act1).__name__}")
         if not 2 <= cutoff <= 5:
-            raise LenetlabError(f"elasticzo-int8: train.zo_layers must be in [2, 5] (the convolutions are trained "
+            raise LenetlabError(f"elasticzo-int8: train.zo.layers must be in [2, 5] (the convolutions are trained "
                                 f"by ZO; integer backprop covers the FC layers only), got {cutoff}")
         layers = []
         for n in need:
@@ -443,20 +443,22 @@ class Int8Stepper:
     (fit's test accuracy is therefore the float twin's; :meth:`finish` adds the
     integer engine's own test accuracy and writes ``model_int8.safetensors``).
     The integer step sizes come from :class:`Int8Config` (eps in LSBs, shifts); ``train.lr``, the
-    schedule, the optimiser and ``train.zo_eps`` do not apply to it; ``train.zo_q`` and ``seed`` do.
+    schedule, the optimiser and ``train.zo.eps`` do not apply to it; ``train.zo.q`` and ``seed`` do.
+    Its state (the integer tensors, their exponents and the input exponent) is saved in every
+    checkpoint, so a resumed run continues the integer weights exactly.
     """
 
     def __init__(self, model: nn.Module, tc: Any, cutoff: int):
         self.model, self.cutoff = model, cutoff
-        self.cfg = Int8Config(q=tc.zo_q, seed=tc.seed)
+        self.cfg = Int8Config(q=tc.zo.q, seed=tc.seed)
         Int8ElasticZO.from_float(model, cutoff, self.cfg)    # validate model and cutoff now, before any output
         self.net: Int8ElasticZO | None = None
         self.x_exp: int | None = None
 
-    def step(self, xb: torch.Tensor, yb: torch.Tensor, lr: float, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, lr: float, step: int, opt: Any = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.net is None:
-            # built at the first step, i.e. after fit's --resume has loaded the checkpoint: a resumed run
-            # re-quantises its float twin (the same values; an exponent may come out smaller)
+            # built at the first step from the float model (fresh, or after its weights were replaced)
             self.net = Int8ElasticZO.from_float(self.model, self.cutoff, self.cfg)
         xq, self.x_exp = quantize_input(xb.contiguous(), self.x_exp)
         loss, acc = self.net.train_step(xq, self.x_exp, yb, step)
@@ -467,6 +469,27 @@ class Int8Stepper:
                     p.copy_(state[name])
         # report the loss in nats per sample, like the float methods (conversion outside the integer step)
         return acc, torch.tensor(float(loss) / (1 << FRAC) * math.log(2) / len(yb))
+
+    def weights_changed(self) -> None:
+        """The float model was given other weights (an LB restore): re-quantise them at the next step."""
+        self.net = None
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.net is None:
+            return {}
+        return {**{f"int8.{k}": v.clone() for k, v in self.net.int8_tensors().items()}, "x_exp": self.x_exp}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            self.net = None
+            return
+        net = Int8ElasticZO.from_float(self.model, self.cutoff, self.cfg)
+        for n, ly in zip(("conv1", "conv2", "fc1", "fc2", "fc3"), net.layers):
+            ly.w = state[f"int8.{n}.weight"].clone().contiguous()
+            ly.b = state[f"int8.{n}.bias"].clone().contiguous()
+            ly.w_exp = int(state[f"int8.{n}.weight_exp"])
+            ly.b_exp = int(state[f"int8.{n}.bias_exp"])
+        self.net, self.x_exp = net, state["x_exp"]
 
     def finish(self, out_dir: Path | None, splits: Any, summary: dict[str, Any]) -> None:
         if self.net is None:
