@@ -303,6 +303,10 @@ def _median_boot(values: list[float], n_boot: int = stats.N_BOOT, seed: int = 0)
                           "resamples) over repetitions")
 
 
+def _seeds(seeds: list[int]) -> str:
+    return f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
+
+
 def _inconclusive(name: str, statement: str, why: str, seeds: list[int]) -> Claim:
     return Claim(name, statement, why, rule=f"not decided: {why}", seeds=seeds, verdict=stats.INCONCLUSIVE)
 
@@ -332,7 +336,7 @@ def deploy_claims(evals: dict[int, dict[str, Any]], timings: dict[int, dict[str,
             extra = (f"; largest logit difference {max(evals[sd][key]['max_rel_logit_diff'] for sd in seeds):.2g} "
                      "of the largest |logit|")
         claims.append(stats.make_claim(
-            name, statement, rule, stats.exact(k, f"exact count over {len(seeds)} seeds x {n_img} test images"),
+            name, statement, rule, stats.exact(k, f"exact count over {_seeds(seeds)} x {n_img} test images"),
             seeds=seeds, test_images=n_img, min_seeds=floor,
             measured=f"{k} of {total} image-seed pairs differ (rate {100 * rate.value:.3f}%, Wilson 95% "
                      f"[{100 * rate.lo:.3f}, {100 * rate.hi:.3f}]%){extra}"))
@@ -350,7 +354,7 @@ def deploy_claims(evals: dict[int, dict[str, Any]], timings: dict[int, dict[str,
     claims.append(stats.make_claim(
         "int8_runtimes_bit_exact", "the int8 flat model gives bit-identical integer logits in every runtime",
         stats.LessThan(0.5, quantity="images whose int8 logits differ between runtimes"),
-        stats.exact(k, f"exact count over {len(seeds)} seeds"), seeds=seeds, test_images=n_img, min_seeds=floor,
+        stats.exact(k, f"exact count over {_seeds(seeds)}"), seeds=seeds, test_images=n_img, min_seeds=floor,
         measured=f"{k} images with differing int8 logits ({'; '.join(checked)})"))
 
     # accuracy: the deployed runtime (C) against "about 98%" and against PyTorch on the same images
@@ -401,7 +405,7 @@ def deploy_claims(evals: dict[int, dict[str, Any]], timings: dict[int, dict[str,
         ms = statistics.median(secs[rt]) * 1e3
         claims.append(stats.make_claim(
             name, statement, stats.LessThan(1.0, quantity=f"{rt} / PyTorch per-image latency"), est, seeds=seeds,
-            min_seeds=floor, measured=f"{rt} / PyTorch latency {est.format(1, 'x')} ({est.method}); medians "
+            min_seeds=floor, measured=f"{rt} / PyTorch latency {est.format(1, 'x')}; medians "
                                       f"{ms:.3f} ms vs {statistics.median(secs['torch']) * 1e3:.3f} ms per image"))
     statement = "real-time image processing: >= 30 images/s, one at a time (measured on this PC, not a headset)"
     if secs["browser"]:
