@@ -18,13 +18,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lenetlab import weights
 from lenetlab.config import RunConfig, from_dict, to_dict
 from lenetlab.errors import LenetlabError
-from lenetlab.fileio import JsonlJournal, atomic_write, atomic_write_json
+from lenetlab.fileio import JsonlJournal, atomic_write_json
 
 CONFIG, METRICS, MODEL, SUMMARY = "config.json", "metrics.jsonl", "model.safetensors", "summary.json"
 OWNED = (CONFIG, METRICS, MODEL, SUMMARY, "checkpoint.safetensors")
@@ -78,8 +77,8 @@ def save_config(run_dir: Path, cfg: RunConfig) -> None:
 
 def save_model(run_dir: Path, model: nn.Module, cfg: RunConfig) -> None:
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    meta = {"model": cfg.model.name, "options": json.dumps(cfg.model.options)}
-    atomic_write(run_dir / MODEL, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    meta = {"model": cfg.model.name, "options": json.dumps(cfg.model.options, sort_keys=True)}
+    weights.save(tensors, run_dir / MODEL, meta)   # reproducible bytes: equal runs, equal files
 
 
 def load_model(run_dir: str | Path) -> tuple[nn.Module, RunConfig]:
@@ -89,10 +88,7 @@ def load_model(run_dir: str | Path) -> tuple[nn.Module, RunConfig]:
     p = require_run(run_dir)
     cfg = load_config(p)
     model = create_model(cfg.model.name, **cfg.model.options)
-    try:
-        sd = load_file(str(p / MODEL))
-    except (SafetensorError, OSError) as e:
-        raise LenetlabError(f"{p / MODEL}: cannot read weights ({e})") from None
+    sd, _ = weights.load(p / MODEL)   # refuses NaN/Inf weights, naming the tensor
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
