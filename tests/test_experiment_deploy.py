@@ -171,3 +171,30 @@ def test_c_evaluator_matches_numpy_runtime(small_run, mnist_test, tmp_path):
         c.logits(bad, x)
     with pytest.raises(LenetlabError, match="lenet5_eval failed on .*bad.flat"):   # the C loader's own refusal
         c.seconds_per_image(bad, x[:5])
+
+
+def test_a_browser_that_dies_mid_run_gives_inconclusive_rows(tmp_path, monkeypatch):
+    from selenium.common.exceptions import WebDriverException
+
+    import lenetlab.deploy.browser as browser_mod
+    import lenetlab.experiments.deploy as deploy_mod
+
+    class DeadDriver:
+        quits = 0
+
+        def quit(self):
+            DeadDriver.quits += 1
+
+    def crash(*args):
+        raise WebDriverException("chrome not reachable")
+
+    monkeypatch.setattr(browser_mod, "open_browser", lambda: DeadDriver())
+    monkeypatch.setattr(deploy_mod, "_browser_eval", crash)
+    r = reproduce("deploy", tmp_path, tiny=True)
+    c = by_name(r.claims)
+    for name in ("browser_same_top1", "browser_vs_torch_latency", "real_time"):
+        assert c[name].verdict == stats.INCONCLUSIVE
+        assert "the browser failed at seed 0: chrome not reachable" in c[name].measured
+    assert DeadDriver.quits == 1
+    keys = [json.loads(line)["key"] for line in (tmp_path / "cells.jsonl").read_text().splitlines()]
+    assert "latency/0/without-browser" in keys and not any(k.startswith("browser/") for k in keys)

@@ -43,6 +43,10 @@ class BrowserUnavailable(LenetlabError):
     """No headless browser here; the message says why (not installed, does not start)."""
 
 
+class PageError(LenetlabError):
+    """The page reported an error (the model did not load, the test-set run failed)."""
+
+
 def find_chromium() -> tuple[str | None, str | None]:
     """Paths of a Chromium-family browser and its chromedriver (None where missing)."""
     browser = next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
@@ -99,7 +103,7 @@ class BrowserPage:
             WebDriverWait(self.driver, self.timeout).until(
                 lambda d: d.execute_script("return document.body.dataset.state") in ("ready", "error"))
             if self.driver.execute_script("return document.body.dataset.state") != "ready":
-                raise LenetlabError("the web page did not load the model: "
+                raise PageError("the web page did not load the model: "
                                     + self.driver.execute_script("return document.getElementById('error').textContent"))
         except BaseException:
             self.__exit__()
@@ -121,7 +125,7 @@ class BrowserPage:
         WebDriverWait(self.driver, timeout, poll_frequency=0.25).until(
             lambda d: d.execute_script("return document.body.dataset.test") in ("done", "error"))
         if self.driver.execute_script("return document.body.dataset.test") != "done":
-            raise LenetlabError("the web page's test-set run failed: "
+            raise PageError("the web page's test-set run failed: "
                                 + self.driver.find_element(By.ID, "test-status").text)
         # base64 of the Uint8Array: 10k numbers as one string instead of a 10k-element JSON list
         b64 = self.driver.execute_script("""

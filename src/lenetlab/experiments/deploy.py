@@ -250,13 +250,12 @@ class DeployStudy(Experiment):
                 for seed in seeds:
                     ctx.log(f"seed {seed}: training {MODEL} ...")
                     run_dir = _train(ctx, seed, s)
-                    data: _Seed | None = None
+                    cache: list[_Seed] = []
 
-                    def seed_data(run_dir=run_dir) -> _Seed:
-                        nonlocal data
-                        if data is None:
-                            data = _Seed(run_dir, s["test_images"])
-                        return data
+                    def seed_data(run_dir=run_dir, cache=cache) -> _Seed:   # built only when a cell needs it
+                        if not cache:
+                            cache.append(_Seed(run_dir, s["test_images"]))
+                        return cache[0]
 
                     n = s["test_images"]
                     ctx.log(f"seed {seed}: NumPy and C runtimes on {n} test images ...")
@@ -264,15 +263,32 @@ class DeployStudy(Experiment):
                     if driver is not None:
                         ctx.log(f"seed {seed}: browser runtime on {n} test images ...")
                         ref = np.asarray(ev["int8_numpy_logits_sample"], np.int64)
-                        ev.update(ctx.cells.get_or_run(f"browser/{seed}/{n}",
-                                                       lambda ref=ref: _browser_eval(seed_data(), driver, ref)))
+                        try:
+                            ev.update(ctx.cells.get_or_run(f"browser/{seed}/{n}",
+                                                           lambda r=ref, d=driver: _browser_eval(seed_data(), d, r)))
+                        except _browser_errors() as e:   # a browser that dies mid-run: reported, not a crash
+                            browser_note = f"the browser failed at seed {seed}: {_first_line(e)}"
+                            ctx.log(browser_note)
+                            driver = _quit(driver)
                     evals[seed] = ev
                     ctx.log(f"seed {seed}: latency, {s['repetitions']} interleaved repetitions ...")
                     key = f"latency/{seed}/{'with' if driver else 'without'}-browser"
-                    timings[seed] = ctx.cells.get_or_run(key, lambda: _latency(seed_data(), c, driver, s))
+                    try:
+                        timings[seed] = ctx.cells.get_or_run(key, lambda d=driver: _latency(seed_data(), c, d, s))
+                    except _browser_errors() as e:
+                        browser_note = f"the browser failed at seed {seed}: {_first_line(e)}"
+                        ctx.log(browser_note)
+                        driver = _quit(driver)
+                        timings[seed] = ctx.cells.get_or_run(f"latency/{seed}/without-browser",
+                                                             lambda: _latency(seed_data(), c, None, s))
         finally:
-            if driver is not None:
-                driver.quit()
+            _quit(driver)
+        if browser_note:   # rows from seeds measured before a failure stay out: every seed or none
+            for ev in evals.values():
+                ev.pop("browser/float32", None)
+                ev.pop("browser/int8", None)
+            for t in timings.values():
+                t.pop("browser", None)
         claims = deploy_claims(evals, timings, seeds, browser_note, ctx.full)
         tables = _tables(evals, timings, seeds)
         figures = _plot(ctx, timings)
@@ -283,6 +299,28 @@ class DeployStudy(Experiment):
                        "same_as_pc": SAME_AS_PC, "int8_cost": INT8_COST, "int8_factor": INT8_FACTOR,
                        "real_time_s": REAL_TIME_S},
                       tables=tables, claims=claims, figures=figures, notes=notes, metrics=metrics)
+
+
+def _browser_errors() -> tuple[type[BaseException], ...]:
+    """What a browser that crashes or hangs mid-run raises (WebDriver errors, a page that reports an error)."""
+    from selenium.common.exceptions import WebDriverException
+
+    from lenetlab.deploy.browser import PageError
+
+    return (WebDriverException, PageError)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = (getattr(e, "msg", None) or str(e)).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _quit(driver: Any) -> None:
+    if driver is not None:
+        try:
+            driver.quit()
+        except Exception:   # noqa: BLE001 (a dead browser cannot be quit; nothing else to do)
+            pass
 
 
 # ------------------------------------------------------------------ claims
