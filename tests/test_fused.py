@@ -284,9 +284,12 @@ def test_reproduce_fused_tiny(tmp_path):
 
     r = reproduce("fused", tmp_path, tiny=True)
     claims = {c.name: c for c in r.claims}
-    assert set(claims) == {"oi_gain", "oi_gain_useful", "exact", "end_no_loss", "uniform_oi", "energy"}
+    assert set(claims) == {"oi_gain", "oi_gain_executed", "oi_gain_alexnet", "oi_gain_alexnet_executed",
+                           "oi_gain_vgg16", "oi_gain_vgg16_executed", "exact", "end_no_loss", "uniform_oi",
+                           "uniform_oi_executed", "energy"}
     assert claims["exact"].supported is True and claims["end_no_loss"].supported is True
     assert claims["oi_gain"].supported in (True, False) and "x" in claims["oi_gain"].measured
+    assert all(c.seeds == "n/a" for n, c in claims.items() if n != "energy")     # counts: exact, no seeds
     assert claims["energy"].supported is None
     for f in r.figures:
         assert (tmp_path / f).stat().st_size > 1000

@@ -191,11 +191,21 @@ def test_reproduce_noise_tiny(tmp_path):
     from lenetlab.experiments import reproduce
 
     r = reproduce("noise", tmp_path, tiny=True)
-    assert [c.name for c in r.claims] == ["qat_beats_float", "noisy_beats_qat", "noisy_gain_larger_net"]
+    assert [c.name for c in r.claims] == ["qat_beats_float_lenet5", "qat_beats_float_lenet5_w4",
+                                          "noisy_beats_qat_lenet5", "noisy_beats_qat_lenet5_w4",
+                                          "noisy_gain_larger_net"]
+    assert all(c.verdict == "inconclusive" and "1 seed" in c.measured for c in r.claims)   # tiny: one seed
     assert (tmp_path / "accuracy_vs_sigma.png").stat().st_size > 0 and (tmp_path / "report.md").exists()
     data = json.loads((tmp_path / "result.json").read_text())
-    rows = next(iter(data["tables"].values()))
-    assert len(rows) == 6 and all(0 <= row["auc"] <= 1 for row in rows)
+    validation, curves, models = data["tables"].values()
+    # every QAT configuration is scored on the validation split; exactly one is chosen per architecture
+    assert len(validation) == 4 and sum(row["chosen"] == "yes" for row in validation) == 2
+    assert [row["model"] for row in curves[:3]] == ["float", next(row["config"] for row in validation
+                                                              if row["chosen"]), "noisy (sigma_train = sigma)"]
+    assert all(0 <= row["0.5"] <= 100 for row in curves)
+    # noisy models are trained at the evaluation sigma (one per sigma), the larger net is 4x as wide
+    assert {row["model"] for row in models} >= {"float", "noisy0.5"}
+    assert {row["params"] for row in models} == {61_706, 972_554}
 
 
 def test_tensor_network_layers_are_one_noise_site_and_qat_skips_them():

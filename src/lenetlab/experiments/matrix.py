@@ -14,7 +14,7 @@ noisy          trained with the same relative noise model as the noise
                column (``train.train_noise``, ``noise_relative``,
                ``noise_sites = "conv,linear"``) at half its sigma
 tt             ``float`` with fc1/fc2 as rank-r tensor trains, fine-tuned
-               (:func:`lenetlab.compress.cli.compress_run`)
+               (:func:`lenetlab.compress.run.compress_run`)
 adtn           ``float`` with fc1/fc2 as depth-M brick-wall networks, fine-tuned
 snn_bp         ``lenet5_snn`` (LIF, T steps, surrogate-gradient BPTT)
 abs            ``lenet5_abs`` (|x| activations)
@@ -35,7 +35,7 @@ Columns, per variant:
   (:class:`lenetlab.noise.NoiseInjector`, sites conv + linear, mean over
   draws). The hardened int8 model gets the same noise on its int32
   accumulators (in the real units the requantisation implies, every copy
-  independently), then requantises;
+  independently, :mod:`lenetlab.noise.int8`), then requantises;
 - **int8**: accuracy of the variant's int8 deployment (``lenetlab export
   --int8``: post-training quantisation of its weights; the TT/ADTN models
   deploy their materialised dense weights);
@@ -47,12 +47,14 @@ Columns, per variant:
   the SNN's T time steps included; TT/ADTN as deployed, i.e. dense; hardened:
   plus the protected copies).
 
-Claims re-checked across variants (computed from the matrix; a verdict needs
-the seeds' accuracies / the pooled Wilson intervals to separate, else it is
-inconclusive):
-noisy training beats the float model under analog noise and so does QAT
-(Wang et al. 2025), and hardening lowers the SDC rate of the int8 model
-(Ahmadilivani et al. 2023).
+Claims re-checked across variants (:func:`matrix_claims`, from the per-seed
+cells; docs/claims.md): noisy training beats the float model under analog
+noise and so does QAT (Wang et al. 2025) - by the one rule of
+:mod:`lenetlab.noise.claims` that ``lenetlab reproduce noise`` uses too (paired
+bootstrap over seeds and test images of the accuracy difference under noise,
+supported when its 95% interval lies above 0) - and hardening lowers the SDC
+rate of the int8 model (Ahmadilivani et al. 2023: paired bootstrap over seeds
+of the SDC rate difference, each seed's (SDC, trials) count resampled).
 
 Every variant is built from several training seeds (the table shows means
 +- sd; the claims compare trained models, so one lucky seed cannot decide
@@ -68,10 +70,12 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from lenetlab.experiments import stats
 from lenetlab.experiments.base import Claim, Context, Experiment, Result
 from lenetlab.registry import register
 
@@ -79,77 +83,73 @@ VARIANTS = ("float", "qat_int8", "noisy", "tt", "adtn", "snn_bp", "abs", "harden
 NOISE_SITES = ("conv", "linear")
 
 
+@dataclass
+class Settings:
+    """One mode's budget (the first block: per mode) and the threats' fixed parameters."""
+
+    seeds: list[int]
+    train_subset: int | None
+    epochs: int
+    eval_images: int
+    pgd_steps: int
+    draws: int
+    sdc_images: int
+    sdc_draws: int
+    nvf_images: int
+    fit_steps: int
+    finetune_epochs: int
+    eps: float = 0.1
+    sigma: float = 0.1
+    ber: float = 2e-4
+    qat_bits: int = 8
+    qat_act_scale: float = 0.125
+    train_sigma: float = 0.05
+    tt_rank: int = 8
+    adtn_depth: int = 4
+    harden: str = "split"
+    harden_k: int = 20
+    snn_steps: int = 4
+
+
 def settings(full: bool, tiny: bool = False) -> dict[str, Any]:
-    common = {"eps": 0.1, "sigma": 0.1, "ber": 2e-4, "qat_bits": 8, "qat_act_scale": 0.125, "train_sigma": 0.05,
-              "tt_rank": 8, "adtn_depth": 4, "harden": "split", "harden_k": 20, "snn_steps": 4}
     if tiny:   # tests only: every code path, meaningless numbers
-        return {**common, "seeds": [0], "train_subset": 500, "epochs": 1, "eval_images": 48, "pgd_steps": 2, "draws": 2,
-                "sdc_images": 24, "sdc_draws": 2, "nvf_images": 2, "fit_steps": 10, "finetune_epochs": 1}
-    if full:
-        return {**common, "seeds": [0, 1, 2, 3, 4], "train_subset": None, "epochs": 5, "eval_images": 10000,
-                "pgd_steps": 40, "draws": 10,
-                "sdc_images": 2000, "sdc_draws": 20, "nvf_images": 64, "fit_steps": 1000, "finetune_epochs": 2}
-    return {**common, "seeds": [0, 1, 2], "train_subset": 30000, "epochs": 2, "eval_images": 1000,
-            "pgd_steps": 10, "draws": 5,
-            "sdc_images": 500, "sdc_draws": 8, "nvf_images": 16, "fit_steps": 500, "finetune_epochs": 1}
+        s = Settings(seeds=[0], train_subset=500, epochs=1, eval_images=48, pgd_steps=2, draws=2, sdc_images=24,
+                     sdc_draws=2, nvf_images=2, fit_steps=10, finetune_epochs=1)
+    elif full:
+        s = Settings(seeds=[0, 1, 2, 3, 4], train_subset=None, epochs=5, eval_images=10000, pgd_steps=40, draws=10,
+                     sdc_images=2000, sdc_draws=20, nvf_images=64, fit_steps=1000, finetune_epochs=2)
+    else:
+        s = Settings(seeds=[0, 1, 2], train_subset=30000, epochs=2, eval_images=1000, pgd_steps=10, draws=5,
+                     sdc_images=500, sdc_draws=8, nvf_images=16, fit_steps=500, finetune_epochs=1)
+    return asdict(s)
 
 
-def train_config(variant: str, s: dict[str, Any], seed: int = 0):
+def train_config(variant: str, s: Settings, seed: int = 0):
     """The run config of a trained variant (fast preset, the matrix's data budget)."""
     from lenetlab.train.presets import resolve
 
     model = {"snn_bp": "lenet5_snn", "abs": "lenet5_abs"}.get(variant, "lenet5")
-    train: dict[str, Any] = {"epochs": s["epochs"], "grad_norms": False, "eval_test_every_epoch": False, "seed": seed}
+    train: dict[str, Any] = {"epochs": s.epochs, "grad_norms": False, "eval_test_every_epoch": False, "seed": seed}
     if variant == "qat_int8":
-        train |= {"qat_bits": s["qat_bits"], "act_scale": s["qat_act_scale"]}
+        train["hardening"] = {"qat_bits": s.qat_bits, "act_scale": s.qat_act_scale}
     if variant == "noisy":
-        train |= {"train_noise": s["train_sigma"], "noise_relative": True, "noise_sites": ",".join(NOISE_SITES),
-                  "train_noise_ramp": 0.25}
-    overrides: dict[str, Any] = {"data": {"train_subset": s["train_subset"]}, "train": train}
+        train["hardening"] = {"sigma": s.train_sigma, "relative": True, "sites": ",".join(NOISE_SITES), "ramp": 0.25}
+    overrides: Settings = {"data": {"train_subset": s.train_subset}, "train": train}
     if variant == "snn_bp":
-        overrides["model"] = {"steps": s["snn_steps"]}
+        overrides["model"] = {"steps": s.snn_steps}
     return resolve("fast", model, overrides=overrides)
-
-
-def int8_noise_hooks(engine, sigma: float, rng: np.random.Generator) -> dict[int, Any]:
-    """Accumulator hooks adding relative Gaussian noise ``sigma * max|y|`` per image, in real units.
-
-    A stage's real output is proportional to ``acc * m / 2^s`` per channel (one activation scale per
-    tensor), so the noise is drawn on that scale and divided back per row (copies like their channel)."""
-    hooks = {}
-    for j, st in enumerate(engine.stages):
-        if st.m is None or st.s is None:   # RBF: no requantisation, no real scale
-            continue
-        k = (st.m.astype(np.float64) / np.exp2(st.s.astype(np.float64)))[st.row_channel()][None, :, None]
-
-        def hook(acc: np.ndarray, k=k) -> np.ndarray:
-            real = acc * k
-            scale = np.abs(real).reshape(len(acc), -1).max(1)[:, None, None]
-            noise = rng.standard_normal(acc.shape) * sigma * scale / k
-            return acc + np.rint(noise).astype(np.int64)
-
-        hooks[j] = hook
-    return hooks
-
-
-def int8_noisy_accuracy(engine, x0: np.ndarray, labels: np.ndarray, sigma: float, draws: int, seed: int
-                        ) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
-    per = [float((np.argmax(engine.forward(x0, acc_hooks=int8_noise_hooks(engine, sigma, rng)), 1) == labels)
-                 .mean()) for _ in range(draws)]
-    return {"mean": float(np.mean(per)), "std": float(np.std(per, ddof=1)) if draws > 1 else 0.0, "per_draw": per}
 
 
 def sdc_rate(engine, x0: np.ndarray, ber: float, draws: int, seed: int = 1) -> dict[str, Any]:
     """SDC under accumulator bit flips at ``ber`` (every bit, copies included), with a 95% Wilson interval."""
+    # another helper is moving this into lenetlab.faults; import it from there once it exists
     from lenetlab.experiments.faults import acc_ber_predictions
-    from lenetlab.faults.campaign import wilson
 
     clean = np.argmax(engine.forward(x0), axis=1)
     pred = acc_ber_predictions(engine, x0, ber, draws, seed)
     k, n = int((pred != clean[None]).sum()), int(pred.size)
-    lo, hi = wilson(k, n)
-    return {"sdc": k / n, "sdc_ci95": [lo, hi], "trials": n}
+    est = stats.wilson(k, n)
+    return {"sdc": k / n, "sdc_ci95": [est.lo, est.hi], "sdc_count": k, "trials": n}
 
 
 def engine_params(engine) -> int:
@@ -175,14 +175,15 @@ class RobustnessMatrix(Experiment):
         from lenetlab.deploy.export import build_flat
         from lenetlab.faults.harden import harden, top_neurons
         from lenetlab.faults.nvf import nvf_report
-        from lenetlab.quant.engine import IntEngine, blas_threads
+        from lenetlab.quant.engine import IntEngine
+        from lenetlab.quant.int8 import blas_threads
         from lenetlab.rundir import load_model
         from lenetlab.train import fit
 
-        s = ctx.resolve_settings(settings(ctx.full, ctx.tiny))
+        s = Settings(**ctx.resolve_settings(settings(ctx.full, ctx.tiny)))
         runs = ctx.out / "runs"
         _, _, test_x, test_y = load_raw("mnist")
-        n_eval, n_sdc = min(s["eval_images"], len(test_x)), min(s["sdc_images"], len(test_x))
+        n_eval, n_sdc = min(s.eval_images, len(test_x)), min(s.sdc_images, len(test_x))
         x01_all = torch.from_numpy(test_x).float().div_(255.0).unsqueeze(1)
         y_all = torch.from_numpy(test_y.astype(np.int64))
         splits_cache: dict[Any, Any] = {}
@@ -200,15 +201,15 @@ class RobustnessMatrix(Experiment):
             return {"seconds": r["wall_seconds"]}
 
         def compressed(v: str, seed: int) -> dict[str, Any]:
-            from lenetlab.compress.cli import compress_run
+            from lenetlab.compress.run import compress_run
 
-            r = compress_run(runs / f"s{seed}" / "float", runs / f"s{seed}" / v, v, "c5,f6", rank=s["tt_rank"],
-                             depth=s["adtn_depth"], fit_steps=s["fit_steps"], epochs=s["finetune_epochs"],
+            r = compress_run(runs / f"s{seed}" / "float", runs / f"s{seed}" / v, v, "c5,f6", rank=s.tt_rank,
+                             depth=s.adtn_depth, fit_steps=s.fit_steps, epochs=s.finetune_epochs,
                              force=True, log=None, progress=False, splits=splits_for(train_config("float", s)))
             return {"seconds": r["compress_wall_seconds"]}
 
         built: dict[str, float] = {}
-        for seed in s["seeds"]:
+        for seed in s.seeds:
             for v in ("float", "qat_int8", "noisy", "snn_bp", "abs", "tt", "adtn"):
                 make = compressed if v in ("tt", "adtn") else trained
                 rec = ctx.cells.get_or_run(f"build/{v}/s{seed}", lambda v=v, seed=seed, make=make: make(v, seed))
@@ -238,17 +239,18 @@ class RobustnessMatrix(Experiment):
                 with blas_threads(1):
                     eng = IntEngine(build_flat(deployed, cfg, int8=True))
                     out["int8_accuracy"] = float((eng.predict(test_x) == test_y).mean())
-                    out |= sdc_rate(eng, eng.input(np.ascontiguousarray(test_x[:n_sdc])), s["ber"], s["sdc_draws"])
+                    out |= sdc_rate(eng, eng.input(np.ascontiguousarray(test_x[:n_sdc])), s.ber, s.sdc_draws)
             qat = apply_eval_qat(model, cfg.train)      # the QAT variant is evaluated as trained
             try:
                 target = Target(model, cfg.data, name=v)
                 out["clean_accuracy"] = float((target.predict(x01_all) == y_all).float().mean())
-                attack = make_attack("pgd", target, s["eps"], seed=0, steps=s["pgd_steps"])
+                attack = make_attack("pgd", target, s.eps, seed=0, steps=s.pgd_steps)
                 res, _ = run_attack(attack, x01_all[:n_eval], y_all[:n_eval])
                 out["pgd_accuracy"] = res.adv_accuracy
-                noisy = noisy_accuracy(model, from_unit(x01_all[:n_eval], cfg.data), y_all[:n_eval], s["sigma"],
-                                       draws=s["draws"], relative=True, sites=NOISE_SITES, seed=seed)
+                noisy = noisy_accuracy(model, from_unit(x01_all[:n_eval], cfg.data), y_all[:n_eval], s.sigma,
+                                       draws=s.draws, relative=True, sites=NOISE_SITES, seed=seed)
                 out["noise_accuracy"], out["noise_per_draw"] = noisy["mean"], noisy["per_draw"]
+                out["noise_per_image"] = noisy["per_image"]
             finally:
                 if qat is not None:
                     qat.remove()
@@ -257,26 +259,28 @@ class RobustnessMatrix(Experiment):
 
         def hardened_metrics(seed: int) -> dict[str, Any]:
             from lenetlab.attacks import Target, make_attack
+            from lenetlab.noise.int8 import int8_noisy_accuracy
 
             t0 = time.perf_counter()
             model, cfg = load_model(runs / f"s{seed}" / "float")
             model.eval()
             with blas_threads(1):
                 base = IntEngine(build_flat(model, cfg, int8=True))
-                nvf = nvf_report(base, np.ascontiguousarray(test_x[: s["nvf_images"]]))
+                nvf = nvf_report(base, np.ascontiguousarray(test_x[: s.nvf_images]))
                 ops = {j: st.op for j, st in enumerate(base.stages)}
-                eng = harden(base, top_neurons(nvf["neurons"], s["harden_k"], ops), s["harden"])
+                eng = harden(base, top_neurons(nvf["neurons"], s.harden_k, ops), s.harden)
                 out: dict[str, Any] = {"int8_accuracy": float((eng.predict(test_x) == test_y).mean())}
                 out["clean_accuracy"] = out["int8_accuracy"]
                 # no gradient through integers: the float parent's PGD images, as uint8
-                attack = make_attack("pgd", Target(model, cfg.data), s["eps"], seed=0, steps=s["pgd_steps"])
+                attack = make_attack("pgd", Target(model, cfg.data), s.eps, seed=0, steps=s.pgd_steps)
                 x_adv = attack(x01_all[:n_eval], y_all[:n_eval])
                 adv_u8 = (x_adv.squeeze(1).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
                 out["pgd_accuracy"] = float((eng.predict(adv_u8) == test_y[:n_eval]).mean())
                 noisy = int8_noisy_accuracy(eng, eng.input(np.ascontiguousarray(test_x[:n_eval])), test_y[:n_eval],
-                                            s["sigma"], s["draws"], seed=seed)
+                                            s.sigma, s.draws, seed=seed)
                 out["noise_accuracy"], out["noise_per_draw"] = noisy["mean"], noisy["per_draw"]
-                out |= sdc_rate(eng, eng.input(np.ascontiguousarray(test_x[:n_sdc])), s["ber"], s["sdc_draws"])
+                out["noise_per_image"] = noisy["per_image"]
+                out |= sdc_rate(eng, eng.input(np.ascontiguousarray(test_x[:n_sdc])), s.ber, s.sdc_draws)
                 from lenetlab.models import param_count
                 from lenetlab.models.macs import count_macs
 
@@ -288,12 +292,14 @@ class RobustnessMatrix(Experiment):
             return out
 
         rows: list[dict[str, Any]] = []
+        cells: dict[str, list[dict[str, Any]]] = {}
         for i, v in enumerate(VARIANTS):
             def evaluate(v=v, seed=0) -> dict[str, Any]:
                 return hardened_metrics(seed) if v == "hardened_int8" else torch_metrics(v, seed)
 
-            per_seed = [ctx.cells.get_or_run(f"eval/{v}/s{seed}", lambda v=v, seed=seed: evaluate(v, seed))
-                        for seed in s["seeds"]]
+            per_seed = [ctx.cells.get_or_run(f"metrics/{v}/s{seed}", lambda v=v, seed=seed: evaluate(v, seed))
+                        for seed in s.seeds]
+            cells[v] = per_seed
             m = aggregate(per_seed)
             rows.append({"variant": v, **m})
             sdc = f"{100 * m['sdc']:.2f}%" if "sdc" in m else "n/a"
@@ -304,8 +310,9 @@ class RobustnessMatrix(Experiment):
         table = [_table_row(r, s) for r in rows]
         figures = _heatmap(ctx, rows, s)
         metrics = {f"{r['variant']}.{k}": r[k] for r in rows for k in HEADLINE if k in r}
-        return Result(self.name, self.paper, ctx.mode, {"settings": s, "variants": list(VARIANTS)},
-                      tables={"robustness matrix": table}, claims=_claims(rows, s), figures=figures,
+        return Result(self.name, self.paper, ctx.mode, {"settings": asdict(s), "variants": list(VARIANTS)},
+                      tables={"robustness matrix": table},
+                      claims=matrix_claims(cells, s, stats.min_seeds(ctx.full)), figures=figures,
                       notes=_notes(rows, s, n_eval, n_sdc, built), metrics=metrics)
 
 
@@ -317,8 +324,6 @@ _MEAN = ("clean_accuracy", "pgd_accuracy", "noise_accuracy", "int8_accuracy", "p
 def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """One variant over its seeds: means (and the per-seed values) of the accuracies and counts; the SDC
     pooled over every (image, draw) of every seed, with its Wilson interval."""
-    from lenetlab.faults.campaign import wilson
-
     out: dict[str, Any] = {"seeds": len(per_seed), "seconds": sum(r["seconds"] for r in per_seed)}
     for k in _MEAN:
         if k in per_seed[0]:
@@ -329,7 +334,8 @@ def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     if "sdc" in per_seed[0]:
         k = sum(int(round(r["sdc"] * r["trials"])) for r in per_seed)
         n = sum(int(r["trials"]) for r in per_seed)
-        out["sdc"], out["sdc_ci95"], out["trials"] = k / n, list(wilson(k, n)), n
+        est = stats.wilson(k, n)
+        out["sdc"], out["sdc_ci95"], out["trials"] = k / n, [est.lo, est.hi], n
         out["sdc_per_seed"] = [r["sdc"] for r in per_seed]
     return out
 
@@ -348,53 +354,43 @@ def _mean_sd(r: dict[str, Any], key: str, digits: int) -> str | float | None:
     return f"{100 * r[key]:.{digits}f} +- {100 * float(np.std(vals, ddof=1)):.{digits}f}"
 
 
-def _table_row(r: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
+def _table_row(r: dict[str, Any], s: Settings) -> dict[str, Any]:
     sdc = (f"{100 * r['sdc']:.2f} [{100 * r['sdc_ci95'][0]:.2f}, {100 * r['sdc_ci95'][1]:.2f}]"
            if "sdc" in r else "n/a (no int8 deployment)")
     return {"variant": r["variant"], "clean acc %": _mean_sd(r, "clean_accuracy", 2),
-            f"PGD acc % (eps {s['eps']:g})": _mean_sd(r, "pgd_accuracy", 1),
-            f"noise acc % (sigma {s['sigma']:g})": _mean_sd(r, "noise_accuracy", 1),
+            f"PGD acc % (eps {s.eps:g})": _mean_sd(r, "pgd_accuracy", 1),
+            f"noise acc % (sigma {s.sigma:g})": _mean_sd(r, "noise_accuracy", 1),
             "int8 acc %": _mean_sd(r, "int8_accuracy", 2),
-            f"SDC % (BER {s['ber']:g}) [95% CI]": sdc, "params": f"{r['params']:,.0f}", "MACs": f"{r['macs']:,.0f}"}
+            f"SDC % (BER {s.ber:g}) [95% CI]": sdc, "params": f"{r['params']:,.0f}", "MACs": f"{r['macs']:,.0f}"}
 
 
-def _separated(a: list[float], b: list[float]) -> bool | None:
-    """True: every value of ``a`` beats every value of ``b``; False: a's mean <= b's; None: in between."""
-    if np.mean(a) <= np.mean(b):
-        return False
-    return True if min(a) > max(b) else None
+def matrix_claims(cells: dict[str, list[dict[str, Any]]], s: Settings, min_seeds: int = stats.QUICK_MIN_SEEDS
+                  ) -> list[Claim]:
+    """The three claims from the per-seed cells: ``cells[variant]`` = one dict per training seed with
+    ``noise_per_image`` (each test image's fraction of noise draws correct) and, for the int8 variants,
+    ``sdc_count`` / ``trials``. Feed it synthetic cells to check the rules (tests/test_claims_matrix.py)."""
+    from lenetlab.noise.claims import beats_under_noise, qat_beats_float
 
-
-def _claims(rows: list[dict[str, Any]], s: dict[str, Any]) -> list[Claim]:
-    by = {r["variant"]: r for r in rows}
-    f = by["float"]
-    claims = []
-    for v, name, statement in (
-            ("noisy", "noisy_training_beats_float_under_noise",
-             "Wang et al. 2025: training with noise makes a network more robust to noisy computation"),
-            ("qat_int8", "qat_beats_float_under_noise",
-             "Wang et al. 2025: constant-scale QAT makes a network more robust to noisy computation")):
-        r = by[v]
-        # the unit is a trained model (its mean over draws) when there are several seeds, else a draw
-        unit = "noise_accuracy_per_seed" if r["seeds"] > 1 else "noise_per_draw"
-        what = "seed" if r["seeds"] > 1 else "draw"
-        verdict = _separated(r[unit], f[unit])
-        claims.append(Claim(name, statement,
-                            f"accuracy at relative sigma {s['sigma']:g} on conv/linear outputs: {v} "
-                            f"{100 * r['noise_accuracy']:.2f}% ({what}s {_span(r[unit])}) vs float "
-                            f"{100 * f['noise_accuracy']:.2f}% ({_span(f[unit])}); "
-                            f"supported when every {what} beats every float {what}", verdict))
-    h = by["hardened_int8"]
-    lo_f, hi_f = f["sdc_ci95"]
-    lo_h, hi_h = h["sdc_ci95"]
-    verdict = False if h["sdc"] >= f["sdc"] else (True if hi_h < lo_f else None)
-    claims.append(Claim("hardening_lowers_sdc",
-                        "Ahmadilivani et al. 2023: protecting the most vulnerable neurons lowers the SDC rate",
-                        f"SDC at accumulator BER {s['ber']:g}: {s['harden']} top {s['harden_k']}% "
-                        f"{100 * h['sdc']:.2f}% [{100 * lo_h:.2f}, {100 * hi_h:.2f}] vs unhardened int8 "
-                        f"{100 * f['sdc']:.2f}% [{100 * lo_f:.2f}, {100 * hi_f:.2f}] (+{h['macs'] - f['macs']:,.0f} "
-                        f"MACs; pooled over {f['seeds']} seed(s)); supported when the 95% intervals separate",
-                        verdict))
+    noise = f"relative noise sigma {s.sigma:g} x max|y| on every conv/linear output"
+    flt = [c["noise_per_image"] for c in cells["float"]]
+    claims = [
+        beats_under_noise("noisy_training_beats_float_under_noise",
+                          "Wang et al. 2025: training with noise makes a network more robust to noisy computation",
+                          "noisy", "float", [c["noise_per_image"] for c in cells["noisy"]], flt, noise=noise,
+                          min_seeds=min_seeds),
+        qat_beats_float([c["noise_per_image"] for c in cells["qat_int8"]], flt, noise=noise,
+                        name="qat_beats_float_under_noise", min_seeds=min_seeds)]
+    unhardened = [stats.Counts(int(c["sdc_count"]), int(c["trials"])) for c in cells["float"]]
+    hardened = [stats.Counts(int(c["sdc_count"]), int(c["trials"])) for c in cells["hardened_int8"]]
+    est = stats.bootstrap_difference(unhardened, hardened, paired=True)
+    rule = stats.Difference("unhardened", f"{s.harden} top {s.harden_k}%", 0.0,
+                            metric=f"int8 SDC rate at accumulator BER {s.ber:g}", scale=100, unit=" points")
+    claims.append(stats.make_claim(
+        "hardening_lowers_sdc", "Ahmadilivani et al. 2023: protecting the most vulnerable neurons lowers the SDC rate",
+        rule, est, min_seeds=min_seeds,
+        measured=f"SDC {100 * np.mean([k / n for k, n in unhardened]):.2f}% unhardened vs "
+                 f"{100 * np.mean([k / n for k, n in hardened]):.2f}% hardened (mean over seeds); difference "
+                 f"{est.format(100, ' points')}"))
     return claims
 
 
@@ -402,21 +398,21 @@ def _span(xs: list[float]) -> str:
     return f"{100 * min(xs):.1f}-{100 * max(xs):.1f}%"
 
 
-def _notes(rows: list[dict[str, Any]], s: dict[str, Any], n_eval: int, n_sdc: int, built: dict[str, float]
+def _notes(rows: list[dict[str, Any]], s: Settings, n_eval: int, n_sdc: int, built: dict[str, float]
            ) -> list[str]:
     by = {r["variant"]: r for r in rows}
-    notes = [f"clean accuracy on the 10k test set; PGD ({s['pgd_steps']} steps, random start, seed 0) and noise "
-             f"({s['draws']} draws) on the first {n_eval} test images; SDC on the first {n_sdc} x "
-             f"{s['sdc_draws']} draws. Every variant is built from {len(s['seeds'])} training seed(s) "
-             f"({', '.join(map(str, s['seeds']))}): accuracies are means (+- sd over seeds), the SDC is pooled.",
-             f"Trained variants: fast preset, {s['train_subset'] or 60000} training images x {s['epochs']} "
-             f"epoch(s); QAT {s['qat_bits']} bits, activation scale {s['qat_act_scale']:g}; noisy training at "
-             f"relative sigma {s['train_sigma']:g} on conv/linear outputs (ramped over the first quarter; with the "
+    notes = [f"clean accuracy on the 10k test set; PGD ({s.pgd_steps} steps, random start, seed 0) and noise "
+             f"({s.draws} draws) on the first {n_eval} test images; SDC on the first {n_sdc} x "
+             f"{s.sdc_draws} draws. Every variant is built from {len(s.seeds)} training seed(s) "
+             f"({', '.join(map(str, s.seeds))}): accuracies are means (+- sd over seeds), the SDC is pooled.",
+             f"Trained variants: fast preset, {s.train_subset or 60000} training images x {s.epochs} "
+             f"epoch(s); QAT {s.qat_bits} bits, activation scale {s.qat_act_scale:g}; noisy training at "
+             f"relative sigma {s.train_sigma:g} on conv/linear outputs (ramped over the first quarter; with the "
              "preset's peak lr 6e-3, training at relative sigma 0.1 ended at 97.0% clean and 0.2 did not learn, "
              "measured while choosing it); TT rank "
-             f"{s['tt_rank']} and ADTN depth {s['adtn_depth']} on fc1/fc2, {s['finetune_epochs']} fine-tuning "
-             f"epoch(s); SNN T = {s['snn_steps']}; hardened = {s['harden']} on the top {s['harden_k']}% neurons "
-             f"by NVF ({by['hardened_int8'].get('protected', 0):.0f} protected on average, NVF on {s['nvf_images']} "
+             f"{s.tt_rank} and ADTN depth {s.adtn_depth} on fc1/fc2, {s.finetune_epochs} fine-tuning "
+             f"epoch(s); SNN T = {s.snn_steps}; hardened = {s.harden} on the top {s.harden_k}% neurons "
+             f"by NVF ({by['hardened_int8'].get('protected', 0):.0f} protected on average, NVF on {s.nvf_images} "
              "images).",
              "hardened_int8 has no gradient: its PGD column is the float parent's adversarial images (a transfer "
              "attack, rounded to uint8), so it is an upper bound on its white-box robustness. Its fault-free "
@@ -433,16 +429,16 @@ def _notes(rows: list[dict[str, Any]], s: dict[str, Any], n_eval: int, n_sdc: in
     return notes
 
 
-def _heatmap(ctx: Context, rows: list[dict[str, Any]], s: dict[str, Any]) -> list[str]:
+def _heatmap(ctx: Context, rows: list[dict[str, Any]], s: Settings) -> list[str]:
     """Variants x metrics, coloured by how good each value is within its column (annotated with the value)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = [("clean %", "clean_accuracy", True, False), (f"PGD eps {s['eps']:g} %", "pgd_accuracy", True, False),
-            (f"noise sigma {s['sigma']:g} %", "noise_accuracy", True, False),
-            ("int8 %", "int8_accuracy", True, False), (f"SDC % @ BER {s['ber']:g}", "sdc", False, False),
+    cols = [("clean %", "clean_accuracy", True, False), (f"PGD eps {s.eps:g} %", "pgd_accuracy", True, False),
+            (f"noise sigma {s.sigma:g} %", "noise_accuracy", True, False),
+            ("int8 %", "int8_accuracy", True, False), (f"SDC % @ BER {s.ber:g}", "sdc", False, False),
             ("params", "params", False, True), ("MACs", "macs", False, True)]
     vals = np.array([[float(r[key]) if key in r else np.nan for _, key, _, _ in cols] for r in rows])
     good = np.full(vals.shape, np.nan)
@@ -465,7 +461,7 @@ def _heatmap(ctx: Context, rows: list[dict[str, Any]], s: dict[str, Any]) -> lis
             ax.text(j, i, text, ha="center", va="center", fontsize=9)
     ax.set_xticks(range(len(cols)), [c[0] for c in cols], rotation=20, ha="right")
     ax.set_yticks(range(len(rows)), [r["variant"] for r in rows])
-    ax.set_title(f"LeNet-5 robustness matrix, mean of {len(s['seeds'])} seed(s)\n"
+    ax.set_title(f"LeNet-5 robustness matrix, mean of {len(s.seeds)} seed(s)\n"
                  "(colour: best to worst within each column; grey: not applicable)")
     fig.tight_layout()
     fig.savefig(ctx.out / "robustness_matrix.png", dpi=110)

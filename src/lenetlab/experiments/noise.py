@@ -1,220 +1,309 @@
 """``lenetlab reproduce noise``: hardening against noisy computation (Wang, Borras, Klein, Froening 2025,
-PAPERS.md section 2).
+docs/papers/noise.md).
 
-Models, each trained on MNIST and then evaluated with absolute Gaussian noise
-after every layer (input, conv, activation, pool, linear incl. logits) on the
-17-point grid sigma = 10^(-2 + k/4), k = 0..16, with several noise draws per
-point (:func:`lenetlab.noise.noisy_accuracy`, vectorised over draws):
+Models, trained on MNIST and evaluated with absolute Gaussian noise after every
+layer (input, conv, activation, pool, linear incl. logits) at a few evaluation
+sigmas, several noise draws each (:func:`lenetlab.noise.noisy_accuracy`):
 
 - ``float``: the plain baseline;
 - ``qat{b}_s{s}``: constant-scale QAT (:mod:`lenetlab.noise.qat`) at b bits and
-  activation scale s, evaluated with its fake-quant on;
-- ``noisy{sigma}``: noisy training (the same noise on while training, sigma
-  ramped up linearly over the first quarter of training).
+  activation scale s, evaluated with its fake-quant on. Every configuration of
+  the grid is trained once (seed 0) and scored on a **validation split** held
+  out of training; only the configuration with the best mean validation
+  accuracy under noise is trained on the other seeds and scored on the test set;
+- ``noisy``: noisy training with **sigma_train = sigma_eval** (as the paper):
+  one model per evaluation sigma, trained with that noise on (ramped up over
+  the first quarter of training) and scored at that sigma only.
 
-Two architectures: ``lenet5`` (61,706 parameters) and the larger
-``lenet5`` with ``width=2`` (every hidden width doubled, ~4x the MACs).
+Two architectures: ``lenet5`` (61,706 parameters) and ``lenet5`` with
+``width=4`` (every hidden width x4: 24/64/480/336 channels and units, about
+about 16x the MACs and the parameters: 972,554).
 
-Robustness figures per model: ``sigma90`` = the largest grid sigma up to which
-mean accuracy stays >= 90% (absolute accuracy, every smaller grid point too),
-and ``auc`` = the area under accuracy vs log10(sigma) divided by the width of
-the grid (4 decades), i.e. the mean accuracy over the log-sigma range (1 = perfect).
+Claims, all by the one rule of :mod:`lenetlab.noise.claims` (shared with
+``lenetlab reproduce matrix``): a paired bootstrap over the training seeds and
+the test images of the accuracy difference under noise, each image scored by
+its fraction of draws correct, averaged over the evaluation sigmas:
 
-Claims, from the AUCs:
+- ``qat_beats_float_<arch>``: the chosen QAT configuration beats float;
+- ``noisy_beats_qat_<arch>``: noisy training beats the chosen QAT;
+- ``noisy_gain_larger_net``: the noisy-over-QAT margin is larger on the larger
+  architecture (a difference of paired differences).
 
-- ``qat_beats_float``: the best constant-scale QAT model beats the float
-  baseline on both architectures;
-- ``noisy_beats_qat``: the best noisy-trained model beats the best QAT model on
-  both architectures;
-- ``noisy_gain_larger_net``: the noisy-training margin over QAT is larger on
-  the larger architecture.
-
-Quick mode (default): 12k training images, 3 epochs, 1000 test images, 5
-draws, bits {4, 8} x scales {0.5, 2, 8}, sigma_train {0.1, 0.3, 1.0}, one seed
-(about 5 minutes on 2 cores). ``--full``: 55k images, 10 epochs, the 10k test
-set, 10 draws, bits {4, 8, 16} x scales {0.25, 1, 4, 16, 64}, sigma_train
-{0.03, 0.1, 0.3, 1.0}.
+Quick mode (default): 3 seeds, 10k training images x 3 epochs, 2,000
+validation images, 1,000 test images, 4 draws, QAT 4 bits x scales {0.5, 2},
+sigma_eval {0.3, 1}. ``--full``: 5 seeds, 55k training images x 10 epochs, 5,000
+validation images, the 10k test set, 10 draws, bits {4, 8, 16} x scales
+{0.25, 1, 4, 16, 64}, sigma_eval {0.1, 0.3, 1, 3}.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lenetlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+import numpy as np
+
+from lenetlab.config import DataConfig, HardeningConfig, ModelConfig, RunConfig, TrainConfig
+from lenetlab.experiments import stats
 from lenetlab.experiments.base import Claim, Context, Experiment, Result
 from lenetlab.registry import register
 
-ARCHS = {"lenet5": ("lenet5", {}), "lenet5_w2": ("lenet5", {"width": 2.0})}
-SIGMA_GRID = [10 ** (-2 + k / 4) for k in range(17)]
+LARGER_WIDTH = 4.0
+ARCHS = {"lenet5": ("lenet5", {}), "lenet5_w4": ("lenet5", {"width": LARGER_WIDTH})}
+METHODS = ("float", "qat", "noisy")
+
+
+@dataclass
+class Settings:
+    """One mode's grid. ``sigmas``: the evaluation sigmas, each also a noisy-training sigma."""
+
+    seeds: list[int]
+    train_subset: int | None
+    val_size: int
+    test_subset: int | None
+    epochs: int
+    draws: int
+    bits: list[int]
+    scales: list[float]
+    sigmas: list[float]
+    ramp: float = 0.25
+    batch_size: int = 128
+    archs: list[str] = field(default_factory=lambda: list(ARCHS))
 
 
 def settings(full: bool, tiny: bool = False) -> dict[str, Any]:
     if tiny:   # tests only: every code path, meaningless numbers
-        return {"train_subset": 500, "test_subset": 200, "epochs": 1, "draws": 2, "bits": [4], "scales": [1.0],
-                "train_sigmas": [0.3], "sigmas": [0.01, 0.1, 1.0], "ramp": 0.25}
-    if full:
-        return {"train_subset": None, "test_subset": None, "epochs": 10, "draws": 10, "bits": [4, 8, 16],
-                "scales": [0.25, 1.0, 4.0, 16.0, 64.0], "train_sigmas": [0.03, 0.1, 0.3, 1.0],
-                "sigmas": SIGMA_GRID, "ramp": 0.25}
-    return {"train_subset": 12000, "test_subset": 1000, "epochs": 3, "draws": 5, "bits": [4, 8],
-            "scales": [0.5, 2.0, 8.0], "train_sigmas": [0.1, 0.3, 1.0], "sigmas": SIGMA_GRID, "ramp": 0.25}
+        s = Settings(seeds=[0], train_subset=300, val_size=200, test_subset=200, epochs=1, draws=2, bits=[4],
+                     scales=[0.5, 2.0], sigmas=[0.5])
+    elif full:
+        s = Settings(seeds=[0, 1, 2, 3, 4], train_subset=55000, val_size=5000, test_subset=None, epochs=10,
+                     draws=10, bits=[4, 8, 16], scales=[0.25, 1.0, 4.0, 16.0, 64.0], sigmas=[0.1, 0.3, 1.0, 3.0])
+    else:
+        s = Settings(seeds=[0, 1, 2], train_subset=10000, val_size=2000, test_subset=1000, epochs=3, draws=4,
+                     bits=[4], scales=[0.5, 2.0], sigmas=[0.3, 1.0])
+    return asdict(s)
 
 
-def variants(s: dict[str, Any]) -> list[dict[str, Any]]:
-    """(label, method, train-config overrides) for every model of the grid."""
-    out = [{"label": "float", "method": "float", "train": {}}]
-    out += [{"label": f"qat{b}_s{sc:g}", "method": "qat", "train": {"qat_bits": b, "act_scale": sc}}
-            for b in s["bits"] for sc in s["scales"]]
-    out += [{"label": f"noisy{sg:g}", "method": "noisy",
-             "train": {"train_noise": sg, "train_noise_ramp": s["ramp"]}} for sg in s["train_sigmas"]]
-    return out
+def qat_label(bits: int, scale: float) -> str:
+    return f"qat{bits}_s{scale:g}"
 
 
-def run_config(arch: str, train: dict[str, Any], s: dict[str, Any]) -> RunConfig:
+def run_config(arch: str, s: Settings, seed: int, qat: tuple[int, float] | None = None,
+               sigma: float = 0.0) -> RunConfig:
+    """The run config of one model: float, QAT (``qat=(bits, scale)``) or noisy (``sigma`` > 0)."""
     name, options = ARCHS[arch]
-    data = DataConfig(val_size=0, train_subset=s["train_subset"], test_subset=s["test_subset"])
-    tc = TrainConfig(epochs=s["epochs"], batch_size=128, seed=0, eval_test_every_epoch=False, grad_norms=False,
-                     **train)
+    data = DataConfig(val_size=s.val_size, train_subset=s.train_subset, test_subset=s.test_subset)
+    hard = HardeningConfig(qat_bits=qat[0] if qat else None, act_scale=qat[1] if qat else 1.0, sigma=sigma,
+                           ramp=s.ramp if sigma > 0 else 0.0)
+    tc = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, seed=seed, eval_test_every_epoch=False,
+                     grad_norms=False, hardening=hard)
     return RunConfig(model=ModelConfig(name, dict(options)), data=data, train=tc)
 
 
-def robustness(sigmas: list[float], accs: list[float]) -> tuple[float | None, float]:
-    """(sigma90, normalised AUC over log10 sigma) of one accuracy-vs-sigma curve."""
-    sigma90 = None
-    for sg, a in zip(sigmas, accs):
-        if a < 0.9:
-            break
-        sigma90 = sg
-    xs = [math.log10(sg) for sg in sigmas]
-    area = sum((xs[i + 1] - xs[i]) * (accs[i] + accs[i + 1]) / 2 for i in range(len(xs) - 1))
-    width = xs[-1] - xs[0]
-    return sigma90, (area / width if width > 0 else accs[0])
+def _train_and_score(cfg: RunConfig, splits, sigmas: list[float], draws: int, val: bool) -> dict[str, Any]:
+    """Train, then score under noise at each sigma: per-image test scores, and (``val``) validation means."""
+    from lenetlab.models import param_count
+    from lenetlab.noise.inject import noisy_accuracy
+    from lenetlab.noise.training import apply_eval_qat
+    from lenetlab.train import fit
+
+    r = fit(cfg, splits=splits, log=None, progress=False)
+    model = r["_model"]
+    qat = apply_eval_qat(model, cfg.train)
+    out: dict[str, Any] = {"clean": r["test_accuracy"], "params": param_count(model),
+                           "train_seconds": r["wall_seconds"], "test": {}, "val": {}}
+    try:
+        for j, sg in enumerate(sigmas):
+            seed = 1000 * cfg.train.seed + j
+            t = noisy_accuracy(model, splits.test_x, splits.test_y, sg, draws, seed=seed)
+            out["test"][f"{sg:g}"] = [round(v, 6) for v in t["per_image"]]
+            if val:
+                out["val"][f"{sg:g}"] = noisy_accuracy(model, splits.val_x, splits.val_y, sg, draws,
+                                                       seed=seed + 500)["mean"]
+    finally:
+        if qat is not None:
+            qat.remove()
+    return out
 
 
 @register("experiment", "noise")
 class NoiseStudy(Experiment):
-    """Wang et al. 2025: noise injection, constant-scale QAT and noisy training on LeNet-5 and a wider LeNet."""
+    """Wang et al. 2025: noise injection, constant-scale QAT and noisy training on LeNet-5 and a 4x wider LeNet."""
 
     name = "noise"
-    paper = "Wang, Borras, Klein, Froening 2025, hardening DNNs against noisy computations (PAPERS.md section 2)"
+    paper = "Wang, Borras, Klein, Froening 2025, hardening DNNs against noisy computations (docs/papers/noise.md)"
     accepts_options = True
 
     def run(self, ctx: Context) -> Result:
         from lenetlab.data import load_splits
-        from lenetlab.models import param_count
-        from lenetlab.noise.inject import noisy_accuracy
-        from lenetlab.noise.training import apply_eval_qat
-        from lenetlab.train import fit
 
-        s = ctx.resolve_settings(settings(ctx.full, ctx.tiny))
-        splits = None
-        rows: list[dict[str, Any]] = []
-        grid = [(arch, v) for arch in ARCHS for v in variants(s)]
-        for i, (arch, v) in enumerate(grid):
+        s = Settings(**ctx.resolve_settings(settings(ctx.full, ctx.tiny)))
+        splits_cache: dict[str, Any] = {}
 
-            def cell(arch=arch, v=v) -> dict[str, Any]:
-                nonlocal splits
-                cfg = run_config(arch, v["train"], s)
-                if splits is None:
-                    splits = load_splits(cfg.data)
-                r = fit(cfg, splits=splits, log=None, progress=False)
-                model = r["_model"]
-                qat = apply_eval_qat(model, cfg.train)
-                curve = []
-                for j, sg in enumerate(s["sigmas"]):
-                    a = noisy_accuracy(model, splits.test_x, splits.test_y, sg, s["draws"], seed=1000 + j)
-                    curve.append({"sigma": sg, "mean": a["mean"], "std": a["std"]})
-                if qat is not None:
-                    qat.remove()
-                return {"clean": r["test_accuracy"], "params": param_count(model), "train_seconds": r["wall_seconds"],
-                        "curve": curve}
+        def splits():
+            if "s" not in splits_cache:
+                splits_cache["s"] = load_splits(run_config(s.archs[0], s, 0).data)
+            return splits_cache["s"]
 
-            row = ctx.cells.get_or_run(f"model/{arch}/{v['label']}", cell)
-            accs = [c["mean"] for c in row["curve"]]
-            sigma90, auc = robustness(s["sigmas"], accs)
-            rows.append({"arch": arch, "label": v["label"], "method": v["method"], **row,
-                         "sigma90": sigma90, "auc": auc})
-            ctx.log(f"[{i + 1}/{len(grid)}] {arch:9s} {v['label']:12s} clean {100 * row['clean']:.2f}%  "
-                    f"sigma90 {sigma90 if sigma90 is None else round(sigma90, 4)}  auc {auc:.3f}  "
-                    f"({row['train_seconds']:.1f}s training)")
+        def cell(key: str, cfg: RunConfig, sigmas: list[float], val: bool = False) -> dict[str, Any]:
+            rec = ctx.cells.get_or_run(key, lambda: _train_and_score(cfg, splits(), sigmas, s.draws, val))
+            ctx.log(f"{key}: clean {100 * rec['clean']:.2f}% ({rec['train_seconds']:.1f}s training)")
+            return rec
 
-        robust_table = [{"arch": r["arch"], "model": r["label"], "params": r["params"],
-                         "clean_acc_%": round(100 * r["clean"], 2),
-                         "sigma90": "< %g" % s["sigmas"][0] if r["sigma90"] is None else round(r["sigma90"], 4),
-                         "auc": round(r["auc"], 4)} for r in rows]
-        curve_table = [{"arch": r["arch"], "model": r["label"],
-                        **{f"{c['sigma']:.3g}": round(100 * c["mean"], 1) for c in r["curve"]}} for r in rows]
-        figures = _plot(ctx, s, rows)
+        configs = [(b, sc) for b in s.bits for sc in s.scales]
+        cells: dict[str, Any] = {}
+        for arch in s.archs:
+            # 1. QAT configuration choice: seed 0 of every configuration, on the validation split only
+            cands = {qat_label(*q): cell(f"{arch}/{qat_label(*q)}/s{s.seeds[0]}", run_config(arch, s, s.seeds[0], q),
+                                         s.sigmas, val=True) for q in configs}
+            chosen = choose_config({k: v["val"] for k, v in cands.items()})
+            q = next(c for c in configs if qat_label(*c) == chosen)
+            qat_cells = [cands[chosen]] + [cell(f"{arch}/{chosen}/s{sd}", run_config(arch, s, sd, q), s.sigmas)
+                                           for sd in s.seeds[1:]]
+            # 2. float on every seed; noisy with sigma_train = sigma_eval, scored at its own sigma
+            float_cells = [cell(f"{arch}/float/s{sd}", run_config(arch, s, sd), s.sigmas) for sd in s.seeds]
+            noisy_cells = {f"{sg:g}": [cell(f"{arch}/noisy{sg:g}/s{sd}", run_config(arch, s, sd, sigma=sg), [sg])
+                                       for sd in s.seeds] for sg in s.sigmas}
+            cells[arch] = {"chosen": chosen, "validation": {k: v["val"] for k, v in cands.items()},
+                           "float": float_cells, "qat": qat_cells, "noisy": noisy_cells}
+
+        scores = {arch: method_scores(c, s.sigmas) for arch, c in cells.items()}
+        claims = noise_claims(scores, s.sigmas, stats.min_seeds(ctx.full))
+        tables = {"validation: QAT configuration choice (mean accuracy % under noise on the validation split, "
+                  "seed 0)": _validation_rows(cells),
+                  "accuracy % vs sigma (test set; mean over seeds and draws; noisy: trained at that sigma)":
+                      _curve_rows(cells, s.sigmas),
+                  "models": _model_rows(cells, s)}
+        figures = _plot(ctx, s, cells)
         return Result(self.name, self.paper, ctx.mode,
-                      {"settings": s, "archs": {k: {"model": n, "options": o} for k, (n, o) in ARCHS.items()},
+                      {"settings": asdict(s), "archs": {k: {"model": n, "options": o} for k, (n, o) in ARCHS.items()},
                        "noise": "absolute, after input/conv/act/pool/linear (logits included)"},
-                      tables={"robustness (sigma90: largest sigma with >= 90% accuracy; auc: mean accuracy over "
-                              "log10 sigma)": robust_table,
-                              "accuracy % vs sigma (mean over draws)": curve_table},
-                      claims=_claims(rows), figures=figures,
-                      notes=[f"Accuracy on {s['test_subset'] or 10000} test images, {s['draws']} noise draws per "
-                             "sigma; QAT models are evaluated with their fake-quant on.",
-                             "Larger architecture: lenet5 with width=2 (hidden widths 12, 32, 240, 168).",
-                             f"Noisy training ramps sigma linearly from 0 over the first {s['ramp']:.0%} of steps."])
+                      tables=tables, claims=claims, figures=figures, notes=_notes(s, cells))
 
 
-def _best(rows: list[dict[str, Any]], arch: str, method: str) -> dict[str, Any]:
-    return max((r for r in rows if r["arch"] == arch and r["method"] == method), key=lambda r: r["auc"])
+def choose_config(val: dict[str, dict[str, float]]) -> str:
+    """The QAT configuration with the best mean validation accuracy over the evaluation sigmas (ties: first)."""
+    return max(val, key=lambda k: float(np.mean(list(val[k].values()))))
 
 
-def _claims(rows: list[dict[str, Any]]) -> list[Claim]:
-    archs = list(ARCHS)
-    best = {(a, m): _best(rows, a, m) for a in archs for m in ("float", "qat", "noisy")}
-
-    def desc(a: str, m: str) -> str:
-        r = best[(a, m)]
-        return f"{r['label']} auc {r['auc']:.3f}"
-
-    c1 = Claim("qat_beats_float", "QAT with constant scaling improves noise tolerance over the float baseline",
-               "; ".join(f"{a}: best QAT {desc(a, 'qat')} vs {desc(a, 'float')}" for a in archs),
-               all(best[(a, "qat")]["auc"] > best[(a, "float")]["auc"] for a in archs))
-    c2 = Claim("noisy_beats_qat", "noisy training improves noise tolerance more than QAT (the best approach)",
-               "; ".join(f"{a}: best noisy {desc(a, 'noisy')} vs best QAT {desc(a, 'qat')}" for a in archs),
-               all(best[(a, "noisy")]["auc"] > best[(a, "qat")]["auc"] for a in archs))
-    margin = {a: best[(a, "noisy")]["auc"] - best[(a, "qat")]["auc"] for a in archs}
-    c3 = Claim("noisy_gain_larger_net", "the advantage of noisy training is larger for larger architectures",
-               "auc margin noisy - QAT: " + ", ".join(f"{a} {m:+.3f}" for a, m in margin.items()),
-               margin[archs[1]] > margin[archs[0]])
-    return [c1, c2, c3]
+def _mean_over_sigmas(per_sigma: list[list[float]]) -> list[float]:
+    return np.mean(np.asarray(per_sigma, dtype=np.float64), axis=0).tolist()
 
 
-def _plot(ctx: Context, s: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+def method_scores(c: dict[str, Any], sigmas: list[float]) -> dict[str, list[list[float]]]:
+    """Per method, one per-image score vector per seed: the fraction of draws correct, averaged over the
+    evaluation sigmas (noisy: the model trained at each sigma, scored at it)."""
+    keys = [f"{sg:g}" for sg in sigmas]
+    out = {m: [_mean_over_sigmas([r["test"][k] for k in keys]) for r in c[m]] for m in ("float", "qat")}
+    n_seeds = len(c["float"])
+    out["noisy"] = [_mean_over_sigmas([c["noisy"][k][i]["test"][k] for k in keys]) for i in range(n_seeds)]
+    return out
+
+
+def noise_claims(scores: dict[str, dict[str, list]], sigmas: list[float], min_seeds: int) -> list[Claim]:
+    """The three claims from per-arch, per-method, per-seed per-image scores (the first arch is the small one,
+    the last the larger). Takes only the scores, so tests can feed synthetic ones."""
+    from lenetlab.noise.claims import beats_under_noise, contrast, qat_beats_float
+
+    noise = f"absolute noise after every layer (mean over sigma {', '.join(f'{x:g}' for x in sigmas)})"
+    claims = []
+    for arch, sc in scores.items():
+        claims.append(qat_beats_float(sc["qat"], sc["float"], noise=noise, name=f"qat_beats_float_{arch}",
+                                      statement=f"constant-scale QAT improves noise tolerance over float ({arch})",
+                                      min_seeds=min_seeds))
+    for arch, sc in scores.items():
+        claims.append(beats_under_noise(f"noisy_beats_qat_{arch}", "noisy training (sigma_train = sigma_eval) "
+                                        f"improves noise tolerance more than QAT ({arch})", "noisy", "QAT",
+                                        sc["noisy"], sc["qat"], noise=noise, min_seeds=min_seeds))
+    small, large = list(scores)[0], list(scores)[-1]
+    if small == large:
+        claims.append(stats.untestable("noisy_gain_larger_net", LARGER_STATEMENT,
+                                       "one architecture in this run: no larger network to compare"))
+        return claims
+    groups = {"nL": scores[large]["noisy"], "qL": scores[large]["qat"], "nS": scores[small]["noisy"],
+              "qS": scores[small]["qat"]}
+    est = contrast(groups, {"nL": 1.0, "qL": -1.0, "nS": -1.0, "qS": 1.0})
+    rule = stats.GreaterThan(0.0, quantity=f"(noisy - QAT on {large}) - (noisy - QAT on {small}) accuracy under "
+                             f"{noise}", scale=100, unit=" points")
+    claims.append(stats.make_claim("noisy_gain_larger_net", LARGER_STATEMENT, rule, est, min_seeds=min_seeds))
+    return claims
+
+
+LARGER_STATEMENT = "the advantage of noisy training over QAT is larger for larger architectures"
+
+
+def _validation_rows(cells) -> list[dict[str, Any]]:
+    return [{"arch": arch, "config": k, **{f"sigma {sg}": round(100 * v, 2) for sg, v in val.items()},
+             "chosen": "yes" if k == c["chosen"] else ""} for arch, c in cells.items()
+            for k, val in c["validation"].items()]
+
+
+def _curve_rows(cells, sigmas: list[float]) -> list[dict[str, Any]]:
+    rows = []
+    for arch, c in cells.items():
+        for m in METHODS:
+            label = {"float": "float", "qat": c["chosen"], "noisy": "noisy (sigma_train = sigma)"}[m]
+            row: dict[str, Any] = {"arch": arch, "model": label}
+            for sg in sigmas:
+                k = f"{sg:g}"
+                recs = c["noisy"][k] if m == "noisy" else c[m]
+                row[k] = round(100 * float(np.mean([np.mean(r["test"][k]) for r in recs])), 2)
+            rows.append(row)
+    return rows
+
+
+def _model_rows(cells, s: Settings) -> list[dict[str, Any]]:
+    rows = []
+    for arch, c in cells.items():
+        recs = {"float": c["float"], c["chosen"]: c["qat"],
+                **{f"noisy{k}": v for k, v in c["noisy"].items()}}
+        for label, rs in recs.items():
+            clean = [r["clean"] for r in rs]
+            rows.append({"arch": arch, "model": label, "params": rs[0]["params"], "seeds": len(rs),
+                         "clean_acc_%": round(100 * float(np.mean(clean)), 2),
+                         "clean_sd": round(100 * float(np.std(clean, ddof=1)), 2) if len(rs) > 1 else 0.0})
+    return rows
+
+
+def _notes(s: Settings, cells) -> list[str]:
+    chosen = ", ".join(f"{arch}: {c['chosen']}" for arch, c in cells.items())
+    return [f"Test accuracy on {s.test_subset or 10000} test images, {s.draws} noise draws per sigma; training on "
+            f"{s.train_subset or 60000 - s.val_size} images x {s.epochs} epochs, {len(s.seeds)} seeds "
+            f"({', '.join(map(str, s.seeds))}); QAT models are evaluated with their fake-quant on.",
+            f"QAT configuration chosen on the {s.val_size}-image validation split (held out of training; seed 0 of "
+            f"each of bits {s.bits} x scales {s.scales}; mean accuracy under noise over the evaluation sigmas): "
+            f"{chosen}. The test set scores only the chosen configuration.",
+            "Noisy training uses sigma_train = sigma_eval (one model per evaluation sigma and seed), with the "
+            f"noise ramped linearly from 0 over the first {s.ramp:.0%} of steps.",
+            f"Larger architecture: lenet5 with width={LARGER_WIDTH:g} (hidden widths 24, 64, 480, 336).",
+            "Every claim uses the rule of lenetlab.noise.claims (shared with the matrix): paired bootstrap over "
+            "seeds and test images; each image's score is its fraction of draws correct, averaged over sigmas."]
+
+
+def _plot(ctx: Context, s: Settings, cells) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    archs = list(ARCHS)
-    fig, axes = plt.subplots(1, len(archs), figsize=(13, 5), sharey=True)
-    cmaps = {"qat": plt.get_cmap("Blues"), "noisy": plt.get_cmap("Reds")}
-    for ax, arch in zip(axes, archs):
-        mine = [r for r in rows if r["arch"] == arch]
-        counts = {m: sum(r["method"] == m for r in mine) for m in ("qat", "noisy")}
-        seen = {"qat": 0, "noisy": 0}
-        for r in mine:
-            xs = [c["sigma"] for c in r["curve"]]
-            ms = [100 * c["mean"] for c in r["curve"]]
-            sds = [100 * c["std"] for c in r["curve"]]
-            if r["method"] == "float":
-                color, style, lw = "black", "-", 2.2
-            else:
-                seen[r["method"]] += 1
-                color = cmaps[r["method"]](0.35 + 0.6 * seen[r["method"]] / counts[r["method"]])
-                style, lw = ("--", 1.3) if r["method"] == "qat" else ("-", 1.6)
-            ax.errorbar(xs, ms, yerr=sds, color=color, linestyle=style, linewidth=lw, marker=".", capsize=2,
-                        label=f"{r['label']} (auc {r['auc']:.2f})")
-        ax.axhline(90, color="grey", linewidth=0.8, linestyle=":")
+    fig, axes = plt.subplots(1, len(cells), figsize=(6 * len(cells), 4.5), sharey=True, squeeze=False)
+    colours = {"float": "black", "qat": "tab:blue", "noisy": "tab:red"}
+    for ax, (arch, c) in zip(axes[0], cells.items()):
+        for m in METHODS:
+            means, sds = [], []
+            for sg in s.sigmas:
+                k = f"{sg:g}"
+                per_seed = [100 * float(np.mean(r["test"][k])) for r in (c["noisy"][k] if m == "noisy" else c[m])]
+                means.append(float(np.mean(per_seed)))
+                sds.append(float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0)
+            label = {"float": "float", "qat": f"QAT {c['chosen']} (chosen on validation)",
+                     "noisy": "noisy, sigma_train = sigma_eval"}[m]
+            ax.errorbar(s.sigmas, means, yerr=sds, color=colours[m], marker="o", capsize=3, label=label)
         ax.set(xscale="log", xlabel="noise sigma (absolute, after every layer)", ylim=(0, 100),
-               title=f"{arch}: accuracy vs noise ({s['draws']} draws, mean +- std)")
+               title=f"{arch}: test accuracy, mean +- sd over {len(s.seeds)} seed(s)")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="lower left")
-    axes[0].set_ylabel("test accuracy %")
+        ax.legend(fontsize=8, loc="lower left")
+    axes[0][0].set_ylabel("test accuracy %")
     fig.tight_layout()
     fig.savefig(ctx.out / "accuracy_vs_sigma.png", dpi=110)
     plt.close(fig)

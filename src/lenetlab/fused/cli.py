@@ -1,4 +1,4 @@
-"""``lenetlab fused``: fused-layer schedules of a trained run, simulated and counted (USEFUSE, PAPERS.md section 4).
+"""``lenetlab fused``: fused-layer schedules of a trained run, simulated and counted (USEFUSE, docs/papers/fused.md).
 
 Example::
 
@@ -11,9 +11,9 @@ import argparse
 import json
 
 from lenetlab.errors import LenetlabError
+from lenetlab.fused.counting import CONVENTIONS
 
-CONVENTIONS = ("per image; activations 4 B (float32) / 1 B (int8), parameters as the flat file stores them; "
-               "overlapping input tiles re-read; OI = executed MACs / off-chip bytes")
+__all__ = ["CONVENTIONS", "add_commands", "cmd_fused", "text_table"]
 
 
 def cmd_fused(a: argparse.Namespace) -> int:

@@ -194,7 +194,10 @@ class NoiseInjector:
 def noisy_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float, draws: int = 5,
                    relative: bool = False, sites: Sequence[str] = SITES, weight_sigma: float = 0.0,
                    seed: int = 0, batch_size: int = 1000) -> dict[str, Any]:
-    """Test accuracy under ``draws`` independent noise draws: ``{"mean", "std", "per_draw"}``.
+    """Test accuracy under ``draws`` independent noise draws: ``{"mean", "std", "per_draw", "per_image"}``.
+
+    ``per_image``: each image's fraction of draws classified correctly (a score in [0, 1] per image, what
+    :mod:`lenetlab.experiments.stats` resamples for intervals over seeds and test images).
 
     Vectorised: each batch is repeated ``draws`` times and pushed through one
     forward, so every draw sees fresh noise at every site. ``batch_size`` counts
@@ -205,22 +208,26 @@ def noisy_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: fl
     was_training = model.training
     model.eval()
     correct = torch.zeros(draws, dtype=torch.long)
+    per_image = torch.zeros(len(x), dtype=torch.long)
     try:
         with NoiseInjector(model, sigma, relative, sites, weight_sigma, seed):
             if weight_sigma > 0:
                 # one weight draw per forward: loop over draws
                 for d in range(draws):
                     for i in range(0, len(x), batch_size):
-                        correct[d] += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+                        hit = model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]
+                        correct[d] += int(hit.sum())
+                        per_image[i:i + batch_size] += hit.long()
             else:
                 per = max(1, batch_size // draws)
                 for i in range(0, len(x), per):
                     xb, yb = x[i:i + per], y[i:i + per]
                     logits = model(xb.repeat(draws, *([1] * (xb.dim() - 1))))
-                    hits = (logits.argmax(1).view(draws, len(xb)) == yb).sum(1)
-                    correct += hits
+                    hit = logits.argmax(1).view(draws, len(xb)) == yb
+                    correct += hit.sum(1)
+                    per_image[i:i + per] += hit.sum(0)
     finally:
         model.train(was_training)
     acc = correct.double() / max(1, len(x))
     return {"mean": float(acc.mean()), "std": float(acc.std()) if draws > 1 else 0.0,
-            "per_draw": acc.tolist()}
+            "per_draw": acc.tolist(), "per_image": (per_image.double() / draws).tolist()}
