@@ -17,6 +17,7 @@ from lenetlab.deploy.graph import to_flat
 from lenetlab.deploy.quantize import fixed_point, quantize
 from lenetlab.errors import LenetlabError
 from lenetlab.models import create_model, model_entry
+from lenetlab.quant import int8
 from lenetlab.rundir import load_model
 
 ACTS = ["relu", "tanh", "sigmoid", "selu", "scaled_tanh", "abs", "identity"]
@@ -98,9 +99,9 @@ def test_fixed_point_multiplier():
 def test_requantize_rounds_half_away_from_zero():
     acc = np.array([5, -5, 6, -6, 7, -7, 0])
     # multiplier 0.5 exactly: M = 2^30, n = 31
-    got = runtime.requantize(acc, np.full(7, 2**30), np.full(7, 31), 8)
+    got = int8.requantize(acc, np.full(7, 2**30), np.full(7, 31), 8)
     assert got.tolist() == [3, -3, 3, -3, 4, -4, 0]
-    big = runtime.requantize(np.array([10**6, -(10**6)]), np.full(2, 2**30), np.full(2, 31), 8)
+    big = int8.requantize(np.array([10**6, -(10**6)]), np.full(2, 2**30), np.full(2, 31), 8)
     assert big.tolist() == [127, -128]
 
 

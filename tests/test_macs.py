@@ -125,3 +125,74 @@ def test_spiking_lenet_counts_every_time_step(encoding, expected):
     assert r.total == expected
     one_step = count_macs(create_model("lenet5_snn", steps=1, encoding=encoding)).total
     assert one_step == LENET5 and r.total > one_step
+
+
+# ---------------------------------------------------------------- one counter: flat models, engine, NVF, fused
+def _flat(name: str):
+    """(model, flat float32 model) of an untrained registered model, or None if it has no flat exporter."""
+    from lenetlab.config import DataConfig
+    from lenetlab.deploy.graph import to_flat
+    from lenetlab.models import model_entry
+
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    try:
+        fm = to_flat(model, DataConfig(**model_entry(name).data_defaults))
+    except LenetlabError:
+        return None
+    # a compressed model ships (and deploys) the dense weights it represents: count those
+    return (model.materialize() if hasattr(model, "materialize") else model), fm
+
+
+@pytest.mark.parametrize("name", names("model"))
+def test_flat_counts_match_count_macs_layer_by_layer(name):
+    """The flat-model counter and the PyTorch trace agree on every layer with MACs, in network order."""
+    from lenetlab.models.macs import flat_layer_macs, flat_macs
+
+    pair = _flat(name)
+    if pair is None:
+        pytest.skip(f"{name} has no flat-format exporter")
+    model, fm = pair
+    report = count_macs(model)
+    traced = [r.macs for r in report.layers if r.macs]
+    flat = [flat_layer_macs(layer) for layer in fm.layers if flat_layer_macs(layer)]
+    assert flat == traced
+    assert flat_macs(fm) == report.total
+
+
+@pytest.fixture(scope="module")
+def calibration(mnist_test):
+    return mnist_test[0][:32]
+
+
+@pytest.mark.parametrize("name", names("model"))
+def test_engine_nvf_and_fused_counts_match_the_one_counter(name, calibration):
+    """IntEngine.macs (and hardened copies), NVF protection costs and the fused schedule's useful MACs are
+    the flat counter's numbers for the same layers."""
+    from lenetlab.deploy.quantize import quantize
+    from lenetlab.faults.harden import harden
+    from lenetlab.faults.nvf import protection_cost
+    from lenetlab.fused.counting import count_fused, count_layer_by_layer
+    from lenetlab.fused.schedule import Schedule
+    from lenetlab.fused.stages import stages
+    from lenetlab.models.macs import flat_layer_macs, flat_macs
+    from lenetlab.quant.engine import IntEngine
+
+    pair = _flat(name)
+    if pair is None:
+        pytest.skip(f"{name} has no flat-format exporter")
+    model, fm = pair
+    fm8 = quantize(fm, calibration)
+    eng = IntEngine(fm8)
+    assert eng.macs() == flat_macs(fm8) == flat_macs(fm) == count_macs(model).total
+    for j, st in enumerate(eng.stages):
+        assert int(protection_cost(eng, j)[:, 0].sum()) == flat_layer_macs(fm8.layers[st.flat_index])
+    # a protected neuron costs exactly its own MACs once more per copy
+    j = next(j for j, st in enumerate(eng.stages) if st.op == "conv")
+    tmr = harden(eng, [(j, 0)], "tmr")
+    assert tmr.macs() - eng.macs() == 2 * int(protection_cost(eng, j)[0, 0])
+    group = stages(fm8)
+    want = sum(flat_layer_macs(fm8.layers[i]) for s in group for i in range(s.first, s.last + 1))
+    assert count_layer_by_layer(group, fm8).useful_macs == want
+    fused = count_fused(Schedule(tuple(group), 1), fm8)
+    assert fused.useful_macs == want and fused.macs >= want      # executed MACs add the recomputation

@@ -10,9 +10,11 @@ work on flat 1-D activations, element (c, y, x) of a C x H x W map at
 - ``mode="fast"``: the same index arithmetic precomputed once into gather
   matrices (im2col), one matrix product per layer.
 
-int8 files run in integers only (see the spec's "int8 files"); the products
-are formed in float64, which is exact here because every partial sum stays
-far below 2^53.
+int8 files run in integers only (see the spec's "int8 files"): the fast path
+is the one int8 executor, :func:`lenetlab.quant.int8.run_layer`, shared with
+the integer engine, the fused simulator and the fault campaigns; the reference
+path keeps its own loops (products in float64, exact because every partial
+sum stays far below 2^53) as the readable oracle it is tested against.
 
 Example::
 
@@ -23,15 +25,17 @@ Example::
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 
 from lenetlab.deploy.flat import FlatModel, Layer
 from lenetlab.errors import LenetlabError
+from lenetlab.quant import int8
+from lenetlab.quant.int8 import I32_MAX, I32_MIN, requantize
+
+__all__ = ["I32_MAX", "I32_MIN", "activation", "predict", "prepare_input", "receptive_field", "requantize",
+           "run"]
 
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805
-I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 
 
 def activation(name: str, x: np.ndarray) -> np.ndarray:
@@ -52,16 +56,6 @@ def activation(name: str, x: np.ndarray) -> np.ndarray:
     if name == "abs":
         return np.abs(x)
     raise LenetlabError(f"unknown activation {name!r}")
-
-
-def requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, bits: int) -> np.ndarray:
-    """sign(acc) * ((|acc| * M + 2^(n-1)) >> n), clamped; M, n broadcast per channel."""
-    mag = np.abs(acc).astype(np.uint64)
-    n = shift.astype(np.uint64)
-    r = (mag * mult.astype(np.uint64) + (np.uint64(1) << (n - np.uint64(1)))) >> n
-    out = np.where(acc < 0, -r.astype(np.int64), r.astype(np.int64))
-    lo, hi = (-128, 127) if bits == 8 else (I32_MIN, I32_MAX)
-    return np.clip(out, lo, hi)
 
 
 def prepare_input(fm: FlatModel, images: np.ndarray) -> np.ndarray:
@@ -104,20 +98,6 @@ def receptive_field(layer: Layer, oy: int, ox: int) -> tuple[list[int], list[int
     return idx, cols
 
 
-@lru_cache(maxsize=64)
-def _im2col(in_shape: tuple[int, int, int], k: int, pad: int) -> np.ndarray:
-    """(P, C*k*k) gather matrix over every output position; L (one past the end) = a zero cell."""
-    c_in, h, w = in_shape
-    oh, ow = h + 2 * pad - k + 1, w + 2 * pad - k + 1
-    c, u, v = np.meshgrid(np.arange(c_in), np.arange(k), np.arange(k), indexing="ij")
-    oy, ox = np.meshgrid(np.arange(oh), np.arange(ow), indexing="ij")
-    y = oy.reshape(-1, 1) + u.reshape(1, -1) - pad
-    x = ox.reshape(-1, 1) + v.reshape(1, -1) - pad
-    idx = c.reshape(1, -1) * h * w + y * w + x
-    inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
-    return np.where(inside, idx, c_in * h * w)
-
-
 def _conv_weights(layer: Layer) -> np.ndarray:
     oc = layer.out_shape[0]
     wmat = layer.arrays["w"].reshape(oc, -1)
@@ -147,7 +127,7 @@ def _conv(layer: Layer, x: np.ndarray, integer: bool, reference: bool) -> np.nda
                 acc = _matmul(x[:, idx], wmat[:, cols].T, integer)          # (N, oc)
                 y[:, np.arange(oc) * oh * ow + oy * ow + ox] = acc
     else:
-        gather = _im2col(layer.in_shape, layer.k, layer.pad)
+        gather = int8.im2col(layer.in_shape, layer.k, layer.pad)
         xz = np.concatenate([x, np.zeros((n, 1), x.dtype)], axis=1)
         step = max(1, (1 << 24) // gather.size)   # bound the (images, P, K) gather to 2^24 values
         parts = []
@@ -205,8 +185,7 @@ def _rbf(layer: Layer, x: np.ndarray, integer: bool) -> np.ndarray:
     oc = layer.out_shape[0]
     centres = layer.arrays["w"].reshape(oc, -1)
     if integer:
-        d = x.astype(np.int64)[:, None, :] - centres.astype(np.int64)[None]
-        return np.clip(-(d * d).sum(-1), I32_MIN, I32_MAX)
+        return int8.rbf(x, centres)
     # float32 inputs, float64 sum (the spec's rule: distances are large, their float32 sum loses digits)
     d = x.astype(np.float32)[:, None, :].astype(np.float64) - centres[None].astype(np.float32).astype(np.float64)
     return (-(d * d).sum(-1)).astype(np.float32)
@@ -214,10 +193,12 @@ def _rbf(layer: Layer, x: np.ndarray, integer: bool) -> np.ndarray:
 
 def _layer(fm: FlatModel, layer: Layer, x: np.ndarray, reference: bool) -> np.ndarray:
     integer = fm.dtype == "int8"
+    if integer and not reference:
+        return int8.run_layer(layer, x)
     op = layer.op
     if op == "act":
         if integer:
-            return layer.arrays["t"].astype(np.int64)[x + 128]
+            return int8.lut(x, layer.arrays["t"])
         return activation(layer.act, x)
     if op == "rbf":
         return _rbf(layer, x, integer)

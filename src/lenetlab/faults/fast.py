@@ -15,8 +15,9 @@ windows that hold a changed value and handing the next stage the sparse change
 of its input, (5) batching many faults x images per step in cache-sized chunks,
 and (6) stopping (fault, image) pairs whose stage output is unchanged (a masked
 fault cannot change the logits) - only the rest is propagated. Every value is
-still computed by the runtime's own code (``requantize``, ACT tables, pooling
-on 2x2 windows) in integers or in float32 where the sums are provably exact.
+still computed by the one int8 executor (:mod:`lenetlab.quant.int8`: its
+``requantize``, ACT tables and pooling, on 2x2 windows) in integers, or in
+float32 where the sums are provably exact.
 
 It also holds :meth:`FastEngine.replace_input`, the "what if stage input u read
 v" primitive the NVF analysis (:mod:`lenetlab.faults.nvf`) is built on.
@@ -30,9 +31,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lenetlab.deploy.runtime import _im2col, _layer, requantize
 from lenetlab.faults.models import fault_model
-from lenetlab.quant.engine import I32_MAX, I32_MIN, IntEngine, Stage
+from lenetlab.quant import int8
+from lenetlab.quant.engine import IntEngine, Stage
+from lenetlab.quant.int8 import I32_MAX, I32_MIN, requantize
 
 if TYPE_CHECKING:
     from lenetlab.faults.campaign import FaultList
@@ -127,7 +129,7 @@ class FastEngine:
         for i in self.engine.post[j]:
             layer = fm.layers[i]
             one = replace(layer, in_shape=(1, *layer.in_shape[1:]), out_shape=(1, *layer.out_shape[1:]))
-            y = _layer(fm, one, y, False)
+            y = int8.run_layer(one, y)
         return y
 
     def _acc_channel(self, s: int, chans: np.ndarray, dxc: np.ndarray) -> np.ndarray:
@@ -141,7 +143,7 @@ class FastEngine:
         dt = np.float32 if st.fan_in * 255 * 128 < 2**24 else np.float64
         we = st.effective(st.w).reshape(st.rows, c_in, -1).astype(dt)
         delta = np.empty((len(dxc), st.rows, st.positions), dt)
-        g = _im2col((1, *layer.in_shape[1:]), layer.k, layer.pad) if st.op == "conv" else None
+        g = int8.im2col((1, *layer.in_shape[1:]), layer.k, layer.pad) if st.op == "conv" else None
         for c in np.unique(chans):
             sel = np.flatnonzero(chans == c)
             d = dxc[sel].astype(dt)
@@ -279,7 +281,7 @@ class FastEngine:
         if not pools:   # element-wise activations only
             v, unit = q[:, None], ci * st.positions + pi
             for la in layers:
-                v = _layer(fm, la, v, False)
+                v = int8.run_layer(la, v)
             rr = ri
         else:
             c, h, w = pools[0].in_shape
@@ -301,7 +303,7 @@ class FastEngine:
             v[slot, (py % 2) * 2 + px % 2] = q
             for la in layers:
                 one = la if la.op == "act" else replace(la, in_shape=(1, 2, 2), out_shape=(1, 1, 1))
-                v = _layer(fm, one, v, False)
+                v = int8.run_layer(one, v)
         d_in = self.inputs[s + 1].shape[1]
         dv = v.reshape(len(rr), -1)[:, 0] - self.inputs[s + 1].reshape(-1)[img[rr] * d_in + unit]
         nz = np.flatnonzero(dv)
@@ -328,7 +330,7 @@ class FastEngine:
         return self._acc_delta(s, x, img)
 
     def _requant(self, s: int, c: np.ndarray, acc: np.ndarray) -> np.ndarray:
-        """:func:`~lenetlab.deploy.runtime.requantize` of accumulators ``acc`` of channels ``c`` of stage ``s``
+        """:func:`~lenetlab.quant.int8.requantize` of accumulators ``acc`` of channels ``c`` of stage ``s``
         (int8 outputs: the same function, tabulated - q = -128 + #(thresholds <= acc) in channel c)."""
         st = self.engine.stages[s]
         return requantize(acc, st.m[c], st.s[c], st.out_bits)
@@ -348,7 +350,7 @@ class FastEngine:
 
     def _requant_table(self, s: int) -> tuple[np.ndarray, int]:
         """For every channel c and q in -127..127 the smallest int32 accumulator that
-        :func:`~lenetlab.deploy.runtime.requantize` maps to >= q, laid out as one sorted array with channel c
+        :func:`~lenetlab.quant.int8.requantize` maps to >= q, laid out as one sorted array with channel c
         offset by c * span. Solved in closed form from the rounding rule, then checked on that very function
         (f(t) >= q > f(t - 1)); if any check fails, found by bisection on it instead (it is monotone)."""
         key = ("rq", s)

@@ -36,10 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from lenetlab.deploy.runtime import requantize
 from lenetlab.faults.campaign import Campaign, FaultList
 from lenetlab.faults.models import BitFlip
+from lenetlab.models.macs import row_macs
 from lenetlab.quant.engine import IntEngine
+from lenetlab.quant.int8 import requantize
 
 GRID = 16
 BITS = 32
@@ -167,8 +168,7 @@ def protection_cost(engine: IntEngine, j: int) -> np.ndarray:
     :func:`lenetlab.faults.harden.top_neurons`)."""
     st = engine.stages[j]
     c = st.channels
-    fan = st.keep[:c].sum(axis=1) if st.keep is not None else np.full(c, st.fan_in)
-    macs = st.positions * (np.ones(c, np.int64) if st.op == "subsample" else fan)
+    macs = st.positions * row_macs(st.op, st.rows, st.fan_in, st.keep)[:c]
     return np.stack([macs, st.fan_in + 4 * (st.op != "rbf") + np.zeros(c, np.int64)], axis=1)
 
 

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from lenetlab.deploy.flat import FlatModel
 from lenetlab.fused.schedule import Schedule, plan, pyramid
 from lenetlab.fused.stages import Stage
+from lenetlab.models.macs import flat_position_macs
 
 CONVENTIONS = ("per image; activations 4 B (float32) / 1 B (int8), parameters as the flat file stores them; "
                "overlapping input tiles re-read; OI = executed MACs / off-chip bytes, OI_useful = each output's "
@@ -61,16 +62,9 @@ def param_bytes(fm: FlatModel, stage: Stage) -> int:
 
 
 def macs_per_position(fm: FlatModel, stage: Stage) -> int:
-    """MACs to produce one output pixel position (all channels) of the stage."""
-    layer = fm.layers[stage.first]
-    if stage.op == "subsample":
-        return stage.out_shape[0]
-    if stage.op != "conv":
-        return 0
-    oc, ic = layer.out_shape[0], layer.in_shape[0]
-    t = layer.arrays.get("t")
-    connected = int(t.sum()) if t is not None and t.size else oc * ic
-    return connected * layer.k * layer.k
+    """MACs to produce one output pixel position (all channels) of the stage: the one MAC convention,
+    :func:`lenetlab.models.macs.flat_position_macs` of its spatial layer (activations cost none)."""
+    return flat_position_macs(fm.layers[stage.first])
 
 
 @dataclass

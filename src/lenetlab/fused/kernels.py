@@ -4,10 +4,10 @@ Every function applies one flat-format layer (``docs/flat-format.md``) to a
 batch of tiles of any size, so the same code runs a 12 x 12 pyramid tile or a
 whole 28 x 28 map. The arithmetic follows the spec exactly:
 
-- int8 models: integer-only. Convolution sums are formed in float64, which is
-  exact because every int8 x int8 partial sum stays far below 2^53; then the
-  int32 bias, the fixed-point requantisation (:func:`lenetlab.deploy.runtime.requantize`)
-  and the activation look-up table.
+- int8 models: integer-only, by the one int8 executor
+  (:mod:`lenetlab.quant.int8`, the same code as the deploy runtime and the
+  fault engine): exact int32 accumulators, the fixed-point requantisation and
+  the activation look-up table, on a tile's flat rows.
 - float32 models: convolution sums in float64, rounded once to float32 (the
   unfused runtime sums in float32, so the two differ by float32 rounding,
   about 1e-6); pools, subsampling and activations in float32 as the runtime.
@@ -31,7 +31,8 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from lenetlab.deploy.flat import Layer
-from lenetlab.deploy.runtime import activation, requantize
+from lenetlab.deploy.runtime import activation
+from lenetlab.quant import int8
 
 
 def conv_weights(layer: Layer) -> np.ndarray:
@@ -46,7 +47,7 @@ def conv_weights(layer: Layer) -> np.ndarray:
 
 @contextmanager
 def single_thread() -> Iterator[None]:
-    """Run torch's matrix products on one thread inside the block (restored afterwards).
+    """Run torch's and NumPy's matrix products on one thread inside the block (restored afterwards).
 
     The tile products are small and tall (thousands of rows, 6-16 columns);
     a multi-threaded BLAS spends more time synchronising than multiplying on
@@ -56,13 +57,16 @@ def single_thread() -> Iterator[None]:
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        with int8.blas_threads(1):
+            yield
     finally:
         torch.set_num_threads(before)
 
 
 def correlate(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Valid cross-correlation sum_{c,u,v} w[o,c,u,v] x[n,c,i+u,j+v] in float64: (N,C,h,w) -> (N,O,h-k+1,w-k+1)."""
+    """Valid cross-correlation sum_{c,u,v} w[o,c,u,v] x[n,c,i+u,j+v] in float64: (N,C,h,w) -> (N,O,h-k+1,w-k+1).
+
+    For float models (and END's bounds on |w|); int8 convolutions go through :func:`conv_acc`."""
     oc, _, k, _ = w.shape
     win = sliding_window_view(x.astype(np.float64), (k, k), axis=(2, 3))    # (N, C, oh, ow, k, k), a view
     n, c, oh, ow = win.shape[:4]
@@ -73,9 +77,12 @@ def correlate(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def conv_acc(layer: Layer, x: np.ndarray) -> np.ndarray:
-    """int8 model: the int64 accumulator b[o] + sum w*x of every output (before requantisation)."""
-    acc = np.rint(correlate(x, conv_weights(layer))).astype(np.int64)
-    return acc + layer.arrays["b"].astype(np.int64).reshape(1, -1, 1, 1)
+    """int8 model: the int64 accumulator b[o] + sum w*x of every output (before requantisation), (N, O, oh, ow)
+    from already padded tiles (N, C, h, w)."""
+    n, c, h, w = x.shape
+    k = layer.k
+    acc = int8.conv2d(x.reshape(n, -1), int8.conv_weights(layer), layer.arrays["b"], (c, h, w), k, 0)
+    return acc.reshape(n, -1, h - k + 1, w - k + 1)
 
 
 def _per_channel(a: np.ndarray) -> np.ndarray:
@@ -83,7 +90,9 @@ def _per_channel(a: np.ndarray) -> np.ndarray:
 
 
 def requant(layer: Layer, acc: np.ndarray) -> np.ndarray:
-    return requantize(acc, _per_channel(layer.arrays["m"]), _per_channel(layer.arrays["s"]), layer.out_bits)
+    """int8 model: :func:`lenetlab.quant.int8.requantize` of (N, C, h, w) accumulators by the layer's M, n."""
+    return int8.requantize(acc, _per_channel(layer.arrays["m"]), _per_channel(layer.arrays["s"]),
+                           layer.out_bits)
 
 
 def _blocks(x: np.ndarray) -> list[np.ndarray]:
@@ -93,27 +102,36 @@ def _blocks(x: np.ndarray) -> list[np.ndarray]:
     return [m[:, :, dy::2, dx::2] for dy in (0, 1) for dx in (0, 1)]
 
 
+def _int_pool_stage(layer: Layer, x: np.ndarray) -> np.ndarray:
+    """int8 model: a 2x2 pool or subsampling layer on (N, C, h, w) tiles, by the int8 executor."""
+    n, c, h, w = x.shape
+    flat = x.reshape(n, -1)
+    if layer.op == "subsample":
+        y = requant(layer, int8.subsample(flat, layer.arrays["w"], layer.arrays["b"], (c, h, w))[..., None])
+    else:
+        y = int8.pool(flat, layer.op, (c, h, w))
+    return y.reshape(n, c, h // 2, w // 2)
+
+
 def apply_layer(layer: Layer, x: np.ndarray, integer: bool) -> np.ndarray:
     """One flat layer on (N, C, h, w) tiles: int64 in/out for int8 models, float32 otherwise."""
     op = layer.op
+    if op not in ("conv", "act", "maxpool", "avgpool", "subsample"):
+        raise ValueError(f"layer op {op!r} is not a conv/pool stage layer")
     if op == "conv":
         if integer:
             return requant(layer, conv_acc(layer, x))
         y = correlate(x, conv_weights(layer)) + layer.arrays["b"].astype(np.float64).reshape(1, -1, 1, 1)
         return y.astype(np.float32)
     if op == "act":
-        if integer:
-            return layer.arrays["t"].astype(np.int64)[x + 128]
-        return activation(layer.act, x)
+        return int8.lut(x, layer.arrays["t"]) if integer else activation(layer.act, x)
+    if integer:
+        return _int_pool_stage(layer, x)
     c = _blocks(x)
     if op == "maxpool":
         return np.maximum(np.maximum(c[0], c[1]), np.maximum(c[2], c[3]))
     s = (c[0] + c[1]) + (c[2] + c[3])
     if op == "avgpool":
-        return np.sign(s) * ((np.abs(s) + 2) >> 2) if integer else s * np.float32(0.25)
-    if op == "subsample":
-        if integer:
-            return requant(layer, _per_channel(layer.arrays["w"]) * s + _per_channel(layer.arrays["b"]))
-        w, b = (layer.arrays[n].astype(np.float32).reshape(1, -1, 1, 1) for n in ("w", "b"))
-        return (w * s + b).astype(np.float32)
-    raise ValueError(f"layer op {op!r} is not a conv/pool stage layer")
+        return s * np.float32(0.25)
+    w, b = (layer.arrays[n].astype(np.float32).reshape(1, -1, 1, 1) for n in ("w", "b"))
+    return (w * s + b).astype(np.float32)

@@ -23,6 +23,13 @@ The convention, per image:
   compare per input element read: 4 per 2x2 output) including the 2x2 sums
   of ``Subsampling``, and activations (one per element).
 
+The same convention counts a deployed *flat* model (``docs/flat-format.md``)
+layer by layer: :func:`flat_layer_macs` / :func:`flat_macs`, built on
+:func:`row_macs` (MACs per output position of each output row, which the
+integer engine, the NVF protection costs and the fused-layer counts use too).
+The tests check these against :func:`count_macs` on every registered model
+that exports to the flat format, layer by layer.
+
 For the modern LeNet-5 at 28x28 with the padded C1 this gives 416,520 MACs
 (C1 117,600 + C3 240,000 + F5 48,000 + F6 10,080 + out 840); with bias
 additions (6,518) and tanh/avg-pool pooling reads (6,304) it is 429,342 - the
@@ -41,14 +48,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lenetlab.errors import LenetlabError
 from lenetlab.models.classic import RBFOutput, SparseConv, Subsampling
+
+if TYPE_CHECKING:
+    from lenetlab.deploy.flat import FlatModel, Layer
 
 CONVENTION = ("MACs = multiply-accumulates of conv/linear/RBF/subsampling-coefficient layers, per image; "
               "sparse C3 counts connected map pairs only; bias adds, pooling reads and activations are "
@@ -191,3 +202,43 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> 
 def macs_of(model: nn.Module) -> int:
     """MACs per image, the number ``lenetlab info`` prints (see :func:`count_macs`)."""
     return count_macs(model).total
+
+
+# ---------------------------------------------------------------- flat models (the same convention)
+def row_macs(op: str, rows: int, fan_in: int, keep: np.ndarray | None = None) -> np.ndarray:
+    """MACs per output position of each of ``rows`` output rows (channels) of a layer with weights.
+
+    ``conv`` / ``dense``: the row's connected fan-in (``keep`` (rows, fan_in) 0/1 marks connected taps, as a
+    connection table does; None: all ``fan_in``); ``subsample``: 1 (the coefficient multiply); ``rbf``: one
+    squared-difference accumulate per centre coordinate (``fan_in``); any other op: 0.
+    """
+    if op in ("conv", "dense"):
+        if keep is not None:
+            return np.asarray(keep).reshape(rows, -1).sum(axis=1).astype(np.int64)
+        return np.full(rows, fan_in, np.int64)
+    if op == "rbf":
+        return np.full(rows, fan_in, np.int64)
+    if op == "subsample":
+        return np.ones(rows, np.int64)
+    return np.zeros(rows, np.int64)
+
+
+def flat_position_macs(layer: Layer) -> int:
+    """MACs per output pixel position (all channels) of one flat-format layer (0 for pools / activations)."""
+    rows = layer.out_shape[0]
+    if layer.op == "conv":
+        ic, kk = layer.in_shape[0], layer.k * layer.k
+        t = layer.arrays.get("t")
+        keep = np.repeat(np.asarray(t).reshape(rows, ic), kk, axis=1) if t is not None and t.size else None
+        return int(row_macs("conv", rows, ic * kk, keep).sum())
+    return int(row_macs(layer.op, rows, math.prod(layer.in_shape)).sum())
+
+
+def flat_layer_macs(layer: Layer) -> int:
+    """MACs per image of one flat-format layer, by :func:`count_macs`'s convention."""
+    return flat_position_macs(layer) * layer.out_shape[1] * layer.out_shape[2]
+
+
+def flat_macs(fm: FlatModel) -> int:
+    """MACs per image of a flat model (float32 or int8: the same layers, the same count)."""
+    return sum(flat_layer_macs(layer) for layer in fm.layers)

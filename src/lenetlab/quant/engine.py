@@ -1,9 +1,9 @@
 """Integer reference engine over an int8 flat model, built for fault injection (PAPERS.md section 6).
 
-It executes exactly the spec of ``docs/flat-format.md`` ("int8 files"), reusing
-the deploy runtime's requantisation (:func:`lenetlab.deploy.runtime.requantize`)
-and its ACT / pool layers, so its logits are bit-identical to
-:func:`lenetlab.deploy.runtime.run` (tested). What it adds is structure that
+It executes exactly the spec of ``docs/flat-format.md`` ("int8 files") with the
+one int8 executor, :mod:`lenetlab.quant.int8` (the products, requantisation and
+ACT / pool layers the deploy runtime runs too), so its logits are bit-identical
+to :func:`lenetlab.deploy.runtime.run` (tested). What it adds is structure that
 fault campaigns need:
 
 - every layer with weights (CONV, DENSE, SUBSAMPLE, RBF) is a :class:`Stage`
@@ -15,9 +15,8 @@ fault campaigns need:
   accumulators are merged (2-copy correction unit or 3-copy majority vote)
   before requantisation.
 
-Products are int8 x int8, summed in float32 when every partial sum is below
-2^24 (fan-in <= 1024, exact) and in float64 otherwise; biases are added in 64
-bits, as the spec says.
+Products are exact integers (see :func:`lenetlab.quant.int8.exact_dtype`);
+biases are added in 64 bits, as the spec says.
 
 Example::
 
@@ -35,10 +34,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lenetlab.deploy.flat import FlatModel
-from lenetlab.deploy.runtime import I32_MAX, I32_MIN, _im2col, _layer, prepare_input, requantize
+from lenetlab.deploy.runtime import prepare_input
 from lenetlab.errors import LenetlabError
+from lenetlab.models.macs import row_macs
+from lenetlab.quant import int8
+from lenetlab.quant.int8 import I32_MAX, I32_MIN, STAGE_OPS, blas_threads, requantize
 
-STAGE_OPS = ("conv", "dense", "subsample", "rbf")
+__all__ = ["I32_MAX", "I32_MIN", "STAGE_OPS", "Hook", "IntEngine", "Stage", "blas_threads", "majority",
+           "requantize"]
+
 Hook = Callable[[np.ndarray], np.ndarray]
 
 
@@ -80,18 +84,6 @@ class Stage:
         return rc
 
 
-def blas_threads(n: int = 1):
-    """Context limiting BLAS threads: the engine's many small matmuls are slower with a thread pool (and on a
-    busy machine, far slower). Uses threadpoolctl when installed, else does nothing."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:   # optional
-        import contextlib
-
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=n, user_api="blas")
-
-
 def majority(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Bitwise 2-of-3 majority vote (a TMR voter) on integer words."""
     return (a & b) | (a & c) | (b & c)
@@ -128,7 +120,7 @@ class IntEngine:
             if a.get("t") is not None and a["t"].size:
                 keep = np.repeat(a["t"].reshape(oc, layer.in_shape[0]), layer.k * layer.k, axis=1).astype(np.int64)
             return Stage(i, "conv", w, a["b"].astype(np.int64), keep, m, s, layer.out_bits, oc, oh * ow, d_in,
-                         gather=_im2col(layer.in_shape, layer.k, layer.pad))
+                         gather=int8.im2col(layer.in_shape, layer.k, layer.pad))
         if layer.op == "dense":
             return Stage(i, "dense", a["w"].astype(np.int64).reshape(oc, -1), a["b"].astype(np.int64), None, m, s,
                          layer.out_bits, oc, 1, d_in)
@@ -143,45 +135,28 @@ class IntEngine:
         """uint8 images -> int64 input of stage 0, (N, D)."""
         x = prepare_input(self.fm, images)
         for i in self.pre:
-            x = _layer(self.fm, self.fm.layers[i], x, False)
+            x = int8.run_layer(self.fm.layers[i], x)
         return x
 
     def columns(self, st: Stage, x: np.ndarray) -> np.ndarray:
         """What each weight multiplies: conv (N, P, K) im2col; dense (N, 1, K); subsample block sums (N, C, P)."""
         if st.op == "conv":
-            xz = np.concatenate([x, np.zeros((len(x), 1), x.dtype)], axis=1)
-            return xz[:, st.gather]
+            return int8.with_zero_cell(x)[:, st.gather]
         if st.op == "subsample":
-            layer = self.fm.layers[st.flat_index]
-            c, h, w = layer.in_shape
-            _, oh, ow = layer.out_shape
-            mm = x.reshape(len(x), c, h, w)[:, :, : 2 * oh, : 2 * ow]
-            return (mm[:, :, 0::2, 0::2] + mm[:, :, 0::2, 1::2] + mm[:, :, 1::2, 0::2] + mm[:, :, 1::2, 1::2]
-                    ).reshape(len(x), c, -1)
+            return int8.block_sums(x, self.fm.layers[st.flat_index].in_shape)
         return x[:, None, :]
 
-    def acc(self, st: Stage, x: np.ndarray, w: np.ndarray | None = None, cols: np.ndarray | None = None
-            ) -> np.ndarray:
+    def acc(self, st: Stage, x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
         """Accumulators (N, R, P) of stage ``st`` on its input ``x`` (weights ``w`` default to the stored ones)."""
         w = st.w if w is None else w
-        n = len(x)
-        if st.op == "rbf":   # -sum (x - w)^2 in 64 bits, clamped to i32
-            d = x[:, None, :] - w[None]
-            return np.clip(-(d * d).sum(-1), I32_MIN, I32_MAX)[:, :, None]
+        layer = self.fm.layers[st.flat_index]
+        if st.op == "rbf":
+            return int8.rbf(x, w)[:, :, None]
         if st.op == "subsample":
-            cols = self.columns(st, x) if cols is None else cols
-            return cols * w[None, :, :1] + st.b[None, :, None]
-        dt = np.float32 if 128 * 128 * st.fan_in < 2**24 else np.float64   # exact: partial sums < 2^24
-        we = st.effective(w).T.astype(dt)
+            return int8.subsample(x, w[:, 0], st.b, layer.in_shape)
         if st.op == "dense":
-            y = (x.astype(dt) @ we).astype(np.int64)[:, :, None]
-            return y + st.b[None, :, None]
-        xz = np.concatenate([x.astype(dt), np.zeros((n, 1), dt)], axis=1)
-        step = max(1, (1 << 22) // st.gather.size)     # bound the (images, P, K) gather
-        out = np.empty((n, st.rows, st.positions), np.int64)
-        for i in range(0, n, step):
-            out[i:i + step] = (xz[i:i + step][:, st.gather] @ we).transpose(0, 2, 1)
-        return out + st.b[None, :, None]
+            return int8.linear(x, st.effective(w), st.b)[:, :, None]
+        return int8.conv2d(x, st.effective(w), st.b, layer.in_shape, layer.k, layer.pad)
 
     def merge(self, st: Stage, acc: np.ndarray) -> np.ndarray:
         """(N, R, P) -> (N, C, P): copies of protected channels are merged (correction unit / voter)."""
@@ -208,7 +183,7 @@ class IntEngine:
     def after(self, j: int, y: np.ndarray) -> np.ndarray:
         """Run the ACT / pool layers that follow stage ``j``."""
         for i in self.post[j]:
-            y = _layer(self.fm, self.fm.layers[i], y, False)
+            y = int8.run_layer(self.fm.layers[i], y)
         return y
 
     # ------------------------------------------------------------ forward
@@ -250,17 +225,9 @@ class IntEngine:
         return out
 
     def macs(self) -> int:
-        """Multiply-accumulates of one inference (copies included)."""
-        total = 0
-        for st in self.stages:
-            k = st.fan_in if st.keep is None else None
-            if st.op == "subsample":
-                total += st.rows * st.positions
-            elif k is not None:
-                total += st.rows * st.positions * k
-            else:
-                total += int(st.keep.sum()) * st.positions
-        return total
+        """Multiply-accumulates of one inference, copies included (:func:`lenetlab.models.macs.row_macs`'s
+        convention: without copies, :func:`lenetlab.models.macs.flat_macs` of the model, tested)."""
+        return sum(st.positions * int(row_macs(st.op, st.rows, st.fan_in, st.keep).sum()) for st in self.stages)
 
     def param_bytes(self) -> int:
         """Bytes of weights (int8) and biases (int32) over all stages, copies included."""
