@@ -2,9 +2,11 @@
 
 Each case is one flat-format layer (``docs/flat-format.md``, int8 files) with random int8 weights, int32
 biases, fixed-point requantisation (M in [2^30, 2^31), shift chosen so outputs span the int8 range) and a
-random int8 input batch. ``tests/data/int8_reference.npz`` holds the outputs the four int8 executors that
-existed before :mod:`lenetlab.quant.int8` (deploy runtime, integer engine, fused tile kernels, fault
-engine - all agreeing) gave on these cases; the test checks the one executor against them.
+random int8 input batch. ``tests/data/int8_reference.npz`` holds the outputs that the int8 executors which
+existed before :mod:`lenetlab.quant.int8` gave on these cases: the deploy runtime in fast and reference
+modes, the integer engine and the fused tile kernels, checked equal to one another while recording (the
+fault engine ran the runtime's own layer and requantisation functions). The test checks the one executor
+against them.
 """
 
 from __future__ import annotations
@@ -67,12 +69,12 @@ def cases() -> dict[str, tuple[Layer, np.ndarray]]:
     out["act"] = (Layer("act", (6, 10, 10), (6, 10, 10), act="tanh", arrays={"t": lut}), x_of((6, 10, 10)))
     arrays = {"w": w8(10 * 84)}
     out["rbf"] = (Layer("rbf", (84, 1, 1), (10, 1, 1), out_bits=32, arrays=arrays), x_of((84, 1, 1)))
-    # requantisation alone, on accumulators over the whole int32 range (and both output widths)
     return out
 
 
 def requant_case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Random int32 accumulators (rows of 64) with random multipliers and shifts (one per row)."""
+    """Random accumulators over the whole int32 range and a small one (rows of 64), with random multipliers
+    and shifts (one per row): requantisation alone, for both output widths."""
     rng = np.random.default_rng(7)
     acc = np.concatenate([rng.integers(-(2**31), 2**31, (40, 64)), rng.integers(-(2**16), 2**16, (40, 64))])
     mult = rng.integers(0, 2**31, (80, 1))

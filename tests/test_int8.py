@@ -1,9 +1,9 @@
 """The one int8 executor (lenetlab.quant.int8) against the outputs of the four executors it replaced.
 
 ``tests/data/int8_reference.npz`` was recorded from the deploy runtime (fast and reference modes), the
-integer engine, the fused tile kernels and the fault engine's kernels as they were before
-:mod:`lenetlab.quant.int8` existed (they agreed on every case, checked while recording), on the seeded
-random int8 layers of ``tests/int8_cases.py``. Bit for bit: the refactor changed no number.
+integer engine and the fused tile kernels as they were before :mod:`lenetlab.quant.int8` existed (they
+agreed on every case, checked while recording; the fault engine ran the runtime's own functions), on the
+seeded random int8 layers of ``tests/int8_cases.py``. Bit for bit: the refactor changed no number.
 """
 
 from __future__ import annotations
