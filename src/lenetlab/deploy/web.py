@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import errno
 import json
+import signal
 import socket
 import sys
+import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -217,16 +219,25 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, int8: 
         raise
     server.files = files
     manifest = json.loads(files["manifest.json"])
-    print(f"serving {manifest['arch']} from {run_dir} ({manifest['dtype']}, {manifest['bytes']:,} bytes) "
-          f"at {server.url}  (Ctrl-C to stop)", flush=True)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"note: bound to {host}, so other machines on the network can open this page", flush=True)
+    # from here on Ctrl-C is the normal way out, wherever it lands (even before serve_forever starts): the
+    # listening socket is closed at once and the command ends with status 0. A process started in the
+    # background by a script inherits SIGINT ignored, and then Ctrl-C (SIGINT) would never reach us: the
+    # "(Ctrl-C to stop)" we print must hold, so it is switched back on while serving.
+    restore = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        restore = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        print(f"serving {manifest['arch']} from {run_dir} ({manifest['dtype']}, {manifest['bytes']:,} bytes) "
+              f"at {server.url}  (Ctrl-C to stop)", flush=True)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"note: bound to {host}, so other machines on the network can open this page", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         print("stopped", flush=True)
     finally:
         server.server_close()
+        if restore is not None:
+            signal.signal(signal.SIGINT, restore)
 
 
 # ---------------------------------------------------------------- exporter
