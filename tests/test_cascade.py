@@ -280,15 +280,16 @@ def test_cli_two_runs(pca_run, small_run, capsys):
 
 
 # ------------------------------------------------------------------ experiment
-def test_experiment_tiny(tmp_path):
-    from lenetlab.experiments import reproduce
-
-    r = reproduce("cascade", tmp_path, tiny=True)
-    assert [c.name for c in r.claims] == ["data_reduction", "compute_reduction_paper_accounting",
-                                          "compute_reduction_mac_count", "most_confident_beats_best"]
+def test_experiment_tiny(tiny_run):
+    """The tiny study (with the one-ladder grid that test_experiments' override check uses: one run for both;
+    resume is checked there)."""
+    out, r = tiny_run("cascade", ladders=[[7, 28]])
+    assert [c.name for c in r.claims] == ["data_reduction", "data_reduction_loss", "compute_reduction_paper_accounting",
+                                          "compute_reduction_paper_accounting_loss", "compute_reduction_mac_count",
+                                          "compute_reduction_mac_count_loss", "most_confident_beats_best",
+                                          "other_datasets"]
     assert all(c.supported in (True, False, None) and c.measured for c in r.claims)
     assert r.tables["resolution cascade sweep (test)"] and r.tables["model cascade sweep (test)"]
     for f in r.figures:
-        assert (tmp_path / f).stat().st_size > 1000
-    assert "## Claims" in (tmp_path / "report.md").read_text()
-    assert reproduce("cascade", tmp_path, tiny=True).tables == r.tables      # resumed from the cells
+        assert (out / f).stat().st_size > 1000
+    assert "## Claims" in (out / "report.md").read_text()

@@ -9,25 +9,7 @@ import torch
 
 from lenetlab.errors import LenetlabError
 from lenetlab.experiments import Cells, reproduce
-from lenetlab.registry import get, names
-
-TINY_OK = {"abs"}   # fused and cascade run their tiny mode in their own test files
-
-
-@pytest.mark.parametrize("name", sorted(TINY_OK & set(names("experiment"))))
-def test_experiment_runs_tiny_and_reports(name, tmp_path):
-    r = reproduce(name, tmp_path, tiny=True)
-    assert r.claims and all(c.supported in (True, False, None) for c in r.claims)
-    assert all(c.measured for c in r.claims)
-    data = json.loads((tmp_path / "result.json").read_text())
-    assert data["experiment"] == name and data["mode"] == "tiny"
-    report = (tmp_path / "report.md").read_text()
-    assert "## Claims" in report
-    for f in r.figures:
-        assert (tmp_path / f).stat().st_size > 1000
-    # a second run reuses every finished cell (resume) and gives the same tables
-    r2 = reproduce(name, tmp_path, tiny=True)
-    assert r2.tables == r.tables
+from lenetlab.registry import get
 
 
 def test_cells_survive_a_cut_line(tmp_path):
@@ -92,8 +74,10 @@ OVERRIDES = {
 
 
 @pytest.mark.parametrize("name", sorted(OVERRIDES))
-def test_experiment_takes_setting_overrides(name, tmp_path):
-    """``reproduce(..., options=...)`` (what ``lenetlab sweep`` kind = "experiment" calls) changes the run."""
+def test_experiment_takes_setting_overrides(name, tiny_run, tmp_path):
+    """``reproduce(..., options=...)`` (what ``lenetlab sweep`` kind = "experiment" calls) changes the run; on that
+    same tiny output (shared with the experiment's own tests through ``tiny_run``): claims, result.json,
+    report and figures are written, and a second run reuses every finished cell (resume), same tables."""
     options, took_effect = OVERRIDES[name]
     assert get("experiment", name).accepts_options
     with pytest.raises(LenetlabError, match="unknown experiment setting 'no_such_setting'"):
@@ -102,8 +86,16 @@ def test_experiment_takes_setting_overrides(name, tmp_path):
     (key, value), = options.items()
     default = get("experiment", name)().settings(False, tiny=True)[key]
     assert json.loads(json.dumps(default)) != value          # the override is a change
-    r = reproduce(name, tmp_path, tiny=True, options=options)
-    assert json.loads((tmp_path / "run.json").read_text())["settings"][key] == value
-    config = json.loads((tmp_path / "result.json").read_text())["config"]
+    out, r = tiny_run(name, **options)
+    assert json.loads((out / "run.json").read_text())["settings"][key] == value
+    data = json.loads((out / "result.json").read_text())
+    config = data["config"]
     assert config.get("settings", config)[key] == value     # cascade records its settings at the top level
     assert took_effect(r), f"{name}: {options} did not reach the run"
+    # the contract every experiment keeps
+    assert data["experiment"] == name and data["mode"] == "tiny"
+    assert r.claims and all(c.supported in (True, False, None) and c.measured for c in r.claims)
+    assert "## Claims" in (out / "report.md").read_text()
+    for f in r.figures:
+        assert (out / f).stat().st_size > 1000
+    assert reproduce(name, out, tiny=True, options=options).tables == r.tables

@@ -1,28 +1,38 @@
-"""``lenetlab reproduce snn-attacks`` in tiny mode: every code path, resumable, claims from the data."""
+"""``lenetlab reproduce snn-attacks`` in tiny mode: every code path, resumable, claims from the data, every
+iterative attack held to the same gradient budget."""
 
 from __future__ import annotations
 
 import json
 
 from lenetlab.experiments import reproduce
+from lenetlab.experiments.snn import ATTACKS, BP_ATTACKS, settings
 
 
-def test_snn_attacks_tiny(tmp_path):
-    r = reproduce("snn-attacks", tmp_path, tiny=True)
+def test_snn_attacks_tiny(tiny_run):
+    # the one-eps grid of test_experiments' override check: one run for both
+    out, r = tiny_run("snn-attacks", eps=[0.3])
     names = [c.name for c in r.claims]
-    expect = [(f"local_rules_look_robust_{d}", f"local_rules_look_robust_{d}_autograd", f"hybrid_beats_others_{d}")
-              for d in ("snn", "ann")]
-    assert names == [n for trio in expect for n in trio]
-    assert all(c.supported in (True, False) and "%" in c.measured for c in r.claims)
-    data = json.loads((tmp_path / "result.json").read_text())
+    expect = [f"{c}_{d}{s}" for d in ("snn", "ann") for c in ("local_rules_look_robust", "hybrid_beats_others")
+              for s in ("", "_autograd")]
+    assert sorted(names) == sorted(expect)
+    # tiny mode trains one seed: every verdict is inconclusive, and says why
+    assert all(c.verdict == "inconclusive" and "a verdict needs >= 3" in c.measured for c in r.claims)
+    assert all(c.seeds == 1 and c.test_images == 16 and c.rule.startswith("each of") for c in r.claims)
+    data = json.loads((out / "result.json").read_text())
     assert data["experiment"] == "snn-attacks" and data["mode"] == "tiny"
     table = next(v for k, v in r.tables.items() if k.startswith("adversarial"))
-    # 2 domains x (bp: 4 attacks + 3 local rules x 6 attacks)
-    assert len(table) == 2 * (4 + 3 * 6)
+    assert len(table) == 2 * (len(BP_ATTACKS) + 3 * len(ATTACKS))
+    budget = settings(False, tiny=True)["budget"]
     for row in table:
         assert 0 <= row["mean_%"] <= 100
-    assert (tmp_path / "runs" / "snn_dfa" / "model.safetensors").is_file()
-    assert (tmp_path / r.figures[0]).stat().st_size > 1000
-    assert "## Claims" in (tmp_path / "report.md").read_text()
-    r2 = reproduce("snn-attacks", tmp_path, tiny=True)     # every cell reused
+        single = row["attack"] in ("fgsm", "fgsm-rule", "bb-fgsm")
+        assert row["gradient_calls"] == (1 if single else budget)
+    comparisons = next(v for k, v in r.tables.items() if k.startswith("claim comparisons"))
+    assert {row["claim"] for row in comparisons} == set(names)
+    assert (out / "runs" / "snn_dfa_s0" / "model.safetensors").is_file()
+    assert (out / "runs" / "snn_bp_substitute" / "model.safetensors").is_file()
+    assert (out / r.figures[0]).stat().st_size > 1000
+    assert "## Claims" in (out / "report.md").read_text()
+    r2 = reproduce("snn-attacks", out, tiny=True, options={"eps": [0.3]})     # every cell reused
     assert r2.tables == r.tables
