@@ -34,8 +34,8 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model.safetensors"))
 
 
-def _resume_matches(tmp_path: Path, train: dict, kill_after: int = 1) -> tuple[Path, Path]:
-    cfg = resolve("fast", overrides={"data": DATA, "train": {"epochs": 2, "batch_size": 64, **train}})
+def _resume_matches(tmp_path: Path, train: dict, kill_after: int = 1, model: str = "lenet5") -> tuple[Path, Path]:
+    cfg = resolve("fast", model, overrides={"data": DATA, "train": {"epochs": 2, "batch_size": 64, **train}})
     full, cut = tmp_path / "full", tmp_path / "cut"
     a = fit(cfg, out=full, log=None, progress=False)
     with pytest.raises(Killed):
@@ -55,12 +55,14 @@ PLUGIN_RUNS = {
     "rule": {"rule": {"name": "dfa"}},
     "zo": {"zo": {"method": "elasticzo", "layers": 4}},
     "zo-int8": {"zo": {"method": "elasticzo-int8", "layers": 4}},
+    "lbfgs": {"lbfgs": {"enabled": True, "max_iter": 5}, "label_smoothing": 0.0},
 }
 
 
 @pytest.mark.parametrize("plugin", sorted(PLUGIN_RUNS))
 def test_kill_and_resume_is_bit_identical(plugin, tmp_path):
-    full, cut = _resume_matches(tmp_path, PLUGIN_RUNS[plugin])
+    model = "pca_logreg" if plugin == "lbfgs" else "lenet5"
+    full, cut = _resume_matches(tmp_path, PLUGIN_RUNS[plugin], model=model)
     if plugin == "zo-int8":
         a, b = load_file(str(full / "model_int8.safetensors")), load_file(str(cut / "model_int8.safetensors"))
         assert all(torch.equal(a[k], b[k]) for k in a)
@@ -81,7 +83,7 @@ def test_lb_restart_kill_and_resume_across_a_restart_is_bit_identical(tmp_path):
 
 
 def test_every_registered_plugin_has_a_resume_test():
-    assert set(names("trainer_plugin")) == {"hardening", "rule", "zo", "lb-restart"}
+    assert set(names("trainer_plugin")) == {"hardening", "rule", "zo", "lb-restart", "lbfgs"}
 
 
 def test_restart_gives_the_elasticzo_stepper_the_new_optimiser(tmp_path):

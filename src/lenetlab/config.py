@@ -75,6 +75,7 @@ class TrainConfig:
     rule: RuleConfig = field(default_factory=lambda: RuleConfig())
     zo: ZOConfig = field(default_factory=lambda: ZOConfig())
     lb: LBConfig = field(default_factory=lambda: LBConfig())
+    lbfgs: LBFGSConfig = field(default_factory=lambda: LBFGSConfig())
 
     @staticmethod
     def upgrade_dict(data: dict[str, Any]) -> dict[str, Any]:
@@ -135,6 +136,16 @@ class LBConfig:
     patience: int = field(default=3, metadata={"help": "epochs without a better LB before a restart"})
     lr_divisor: float = field(default=3.0, metadata={"help": "lr /= this at each restart (fresh optimiser)"})
     min_lr: float = field(default=1e-5, metadata={"help": "stop once lr < this; train.epochs stays the upper bound"})
+
+
+@dataclass
+class LBFGSConfig:
+    """Full-batch L-BFGS instead of mini-batch steps, for small convex models (plugin ``lbfgs``, lenetlab.train.lbfgs;
+    pca_logreg's logistic regression)."""
+
+    enabled: bool = field(default=False, metadata={"help": "fit by full-batch L-BFGS (each step: the whole set)"})
+    l2: float = field(default=1e-4, metadata={"help": "L2 penalty l2/2 ||W||^2 on the weight matrices"})
+    max_iter: int = field(default=200, metadata={"help": "L-BFGS iterations per step"})
 
 
 # older configs kept these flat in [train]: key -> (section, field)

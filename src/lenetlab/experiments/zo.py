@@ -42,16 +42,17 @@ available locally (never downloaded).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from lenetlab.config import DataConfig
+from lenetlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, ZOConfig
 from lenetlab.experiments.base import Claim, Context, Experiment, Result
 from lenetlab.registry import register
+from lenetlab.train.plugins import TrainContext, TrainerPlugin
 
 PAPER = {"acc_gain": (5.2, 9.5), "mem_overhead_pct": (0.072, 1.7), "int8_mem": (1.46, 1.60),
          "int8_time": (1.38, 1.42)}
@@ -70,90 +71,121 @@ def settings(full: bool, tiny: bool = False) -> dict[str, Any]:
             "eval_every": 500}
 
 
-def _batches(n: int, steps: int, batch: int, seed: int) -> torch.Tensor:
-    """The index of every step's batch: seeded epochs of permutations (the same for every method)."""
-    g = torch.Generator().manual_seed(seed)
-    per = n // batch
-    perms = [torch.randperm(n, generator=g)[: per * batch].view(per, batch) for _ in range(math.ceil(steps / per))]
-    return torch.cat(perms)[:steps]
+def _run_config(kind: str, cutoff: int, n: int, steps: int, batch: int, lr: float, seed: int,
+                zo_lr: float | None = None, eps: float = 1e-3, q: int = 1, clip: float | None = None,
+                cosine: bool = False) -> RunConfig:
+    """The fit config of one run: whole epochs of ``fit``'s seeded batches, at least ``steps`` steps."""
+    method = ("elasticzo-int8" if kind == "int8" else "bp" if cutoff == 0 else "zo" if cutoff == 5 else "elasticzo")
+    epochs = max(1, math.ceil(steps / math.ceil(n / batch)))
+    train = TrainConfig(epochs=epochs, batch_size=batch, optimizer="adam", lr=lr,
+                        schedule="cosine" if cosine else "constant", loss="ce", seed=seed, channels_last=False,
+                        eval_test_every_epoch=False, grad_norms=False,
+                        zo=ZOConfig(method=method, layers=cutoff, eps=eps, q=q, lr=zo_lr, clip=clip))
+    return RunConfig(model=ModelConfig("lenet5"), data=DataConfig(val_size=0), train=train)
+
+
+class _Probe(TrainerPlugin):
+    """Instruments a run: time per training step (evaluation excluded) and a learning curve."""
+
+    order = 90
+    name = "zo-probe"
+
+    def __init__(self, splits: Any, eval_every: int | None):
+        self.splits, self.every = splits, eval_every
+        self.curve: list[list[float]] = []
+        self.spent, self.t0, self.last_loss = 0.0, 0.0, float("nan")
+
+    def before_step(self, step: int, ctx: TrainContext) -> None:
+        self.t0 = time.perf_counter()
+
+    def after_step(self, step: int, ctx: TrainContext) -> None:
+        self.spent += time.perf_counter() - self.t0
+        if self.every and (step % self.every == 0 or step == ctx.total_steps):
+            self.curve.append([step, self.accuracy(ctx)])
+
+    def after_epoch(self, row: dict[str, Any], ctx: TrainContext) -> None:
+        self.last_loss = row["train_loss"]
+
+    def accuracy(self, ctx: TrainContext) -> float:
+        zo = next((p for p in ctx.plugins if p.name == "zo"), None)
+        stepper = getattr(zo, "stepper", None)
+        if getattr(stepper, "net", None) is None:   # float runs: the float model
+            from lenetlab.train import evaluate
+
+            return evaluate(ctx.model, self.splits.test_x, self.splits.test_y)["accuracy"]
+        from lenetlab.train.zo_int8 import quantize_input
+
+        # int8 runs: the integer engine, on the run's input scale
+        tq, x_exp = quantize_input(self.splits.test_x.contiguous(), stepper.x_exp)
+        return stepper.net.accuracy(tq, x_exp, self.splits.test_y)
+
+
+def _measure(kind: str, cutoff: int, splits: Any, cfg: RunConfig) -> dict[str, Any]:
+    """Measured memory of one training step: the 2nd step of a fresh run (Adam's state exists by then)."""
+    from lenetlab.models import create_model
+    from lenetlab.train import make_loss
+    from lenetlab.train.memory import measure_step, optimizer_tensors
+    from lenetlab.train.optim import FusedAdam
+    from lenetlab.train.zeroth_order import make_stepper
+
+    torch.manual_seed(cfg.train.seed)
+    model = create_model("lenet5")
+    b = cfg.train.batch_size
+    xb, yb = splits.train_x[:b], splits.train_y[:b]
+    if kind == "int8":
+        from lenetlab.train.zo_int8 import Int8Config, Int8ElasticZO, quantize_input
+
+        net = Int8ElasticZO.from_float(model, cutoff, Int8Config(q=cfg.train.zo.q, seed=cfg.train.seed))
+        xq, x_exp = quantize_input(xb)
+        net.train_step(xq, x_exp, yb, 0)
+        resident = [t for ly in net.layers for t in (ly.w, ly.b)] + [xq, yb]
+        return measure_step(lambda: net.train_step(xq, x_exp, yb, 1), resident)
+    opt = FusedAdam(model.parameters(), lr=cfg.train.lr)
+    tc = cfg.train if cutoff else dataclasses.replace(cfg.train, zo=ZOConfig(method="elasticzo", layers=0))
+    st = make_stepper(model, tc, make_loss(model, tc), opt)
+    st.step(xb, yb, cfg.train.lr, 0)
+    resident = list(model.parameters()) + optimizer_tensors(opt) + [xb, yb]
+    return measure_step(lambda: st.step(xb, yb, cfg.train.lr, 1), resident)
 
 
 def train_float(splits: Any, cutoff: int, steps: int, batch: int, lr: float, zo_lr: float, eps: float, q: int,
                 seed: int, eval_every: int | None = None, measure_memory: bool = False, clip: float | None = None,
                 cosine: bool = False) -> dict[str, Any]:
-    """Train lenet5 with ElasticZO at ``cutoff`` (0 = BP, 5 = vanilla ZO) for ``steps``; accuracy, curve, timing.
+    """Train lenet5 with ElasticZO at ``cutoff`` (0 = BP, 5 = vanilla ZO) through ``fit``; accuracy, curve, timing.
 
+    Whole epochs of ``fit``'s batches, at least ``steps`` steps (the same for every run of a study).
     ``clip``: the ZO update uses clamp(g, -clip, clip) (``ElasticZOStepper``'s clip; None: the paper's g).
-    ``cosine``: both learning rates decay from ``lr`` / ``zo_lr`` to 0 over ``steps`` (cosine); else constant.
+    ``cosine``: both learning rates decay from ``lr`` / ``zo_lr`` to 0 over the run (cosine); else constant.
     """
-    from lenetlab.models import create_model
-    from lenetlab.train import evaluate
-    from lenetlab.train.memory import analytic_bytes, measure_step, optimizer_tensors
-    from lenetlab.train.optim import FusedAdam
-    from lenetlab.train.zeroth_order import ElasticZOStepper
+    from lenetlab.train import fit
+    from lenetlab.train.memory import analytic_bytes
 
-    torch.manual_seed(seed)
-    model = create_model("lenet5")
-    opt = FusedAdam(model.parameters(), lr=lr)
-    st = ElasticZOStepper(model, cutoff, F.cross_entropy, opt, eps, q, seed, zo_lr_scale=zo_lr / lr,
-                          clip=clip)
-    idx = _batches(len(splits.train_x), steps, batch, seed)
-    curve, spent, memory = [], 0.0, None
-    for s in range(steps):
-        xb, yb = splits.train_x[idx[s]], splits.train_y[idx[s]]
-        if measure_memory and s == 1:   # the second step: Adam's state exists, as in every later step
-            resident = list(model.parameters()) + optimizer_tensors(opt) + [xb, yb]
-            memory = measure_step(lambda xb=xb, yb=yb, s=s: st.step(xb, yb, lr, s), resident)
-            continue
-        # cosine decay of both parts' lr to 0: with a constant lr the ZO layers' random walk kept going and
-        # ElasticZO C=4 fell from 81% (step 1,500) to 75% (step 5,000) in our quick-mode run
-        lr_s = lr * 0.5 * (1 + math.cos(math.pi * s / steps)) if cosine else lr
-        for group in opt.param_groups:
-            group["lr"] = lr_s
-        t0 = time.perf_counter()
-        _, loss = st.step(xb, yb, lr_s, s)
-        spent += time.perf_counter() - t0
-        if eval_every and ((s + 1) % eval_every == 0 or s + 1 == steps):
-            curve.append([s + 1, evaluate(model, splits.test_x, splits.test_y)["accuracy"]])
-    acc = evaluate(model, splits.test_x, splits.test_y)["accuracy"]
-    timed = steps - (1 if measure_memory and steps > 1 else 0)
-    return {"test_accuracy": acc, "final_loss": float(loss.detach()), "curve": curve,
-            "ms_per_step": 1000 * spent / max(1, timed), "memory": memory,
+    cfg = _run_config("float", cutoff, len(splits.train_x), steps, batch, lr, seed, zo_lr, eps, q, clip, cosine)
+    probe = _Probe(splits, eval_every)
+    s = fit(cfg, splits=splits, log=None, progress=False, plugins=[probe])
+    done = cfg.train.epochs * math.ceil(len(splits.train_x) / batch)
+    model = s.pop("_model")
+    return {"test_accuracy": s["test_accuracy"], "final_loss": probe.last_loss, "curve": probe.curve,
+            "steps": done, "ms_per_step": 1000 * probe.spent / done,
+            "memory": _measure("float", cutoff, splits, cfg) if measure_memory else None,
             "analytic": analytic_bytes(model, "bp" if cutoff == 0 else "elasticzo", cutoff, batch)}
 
 
 def train_int8(splits: Any, cutoff: int, steps: int, batch: int, seed: int, q: int = 1,
                eval_every: int | None = None, measure_memory: bool = False) -> dict[str, Any]:
-    """Train with ElasticZO-INT8 at ``cutoff`` (2..5); accuracy from the integer engine."""
-    from lenetlab.models import create_model
-    from lenetlab.train.memory import analytic_bytes, measure_step
-    from lenetlab.train.zo_int8 import Int8Config, Int8ElasticZO, quantize_input
+    """Train with ElasticZO-INT8 at ``cutoff`` (2..5) through ``fit``; accuracy from the integer engine."""
+    from lenetlab.train import fit
+    from lenetlab.train.memory import analytic_bytes
 
-    torch.manual_seed(seed)
-    model = create_model("lenet5")
-    net = Int8ElasticZO.from_float(model, cutoff, Int8Config(q=q, seed=seed))
-    xq, x_exp = quantize_input(splits.train_x)
-    tq, _ = quantize_input(splits.test_x, x_exp)
-    idx = _batches(len(xq), steps, batch, seed)
-    curve, spent, memory = [], 0.0, None
-    loss = torch.zeros((), dtype=torch.int64)
-    for s in range(steps):
-        xb, yb = xq[idx[s]], splits.train_y[idx[s]]
-        if measure_memory and s == 1:
-            resident = [t for ly in net.layers for t in (ly.w, ly.b)] + [xb, yb]
-            memory = measure_step(lambda xb=xb, yb=yb, s=s: net.train_step(xb, x_exp, yb, s), resident)
-            continue
-        t0 = time.perf_counter()
-        loss, _ = net.train_step(xb, x_exp, yb, s)
-        spent += time.perf_counter() - t0
-        if eval_every and ((s + 1) % eval_every == 0 or s + 1 == steps):
-            curve.append([s + 1, net.accuracy(tq, x_exp, splits.test_y)])
-    timed = steps - (1 if measure_memory and steps > 1 else 0)
-    return {"test_accuracy": net.accuracy(tq, x_exp, splits.test_y),
-            "final_loss": int(loss) / 256 * math.log(2) / batch, "curve": curve,
-            "ms_per_step": 1000 * spent / max(1, timed), "memory": memory,
-            "analytic": analytic_bytes(model, "elasticzo-int8", cutoff, batch),
-            "exponents": [[ly.w_exp, ly.b_exp] for ly in net.layers]}
+    cfg = _run_config("int8", cutoff, len(splits.train_x), steps, batch, 1e-3, seed, q=q)
+    probe = _Probe(splits, eval_every)
+    s = fit(cfg, splits=splits, log=None, progress=False, plugins=[probe])
+    done = cfg.train.epochs * math.ceil(len(splits.train_x) / batch)
+    model = s.pop("_model")
+    return {"test_accuracy": s["int8_test_accuracy"], "final_loss": probe.last_loss, "curve": probe.curve,
+            "steps": done, "ms_per_step": 1000 * probe.spent / done,
+            "memory": _measure("int8", cutoff, splits, cfg) if measure_memory else None,
+            "analytic": analytic_bytes(model, "elasticzo-int8", cutoff, batch), "exponents": s["int8_exponents"]}
 
 
 def runs(s: dict[str, Any]) -> list[dict[str, Any]]:
@@ -230,7 +262,9 @@ class ZOStudy(Experiment):
                      **{k + "_KiB": round(v / 1024, 1) for k, v in r["analytic"].items()}} for r in rows
                     if r["dataset"] == rows[0]["dataset"]]
         figures = _plot(ctx, s, rows)
-        notes += [f"{s['steps']} steps of batch {s['batch']} for every run (same batches); "
+        done = rows[0].get("steps", s["steps"]) if rows else s["steps"]
+        notes += [f"{done} steps of batch {s['batch']} for every run (same batches: whole epochs of the trainer's "
+                  f"seeded shuffles, the first ones that reach {s['steps']} steps); "
                   f"{s['train_subset'] or 'all'} training images, {s['test_subset'] or 10000} test images.",
                   f"BP part: Adam lr {s['lr']:g}; ZO part: SGD lr {s['zo_lr']:g} on the projected gradient clipped to "
                   f"|g| <= {s.get('zo_clip')} (a stabiliser, not in the paper), Gaussian z, eps {s['eps']:g}, "

@@ -10,13 +10,12 @@ Cost: 784 x 100 (projection) + 100 x 10 (regression) = 79,400 MACs per image
 by :mod:`lenetlab.models.macs`' convention; the paper counts this model as
 ~0 next to LeNet-5's ~0.42 M, and lenetlab's cascade reports both.
 
-Fitting: the generic trainer (``lenetlab train --model pca_logreg``) cannot fit
-the PCA - it only sees the trainable layer - so it would train the regression
-on the seeded *random orthonormal* projection the model starts with (a
-random-projection baseline, and it warns). Use :func:`train_pca_logreg`,
-which fits the PCA (:func:`fit_pca`) and then the regression by full-batch
-L-BFGS (:func:`fit_logreg`), and writes a normal run directory. A trainer
-could instead call the model's ``prepare_from_data(train_x)`` before training.
+Fitting: ``fit`` calls the model's ``prepare_from_data(train_x, seed)``, which
+fits the PCA (:func:`fit_pca`, on ``pca_samples`` images); the regression is
+then trained like any model (``lenetlab train --model pca_logreg``: mini-batch
+Adam). :func:`train_pca_logreg` trains the same way through ``fit`` but fits the
+regression by full-batch L-BFGS from zeros (the ``lbfgs`` trainer plugin, the
+same optimisation as :func:`fit_logreg`), and writes a normal run directory.
 
 Example::
 
@@ -28,7 +27,6 @@ Example::
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +48,7 @@ class PCALogRegConfig:
     in_channels: int = 1
     num_classes: int = 10
     init_seed: int = 0        # seed of the random orthonormal projection used until fit_pca is run
+    pca_samples: int = 10_000  # training images the PCA is fitted on (prepare_from_data)
 
 
 class FixedProjection(nn.Module):
@@ -78,6 +77,8 @@ class PCALogReg(nn.Module):
         self.input_shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
         self.pca = FixedProjection(d, cfg.components, cfg.init_seed)
         self.linear = nn.Linear(cfg.components, cfg.num_classes)
+        self.pca_samples = cfg.pca_samples
+        self.pca_info: dict[str, float] = {}
         self._warned = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,9 +88,9 @@ class PCALogReg(nn.Module):
                           "lenetlab.models.pca_logreg.train_pca_logreg or fit_pca", stacklevel=2)
         return self.linear(self.pca(x))
 
-    def prepare_from_data(self, train_x: torch.Tensor) -> None:
+    def prepare_from_data(self, train_x: torch.Tensor, seed: int = 0) -> None:
         """Fit the PCA on training inputs (a trainer hook; the regression is then trained as usual)."""
-        fit_pca(self, train_x)
+        self.pca_info = fit_pca(self, train_x, samples=self.pca_samples, seed=seed)
 
 
 @register_model("pca_logreg", PCALogRegConfig)
@@ -163,50 +164,36 @@ def train_pca_logreg(cfg: Any, out: str | Path | None = None, force: bool = Fals
                      ) -> dict[str, Any]:
     """Fit pca_logreg per ``cfg`` (a RunConfig naming ``pca_logreg``); write a run directory to ``out``.
 
-    The run directory is the trainer's (config.json, model.safetensors,
-    summary.json), so ``lenetlab eval/info/cascade`` read it like any other
-    run; ``summary["fit"]`` records how it was fitted (the ``train`` section of
-    config.json is not used by this fit).
+    Trains through :func:`lenetlab.train.fit`: the model's ``prepare_from_data`` fits the PCA on
+    ``pca_samples`` images (seed ``train.seed``), and the ``lbfgs`` trainer plugin fits the regression in
+    one full-batch step (``train.lbfgs``: ``l2``, ``max_iter``; cross-entropy without label smoothing).
+    ``summary["fit"]`` records how it was fitted.
     """
-    from lenetlab import rundir
+    import dataclasses
+
+    from lenetlab.config import LBFGSConfig
     from lenetlab.data import load_splits
-    from lenetlab.models import create_model, param_count
-    from lenetlab.train import evaluate
-    from lenetlab.train.trainer import environment
+    from lenetlab.train import fit
 
     if cfg.model.name != "pca_logreg":
         raise LenetlabError(f"train_pca_logreg fits model 'pca_logreg', not {cfg.model.name!r}")
-    t0 = time.perf_counter()
-    out_dir = Path(out) if out is not None else None
-    if out_dir is not None:
-        rundir.prepare(out_dir, False, force)
     splits = load_splits(cfg.data)
     if len(splits.train_x) == 0:
         raise LenetlabError("no training images (check data.train_subset / data.val_size)")
-    model = create_model("pca_logreg", **cfg.model.options)
-    info = fit_pca(model, splits.train_x, samples=pca_samples, seed=cfg.train.seed)
-    info.update(fit_logreg(model, splits.train_x, splits.train_y, l2=l2, max_iter=max_iter))
-    model.eval()
-    test = evaluate(model, splits.test_x, splits.test_y)
-    val = evaluate(model, splits.val_x, splits.val_y)["accuracy"] if len(splits.val_x) else None
-    summary = {
-        "model": "pca_logreg", "params": param_count(model), "epochs": 0,
-        "test_accuracy": test["accuracy"], "test_error_percent": round(100 * (1 - test["accuracy"]), 4),
-        "val_accuracy": val, "wall_seconds": round(time.perf_counter() - t0, 3), "stopped_early": False,
-        "preset": cfg.preset, "dataset": cfg.data.dataset, "train_images": len(splits.train_x),
-        "test_images": len(splits.test_x), "seed": cfg.train.seed, "resumed_from_epoch": None,
-        "fit": {"method": "PCA (NumPy eigendecomposition of the covariance) + L-BFGS logistic regression", **info},
-        "environment": environment(),
-    }
+    train = dataclasses.replace(cfg.train, epochs=1, batch_size=len(splits.train_x), label_smoothing=0.0,
+                                loss="ce", schedule="constant", stop_at_accuracy=None, grad_norms=False,
+                                lbfgs=LBFGSConfig(enabled=True, l2=l2, max_iter=max_iter))
+    model = dataclasses.replace(cfg.model, options={**cfg.model.options, "pca_samples": pca_samples})
+    cfg = dataclasses.replace(cfg, model=model, train=train)
+    summary = fit(cfg, out=out, force=force, splits=splits, log=None, progress=False)
+    pca = summary["_model"].pca_info
+    summary["fit"] = {"method": "PCA (NumPy eigendecomposition of the covariance) + L-BFGS logistic regression",
+                      **pca, **summary.pop("lbfgs")}
+    if out is not None:
+        from lenetlab import rundir
+
+        rundir.write_summary(Path(out), {k: v for k, v in summary.items() if k != "_model"})
     if log:
-        log(f"pca_logreg: explained variance {info['explained_variance']:.3f}, "
-            f"test accuracy {100 * test['accuracy']:.2f}%")
-    if out_dir is not None:
-        if force:
-            rundir.clear(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        rundir.save_config(out_dir, cfg)
-        rundir.save_model(out_dir, model, cfg)
-        rundir.write_summary(out_dir, summary)
-    summary["_model"] = model
+        log(f"pca_logreg: explained variance {pca['explained_variance']:.3f}, "
+            f"test accuracy {100 * summary['test_accuracy']:.2f}%")
     return summary

@@ -155,6 +155,13 @@ class RulePlugin(TrainerPlugin):
     def active(cls, tc: Any) -> bool:
         return tc.rule.name != "bp"
 
+    @classmethod
+    def recommended(cls, train: dict[str, Any], model: str) -> dict[str, Any]:
+        # a local learning rule's tuned batch size / lr on this model (FA, DFA)
+        section = train.get("rule")
+        rule = section.get("name") if isinstance(section, dict) else None
+        return recommended_train(str(rule), model) if rule and rule != "bp" else {}
+
     def setup(self, ctx: TrainContext) -> list[nn.Parameter]:
         self.handle = attach_rule(ctx.model, ctx.tc)
         return self.handle.parameters()   # LE's local classifiers would train with the model (none built in)

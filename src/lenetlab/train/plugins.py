@@ -16,6 +16,7 @@ The hooks, in the order ``fit`` calls them:
 - ``before_step(step, ctx)`` - per batch, before the step.
 - ``step(xb, yb, lr, step, ctx) -> (logits, loss)`` - replaces the default
   backprop step. At most one active plugin may override it.
+- ``after_step(step, ctx)`` - after the step (``step`` steps done).
 - ``after_epoch(row, ctx) -> EpochAction | None`` - after evaluation; may
   ask ``fit`` to restore weights, re-create the optimiser or stop. The row is
   written to metrics.jsonl, so a plugin may add keys to it. After a restore,
@@ -50,7 +51,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -82,6 +83,7 @@ class TrainContext:
         self.schedule = schedule
         self.params: list[torch.Tensor] = []
         self.opt: Any = None
+        self.plugins: list[TrainerPlugin] = []   # every plugin of the run, in order (set by fit)
         self._optimizer_factory = optimizer_factory
 
     def new_optimizer(self) -> Any:
@@ -109,6 +111,12 @@ class TrainerPlugin:
         """Whether this plugin takes part in a run with train config ``tc``."""
         raise NotImplementedError
 
+    @classmethod
+    def recommended(cls, train: dict[str, Any], model: str) -> dict[str, Any]:
+        """``train`` settings this plugin recommends on ``model``, given the (partial) ``train`` table the user
+        asked for; applied by config resolution on top of the preset, below the user's file and flags."""
+        return {}
+
     def setup(self, ctx: TrainContext) -> list[torch.Tensor] | None:
         return None
 
@@ -118,6 +126,9 @@ class TrainerPlugin:
     def step(self, xb: torch.Tensor, yb: torch.Tensor, lr: float, step: int, ctx: TrainContext
              ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError   # only called on a plugin that overrides it
+
+    def after_step(self, step: int, ctx: TrainContext) -> None:
+        """After the optimiser step; ``step`` is the number of steps done so far."""
 
     def after_epoch(self, row: dict[str, Any], ctx: TrainContext) -> EpochAction | None:
         return None
@@ -150,20 +161,32 @@ class TrainerPlugin:
         return cls.step is not TrainerPlugin.step
 
 
-def active_plugins(tc: TrainConfig) -> list[TrainerPlugin]:
-    """Instances of every registered plugin that is active for ``tc``, in ``order``; at most one step override."""
+def recommended_train(train: dict[str, Any], model: str) -> dict[str, Any]:
+    """What every registered plugin recommends for a (partial, sectioned) ``train`` table on ``model``."""
+    from lenetlab.registry import get, names
+
+    out: dict[str, Any] = {}
+    for name in names("trainer_plugin"):
+        out.update(get("trainer_plugin", name).recommended(train, model))
+    return out
+
+
+def active_plugins(tc: TrainConfig, extra: Sequence[TrainerPlugin] = ()) -> list[TrainerPlugin]:
+    """Instances of every registered plugin that is active for ``tc``, plus ``extra`` instances, in ``order``;
+    at most one of them may override the step."""
     from lenetlab.registry import get, names
 
     found = []
     for name in names("trainer_plugin"):
         cls = get("trainer_plugin", name)
         if cls.active(tc):
-            found.append((cls.order, name, cls))
-    plugins = []
-    for _, name, cls in sorted(found, key=lambda t: (t[0], t[1])):
-        p = cls(tc)
-        p.name = name
-        plugins.append(p)
+            p = cls(tc)
+            p.name = name
+            found.append(p)
+    for i, p in enumerate(extra):
+        p.name = p.name or f"{type(p).__name__}-{i}"
+        found.append(p)
+    plugins = sorted(found, key=lambda p: (p.order, p.name))
     stepping = [p.name for p in plugins if p.overrides_step()]
     if len(stepping) > 1:
         raise LenetlabError(f"these training plugins each replace the training step and cannot be combined: "
@@ -171,4 +194,4 @@ def active_plugins(tc: TrainConfig) -> list[TrainerPlugin]:
     return plugins
 
 
-__all__ = ["TrainerPlugin", "TrainContext", "EpochAction", "active_plugins"]
+__all__ = ["TrainerPlugin", "TrainContext", "EpochAction", "active_plugins", "recommended_train"]

@@ -1,8 +1,8 @@
 """Named training recipes (``--preset``), resolved per model.
 
 A preset returns a partial config dict; the resolution order is
-defaults < preset < the model's data needs < the learning rule's recommended
-settings < TOML file < CLI flags.
+defaults < preset < the model's data needs < the recommended settings of the
+training plugins asked for (a learning rule's) < TOML file < CLI flags.
 
 ``fast`` is the quickest honest route to >= 99% MNIST test accuracy with the
 modern LeNet-5 (see benchmarks/train_to_99.py): 2 epochs, batch 128, Adam with
@@ -50,8 +50,8 @@ def resolve(preset: str | None = None, model: str | None = None, file_data: dict
             overrides: dict[str, Any] | None = None) -> "RunConfig":
     """Build the full :class:`RunConfig` from a preset, a TOML dict and CLI overrides.
 
-    Order: defaults < preset < the model's data needs < the learning rule's recommended settings
-    (``train.rule``, :func:`lenetlab.rules.recommended_train`) < TOML file < CLI flags.
+    Order: defaults < preset < the model's data needs < the recommended settings of the training plugins
+    asked for (e.g. ``train.rule``: :func:`lenetlab.rules.recommended_train`) < TOML file < CLI flags.
 
     In TOML the model options sit beside its name: ``[model] name = "lenet5"
     activation = "tanh"``; they are validated against the model's own config.
@@ -69,12 +69,12 @@ def resolve(preset: str | None = None, model: str | None = None, file_data: dict
     merged["model"] = {"name": model, "options": {}}
     merged = deep_merge(merged, get("preset", preset)(model))
     merged = deep_merge(merged, {"data": entry.data_defaults})
-    rule = _rule_name(overrides) or _rule_name(file_data)
-    if rule and rule != "bp":
-        from lenetlab.rules import recommended_train
+    from lenetlab.train.plugins import recommended_train
 
-        # a local learning rule's tuned batch size / lr on this model (FA, DFA); the file and flags still win
-        merged = deep_merge(merged, {"train": recommended_train(str(rule), model)})
+    # what the training plugins the user asked for recommend on this model (e.g. a learning rule's tuned
+    # batch size / lr); the file and flags still win
+    asked = deep_merge(file_data.get("train") or {}, overrides.get("train") or {})
+    merged = deep_merge(merged, {"train": recommended_train(asked, model)})
     merged = deep_merge(merged, file_data)
     merged = deep_merge(merged, overrides)
     merged["preset"], merged["model"]["name"] = preset, model
@@ -91,11 +91,6 @@ def _upgrade_train(d: dict[str, Any]) -> dict[str, Any]:
     if isinstance(d.get("train"), dict):
         d["train"] = upgrade_train_dict(d["train"])
     return d
-
-
-def _rule_name(d: dict[str, Any]) -> Any:
-    rule = (d.get("train") or {}).get("rule")
-    return rule.get("name") if isinstance(rule, dict) else None
 
 
 def _flatten_model(d: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -96,13 +96,16 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[torch.T
 
 def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, force: bool = False,
         splits: Splits | None = None, log: Callable[[str], None] | None = print,
-        progress: bool | None = None, model: nn.Module | None = None) -> dict[str, Any]:
+        progress: bool | None = None, model: nn.Module | None = None,
+        plugins: Sequence[TrainerPlugin] = ()) -> dict[str, Any]:
     """Train per ``cfg``; write a run directory to ``out`` (if given); return the summary.
 
     Everything that can fail on bad input (config, data, run dir) is checked
     before anything is written. What a capability adds to training (hooks, a
-    different step, restarts) comes from the active trainer plugins
-    (:mod:`lenetlab.train.plugins`).
+    different step, restarts) comes from the trainer plugins
+    (:mod:`lenetlab.train.plugins`) the config activates, plus ``plugins``:
+    instances a caller adds (e.g. an experiment's learning-curve probe; their
+    state is not in the config, so a resumed run needs them passed again).
     """
     t0 = time.perf_counter()
     tc = cfg.train
@@ -116,7 +119,7 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
         raise LenetlabError("train.epochs and train.batch_size must be >= 1")
     schedule_factory = get("schedule", tc.schedule)
     opt_factory = get("optimizer", tc.optimizer)
-    plugins = active_plugins(tc)
+    plugins = active_plugins(tc, extra=plugins)
     splits = splits or load_splits(cfg.data)
     if len(splits.train_x) == 0:
         raise LenetlabError("no training images (check data.train_subset / data.val_size)")
@@ -126,7 +129,7 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
         model = create_model(cfg.model.name, **cfg.model.options)
     if not resume and hasattr(model, "prepare_from_data"):
         # models with a data-fitted part (pca_logreg's PCA) fit it before gradient training
-        model.prepare_from_data(splits.train_x)
+        model.prepare_from_data(splits.train_x, seed=tc.seed)
     loss_fn = make_loss(model, tc)
     cl = tc.channels_last
     if cl:
@@ -136,6 +139,7 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
     total = per_epoch * tc.epochs
     ctx = TrainContext(cfg, model, loss_fn, splits, total, per_epoch, schedule_factory(tc, total, per_epoch),
                        opt_factory)
+    ctx.plugins = plugins
     extra: list[torch.Tensor] = []
     for p in plugins:
         extra += list(p.setup(ctx) or [])   # e.g. hooks on the model; may bring extra trainable parameters
@@ -196,6 +200,8 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
                         grad_norms.accumulate()
                     opt.step()
                 step += 1
+                for p in plugins:
+                    p.after_step(step, ctx)
                 with torch.no_grad():
                     loss_sum += loss.detach() * len(idx)
                     correct += (logits.argmax(1) == yb).sum()

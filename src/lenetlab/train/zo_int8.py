@@ -497,6 +497,7 @@ class Int8Stepper:
         x_exp = self.x_exp
         xq, x_exp = quantize_input(splits.test_x.contiguous(), x_exp)
         summary["int8_test_accuracy"] = self.net.accuracy(xq, x_exp, splits.test_y)
+        summary["int8_exponents"] = [[ly.w_exp, ly.b_exp] for ly in self.net.layers]
         if out_dir is not None:
             self.net.save(Path(out_dir) / "model_int8.safetensors")
 
