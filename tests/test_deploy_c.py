@@ -1,7 +1,8 @@
 """The plain-C runtime (``lenetlab export --format c``): real compiler, real MNIST, deterministic.
 
-- parity on the full 10k MNIST test set: float32 logits within 1e-4 of PyTorch with the same top-1 on every
-  image; int8 logits bit-exact with the NumPy reference runtime, int8 accuracy within 0.3 points of float;
+- parity on the full 10k MNIST test set: float32 logits within 64 float32 eps of the logit scale of
+  PyTorch's (conftest.logit_tolerance); int8 logits bit-exact with the NumPy reference runtime; int8
+  accuracy within 0.3 points of float on the 60k-image models (slow);
 - the loader fuzz: >= 2,000 damaged flat files (truncated, bit-flipped with the CRC stale and recomputed,
   header/record fields and single array values overwritten, resized) through ``lenet5_check`` built with
   ASan + UBSan; the C verdict must equal ``flat.decode``'s on every file, and every accepted file is also
@@ -28,7 +29,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import assert_logits_match, run_cli
 from lenetlab.config import DataConfig
 from lenetlab.data.idx import write_idx
 from lenetlab.data.transforms import to_model_input
@@ -126,8 +127,7 @@ def test_float_parity_with_pytorch(name, deploy_runs, mnist_test, eval_bin, idx,
     r = run_eval(eval_bin, idx["images"], idx["labels"], "--model", t["paths"]["float"], "--logits", out)
     got = np.fromfile(out, "<f4").reshape(len(mnist_test[1]), -1)
     ref = t["torch"]
-    assert np.abs(got - ref).max() <= 1e-4, np.abs(got - ref).max()
-    assert (got.argmax(1) == ref.argmax(1)).all()
+    assert_logits_match(got, ref, f"{name}: C float vs PyTorch")
     line = parse_line(r.stdout)
     assert line["images"] == len(ref)
     assert line["accuracy"] == pytest.approx((got.argmax(1) == mnist_test[1]).mean(), abs=5e-5)
@@ -142,9 +142,27 @@ def test_int8_bit_exact_with_numpy_reference(name, deploy_runs, mnist_test, eval
     got = np.fromfile(out, "<i4").reshape(len(y), -1)
     want = t["int8_ref"]
     assert want.dtype == np.int64 and np.array_equal(got.astype(np.int64), want)
-    acc_q, acc_f = (got.argmax(1) == y).mean(), (t["torch"].argmax(1) == y).mean()
+    assert parse_line(r.stdout)["accuracy"] == pytest.approx((got.argmax(1) == y).mean(), abs=5e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_int8_accuracy_within_0_3_points_of_float_full_data(name, full_deploy_runs, mnist_test, eval_bin, idx,
+                                                            tmp_path):
+    """How much int8 costs is a property of a fully trained network, so this runs on the 60k-image models
+    (slow); the fast tests check the int8 path bit for bit on the subset-trained ones."""
+    y = mnist_test[1]
+    model, cfg = load_model(full_deploy_runs[name])
+    fm8 = build_flat(model, cfg, int8=True)
+    (tmp_path / "m.flat").write_bytes(flat.encode(fm8))
+    run_eval(eval_bin, idx["images"], idx["labels"], "--model", tmp_path / "m.flat", "--logits", tmp_path / "q.bin")
+    got = np.fromfile(tmp_path / "q.bin", "<i4").reshape(len(y), -1)
+    assert np.array_equal(got.astype(np.int64), runtime.run(fm8, mnist_test[0], mode="fast"))
+    with torch.no_grad():
+        ref = torch.cat([model(to_model_input(torch.from_numpy(mnist_test[0][i:i + 2000]), cfg.data))
+                         for i in range(0, len(y), 2000)]).numpy()
+    acc_q, acc_f = (got.argmax(1) == y).mean(), (ref.argmax(1) == y).mean()
     assert acc_q >= acc_f - 0.003, (acc_f, acc_q)
-    assert parse_line(r.stdout)["accuracy"] == pytest.approx(acc_q, abs=5e-5)
 
 
 @pytest.mark.parametrize("kind", ["float", "int8"])
@@ -175,7 +193,7 @@ def test_sanitized_inference_matches(deploy_runs, mnist_test, cdir, idx, tmp_pat
                 want = t["int8_ref"][:100]
                 assert np.array_equal(np.fromfile(out, "<i4").reshape(100, -1), want)
             else:
-                assert np.abs(np.fromfile(out, "<f4").reshape(100, -1) - t["torch"][:100]).max() <= 1e-4
+                assert_logits_match(np.fromfile(out, "<f4").reshape(100, -1), t["torch"][:100], f"{name} (ASan)")
 
 
 def prefixes(fm: flat.FlatModel) -> list[flat.FlatModel]:
