@@ -293,3 +293,31 @@ def test_experiment_tiny(tiny_run):
     for f in r.figures:
         assert (out / f).stat().st_size > 1000
     assert "## Claims" in (out / "report.md").read_text()
+
+
+# ------------------------------------------------------------------ threshold selection (lenetlab.cascade.selection)
+def test_selection_takes_the_cheapest_setting_above_the_floor():
+    from lenetlab.cascade import SweepPoint, cheapest_within, select_threshold, sweep_thresholds
+
+    probs, labels = _probs(CONF, PRED), torch.tensor([0, 1, 1, 2])
+    points = sweep_thresholds(probs, labels, COSTS, [0.0, 0.9, 1.01], "coarse_to_fine")
+    # threshold 0 reads level 0 only (2 of 4 right, cost 1); 0.9 as above (4 of 4, mean cost 12); 1.01 reads
+    # every level and takes the last one's prediction (3 of 4, cost 21)
+    assert [(p.accuracy, p.cost) for p in points] == [(0.5, 1.0), (1.0, 12.0), (0.75, 21.0)]
+    assert cheapest_within(points, 0.4) == points[0]
+    assert cheapest_within(points, 0.6) == points[1]       # 0.75 at cost 21 is dearer than 1.0 at 12
+    assert cheapest_within(points, 1.0) is None            # strictly above the floor
+    assert select_threshold(probs, labels, COSTS, [0.0, 0.9, 1.01], 0.6, "coarse_to_fine").threshold == 0.9
+    ties = [SweepPoint(0.5, 0.8, 3.0), SweepPoint(0.6, 0.9, 3.0)]
+    assert cheapest_within(ties, 0.0) == ties[1]            # equal cost: the more accurate
+
+
+def test_selection_rejects_bad_input():
+    from lenetlab.cascade import sweep_thresholds
+
+    with pytest.raises(LenetlabError, match="at least one threshold"):
+        sweep_thresholds(_probs(CONF, PRED), torch.tensor([0, 1, 1, 2]), COSTS, [])
+    with pytest.raises(LenetlabError, match="probs must be"):
+        sweep_thresholds(_probs(CONF, PRED), torch.tensor([0, 1]), COSTS, [0.5])
+    with pytest.raises(LenetlabError, match="unknown cascade rule"):
+        sweep_thresholds(_probs(CONF, PRED), torch.tensor([0, 1, 1, 2]), COSTS, [0.5], "nope")

@@ -5,7 +5,9 @@
 - :mod:`~lenetlab.cascade.resolution`: pixelated 7 -> 14 -> 28 ladders, data
   accounted as sum of s^2 read;
 - :mod:`~lenetlab.cascade.model_cascade`: cheapest model first, cost in MACs
-  (:mod:`lenetlab.models.macs`), and the "most confident model" ensemble.
+  (:mod:`lenetlab.models.macs`), and the "most confident model" ensemble;
+- :mod:`~lenetlab.cascade.selection`: threshold sweeps, and the cheapest
+  threshold within an accuracy budget, chosen on validation images.
 
 ``lenetlab cascade RUN_DIR...`` and ``lenetlab reproduce cascade`` use them.
 """
@@ -27,7 +29,9 @@ from lenetlab.cascade.resolution import (
     resolution_cascade,
     resolution_probs,
 )
+from lenetlab.cascade.selection import SweepPoint, cheapest_within, select_threshold, sweep_thresholds
 
-__all__ = ["RULES", "CascadeOutcome", "Member", "data_costs", "make_member", "member_from_run", "member_probs",
-           "model_cascade", "most_confident", "most_confident_ensemble", "order_by_cost", "parse_ladder",
-           "pixelate", "resolution_cascade", "resolution_probs", "run_cascade", "run_cascade_lazy"]
+__all__ = ["RULES", "CascadeOutcome", "Member", "SweepPoint", "cheapest_within", "data_costs", "make_member",
+           "member_from_run", "member_probs", "model_cascade", "most_confident", "most_confident_ensemble",
+           "order_by_cost", "parse_ladder", "pixelate", "resolution_cascade", "resolution_probs", "run_cascade",
+           "run_cascade_lazy", "select_threshold", "sweep_thresholds"]
