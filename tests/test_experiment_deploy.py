@@ -50,6 +50,9 @@ def test_tiny_run_end_to_end(tmp_path):
         assert c["browser_same_top1"].verdict == stats.INCONCLUSIVE
     assert (tmp_path / "latency.png").stat().st_size > 0
     assert "numpy_same_top1" in (tmp_path / "report.md").read_text()
+    # a second run reuses every finished cell: the same tables and verdicts
+    again = reproduce("deploy", tmp_path, tiny=True)
+    assert again.tables == r.tables and [x.verdict for x in again.claims] == [x.verdict for x in r.claims]
 
 
 # ---------------------------------------------------------------- claims on synthetic cells

@@ -37,6 +37,10 @@ def test_tiny_run_end_to_end(tmp_path):
     saved = json.loads((tmp_path / "result.json").read_text())
     assert [x["verdict"] for x in saved["claims"]] == [x.verdict for x in r.claims]
     assert "test_error_095" in (tmp_path / "report.md").read_text()
+    # a second run reuses the finished cells: same tables, nothing trained again
+    cells = (tmp_path / "cells.jsonl").read_text()
+    again = reproduce("lenet5", tmp_path, tiny=True)
+    assert again.tables == r.tables and (tmp_path / "cells.jsonl").read_text() == cells
 
 
 def test_error_claim_reaches_all_three_verdicts():
