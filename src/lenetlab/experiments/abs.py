@@ -33,7 +33,7 @@ Claims (:func:`claims`, from the cells; rules in docs/papers/abs.md):
 - ``lb_restart_helps``: lb-restart minus plain (same weight selection),
   averaged over the activations and the widths where both ran, above 0.
 
-Quick mode (default) trains on 8,000 images (2,000 validation images) for at most 5 epochs, 3 seeds, widths
+Quick mode (default) trains on 6,000 images (2,000 validation images) for at most 5 epochs, 3 seeds, widths
 1 and 0.5 (plain only at width 1); ``--full`` uses all 55k training images,
 30 epochs, 5 seeds, four widths, both schedules everywhere.
 
@@ -88,7 +88,7 @@ def settings(full: bool, tiny: bool = False) -> dict[str, Any]:
         s = Settings([1.0, 0.75, 0.5, 0.35], [1.0, 0.75, 0.5, 0.35], [0, 1, 2, 3, 4], 30, None, 5000, None,
                      [4, 8, 12, 16, 20], [0, 1, 2, 3, 4], 256)
     else:
-        s = Settings([1.0, 0.5], [1.0], [0, 1, 2], 5, 8000, 2000, None, [4, 8, 12, 16, 20], [0, 1, 2, 3, 4], 128)
+        s = Settings([1.0, 0.5], [1.0], [0, 1, 2], 5, 6000, 2000, None, [4, 8, 12, 16, 20], [0, 1, 2, 3, 4], 128)
     return dataclasses.asdict(s)
 
 
