@@ -1,4 +1,4 @@
-"""Problem-dependent effort (Rohlfs 2022/23, PAPERS.md section 9): resolution and model cascades.
+"""Problem-dependent effort (Rohlfs 2022/23, docs/papers/cascade.md): resolution and model cascades.
 
 - :mod:`~lenetlab.cascade.core`: the cascade rule (true coarse-to-fine vs the
   paper's most-confident-so-far), vectorised over images and levels;

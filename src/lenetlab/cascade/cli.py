@@ -1,4 +1,4 @@
-"""``lenetlab cascade RUN_DIR... --ladder 7,14,28 --threshold 0.9`` (Rohlfs 2022/23, PAPERS.md section 9).
+"""``lenetlab cascade RUN_DIR... --ladder 7,14,28 --threshold 0.9`` (Rohlfs 2022/23, docs/papers/cascade.md).
 
 For each run: its accuracy at full resolution and in a resolution cascade over
 the ladder (data used relative to 28x28). With two or more runs, also the model

@@ -1,4 +1,4 @@
-"""The cascade rule shared by resolution and model cascades (Rohlfs 2022/23, PAPERS.md section 9).
+"""The cascade rule shared by resolution and model cascades (Rohlfs 2022/23, docs/papers/cascade.md).
 
 A cascade has L levels, cheapest first (a coarser resolution, or a cheaper
 model), each with a cost (pixels read, or MACs). Level l is read only when
@@ -13,8 +13,8 @@ Two rules decide the prediction; they read the same levels, so they cost the sam
   last level takes the last level's prediction.
 - ``paper`` (Rohlfs' rule): the same stopping, but the prediction comes from
   the *most confident level read so far*. The abstract calls both methods
-  "ensemble-based" and PAPERS.md says "prediction from the most confident model
-  seen so far". The two rules differ only on images that exhaust the ladder
+  "ensemble-based", which we read as predicting with the most confident model
+  seen so far (docs/papers/cascade.md). The two rules differ only on images that exhaust the ladder
   unsure (a stopping level is always the most confident one read, because
   every earlier level was below the threshold). With a threshold above 1
   every level is read and the paper's rule becomes the "most confident model"

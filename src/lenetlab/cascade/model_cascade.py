@@ -1,6 +1,6 @@
 """Model cascades: run the cheapest model first, a costlier one only when it is unsure.
 
-Rohlfs (2022/23, PAPERS.md section 9): e.g. PCA-100 + logistic regression
+Rohlfs (2022/23, docs/papers/cascade.md): e.g. PCA-100 + logistic regression
 first, LeNet-5 only when the cheap model's max softmax probability is below the
 threshold. Cost = cumulative MACs per image of the models run, counted by
 :func:`lenetlab.models.macs.count_macs` (so PCA-LR costs 79,400, not the

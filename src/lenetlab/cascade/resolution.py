@@ -1,6 +1,6 @@
 """Resolution cascades: look at a pixelated image first, read more pixels only when unsure.
 
-Rohlfs (2022/23, PAPERS.md section 9): an image is shown to the classifier at
+Rohlfs (2022/23, docs/papers/cascade.md): an image is shown to the classifier at
 the coarsest resolution s of a ladder (e.g. 7 -> 14 -> 28): downsampled from
 28x28 to s x s by area averaging (what a coarse sensor would record), then
 resized back up to 28x28 bilinearly, so the one model trained on full-resolution
