@@ -292,7 +292,8 @@ def test_reproduce_faults_tiny(tmp_path):
     from lenetlab.experiments import reproduce
 
     r = reproduce("faults", tmp_path, tiny=True)
-    assert {c.name for c in r.claims} == {"split_matches_tmr_at_half_cost", "nvf_ranks_neurons"}
+    assert {c.name for c in r.claims} == {"split_matches_tmr_at_half_cost", "nvf_ranks_neurons",
+                                          "split_needs_no_redesign"}
     assert all(c.supported in (True, False, None) and c.measured for c in r.claims)
     table = next(iter(r.tables.values()))
     assert [row["method"] for row in table] == ["none", "split", "tmr", "split", "tmr"]

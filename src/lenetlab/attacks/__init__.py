@@ -1,4 +1,4 @@
-"""Adversarial attacks on lenetlab models (Lin & Sengupta 2025, PAPERS.md section 1).
+"""Adversarial attacks on lenetlab models (Lin & Sengupta 2025, docs/papers/snn-attacks.md).
 
 ``lenetlab attack RUN_DIR --attack pgd --eps 0.1``; ``lenetlab list attacks``.
 Registered: fgsm, pgd (white-box), bb-fgsm, bb-pgd (transfer from a

@@ -1,4 +1,4 @@
-"""One base class for adversarial attacks (Lin & Sengupta 2025, PAPERS.md section 1).
+"""One base class for adversarial attacks (Lin & Sengupta 2025, docs/papers/snn-attacks.md).
 
 Modelled on torchattacks' ``Attack``: the base class puts every model in
 eval mode (and restores it), takes and returns images in [0, 1] pixel units
@@ -149,6 +149,20 @@ class Attack:
     def validate(self, options: dict[str, Any]) -> dict[str, Any]:
         """Check values beyond their types and fill derived ones; returns what :meth:`forward` reads."""
         return options
+
+    @classmethod
+    def budget_options(cls, budget: int) -> dict[str, Any]:
+        """Options that make this attack spend ``budget`` gradient evaluations: ``steps=budget`` for an
+        iterative attack (one with a ``steps`` option), none for a single-step one (which spends 1)."""
+        if not isinstance(budget, int) or budget < 1:
+            raise LenetlabError(f"a gradient budget must be a positive integer, got {budget!r}")
+        return {"steps": budget} if "steps" in {f.name for f in dataclasses.fields(cls.Options)} else {}
+
+    def gradient_calls(self) -> int | None:
+        """Input-gradient evaluations (forward + backward passes, on target or substitute) one call of this
+        attack makes per image batch, or None if the attack does not say. Comparisons of attacks give each
+        the same number (:mod:`lenetlab.attacks.budget`); loss-only forward passes are not counted."""
+        return None
 
     def __call__(self, x01: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x01.ndim != 4:

@@ -26,6 +26,9 @@ class FGSM(Attack):
     name = "fgsm"
     description = "fast gradient sign method: one signed-gradient step of size eps"
 
+    def gradient_calls(self) -> int:
+        return 1
+
     def forward(self, x01, y, gen):
         _, g = self.source.loss_grad(x01, y)
         return x01 + self.eps * g.sign()
@@ -87,6 +90,9 @@ class PGD(Attack):
 
     def validate(self, options):
         return pgd_options(self.eps, **options)
+
+    def gradient_calls(self) -> int:
+        return self.options["steps"]
 
     def forward(self, x01, y, gen):
         o = self.options

@@ -1,4 +1,4 @@
-"""Black-box transfer attacks and the hybrid attack (Lin & Sengupta 2025, PAPERS.md section 1).
+"""Black-box transfer attacks and the hybrid attack (Lin & Sengupta 2025, docs/papers/snn-attacks.md).
 
 - ``bb-fgsm`` / ``bb-pgd``: craft FGSM / PGD on a *substitute* model (for the
   paper, a BP-trained model of the same architecture, other seed) and hand
@@ -73,6 +73,19 @@ class Hybrid(Attack):
         if not isinstance(transfer_steps, int) or transfer_steps < 1:
             raise LenetlabError(f"hybrid transfer_steps must be a positive integer, got {transfer_steps}")
         return {**o, "lam": float(lam), "transfer_steps": transfer_steps}
+
+    @classmethod
+    def budget_options(cls, budget: int) -> dict[str, int]:
+        """``transfer_steps + 2 * steps = budget`` with about a third of it on the target (each target step
+        costs two evaluations); needs a budget of at least 3."""
+        if not isinstance(budget, int) or budget < 3:
+            raise LenetlabError(f"the hybrid attack needs a gradient budget of at least 3, got {budget!r}")
+        steps = budget // 3
+        return {"steps": steps, "transfer_steps": budget - 2 * steps}
+
+    def gradient_calls(self) -> int:
+        # each target step also takes the substitute's gradient at the same point
+        return self.options["transfer_steps"] + 2 * self.options["steps"]
 
     def forward(self, x01, y, gen):
         o = self.options

@@ -1,81 +1,82 @@
 """``lenetlab reproduce faults``: fault resilience of an int8 LeNet-5 by selective neuron splitting
-(Ahmadilivani et al. 2023, PAPERS.md section 6).
+(Ahmadilivani et al. 2023; method note docs/papers/faults.md).
 
-Pipeline: train a LeNet-5 (fast preset), quantise it to int8
-(:mod:`lenetlab.quant`), compute every neuron's NVF analytically
-(:mod:`lenetlab.faults.nvf`) and validate it against an accumulator campaign
-(Spearman rank correlation), then harden the top-k% neurons by NVF (k in 5,
-10, 20, 50) by neuron splitting or by selective TMR
+Pipeline, for each of several training seeds: train a LeNet-5 (fast
+preset), quantise it to int8 (:mod:`lenetlab.quant`), compute every neuron's
+NVF analytically (:mod:`lenetlab.faults.nvf`) and validate it against an
+accumulator campaign (Spearman rank correlation), then harden the top-k%
+neurons by NVF (k in 5, 10, 20, 50) by neuron splitting or by selective TMR
 (:mod:`lenetlab.faults.harden`) and measure, for none / split / TMR at each k:
 
-- overhead: extra MACs and extra parameter bytes per inference;
-- resilience: SDC rate (top-1 change vs fault-free) under a fixed bit-error
-  rate in every int32 accumulator (copies included: a hardened model also has
-  more bits that can fail), with a 95% Wilson interval, and test accuracy over
-  a BER sweep.
+- overhead: extra MACs, correction-unit / voter operations
+  (``checker_ops``) and extra parameter bytes per inference;
+- resilience: per test image, how many of ``draws`` fault draws at a fixed
+  bit-error rate in every int32 accumulator (copies included) changed its
+  top-1 (:mod:`lenetlab.faults.resilience`), and test accuracy over a BER
+  sweep.
 
-Claim checked from the data: "splitting reaches similar resilience to selective
-TMR at about half the overhead" - at each k, split's SDC reduction (vs none)
-is at least 80% of TMR's and its extra MACs are 40-60% of TMR's; supported when
-that holds for at least 3 of the 4 k values.
+Claims (``claims`` takes the cells; docs/papers/faults.md has the rules):
 
-Quick mode (default): full-MNIST fast-preset training (2 epochs), NVF on 16
-images, validation with 2 positions per neuron and bit, resilience on 500
-images x 16 fault draws per BER point: 1 min 42 s on the 2-core machine (one torch thread, load ~3 from
-other jobs).
-``--full``: 64 NVF images, 4 positions, 1000 images x 40 draws.
+- ``split_matches_tmr_at_half_cost``: holds only if all three legs do -
+  resilience (over the k values, split keeps more than 80% of TMR's SDC
+  reduction: the 95% bootstrap interval over models and images of
+  ``0.2 none + 0.8 TMR - split`` lies above 0), operations (split's extra
+  MACs + LCU operations over TMR's extra MACs + voter operations, t interval
+  over models, inside [0.4, 0.6]) and bytes (the same for extra parameter
+  bytes);
+- ``nvf_ranks_neurons``: Spearman rho, t interval over models, above 0.7;
+- ``split_needs_no_redesign``: a hardware-design statement, not testable here.
+
+Quick mode (default): 3 seeds, 30k training images (fast preset, 2 epochs),
+NVF on 16 images, validation with 2 positions per neuron and bit, resilience
+on 500 images x 16 fault draws. ``--full``: 5 seeds, all 60k images, 64 NVF
+images, 4 positions, 1000 images x 40 draws.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from lenetlab.experiments import stats
 from lenetlab.experiments.base import Claim, Context, Experiment, Result
+from lenetlab.faults.resilience import acc_ber_predictions  # noqa: F401  (re-exported: experiments/matrix uses it)
 from lenetlab.registry import register
 
 FIXED_BER = 2e-4
 BER_SWEEP = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
+KEEP = 0.8            # "similar resilience": split keeps more than this share of TMR's SDC reduction
+HALF = (0.4, 0.6)     # "about half the overhead": split / TMR inside this range
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one mode runs."""
+
+    seeds: list[int]                   # training seeds: one trained and quantised model each
+    train: dict[str, Any]              # overrides of the fast preset (config sections)
+    nvf_images: int
+    validate: int                      # campaign positions per neuron and bit for the NVF check
+    images: int                        # test images of the resilience measurement
+    draws: int                         # fault draws per image at FIXED_BER (the sweep uses half)
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    sweep: list[float] = field(default_factory=lambda: list(BER_SWEEP))
 
 
 def settings(full: bool, tiny: bool = False) -> dict[str, Any]:
     if tiny:
-        return {"train": {"data": {"train_subset": 1000, "test_subset": 200}, "train": {"epochs": 1}},
-                "nvf_images": 2, "validate": 1, "images": 32, "draws": 2, "ks": [10, 50], "sweep": [1e-4, 1e-3]}
-    if full:
-        return {"train": {}, "nvf_images": 64, "validate": 4, "images": 1000, "draws": 40, "ks": [5, 10, 20, 50],
-                "sweep": BER_SWEEP}
-    return {"train": {}, "nvf_images": 16, "validate": 2, "images": 500, "draws": 16, "ks": [5, 10, 20, 50],
-            "sweep": BER_SWEEP}
-
-
-def acc_ber_predictions(engine, x0: np.ndarray, ber: float, draws: int, seed: int) -> np.ndarray:
-    """Top-1 (draws, M) with every accumulator bit (copies included) flipped independently at rate ``ber``."""
-    from lenetlab.faults.models import ber_flip
-
-    rng = np.random.default_rng(seed)
-    hooks = {j: (lambda a: ber_flip(a, 32, ber, rng)) for j in range(len(engine.stages))}
-    out = []
-    for _ in range(draws):
-        out.append(np.argmax(engine.forward(x0, acc_hooks=hooks), axis=1))
-    return np.stack(out)
-
-
-def resilience(engine, x0: np.ndarray, labels: np.ndarray, clean_pred: np.ndarray, s: dict[str, Any]
-               ) -> dict[str, Any]:
-    from lenetlab.faults.campaign import wilson
-
-    pred = acc_ber_predictions(engine, x0, FIXED_BER, s["draws"], seed=1)
-    k, n = int((pred != clean_pred[None]).sum()), pred.size
-    lo, hi = wilson(k, n)
-    sweep = []
-    for i, ber in enumerate(s["sweep"]):
-        p = acc_ber_predictions(engine, x0, ber, max(2, s["draws"] // 2), seed=100 + i)
-        sweep.append({"ber": ber, "accuracy": float((p == labels[None]).mean()),
-                      "sdc": float((p != clean_pred[None]).mean())})
-    return {"sdc": k / n, "sdc_ci95": [lo, hi], "trials": n, "sweep": sweep}
+        s = Settings([0], {"data": {"train_subset": 1000, "test_subset": 200}, "train": {"epochs": 1}},
+                     2, 1, 32, 2, [10, 50], [1e-4, 1e-3])
+    elif full:
+        s = Settings([0, 1, 2, 3, 4], {}, 64, 4, 1000, 40)
+    else:
+        s = Settings([0, 1, 2], {"data": {"train_subset": 30000}}, 16, 2, 500, 16)
+    return dataclasses.asdict(s)
 
 
 @register("experiment", "faults")
@@ -83,154 +84,260 @@ class FaultStudy(Experiment):
     """Ahmadilivani et al. 2023: int8 LeNet-5 under bit flips, NVF, neuron splitting vs selective TMR."""
 
     name = "faults"
-    paper = "Ahmadilivani et al. 2023, fault resilience of QNNs by selective neuron splitting (PAPERS.md section 6)"
+    paper = "Ahmadilivani et al. 2023, fault resilience of QNNs by selective neuron splitting"
     accepts_options = True
 
     def run(self, ctx: Context) -> Result:
         from lenetlab.data.datasets import load_raw
-        from lenetlab.deploy import flat
-        from lenetlab.deploy.export import build_flat
-        from lenetlab.faults.harden import harden, overhead, top_neurons
-        from lenetlab.faults.nvf import nvf_report
-        from lenetlab.quant.engine import IntEngine, blas_threads
-        from lenetlab.train import fit
-        from lenetlab.train.presets import resolve
+        from lenetlab.quant.engine import blas_threads
 
-        s = ctx.resolve_settings(settings(ctx.full, ctx.tiny))
-        run_dir = ctx.out / "run"
-
-        def train() -> dict[str, Any]:
-            r = fit(resolve("fast", "lenet5", overrides=s["train"] or None), out=run_dir, force=True, log=None,
-                    progress=False)
-            return {"test_accuracy": r["test_accuracy"]}
-
-        trained = ctx.cells.get_or_run("train", train)
-        qpath = ctx.out / "model_int8.flat"
-        if not qpath.is_file():
-            from lenetlab.fileio import atomic_write_bytes
-            from lenetlab.rundir import load_model
-
-            model, cfg = load_model(run_dir)
-            model.eval()
-            atomic_write_bytes(qpath, flat.encode(build_flat(model, cfg, int8=True)))
-        fm = flat.load(str(qpath))
-        engine = IntEngine(fm)
+        s = Settings(**ctx.resolve_settings(settings(ctx.full, ctx.tiny)))
         _, _, test_x, test_y = load_raw("mnist")
-        x_res, y_res = np.ascontiguousarray(test_x[: s["images"]]), test_y[: s["images"]]
+        runs = []
         with blas_threads(1):
-            int8_acc = ctx.cells.get_or_run("int8_accuracy", lambda: {
-                "accuracy": float((engine.predict(test_x) == test_y).mean())})["accuracy"]
-
-            def nvf_cell() -> dict[str, Any]:
-                t0 = time.perf_counter()
-                rep = nvf_report(engine, np.ascontiguousarray(test_x[: s["nvf_images"]]), validate=s["validate"])
-                rep["seconds"] = time.perf_counter() - t0
-                return rep
-
-            nvf = ctx.cells.get_or_run("nvf", nvf_cell)
-            ctx.log(f"NVF of {len(nvf['neurons'])} neurons: Spearman vs campaign {nvf['spearman']:.3f} "
-                    f"({nvf['seconds']:.0f}s)")
-            x0 = engine.input(x_res)
-            clean = np.argmax(engine.forward(x0), axis=1)
-            ops = {j: st.op for j, st in enumerate(engine.stages)}
-            rows = []
-            configs = [("none", 0)] + [(m, k) for k in s["ks"] for m in ("split", "tmr")]
-            for mode, k in configs:
-                def cell(mode=mode, k=k) -> dict[str, Any]:
-                    eng = engine if mode == "none" else harden(engine, top_neurons(nvf["neurons"], k, ops), mode)
-                    t0 = time.perf_counter()
-                    r = resilience(eng, x0, y_res, clean, s)
-                    return {**overhead(engine, eng), **r, "seconds": time.perf_counter() - t0}
-
-                r = ctx.cells.get_or_run(f"harden/{mode}/{k}", cell)
-                rows.append({"method": mode, "k": k, **r})
-                ctx.log(f"{mode:5s} k={k:2d}%  +MACs {r['extra_macs_%']:6.2f}%  "
-                        f"+bytes {r['extra_param_bytes_%']:6.2f}%  SDC@BER {100 * r['sdc']:.2f}%  "
-                        f"({r['seconds']:.0f}s)")
-        figures = _plot(ctx, rows, s)
-        table = [{"method": r["method"], "k_%": r["k"], "protected": r["protected"],
-                  "extra_MACs": r["extra_macs"], "extra_MACs_%": round(r["extra_macs_%"], 2),
-                  "extra_bytes": r["extra_param_bytes"], "extra_bytes_%": round(r["extra_param_bytes_%"], 2),
-                  f"SDC_%@BER{FIXED_BER:g}": round(100 * r["sdc"], 3),
-                  "SDC_ci95_%": f"[{100 * r['sdc_ci95'][0]:.2f}, {100 * r['sdc_ci95'][1]:.2f}]",
-                  **{f"acc@{p['ber']:g}": round(100 * p["accuracy"], 2) for p in r["sweep"]}} for r in rows]
-        layer_table = [{k: (None if v != v else round(v, 5)) if isinstance(v, float) else v for k, v in la.items()}
-                       for la in nvf["layers"]]   # NaN (a constant layer has no rank correlation) -> None
+            for seed in s.seeds:
+                runs.append(_one_model(ctx, s, seed, test_x, test_y))
+        configs = [("none", 0)] + [(m, k) for k in s.ks for m in ("split", "tmr")]
+        table = _table(runs, configs, s)
+        claim_list, legs = claims(runs, s.ks, min_seeds=stats.min_seeds(ctx.full))
+        models = [{"seed": sd, "float_acc_%": round(100 * r["test_accuracy"], 2),
+                   "int8_acc_%": round(100 * r["int8_accuracy"], 2), "nvf_spearman": _round(r["spearman"])}
+                  for sd, r in zip(s.seeds, runs)]
+        layer_table = [{"seed": sd, **{k: _round(v) if isinstance(v, float) else v for k, v in la.items()}}
+                       for sd, r in zip(s.seeds, runs) for la in r["nvf_layers"]]
+        figures = _plot(ctx, table, s)
         return Result(self.name, self.paper, ctx.mode,
-                      {"settings": s, "fixed_ber": FIXED_BER, "fault_site": "int32 accumulators (all layers)"},
-                      tables={"overhead vs resilience (accumulator bit flips)": table,
+                      {"settings": dataclasses.asdict(s), "fixed_ber": FIXED_BER,
+                       "fault_site": "int32 accumulators (all layers)"},
+                      tables={"overhead vs resilience (accumulator bit flips), over the trained models": table,
+                              "claim legs (each k, and over all k)": legs,
+                              "trained models": models,
                               "NVF per layer (analytic) vs measured SDC per neuron": layer_table},
-                      claims=_claims(rows, nvf, s), figures=figures,
-                      notes=[f"float test accuracy {100 * trained['test_accuracy']:.2f}%, int8 {100 * int8_acc:.2f}% "
-                             "(both on the 10k test set)",
-                             f"SDC at BER {FIXED_BER:g} on {s['images']} test images x {s['draws']} draws; the "
-                             "sweep uses half the draws.",
+                      claims=claim_list, figures=figures,
+                      metrics={f"sdc_{m}_{k}": row["SDC_%"] / 100 for (m, k), row in zip(configs, table)},
+                      notes=[f"{len(s.seeds)} models (seeds {s.seeds}), each trained, quantised to int8 and hardened "
+                             "on its own NVF ranking; accuracies on the 10k test set.",
+                             f"SDC at BER {FIXED_BER:g} on {s.images} test images x {s.draws} draws per model; "
+                             "'SDC_ci95' is the Wilson interval of the pooled trials (images x draws x models, "
+                             "read as independent), 'SDC_boot95' the bootstrap over models and images the claims "
+                             "use. The sweep uses half the draws.",
+                             "Overhead: extra operations = extra MACs + correction-unit / voter operations per "
+                             "inference (LCU: 1 min per protected output value; TMR voter: 3 AND + 2 OR), each "
+                             "counted as one operation; extra bytes = int8 weights + int32 bias of the copies. "
+                             "Split's extra MACs and bytes are exactly half of TMR's (one copy against two), so "
+                             "the overhead legs mostly confirm the construction; the resilience leg is the test.",
                              "Splitting is realised in integers as two identical half-scale copies and a 2 x min "
                              "correction unit (reconstructed from the paper's description); TMR as three copies and "
                              "a bitwise majority voter, both merged on the int32 accumulators.",
                              "Neurons are conv output channels and dense units; the top-k% is over all of them."])
 
 
-def _claims(rows: list[dict[str, Any]], nvf: dict[str, Any], s: dict[str, Any]) -> list[Claim]:
-    none = next(r for r in rows if r["method"] == "none")
-    verdicts, parts = [], []
-    for k in s["ks"]:
-        sp = next(r for r in rows if r["method"] == "split" and r["k"] == k)
-        tm = next(r for r in rows if r["method"] == "tmr" and r["k"] == k)
-        red_s, red_t = none["sdc"] - sp["sdc"], none["sdc"] - tm["sdc"]
-        ratio_o = sp["extra_macs"] / tm["extra_macs"] if tm["extra_macs"] else float("nan")
-        similar = red_t > 0 and red_s >= 0.8 * red_t
-        half = 0.4 <= ratio_o <= 0.6
-        verdicts.append(similar and half)
-        parts.append(f"k={k}%: SDC none {100 * none['sdc']:.2f}% split {100 * sp['sdc']:.2f}% tmr "
-                     f"{100 * tm['sdc']:.2f}% (split keeps {100 * red_s / red_t if red_t > 0 else float('nan'):.0f}% "
-                     f"of TMR's reduction), extra MACs split/TMR {ratio_o:.2f}")
-    c1 = Claim("split_matches_tmr_at_half_cost",
-               "splitting reaches resilience similar to selective TMR at about half the overhead",
-               "; ".join(parts) + f" -> holds at {sum(verdicts)}/{len(verdicts)} k values",
-               sum(verdicts) >= (3 if len(verdicts) >= 4 else len(verdicts)))
-    rho = nvf.get("spearman", float("nan"))
-    per_layer = ", ".join(f"{la['name']} {la.get('spearman', float('nan')):.2f}" for la in nvf["layers"])
-    c2 = Claim("nvf_ranks_neurons",
-               "the analytic NVF ranks neurons by criticality like a fault-injection campaign (rho >= 0.7)",
-               f"Spearman rho {rho:.3f} over {len(nvf['neurons'])} neurons (within layers: {per_layer})",
-               None if rho != rho else bool(rho >= 0.7))
-    return [c1, c2]
+def _round(v: float | None) -> float | None:
+    return None if v is None or not math.isfinite(v) else round(v, 5)
 
 
-def _plot(ctx: Context, rows: list[dict[str, Any]], s: dict[str, Any]) -> list[str]:
+def _one_model(ctx: Context, s: Settings, seed: int, test_x: np.ndarray, test_y: np.ndarray) -> dict[str, Any]:
+    """Train, quantise, rank and harden the model of one seed; every step a cell."""
+    from lenetlab.deploy import flat
+    from lenetlab.deploy.export import build_flat
+    from lenetlab.faults.harden import harden, overhead, top_neurons
+    from lenetlab.faults.nvf import nvf_report
+    from lenetlab.faults.resilience import ber_sweep, sdc_counts
+    from lenetlab.quant.engine import IntEngine
+    from lenetlab.train import fit
+    from lenetlab.train.presets import resolve
+
+    run_dir = ctx.out / f"run_s{seed}"
+
+    def train() -> dict[str, Any]:
+        over = {**s.train, "train": {**s.train.get("train", {}), "seed": seed}}
+        r = fit(resolve("fast", "lenet5", overrides=over), out=run_dir, force=True, log=None, progress=False)
+        return {"test_accuracy": r["test_accuracy"]}
+
+    trained = ctx.cells.get_or_run(f"train/s{seed}", train)
+    qpath = ctx.out / f"model_int8_s{seed}.flat"
+    if not qpath.is_file():
+        from lenetlab.fileio import atomic_write_bytes
+        from lenetlab.rundir import load_model
+
+        model, cfg = load_model(run_dir)
+        model.eval()
+        atomic_write_bytes(qpath, flat.encode(build_flat(model, cfg, int8=True)))
+    engine = IntEngine(flat.load(str(qpath)))
+    int8_acc = ctx.cells.get_or_run(f"int8_accuracy/s{seed}", lambda: {
+        "accuracy": float((engine.predict(test_x) == test_y).mean())})["accuracy"]
+
+    def nvf_cell() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        rep = nvf_report(engine, np.ascontiguousarray(test_x[: s.nvf_images]), validate=s.validate)
+        rep["seconds"] = time.perf_counter() - t0
+        return rep
+
+    nvf = ctx.cells.get_or_run(f"nvf/s{seed}", nvf_cell)
+    ctx.log(f"[seed {seed}] float {100 * trained['test_accuracy']:.2f}%, int8 {100 * int8_acc:.2f}%; NVF of "
+            f"{len(nvf['neurons'])} neurons: Spearman vs campaign {nvf.get('spearman', float('nan')):.3f} "
+            f"({nvf['seconds']:.0f}s)")
+    x0 = engine.input(np.ascontiguousarray(test_x[: s.images]))
+    labels = test_y[: s.images]
+    clean = np.argmax(engine.forward(x0), axis=1)
+    ops = {j: st.op for j, st in enumerate(engine.stages)}
+    configs: dict[str, dict[str, Any]] = {}
+    for mode, k in [("none", 0)] + [(m, k) for k in s.ks for m in ("split", "tmr")]:
+        def cell(mode=mode, k=k) -> dict[str, Any]:
+            eng = engine if mode == "none" else harden(engine, top_neurons(nvf["neurons"], k, ops), mode)
+            t0 = time.perf_counter()
+            counts = sdc_counts(eng, x0, FIXED_BER, s.draws, seed=1, clean=clean)
+            sweep = ber_sweep(eng, x0, labels, clean, s.sweep, max(2, s.draws // 2))
+            return {**overhead(engine, eng), "sdc_counts": counts.tolist(), "draws": s.draws, "sweep": sweep,
+                    "seconds": time.perf_counter() - t0}
+
+        r = ctx.cells.get_or_run(f"harden/s{seed}/{mode}/{k}", cell)
+        configs[f"{mode}/{k}"] = r
+        ctx.log(f"[seed {seed}] {mode:5s} k={k:2d}%  +ops {r['extra_ops_%']:6.2f}%  +bytes "
+                f"{r['extra_param_bytes_%']:6.2f}%  SDC@BER {100 * sum(r['sdc_counts']) / (s.draws * s.images):.2f}%"
+                f"  ({r['seconds']:.0f}s)")
+    return {"test_accuracy": trained["test_accuracy"], "int8_accuracy": int8_acc, "configs": configs,
+            "spearman": nvf.get("spearman", float("nan")), "nvf_layers": nvf["layers"]}
+
+
+# ------------------------------------------------------------------ claims
+def _rate(cell: dict[str, Any]) -> np.ndarray:
+    """Per-image SDC rate (share of the draws that corrupted the image), a score in [0, 1]."""
+    return np.asarray(cell["sdc_counts"], dtype=np.float64) / cell["draws"]
+
+
+def _all_of(name: str, statement: str, parts: list[tuple[str, stats.Rule, stats.Estimate]],
+            min_seeds: int) -> Claim:
+    """One claim that holds only if every leg in ``parts`` does, decided by its weakest leg (one not
+    supported, else an inconclusive one, else the first), every leg listed in ``measured``."""
+    rank = {stats.NOT_SUPPORTED: 0, stats.INCONCLUSIVE: 1, stats.SUPPORTED: 2}
+    decided = [(rule.decide(est), label, rule, est) for label, rule, est in parts]
+    verdict, label, rule, est = min(decided, key=lambda t: rank[t[0]])
+    text = "; ".join(f"{lb}: {e.format(r.scale, r.unit)} {v}" for v, lb, r, e in decided)
+    claim = stats.make_claim(name, statement, rule, est, measured=text, min_seeds=min_seeds)
+    return dataclasses.replace(claim, rule=f"each of {len(parts)} legs (this row: the weakest, {label}): "
+                               + claim.rule)
+
+
+def claims(runs: list[dict[str, Any]], ks: list[int], min_seeds: int = stats.QUICK_MIN_SEEDS
+           ) -> tuple[list[Claim], list[dict[str, Any]]]:
+    """The claims from the cells: one entry of ``runs`` per trained model, with ``configs["none/0"]``,
+    ``configs["split/K"]``, ``configs["tmr/K"]`` (each: ``sdc_counts`` per image out of ``draws``,
+    ``extra_ops``, ``extra_param_bytes``) and its NVF ``spearman``. Every model's resilience is measured on
+    the same test images. Returns the claims and the table of their legs (each k, and over all k)."""
+    def combo(r: dict[str, Any], kk: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(0.2 none + 0.8 TMR, split) per image, averaged over ``kk``: split keeps more than 80% of TMR's SDC
+        reduction exactly when the first exceeds the second."""
+        none = _rate(r["configs"]["none/0"])
+        bound = np.mean([(1 - KEEP) * none + KEEP * _rate(r["configs"][f"tmr/{k}"]) for k in kk], axis=0)
+        return bound, np.mean([_rate(r["configs"][f"split/{k}"]) for k in kk], axis=0)
+
+    def ratio(r: dict[str, Any], kk: list[int], key: str) -> float:
+        tmr = sum(r["configs"][f"tmr/{k}"][key] for k in kk)
+        return sum(r["configs"][f"split/{k}"][key] for k in kk) / tmr if tmr else math.inf
+
+    resil_rule = stats.Difference(f"{1 - KEEP:g} none + {KEEP:g} TMR", "split", 0.0, metric="SDC rate", scale=100,
+                                  unit=" points")
+    ops_rule = stats.WithinRange(*HALF, quantity="split / TMR extra operations (MACs + LCU / voter)")
+    bytes_rule = stats.WithinRange(*HALF, quantity="split / TMR extra parameter bytes")
+    legs: list[dict[str, Any]] = []
+    parts = []
+    for kk in [[k] for k in ks] + [list(ks)]:
+        pairs = [combo(r, kk) for r in runs]
+        resil = stats.bootstrap_difference([p[0] for p in pairs], [p[1] for p in pairs], paired=True)
+        o = stats.mean_interval([ratio(r, kk, "extra_ops") for r in runs])
+        b = stats.mean_interval([ratio(r, kk, "extra_param_bytes") for r in runs])
+        none = np.mean([_rate(r["configs"]["none/0"]).mean() for r in runs])
+        red = {m: none - np.mean([np.mean([_rate(r["configs"][f"{m}/{k}"]).mean() for k in kk]) for r in runs])
+               for m in ("split", "tmr")}
+        kept = float(round(100 * red["split"] / red["tmr"], 1)) if red["tmr"] > 0 else None
+        legs.append({"k_%": ",".join(map(str, kk)) if len(kk) > 1 else kk[0], "split_keeps_%_of_TMR_reduction": kept,
+                     "resilience_margin_points": resil.format(100, ""), "resilience": resil_rule.decide(resil),
+                     "ops_ratio": o.format(1, "", 3), "ops": ops_rule.decide(o),
+                     "bytes_ratio": b.format(1, "", 3), "bytes": bytes_rule.decide(b)})
+        if len(kk) > 1:
+            parts = [("resilience over all k", resil_rule, resil), ("operations", ops_rule, o),
+                     ("bytes", bytes_rule, b)]
+    c1 = _all_of("split_matches_tmr_at_half_cost",
+                 "splitting reaches resilience similar to selective TMR (keeps > 80% of its SDC reduction, over the k "
+                 "values) at about half the overhead (extra operations incl. LCU / voter, and extra bytes, in "
+                 "[0.4, 0.6] of TMR's)", parts, min_seeds)
+    rhos = [r["spearman"] for r in runs if r.get("spearman") is not None and math.isfinite(r["spearman"])]
+    statement = "the analytic NVF ranks neurons by criticality like a fault-injection campaign (rho > 0.7)"
+    if rhos:
+        c2 = stats.make_claim("nvf_ranks_neurons", statement,
+                              stats.GreaterThan(0.7, quantity="Spearman rho (analytic NVF vs campaign SDC per neuron)"),
+                              stats.mean_interval(rhos), min_seeds=min_seeds)
+    else:
+        c2 = stats.untestable("nvf_ranks_neurons", statement, "no model has a defined rank correlation (no campaign)")
+    c3 = stats.untestable("split_needs_no_redesign", "splitting adds a correction unit without redesigning the "
+                          "accelerator's compute part", "a hardware-design statement: we have a software integer "
+                          "engine, no accelerator RTL")
+    return [c1, c2, c3], legs
+
+
+# ------------------------------------------------------------------ table and figure
+def _table(runs: list[dict[str, Any]], configs: list[tuple[str, int]], s: Settings) -> list[dict[str, Any]]:
+    rows = []
+    for mode, k in configs:
+        cells = [r["configs"][f"{mode}/{k}"] for r in runs]
+        hits = sum(int(np.sum(c["sdc_counts"])) for c in cells)
+        trials = sum(len(c["sdc_counts"]) * c["draws"] for c in cells)
+        pooled = stats.wilson(hits, trials)
+        boot = stats.bootstrap_accuracy([_rate(c) for c in cells])
+        mean = {key: float(np.mean([c[key] for c in cells])) for key in
+                ("protected", "extra_macs", "checker_ops", "extra_ops", "extra_ops_%", "extra_param_bytes",
+                 "extra_param_bytes_%")}
+        rows.append({"method": mode, "k_%": k, "protected": round(mean["protected"], 1),
+                     "extra_MACs": round(mean["extra_macs"]), "checker_ops": round(mean["checker_ops"]),
+                     "extra_ops_%": round(mean["extra_ops_%"], 2), "extra_bytes": round(mean["extra_param_bytes"]),
+                     "extra_bytes_%": round(mean["extra_param_bytes_%"], 2),
+                     "SDC_%": round(100 * pooled.value, 3),
+                     "SDC_ci95": f"[{100 * pooled.lo:.2f}, {100 * pooled.hi:.2f}]",
+                     "SDC_boot95": f"[{100 * boot.lo:.2f}, {100 * boot.hi:.2f}]",
+                     "sweep": [float(np.mean([c["sweep"][i]["accuracy"] for c in cells])) for i in range(len(s.sweep))],
+                     "wilson": [pooled.lo, pooled.hi]})
+    for row in rows:
+        row.update({f"acc@{b:g}": round(100 * a, 2) for b, a in zip(s.sweep, row["sweep"])})
+    return rows
+
+
+def _plot(ctx: Context, table: list[dict[str, Any]], s: Settings) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    none = next(r for r in rows if r["method"] == "none")
+    none = next(r for r in table if r["method"] == "none")
     ax = axes[0]
     for mode, color in (("split", "tab:blue"), ("tmr", "tab:red")):
-        mine = [r for r in rows if r["method"] == mode]
-        xs = [r["extra_macs_%"] for r in mine]
-        ys = [100 * r["sdc"] for r in mine]
-        err = [[100 * (r["sdc"] - r["sdc_ci95"][0]) for r in mine], [100 * (r["sdc_ci95"][1] - r["sdc"]) for r in mine]]
+        mine = [r for r in table if r["method"] == mode]
+        xs = [r["extra_ops_%"] for r in mine]
+        ys = [r["SDC_%"] for r in mine]
+        err = [[y - 100 * r["wilson"][0] for r, y in zip(mine, ys)],
+               [100 * r["wilson"][1] - y for r, y in zip(mine, ys)]]
         ax.errorbar(xs, ys, yerr=err, color=color, marker="o", capsize=3, label=mode)
         for r, x, y in zip(mine, xs, ys):
-            ax.annotate(f"k={r['k']}%", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.axhline(100 * none["sdc"], color="black", linestyle="--", label="unhardened")
-    ax.set(xlabel="extra MACs %", ylabel=f"SDC rate % at accumulator BER {FIXED_BER:g}",
-           title="overhead vs resilience")
+            ax.annotate(f"k={r['k_%']}%", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(none["SDC_%"], color="black", linestyle="--", label="unhardened")
+    ax.set(xlabel="extra operations % (MACs + LCU / voter)", ylabel=f"SDC rate % at accumulator BER {FIXED_BER:g}",
+           title=f"overhead vs resilience ({len(s.seeds)} models pooled)")
     ax.grid(alpha=0.3)
     ax.legend()
     ax = axes[1]
-    for r in rows:
-        if r["method"] != "none" and r["k"] not in (max(s["ks"]), min(s["ks"])):
+    for r in table:
+        if r["method"] != "none" and r["k_%"] not in (max(s.ks), min(s.ks)):
             continue
         style = "-" if r["method"] == "split" else ("--" if r["method"] == "tmr" else ":")
-        ax.plot([p["ber"] for p in r["sweep"]], [100 * p["accuracy"] for p in r["sweep"]], style, marker=".",
-                label=f"{r['method']} k={r['k']}%" if r["method"] != "none" else "unhardened")
+        ax.plot(s.sweep, [100 * a for a in r["sweep"]], style, marker=".",
+                label=f"{r['method']} k={r['k_%']}%" if r["method"] != "none" else "unhardened")
     ax.set(xscale="log", xlabel="accumulator bit-error rate", ylabel="test accuracy %", title="accuracy vs BER")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(ctx.out / "overhead_vs_resilience.png", dpi=110)
     plt.close(fig)
+    for r in table:   # plotting helpers, not table columns
+        r.pop("sweep"), r.pop("wilson")
     return ["overhead_vs_resilience.png"]

@@ -1,4 +1,4 @@
-"""Selective hardening of the most vulnerable neurons: neuron splitting vs TMR (PAPERS.md section 6).
+"""Selective hardening of the most vulnerable neurons: neuron splitting vs TMR (docs/papers/faults.md).
 
 Both give a hardened :class:`~lenetlab.quant.engine.IntEngine` whose protected
 neurons own extra accumulator rows (copies of their int8 weights and int32
@@ -23,7 +23,10 @@ by protection cost, cheaper first (MACs, then parameter bytes of one copy).
 Fault-free outputs are identical to the unhardened model (min(a, a) = a,
 maj(a, a, a) = a), tested. Overhead counts extra MACs and extra parameter
 bytes (int8 weights + int32 bias per copy; the requantisation constants are
-shared), plus the checker/voter operations, one per protected output value.
+shared), plus the checker/voter operations per protected output value (:data:`CHECKER_OPS`: 1 for the
+LCU's min, 5 for the bitwise voter); ``extra_ops`` = extra MACs + checker operations, each counted as one
+operation. (Extra MACs and bytes alone are in a ratio of exactly 1 : 2 between split and TMR: one copy
+against two.)
 
 Example::
 
@@ -44,6 +47,9 @@ from lenetlab.errors import LenetlabError
 from lenetlab.quant.engine import IntEngine
 
 MODES = {"split": 1, "tmr": 2}   # extra copies per protected neuron
+# integer operations the merge costs per protected output value: the LCU's min of the two halves (its x2 is
+# the halves' scale, free); the voter's (a & b) | (a & c) | (b & c) - three ANDs and two ORs
+CHECKER_OPS = {"split": 1, "tmr": 5}
 KS = (5, 10, 20, 50)
 
 
@@ -96,10 +102,12 @@ def top_neurons(nvf_rows: list[dict[str, Any]], k_percent: float, ops: dict[int,
 
 def overhead(base: IntEngine, hard: IntEngine) -> dict[str, Any]:
     """Extra MACs, parameter bytes and checker/voter operations of ``hard`` over ``base`` (per inference)."""
-    checks = sum(st.positions * len(st.groups) for st in hard.stages)
+    checks = sum(st.positions * CHECKER_OPS[mode] for st in hard.stages for mode, _, _ in st.groups)
+    extra_macs = hard.macs() - base.macs()
     return {"macs": hard.macs(), "extra_macs": hard.macs() - base.macs(),
             "extra_macs_%": 100 * (hard.macs() - base.macs()) / base.macs(),
             "param_bytes": hard.param_bytes(), "extra_param_bytes": hard.param_bytes() - base.param_bytes(),
             "extra_param_bytes_%": 100 * (hard.param_bytes() - base.param_bytes()) / base.param_bytes(),
-            "checker_ops": checks,
+            "checker_ops": checks, "extra_ops": extra_macs + checks,
+            "extra_ops_%": 100 * (extra_macs + checks) / base.macs(),
             "protected": sum(len(st.groups) for st in hard.stages)}
