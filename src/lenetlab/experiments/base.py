@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lenetlab.determinism import REPRODUCE_THREADS, pinned_threads
 from lenetlab.errors import LenetlabError
 from lenetlab.experiments.stats import supported_of, verdict_of
 from lenetlab.fileio import JsonlJournal, atomic_write_json
@@ -183,7 +184,7 @@ def config_hash(name: str, full: bool = False, tiny: bool = False, options: dict
         source = inspect.getsource(sys.modules[cls.__module__])
     except (OSError, TypeError):   # no source (frozen build): the version stands in for it
         source = ""
-    key = {"experiment": name, "mode": _mode(full, tiny),
+    key = {"experiment": name, "mode": _mode(full, tiny), "torch_threads": REPRODUCE_THREADS,
            "settings": _apply_options(cls().settings(full, tiny), options),
            "lenetlab": __version__, "source": hashlib.sha256(source.encode()).hexdigest()}
     blob = json.dumps(key, sort_keys=True, default=repr).encode()
@@ -209,7 +210,9 @@ def reproduce(name: str, out: str | Path, full: bool = False, force: bool = Fals
                             "through ctx.resolve_settings and set accepts_options = True)")
     settings = _apply_options(cls().settings(full, tiny), options)
     cells_path = out / "cells.jsonl"
-    run = {"experiment": name, "mode": _mode(full, tiny), "settings": json.loads(json.dumps(settings, default=repr))}
+    run = {"experiment": name, "mode": _mode(full, tiny), "settings": json.loads(json.dumps(settings, default=repr)),
+           # the numbers must not depend on the machine's core count (lenetlab.determinism)
+           "determinism": {"torch_threads": REPRODUCE_THREADS, "deterministic_algorithms": True}}
     if cells_path.exists() and (out / "run.json").exists() and not force:
         before = json.loads((out / "run.json").read_text())
         if before != run:   # e.g. quick cells must not be reused by --full
@@ -222,8 +225,12 @@ def reproduce(name: str, out: str | Path, full: bool = False, force: bool = Fals
     atomic_write_json(out / "run.json", run)
     ctx = Context(out, full, Cells(cells_path), log, tiny, dict(options or {}))
     t0 = time.perf_counter()
-    result = cls().run(ctx)
+    with pinned_threads(REPRODUCE_THREADS) as pinned:
+        result = cls().run(ctx)
     result.wall_seconds = time.perf_counter() - t0
+    result.config = {**result.config, "determinism": pinned}
+    result.notes = [*result.notes, f"Ran with {pinned['torch_threads']} torch threads and deterministic algorithms, "
+                    "whatever the machine's core count, so the numbers do not depend on it."]
     result.config_hash = config_hash(name, full, tiny, options)
     atomic_write_json(out / "result.json", result.to_dict())
     write_report(result, out)

@@ -1,0 +1,51 @@
+"""Machine-independent numbers: one fixed torch thread count while a reproduction runs.
+
+The same quick reproduction gave different numbers on two 2-core machines, because 1 and 2 torch
+threads split the reductions inside convolutions differently and so train slightly different models.
+A reproduction's numbers must not depend on how many cores the machine has, so ``lenetlab
+reproduce`` runs every experiment under :func:`pinned_threads` with :data:`REPRODUCE_THREADS` threads
+(whatever the machine: a 1-core machine runs 2 threads, a 64-core machine still 2) and with torch's
+deterministic algorithms switched on, and records both in ``run.json`` and the report.
+
+What this cannot remove: different CPU instruction sets (AVX-512 vs AVX2) may still pick different
+kernels; the report records the machine so such differences can be traced.
+
+Example::
+
+    from lenetlab.determinism import pinned_threads
+    with pinned_threads(2):
+        ...   # train and evaluate
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+REPRODUCE_THREADS = 2
+
+
+@contextmanager
+def pinned_threads(n: int = REPRODUCE_THREADS, deterministic: bool = True) -> Iterator[dict]:
+    """Run the block with ``n`` intra-op torch threads (and deterministic algorithms); restore after.
+
+    Yields the settings applied, for the record."""
+    if n < 1:
+        raise ValueError(f"thread count must be >= 1, got {n}")
+    before = torch.get_num_threads()
+    det_before = torch.are_deterministic_algorithms_enabled()
+    warn_before = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(n)
+    if deterministic:
+        # warn_only: an op without a deterministic CPU kernel warns instead of failing a long run
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield {"torch_threads": n, "deterministic_algorithms": deterministic}
+    finally:
+        torch.set_num_threads(before)
+        torch.use_deterministic_algorithms(det_before, warn_only=warn_before)
+
+
+__all__ = ["REPRODUCE_THREADS", "pinned_threads"]

@@ -1,0 +1,52 @@
+"""Machine-independent numbers: a reproduction pins torch's thread count, so 1- and 2-core machines agree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+
+from lenetlab.determinism import REPRODUCE_THREADS, pinned_threads
+
+# trains a small LeNet-5 for a few hundred steps inside pinned_threads, starting from `outer` threads
+_TRAIN = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+from lenetlab.determinism import pinned_threads
+from lenetlab.train import fit
+from lenetlab.train.presets import resolve
+cfg = resolve("fast", "lenet5", overrides={"data": {"train_subset": 3000, "test_subset": 500, "val_size": 0},
+                                            "train": {"epochs": 1, "batch_size": 32}})
+with pinned_threads():
+    fit(cfg, out=sys.argv[2], log=None, progress=False)
+"""
+
+
+def test_pinned_threads_restores_the_callers_settings():
+    before = torch.get_num_threads()
+    with pinned_threads(1) as rec:
+        assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
+    assert rec == {"torch_threads": 1, "deterministic_algorithms": True}
+    assert torch.get_num_threads() == before and not torch.are_deterministic_algorithms_enabled()
+
+
+def test_one_and_two_thread_machines_train_the_same_bytes(tmp_path):
+    files = []
+    for outer in (1, 2):
+        out = tmp_path / f"t{outer}"
+        subprocess.run([sys.executable, "-c", _TRAIN, str(outer), str(out)], check=True, timeout=900)
+        files.append((out / "model.safetensors").read_bytes())
+    assert files[0] == files[1]
+
+
+def test_reproduce_records_the_pinned_thread_count(tmp_path):
+    import json
+
+    from lenetlab.experiments import reproduce
+
+    result = reproduce("fused", tmp_path / "fused", tiny=True)
+    run = json.loads((tmp_path / "fused" / "run.json").read_text())
+    assert run["determinism"] == {"torch_threads": REPRODUCE_THREADS, "deterministic_algorithms": True}
+    assert result.config["determinism"]["torch_threads"] == REPRODUCE_THREADS
+    assert any("torch threads" in n for n in result.notes)
