@@ -142,12 +142,10 @@ def train_config(variant: str, s: Settings, seed: int = 0):
 
 def sdc_rate(engine, x0: np.ndarray, ber: float, draws: int, seed: int = 1) -> dict[str, Any]:
     """SDC under accumulator bit flips at ``ber`` (every bit, copies included), with a 95% Wilson interval."""
-    # another helper is moving this into lenetlab.faults; import it from there once it exists
-    from lenetlab.experiments.faults import acc_ber_predictions
+    from lenetlab.faults.resilience import sdc_counts
 
-    clean = np.argmax(engine.forward(x0), axis=1)
-    pred = acc_ber_predictions(engine, x0, ber, draws, seed)
-    k, n = int((pred != clean[None]).sum()), int(pred.size)
+    counts = sdc_counts(engine, x0, ber, draws, seed)
+    k, n = int(counts.sum()), int(draws * len(counts))
     est = stats.wilson(k, n)
     return {"sdc": k / n, "sdc_ci95": [est.lo, est.hi], "sdc_count": k, "trials": n}
 
