@@ -56,7 +56,13 @@ def test_wrong_checksum_is_one_line_error(tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_offline_download_fails_clearly(tmp_path, monkeypatch):
+@pytest.fixture
+def no_system_copy(monkeypatch):
+    """Hide distribution-package copies (e.g. /usr/share/datasets/fashion-mnist) from the loader."""
+    monkeypatch.setattr(ds, "system_dirs", lambda spec: [])
+
+
+def test_offline_download_fails_clearly(tmp_path, monkeypatch, no_system_copy):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("LENETLAB_DATA", raising=False)
 
@@ -64,9 +70,56 @@ def test_offline_download_fails_clearly(tmp_path, monkeypatch):
         raise urllib.error.URLError("Temporary failure in name resolution")
 
     monkeypatch.setattr(ds.urllib.request, "urlopen", offline)
-    with pytest.raises(LenetlabError, match="offline.*--data-dir"):
+    with pytest.raises(LenetlabError, match="offline.*apt-get install dataset-fashion-mnist.*--data-dir") as e:
         ds.load_raw("fashion_mnist")
+    assert "\n" not in str(e.value)
     assert not any((tmp_path / "cache").rglob("*.gz"))  # no partial download left behind
+
+
+FASHION_DIR = ds.Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(not (FASHION_DIR / ds.FILES[0]).is_file(),
+                                   reason="the dataset-fashion-mnist package is not installed")
+
+
+def test_fashion_mnist_without_any_copy_says_how_to_get_it(tmp_path, monkeypatch, no_system_copy):
+    """No copy anywhere and no download allowed: one line naming the package and the download."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("LENETLAB_DATA", raising=False)
+    with pytest.raises(LenetlabError) as e:
+        ds.load_raw("fashion_mnist", data_dir=str(tmp_path / "empty"), download=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("fashion_mnist: train-images-idx3-ubyte.gz not found")
+    assert "apt-get install dataset-fashion-mnist" in msg and ds.FASHION_URL in msg
+
+
+@needs_fashion
+def test_fashion_mnist_from_the_debian_package(tmp_path, monkeypatch):
+    """The package's copy is found with no data dir and passes the checks of the decompressed bytes."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("LENETLAB_DATA", raising=False)
+    tr_x, tr_y, te_x, te_y = ds.load_raw("fashion_mnist", download=False)
+    assert tr_x.shape == (60000, 28, 28) and te_x.shape == (10000, 28, 28) and tr_x.dtype == np.uint8
+    assert set(np.unique(tr_y)) == set(np.unique(te_y)) == set(range(10))
+    assert np.bincount(te_y).tolist() == [1000] * 10           # Fashion-MNIST's test set is balanced
+    s = load_splits(DataConfig(dataset="fashion_mnist", train_subset=100, test_subset=50, val_size=0))
+    assert s.classes[9] == "Ankle boot" and s.train_x.shape == (100, 1, 28, 28)
+
+
+@needs_fashion
+def test_recompressed_copy_passes_and_changed_images_fail(tmp_path):
+    """Checksums are of the decompressed IDX bytes: re-gzipping passes, one changed pixel does not."""
+    import gzip
+
+    for f in ds.FILES:
+        raw = gzip.decompress((FASHION_DIR / f).read_bytes())
+        (tmp_path / f).write_bytes(gzip.compress(raw, compresslevel=1, mtime=0))
+    assert ds.sha256_file(tmp_path / ds.FILES[3]) != ds.sha256_file(FASHION_DIR / ds.FILES[3])
+    assert len(ds.load_raw("fashion_mnist", data_dir=str(tmp_path), download=False)[3]) == 10000
+    raw = bytearray(gzip.decompress((tmp_path / ds.FILES[2]).read_bytes()))
+    raw[-1] ^= 1
+    (tmp_path / ds.FILES[2]).write_bytes(gzip.compress(bytes(raw), mtime=0))
+    with pytest.raises(LenetlabError, match=r"t10k-images.*wrong checksum \(decompressed sha256"):
+        ds.load_raw("fashion_mnist", data_dir=str(tmp_path), download=False)
 
 
 def test_download_checksum_enforced(tmp_path, monkeypatch):
@@ -120,3 +173,32 @@ def test_blank_image_rejected():
 
     with pytest.raises(LenetlabError, match="blank"):
         to_mnist(np.zeros((28, 28)))
+
+
+@needs_fashion
+def test_fashion_mnist_download_is_verified_by_decompressed_bytes(tmp_path, monkeypatch, no_system_copy):
+    """A download whose gzip header differs from ours but whose IDX bytes match is accepted and cached; the
+    URLs asked for are the official ones."""
+    import gzip
+    import io
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("LENETLAB_DATA", raising=False)
+    asked = []
+
+    class Resp(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    def serve(url, timeout=None):
+        asked.append(url)
+        raw = gzip.decompress((FASHION_DIR / url.rsplit("/", 1)[1]).read_bytes())
+        return Resp(gzip.compress(raw, compresslevel=1, mtime=12345))
+
+    monkeypatch.setattr(ds.urllib.request, "urlopen", serve)
+    assert len(ds.load_raw("fashion_mnist")[1]) == 60000
+    assert asked == [ds.FASHION_URL + f for f in ds.FILES]
+    assert sorted(p.name for p in (tmp_path / "cache" / "lenetlab" / "fashion_mnist").iterdir()) == sorted(ds.FILES)

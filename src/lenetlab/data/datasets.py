@@ -2,9 +2,15 @@
 
 All three share MNIST's layout (60k train / 10k test, 28x28 uint8, IDX gzip).
 MNIST ships inside the package so that everything works offline. The other two
-are looked for, in order, in ``--data-dir``, ``$LENETLAB_DATA/<name>`` and the
-user cache (``~/.cache/lenetlab/<name>``); if absent they are downloaded into
-the cache. Every file's SHA-256 is checked before it is parsed.
+are looked for, in order, in ``--data-dir``, ``$LENETLAB_DATA/<name>``, a
+distribution package's folder (Fashion-MNIST: Debian/Ubuntu's
+``dataset-fashion-mnist`` installs ``/usr/share/datasets/fashion-mnist/``) and
+the user cache (``~/.cache/lenetlab/<name>``); if absent they are downloaded
+into the cache. Every file's SHA-256 is checked before it is parsed: of the
+.gz file itself, or - where the spec gives ``idx_sha256`` - of the
+decompressed IDX bytes, so a copy that was only re-compressed (Debian's
+Fashion-MNIST differs from the official files only in the gzip header) passes
+and a copy with different images does not.
 
 Example::
 
@@ -18,7 +24,7 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +44,9 @@ class DatasetSpec:
     base_url: str | None  # None: bundled, never downloaded
     license: str
     classes: tuple[str, ...] = tuple(str(i) for i in range(10))
+    idx_sha256: dict[str, str] = field(default_factory=dict)   # of the decompressed bytes; wins over sha256
+    system_dirs: tuple[str, ...] = ()   # folders a distribution package installs the files into
+    how_to_get: str = ""                # one sentence for the error when no copy is found
 
 
 MNIST = register("dataset", "mnist")(DatasetSpec(
@@ -52,18 +61,25 @@ MNIST = register("dataset", "mnist")(DatasetSpec(
     license="MNIST (LeCun, Cortes, Burges), CC BY-SA 3.0; bundled",
 ))
 
+FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 register("dataset", "fashion_mnist")(DatasetSpec(
     name="fashion_mnist",
-    sha256={
-        FILES[0]: "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-        FILES[1]: "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-        FILES[2]: "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-        FILES[3]: "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+    sha256={},
+    # SHA-256 of the decompressed IDX files (computed from Debian's dataset-fashion-mnist copy, whose .gz
+    # files differ from the official ones only in the gzip header)
+    idx_sha256={
+        FILES[0]: "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        FILES[1]: "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        FILES[2]: "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        FILES[3]: "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
     },
-    base_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-    license="Fashion-MNIST (Zalando Research), MIT; downloaded on demand",
+    base_url=FASHION_URL,
+    license="Fashion-MNIST (Zalando Research), MIT; from the dataset-fashion-mnist package or downloaded on demand",
     classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
              "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    system_dirs=("/usr/share/datasets/fashion-mnist",),
+    how_to_get=("install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or download the four "
+                f"files from {FASHION_URL} into a folder and pass --data-dir DIR"),
 ))
 
 register("dataset", "kmnist")(DatasetSpec(
@@ -92,10 +108,46 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def verify(path: Path, expected: str) -> None:
-    got = sha256_file(path)
+def sha256_gunzipped(path: Path) -> str | None:
+    """SHA-256 of a .gz file's decompressed bytes; None when it is not a readable gzip file."""
+    import gzip
+    import zlib
+
+    h = hashlib.sha256()
+    try:
+        with gzip.open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except (OSError, EOFError, zlib.error):
+        return None
+    return h.hexdigest()
+
+
+def checksum_problem(path: Path, expected: str, decompressed: bool = False) -> str | None:
+    """None if ``path``'s SHA-256 (of the decompressed bytes when ``decompressed``) is ``expected``, else why not."""
+    got = sha256_gunzipped(path) if decompressed else sha256_file(path)
+    if got is None:
+        return "wrong checksum (not a readable gzip file)"
     if got != expected:
-        raise LenetlabError(f"{path}: wrong checksum (sha256 {got[:16]}..., expected {expected[:16]}...)")
+        what = "decompressed sha256" if decompressed else "sha256"
+        return f"wrong checksum ({what} {got[:16]}..., expected {expected[:16]}...)"
+    return None
+
+
+def _problem(spec: DatasetSpec, fname: str, path: Path) -> str | None:
+    """The checksum problem of one of ``spec``'s files, by the checksum its spec gives (decompressed first)."""
+    if fname in spec.idx_sha256:
+        return checksum_problem(path, spec.idx_sha256[fname], decompressed=True)
+    return checksum_problem(path, spec.sha256[fname])
+
+
+def system_dirs(spec: DatasetSpec) -> list[Path]:
+    """The distribution-package folders searched for ``spec`` (a function, so tests can hide them)."""
+    return [Path(d) for d in spec.system_dirs]
+
+
+def _hint(spec: DatasetSpec) -> str:
+    return f"; {spec.how_to_get}" if spec.how_to_get else ""
 
 
 def _candidate_dirs(spec: DatasetSpec, data_dir: str | None) -> list[Path]:
@@ -107,6 +159,7 @@ def _candidate_dirs(spec: DatasetSpec, data_dir: str | None) -> list[Path]:
         dirs += [Path(env) / spec.name, Path(env)]
     if spec.base_url is None:
         dirs.append(bundled_dir())
+    dirs += system_dirs(spec)
     dirs.append(cache_dir() / spec.name)
     return dirs
 
@@ -129,11 +182,11 @@ def _download(spec: DatasetSpec, fname: str, dest: Path) -> None:
             reason = getattr(e, "reason", e)
             raise LenetlabError(
                 f"{spec.name}: cannot download {url} ({reason}); this machine may be offline - "
-                f"put the four IDX .gz files in a folder and pass --data-dir DIR or set LENETLAB_DATA"
+                + (spec.how_to_get or "put the four IDX .gz files in a folder and pass --data-dir DIR or set "
+                   "LENETLAB_DATA")
             ) from None
-        got = sha256_file(Path(tmp))
-        if got != spec.sha256[fname]:
-            raise LenetlabError(f"{url}: downloaded file has the wrong checksum (sha256 {got[:16]}...)")
+        if problem := _problem(spec, fname, Path(tmp)):
+            raise LenetlabError(f"{url}: downloaded file has the {problem}")
 
     atomic_write(dest, fetch)
 
@@ -153,11 +206,12 @@ def locate(name: str, data_dir: str | None = None, download: bool = True) -> dic
         else:
             if spec.base_url is None or not download:
                 where = ", ".join(str(d) for d in _candidate_dirs(spec, data_dir))
-                raise LenetlabError(f"{name}: {fname} not found (looked in {where})")
+                raise LenetlabError(f"{name}: {fname} not found (looked in {where}){_hint(spec)}")
             dest = cache_dir() / spec.name / fname
             _download(spec, fname, dest)
             found[fname] = dest
-        verify(found[fname], spec.sha256[fname])
+        if problem := _problem(spec, fname, found[fname]):
+            raise LenetlabError(f"{found[fname]}: {problem}")
     return found
 
 
