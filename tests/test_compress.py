@@ -271,7 +271,7 @@ def test_reproduce_tn_tiny(tmp_path):
     table = next(iter(r.tables.values()))
     methods = {row["method"] for row in table}
     assert {"dense", "tt", "adtn"} <= methods
-    assert {c.name for c in r.claims} == {"adtn_vs_tt", "accuracy_at_10x"}
+    assert {c.name for c in r.claims} == {"adtn_vs_tt", "accuracy_at_10x", "vgg16_cifar10"}
     assert (tmp_path / "report.md").exists() and (tmp_path / "accuracy_vs_params.png").exists()
     cells = (tmp_path / "cells.jsonl").read_text()
     r2 = reproduce("tn", tmp_path, tiny=True)       # every cell is reused

@@ -197,7 +197,8 @@ class TensorNetworkStudy(Experiment):
                              f"compressed model is fine-tuned {s.finetune_epochs} epoch(s) at batch "
                              f"{s.finetune_batch}, peak lr {s.lr:g}, and so is 'dense + same fine-tuning', the "
                              "baseline the claims use. 'vs dense (no extra epochs)' is the first version's unequal "
-                             "comparison, kept for reference.",
+                             "comparison, kept for reference. (The run directories under runs/ record test "
+                             "numbers on one image: the experiment scores the test set itself, once per model.)",
                              "TT: 3 cores per layer, fc1 (4,5,6)x(5,8,10), fc2 (3,4,7)x(4,5,6), every bond capped "
                              "at the rank. ADTN: fc1 padded to 128x512 (Q=16), fc2 to 128x128 (Q=14), "
                              f"16(Q-1) parameters per layer of depth, tanh between layers, {s.fit_steps} "
@@ -296,7 +297,7 @@ def _table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         acc = stats.bootstrap_accuracy([r["correct"] for r in g])
         r0 = g[0]
         name = {"dense": "dense", "dense_ft": "dense + same fine-tuning"}.get(method, method)
-        table.append({"model": name, "budget": f"rank {b}" if method == "tt" else (f"depth {b}" if b else "-"),
+        table.append({"method": name, "budget": f"rank {b}" if method == "tt" else (f"depth {b}" if b else "-"),
                       "c5+f6 params": r0["layer_params"], "c5+f6 compression": round(r0["layer_ratio"], 1),
                       "model params": r0["params"], "model compression": round(r0.get("model_ratio", 1.0), 2),
                       "init weight error": round(statistics.fmean(r.get("weight_error", 0.0) for r in g), 3),
