@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from lenetlab import weights
 from lenetlab.errors import LenetlabError
-from lenetlab.fileio import atomic_write
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -51,7 +51,7 @@ def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, st
     groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
     meta = {"state": json.dumps(state), "param_groups": json.dumps(groups),
             "optim_scalars": json.dumps(scalars), "plugins": json.dumps(plugin_values)}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    weights.save(tensors, path, meta)   # sorted metadata: an equal state gives equal bytes
 
 
 def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:

@@ -272,9 +272,10 @@ class Int8ElasticZO:
         return out
 
     def save(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
+        from lenetlab import weights
 
-        save_file(self.int8_tensors(), str(path), metadata={"format": "lenetlab-int8", "cutoff": str(self.cutoff)})
+        # atomic, with sorted metadata (reproducible bytes)
+        weights.save(self.int8_tensors(), path, {"format": "lenetlab-int8", "cutoff": str(self.cutoff)})
 
     def param_bytes(self) -> int:
         return sum(ly.w.numel() + ly.b.numel() for ly in self.layers)
