@@ -1,6 +1,6 @@
 """The flat 1-D model format (``docs/flat-format.md`` is the spec, version 1).
 
-HoloLens deployment (PAPERS.md section 5): a network trained in PyTorch runs
+HoloLens deployment (docs/papers/deploy.md): a network trained in PyTorch runs
 where no matrix library exists by storing every tensor as a 1-D array and
 addressing it with ``c*H*W + y*W + x``. :func:`encode` writes a
 :class:`FlatModel` as bytes; :func:`decode` validates every size, offset,

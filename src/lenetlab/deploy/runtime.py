@@ -2,7 +2,7 @@
 
 Both read only a :class:`~lenetlab.deploy.flat.FlatModel` (never PyTorch) and
 work on flat 1-D activations, element (c, y, x) of a C x H x W map at
-``c*H*W + y*W + x`` (PAPERS.md section 5). Batches ride along a leading axis.
+``c*H*W + y*W + x`` (docs/papers/deploy.md). Batches ride along a leading axis.
 
 - ``mode="reference"``: one output position at a time, its receptive field
   gathered by explicit index arithmetic - the paper's method, easy to follow

@@ -153,7 +153,7 @@ class Experiment:
     """Subclasses set ``name``, ``paper``, ``claims_checked`` and implement :meth:`run`."""
 
     name = ""
-    paper = ""            # citation, as in PAPERS.md
+    paper = ""            # citation, as in the method note docs/papers/<name>.md
     description = ""
     accepts_options = False   # True once run() reads its settings through ctx.resolve_settings
     order = 0                 # ``reproduce all`` runs (and reports) experiments by (order, name)

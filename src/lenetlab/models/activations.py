@@ -6,7 +6,7 @@ non-decreasing ones: for those, max-pooling commutes with the activation
 apply the activation after pooling - the same function and gradient on 4x
 fewer elements.
 
-``abs`` is f(x) = |x| (Berngardt 2023, PAPERS.md section 8);
+``abs`` is f(x) = |x| (Berngardt 2023, docs/papers/abs.md);
 ``scaled_tanh`` is LeCun's 1.7159 tanh(2x/3) (LeCun et al. 1998).
 """
 

@@ -1,4 +1,4 @@
-"""LeNet-5 as published (LeCun, Bottou, Bengio, Haffner 1998), PAPERS.md section 0.
+"""LeNet-5 as published (LeCun, Bottou, Bengio, Haffner 1998), docs/papers/lenet5.md.
 
 32x32 input (MNIST zero-padded by 2, pixels mapped to -0.1 + 1.275 p/255) ->
 C1 6@5x5 -> S2 trainable subsampling -> C3 16@5x5 with the partial connection

@@ -1,4 +1,4 @@
-"""A deep LeNet-like family for gradient studies (Berngardt 2023, PAPERS.md section 8).
+"""A deep LeNet-like family for gradient studies (Berngardt 2023, docs/papers/abs.md).
 
 ``lenet_deep`` has ``depth`` weight layers (4 to 20): depth-2 convolutions of
 5x5 (padding 2) in two stages - ceil((depth-2)/2) with 6 maps at 28x28, a

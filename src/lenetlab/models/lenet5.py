@@ -1,4 +1,4 @@
-"""Modern LeNet-5 (PAPERS.md section 0, "modern").
+"""Modern LeNet-5 (docs/papers/lenet5.md, "modern").
 
 conv 6@5x5 (pad 2) -> pool -> conv 16@5x5 -> pool -> FC 120 -> FC 84 -> FC 10,
 full C3 connectivity, 61,706 parameters at defaults. Activation (any entry of

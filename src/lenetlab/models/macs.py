@@ -1,6 +1,6 @@
 """Multiply-accumulate (MAC) counter for every registered model.
 
-Rohlfs (2022/23, PAPERS.md section 9) measures the compute of a model cascade
+Rohlfs (2022/23, docs/papers/cascade.md) measures the compute of a model cascade
 as cumulative MACs ("LeNet-5 ~0.43 M MACs"); ``lenetlab info`` prints the same
 count. One forward pass of a single image (batch 1, the model's
 ``input_shape``) is traced with forward hooks on every leaf layer, so layers

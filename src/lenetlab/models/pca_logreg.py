@@ -1,6 +1,6 @@
 """PCA (100 components) + logistic regression: the cheap first stage of Rohlfs' model cascade.
 
-Rohlfs (2022/23, PAPERS.md section 9) runs this cheap classifier first and
+Rohlfs (2022/23, docs/papers/cascade.md) runs this cheap classifier first and
 LeNet-5 only when it is unsure. The PCA is a *fixed* projection stored as
 buffers (``pca.weight``, ``pca.bias``: whitened components and the centring
 offset), fitted on a seeded subset of training images with NumPy; the logistic regression

@@ -1,4 +1,4 @@
-"""Spiking LeNet-5 (Lin & Sengupta 2025, PAPERS.md section 1).
+"""Spiking LeNet-5 (Lin & Sengupta 2025, docs/papers/snn-attacks.md).
 
 The modern LeNet-5 topology (conv 6@5x5 pad 2 -> pool -> conv 16@5x5 -> pool ->
 FC 120 -> FC 84 -> FC 10) with every activation replaced by a layer of leaky

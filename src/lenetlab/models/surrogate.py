@@ -1,4 +1,4 @@
-"""Spike functions with surrogate gradients (Lin & Sengupta 2025, PAPERS.md section 1).
+"""Spike functions with surrogate gradients (Lin & Sengupta 2025, docs/papers/snn-attacks.md).
 
 The forward pass of a spiking neuron is the Heaviside step ``s = H(v)`` of
 its shifted membrane ``v = u - theta``; its true derivative is zero almost

@@ -1,4 +1,4 @@
-"""Integer-only int8 LeNet-5 (PAPERS.md section 6): ``lenetlab quantize`` and the integer engine.
+"""Integer-only int8 LeNet-5 (docs/papers/faults.md): ``lenetlab quantize`` and the integer engine.
 
 - :mod:`.run`: quantise a trained run into a *quantised run directory* (``model_int8.flat`` + ``quant.json``
   with float vs int8 accuracy), reusing the deploy work's post-training quantisation

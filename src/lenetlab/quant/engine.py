@@ -1,4 +1,4 @@
-"""Integer reference engine over an int8 flat model, built for fault injection (PAPERS.md section 6).
+"""Integer reference engine over an int8 flat model, built for fault injection (docs/papers/faults.md).
 
 It executes exactly the spec of ``docs/flat-format.md`` ("int8 files") with the
 one int8 executor, :mod:`lenetlab.quant.int8` (the products, requantisation and

@@ -1,4 +1,4 @@
-"""One base class for learning rules, and ``attach_rule`` (Lin & Sengupta 2025, PAPERS.md section 1).
+"""One base class for learning rules, and ``attach_rule`` (Lin & Sengupta 2025, docs/papers/snn-attacks.md).
 
 A rule changes only the *backward* pathway of a model: the forward pass, the
 loss and the optimiser step stay the trainer's own. :meth:`Rule.install`

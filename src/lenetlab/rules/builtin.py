@@ -1,4 +1,4 @@
-"""BP, FA, DFA and LE (Lin & Sengupta 2025, PAPERS.md section 1), from global to local.
+"""BP, FA, DFA and LE (Lin & Sengupta 2025, docs/papers/snn-attacks.md), from global to local.
 
 - ``bp``: plain autograd (backpropagation through time for ``lenet5_snn``).
 - ``fa``: feedback alignment - every weight layer sends ``B^T delta`` to its

@@ -1,6 +1,6 @@
 """Gradient diagnostics: per-layer gradient norms, averaged over each epoch.
 
-Berngardt 2023 (PAPERS.md section 8) argues that |x| keeps gradients from
+Berngardt 2023 (docs/papers/abs.md) argues that |x| keeps gradients from
 vanishing or exploding; to check that on any model, the trainer logs, for
 every layer (every module that owns parameters), the mean over the epoch's
 steps of the L2 norm of that layer's gradient, into ``metrics.jsonl`` as

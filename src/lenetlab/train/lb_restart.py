@@ -1,4 +1,4 @@
-"""Lower-bound restart schedule for Adam (Berngardt 2023; PAPERS.md section 8).
+"""Lower-bound restart schedule for Adam (Berngardt 2023; docs/papers/abs.md).
 
 After every epoch, the validation accuracy p on N images gives a lower bound of
 the accuracy to expect on unseen data, LB = p - k sqrt(p (1 - p) / N). The

@@ -1,6 +1,6 @@
 """Training without (full) backprop: SPSA zeroth-order and the ElasticZO hybrid.
 
-ElasticZO (Sugiura, Matsutani 2025, PAPERS.md section 3): LeNet-5's weight
+ElasticZO (Sugiura, Matsutani 2025, docs/papers/zo.md): LeNet-5's weight
 layers (conv1, conv2, fc1, fc2, fc3) are split at a cutoff C. The first C
 layers are trained by zeroth-order SPSA, the rest by ordinary backprop.
 C = 5 is vanilla ZO (no backward pass at all), C = 0 is ordinary training.

@@ -1,4 +1,4 @@
-"""ElasticZO-INT8: integer-only ElasticZO training of LeNet-5 (PAPERS.md section 3, reconstructed).
+"""ElasticZO-INT8: integer-only ElasticZO training of LeNet-5 (docs/papers/zo.md, reconstructed).
 
 Sugiura & Matsutani 2025 describe an integer-only variant of ElasticZO; the
 paper's exact arithmetic is not reproduced here, this is our reconstruction
