@@ -49,3 +49,34 @@ def test_predict_huge_png_is_one_line_exit_2(small_run, tmp_path):
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "limit" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args, what", [
+    (["--lr", "nan"], "train.lr' must be a finite number"),
+    (["--lr", "inf"], "train.lr' must be a finite number"),
+    (["--set", "train.lr=-0.1"], "train.lr' must be in (0, inf)"),
+    (["--set", "train.epochs=0"], "train.epochs' must be in [1, inf)"),
+    (["--set", "train.label_smoothing=1.0"], "train.label_smoothing' must be in [0, 1)"),
+    (["--set", "data.train_subset=0"], "data.train_subset' must be in [1, inf)"),
+])
+def test_train_refuses_bad_numbers_before_writing(tmp_path, args, what):
+    from lenetlab.cli import main
+
+    out = tmp_path / "run"
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["train", *args, "--out", str(out)])
+    assert rc == 2 and what in err.getvalue(), err.getvalue()
+    assert len(err.getvalue().strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_config_ranges_accept_their_edges():
+    from lenetlab.config import DataConfig, TrainConfig, from_dict
+
+    t = from_dict(TrainConfig, {"lr": 1e-30, "warmup_frac": 1.0, "label_smoothing": 0.0, "stop_at_accuracy": 1.0})
+    assert t.lr == 1e-30 and t.warmup_frac == 1.0
+    assert from_dict(DataConfig, {"val_size": 0, "pad": 0}).val_size == 0

@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -250,10 +251,45 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
         if not _type_ok(value, tp):
             raise LenetlabError(
                 f"config key {path!r} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise LenetlabError(f"config key {path!r} must be a finite number, got {value!r}")
         if tp is float and isinstance(value, int):
             value = float(value)
+        _check_range(cls, key, value, path)
         kwargs[key] = value
     return cls(**kwargs)
+
+
+# Allowed ranges of numeric options, checked where configs enter (TOML, --set, flags), before anything is
+# written: (low, low included, high, high included); None = unbounded on that side.
+RANGES: dict[str, dict[str, tuple[float | None, bool, float | None, bool]]] = {
+    "TrainConfig": {
+        "epochs": (1, True, None, False), "batch_size": (1, True, None, False), "lr": (0, False, None, False),
+        "weight_decay": (0, True, None, False), "momentum": (0, True, 1, False),
+        "label_smoothing": (0, True, 1, False), "eval_batch_size": (1, True, None, False),
+        "warmup_frac": (0, True, 1, True), "div_factor": (0, False, None, False),
+        "final_div_factor": (0, False, None, False), "step_epochs": (1, True, None, False),
+        "gamma": (0, False, None, False), "stop_at_accuracy": (0, False, 1, True),
+    },
+    "DataConfig": {
+        "val_size": (0, True, None, False), "train_subset": (1, True, None, False),
+        "test_subset": (1, True, None, False), "std": (0, False, None, False), "pad": (0, True, None, False),
+    },
+}
+
+
+def _check_range(cls: type, key: str, value: Any, path: str) -> None:
+    bounds = RANGES.get(cls.__name__, {}).get(key)
+    if bounds is None or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    lo, lo_in, hi, hi_in = bounds
+    above = lo is None or (value >= lo if lo_in else value > lo)
+    below = hi is None or (value <= hi if hi_in else value < hi)
+    ok = above and below
+    if not ok:
+        left = "(-inf" if lo is None else ("[" if lo_in else "(") + f"{lo:g}"
+        right = "inf)" if hi is None else f"{hi:g}" + ("]" if hi_in else ")")
+        raise LenetlabError(f"config key {path!r} must be in {left}, {right}, got {value!r}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
