@@ -85,7 +85,8 @@ CLAIMS_LEGEND = ("Each verdict is decided by the rule in its row from the 95% in
                  "training seeds and test images shown: supported / not supported when the interval lies on one "
                  "side, inconclusive when it straddles the threshold or fewer than 3 seeds were trained. Rows "
                  f"whose rule reads {LEGACY_RULE} were decided the old way, from one run without an interval. "
-                 "See docs/claims.md.")
+                 "See docs/claims.md; each experiment's method note (claims, implementation, deviations, "
+                 "rules) is docs/papers/<experiment>.md.")
 
 
 def claim_columns(c) -> dict[str, Any]:
@@ -100,6 +101,8 @@ def claim_columns(c) -> dict[str, Any]:
 def render(result) -> str:
     parts = [f"# {result.experiment}: {result.paper}\n",
              f"Mode: {result.mode}. Wall time: {result.wall_seconds:.0f} s.\n",
+             f"Method note (the paper's claims, what we implement, every deviation, the claim rules): "
+             f"docs/papers/{result.experiment}.md in the lenetlab source tree.\n",
              "## Claims\n",
              CLAIMS_LEGEND + "\n",
              markdown_table([{"claim": c.name, "paper": c.statement, "measured": c.measured, **claim_columns(c)}
