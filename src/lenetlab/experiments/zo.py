@@ -38,8 +38,9 @@ clamped to 2**12 (at most 1 LSB per step), BP update 2**1 LSBs
 
 Quick mode: MNIST, seeds 0-2, 20k training images, 2,000 steps, 1,000 test
 images, cutoffs {5, 4, 2} float and {4, 2} INT8 (15 claim runs + 1 BP
-reference; about 6 minutes of one core - fewer steps than the 5,000 one seed
-used to get, so that three seeds fit).
+reference, about 35k steps; scaled from the 222 s the 30k-step single-seed
+grid took, about 4-5 minutes on a quiet machine - fewer steps than the 5,000
+one seed used to get, so that three seeds fit).
 ``--full``: seeds 0-4, all 60k images, 20,000 steps, the 10k test set, cutoffs
 {5, 4, 3, 2, 1} float and {5, 4, 3, 2} INT8, and Fashion-MNIST too when a
 verified local copy exists (:mod:`lenetlab.data.datasets`; never downloaded
@@ -168,7 +169,8 @@ def _measure(kind: str, cutoff: int, splits: Any, cfg: RunConfig) -> dict[str, A
     torch.manual_seed(cfg.train.seed)
     model = create_model("lenet5")
     b = cfg.train.batch_size
-    xb, yb = splits.train_x[:b], splits.train_y[:b]
+    # copies: a slice is a view whose storage is the whole training set, which the tracker would count as resident
+    xb, yb = splits.train_x[:b].clone(), splits.train_y[:b].clone()
     if kind == "int8":
         from lenetlab.train.zo_int8 import Int8Config, Int8ElasticZO, quantize_input
 
