@@ -60,6 +60,13 @@ def test_split_matches_tmr_at_half_cost_reaches_every_verdict():
     assert _verdicts(_runs(GOOD, [0.35, 0.5, 0.65]))[name] == stats.INCONCLUSIVE
 
 
+def test_one_k_value():
+    """A sweep over one k (``--set ks=[50]``) judges that k; its legs table has the k and the 'all k' row."""
+    out, legs = claims(_runs(GOOD, HALF), [50])
+    assert [leg["k_%"] for leg in legs] == [50, "50"]
+    assert out[0].verdict == stats.SUPPORTED
+
+
 def test_one_model_is_inconclusive():
     c = claims(_runs(GOOD, [0.5], rhos=(0.95,)), KS)[0]
     assert [x.verdict for x in c] == [stats.INCONCLUSIVE] * 3
