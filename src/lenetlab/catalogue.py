@@ -28,8 +28,8 @@ BUILTINS: tuple[str, ...] = (
     "lenetlab.train.presets",
     "lenetlab.train.lb_restart",
     "lenetlab.train.zeroth_order",
-    "lenetlab.train.lbfgs",
     "lenetlab.train.plugins",     # the trainer_plugin base (its plugins register in the modules around it)
+    "lenetlab.train.lbfgs",
     "lenetlab.rules.base",
     "lenetlab.rules.builtin",
     "lenetlab.noise.training",
