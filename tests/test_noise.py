@@ -1,4 +1,4 @@
-"""Noise injection, constant-scale QAT and noisy training (lenetlab.noise; PAPERS.md section 2)."""
+"""Noise injection, constant-scale QAT and noisy training (lenetlab.noise; docs/papers/noise.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tensor-network compression of LeNet-5 (PAPERS.md section 7).
+"""Tensor-network compression of LeNet-5 (docs/papers/tn.md).
 
 - :mod:`lenetlab.compress.tt`: TT-SVD, tensor-train / MPO linear and conv layers
   (Novikov et al. 2015), the shallow-TN baseline;

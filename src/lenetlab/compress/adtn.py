@@ -1,7 +1,7 @@
 """ADTN: a deep brick-wall tensor network that generates a layer's weight tensor.
 
 Qing, Zhou, Li, Ran 2023, "Compressing neural network by tensor network with
-exponentially fewer variational parameters" (PAPERS.md section 7; the method
+exponentially fewer variational parameters" (docs/papers/tn.md; the method
 is reconstructed from the abstract and the summary there).
 
 A weight with 2^Q entries is read as an order-Q tensor with dimension-2

@@ -1,7 +1,7 @@
 """Tensor-train (TT) / matrix-product-operator (MPO) weights: the shallow tensor-network baseline.
 
 Novikov, Podoprikhin, Osokin, Vetrov 2015 ("Tensorizing neural networks"),
-the baseline of Qing, Zhou, Li, Ran 2023 (PAPERS.md section 7).
+the baseline of Qing, Zhou, Li, Ran 2023 (docs/papers/tn.md).
 
 A weight matrix W (M x N) with M = m_1...m_d and N = n_1...n_d is stored as d
 cores G_k of shape (r_{k-1}, m_k, n_k, r_k), r_0 = r_d = 1::

@@ -1,4 +1,4 @@
-"""Hardware faults in quantised LeNet-5 (Ahmadilivani et al. 2023, PAPERS.md section 6).
+"""Hardware faults in quantised LeNet-5 (Ahmadilivani et al. 2023, docs/papers/faults.md).
 
 - :mod:`.models`: registered fault models (bit flip, stuck-at-0/1) and random bit-error rates;
 - :mod:`.campaign`: fault lists, :class:`~.campaign.Campaign` with the naive one-forward-per-fault oracle,

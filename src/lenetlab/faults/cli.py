@@ -1,4 +1,4 @@
-"""``lenetlab faults campaign|nvf QRUN``: bit-flip campaigns and neuron vulnerability (PAPERS.md section 6)."""
+"""``lenetlab faults campaign|nvf QRUN``: bit-flip campaigns and neuron vulnerability (docs/papers/faults.md)."""
 
 from __future__ import annotations
 

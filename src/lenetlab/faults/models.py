@@ -1,4 +1,4 @@
-"""Fault models: what a hardware fault does to one stored word (PAPERS.md section 6).
+"""Fault models: what a hardware fault does to one stored word (docs/papers/faults.md).
 
 One base class, one method: :meth:`FaultModel.corrupt` maps the values of a
 two's-complement word of ``width`` bits (int8 weights and activations, int32

@@ -1,4 +1,4 @@
-"""Neuron vulnerability factors, computed analytically DeepVigor-style (PAPERS.md section 6).
+"""Neuron vulnerability factors, computed analytically DeepVigor-style (docs/papers/faults.md).
 
 A *neuron* is an output channel of a CONV layer (its filter, shared by every
 position) or an output unit of a DENSE layer. Its NVF is the probability that

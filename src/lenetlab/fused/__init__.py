@@ -1,4 +1,4 @@
-"""Fused-layer execution of LeNet-5's conv stack (USEFUSE: Ibrahim, Usman, Lee 2024/25; PAPERS.md section 4).
+"""Fused-layer execution of LeNet-5's conv stack (USEFUSE: Ibrahim, Usman, Lee 2024/25; docs/papers/fused.md).
 
 - :mod:`~lenetlab.fused.stages`: the conv/pool layers (with their activations) and their names.
 - :mod:`~lenetlab.fused.schedule`: a group of layers + output tile size + stride policy, and its pyramids.

@@ -1,4 +1,4 @@
-"""Memory traffic, buffer size, MACs and operational intensity of a schedule (USEFUSE, PAPERS.md section 4).
+"""Memory traffic, buffer size, MACs and operational intensity of a schedule (USEFUSE, docs/papers/fused.md).
 
 Counted per image (batch-1 inference: nothing stays on chip between images),
 from the same pyramid plan the simulator executes.

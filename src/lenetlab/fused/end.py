@@ -1,4 +1,4 @@
-"""Early negative detection (END) with a most-significant-digit-first model (USEFUSE, PAPERS.md section 4).
+"""Early negative detection (END) with a most-significant-digit-first model (USEFUSE, docs/papers/fused.md).
 
 USEFUSE computes each convolution's sum of products with left-to-right
 (MSDF, online) digit-serial arithmetic and stops it as soon as the result is

@@ -1,4 +1,4 @@
-"""Tile kernels of the fused-layer simulator (USEFUSE, PAPERS.md section 4): flat layers on (N, C, h, w) tiles.
+"""Tile kernels of the fused-layer simulator (USEFUSE, docs/papers/fused.md): flat layers on (N, C, h, w) tiles.
 
 Every function applies one flat-format layer (``docs/flat-format.md``) to a
 batch of tiles of any size, so the same code runs a 12 x 12 pyramid tile or a

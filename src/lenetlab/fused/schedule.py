@@ -1,4 +1,4 @@
-"""Fused-layer schedules and their tile pyramids (USEFUSE, Ibrahim, Usman, Lee 2024/25; PAPERS.md section 4).
+"""Fused-layer schedules and their tile pyramids (USEFUSE, Ibrahim, Usman, Lee 2024/25; docs/papers/fused.md).
 
 A :class:`Schedule` is a group of consecutive stages, an output tile size
 ``T`` (in pixels of the *last* stage's output map, square tiles) and a

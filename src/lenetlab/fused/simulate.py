@@ -1,4 +1,4 @@
-"""Exact fused-layer simulator (USEFUSE, Ibrahim, Usman, Lee 2024/25; PAPERS.md section 4).
+"""Exact fused-layer simulator (USEFUSE, Ibrahim, Usman, Lee 2024/25; docs/papers/fused.md).
 
 :func:`run_schedule` executes a :class:`~lenetlab.fused.schedule.Schedule`
 the way a fused accelerator would: for each pyramid it fetches one input

@@ -1,4 +1,4 @@
-"""The fusable layers of a flat LeNet-5: conv/pool *stages* and their names (USEFUSE, PAPERS.md section 4).
+"""The fusable layers of a flat LeNet-5: conv/pool *stages* and their names (USEFUSE, docs/papers/fused.md).
 
 A stage is one spatial operation of the flat layer list (``conv``,
 ``maxpool``, ``avgpool`` or ``subsample``) together with the activation

@@ -1,4 +1,4 @@
-"""One row per schedule: simulate, check against the unfused model, count (USEFUSE, PAPERS.md section 4).
+"""One row per schedule: simulate, check against the unfused model, count (USEFUSE, docs/papers/fused.md).
 
 Shared by ``lenetlab fused`` and ``lenetlab reproduce fused``. The first row
 is the layer-by-layer baseline (each stage on its own, whole maps, the maps

@@ -1,4 +1,4 @@
-"""Hardening against noisy analog computation (Wang, Borras, Klein, Froening 2025; PAPERS.md section 2).
+"""Hardening against noisy analog computation (Wang, Borras, Klein, Froening 2025; docs/papers/noise.md).
 
 - :mod:`lenetlab.noise.inject`: additive Gaussian noise after every layer of any
   registered model, through hooks (the model is not edited);

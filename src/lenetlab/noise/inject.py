@@ -1,4 +1,4 @@
-"""Additive Gaussian noise after every layer, without editing the model (PAPERS.md section 2).
+"""Additive Gaussian noise after every layer, without editing the model (docs/papers/noise.md).
 
 The noise model of Wang, Borras, Klein and Froening (2025), as in their public
 code: each layer output ``y`` becomes ``y + sigma * N(0, 1)`` with one global

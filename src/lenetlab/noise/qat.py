@@ -1,4 +1,4 @@
-"""Quantisation-aware training with *constant* activation scaling (Wang et al. 2025, PAPERS.md section 2).
+"""Quantisation-aware training with *constant* activation scaling (Wang et al. 2025, docs/papers/noise.md).
 
 - weights: b-bit signed, ``scale = max|w| / (2^(b-1) - 1)``, per output channel
   for convolutions and per tensor for linear layers;
