@@ -55,7 +55,7 @@ def test_predict_huge_png_is_one_line_exit_2(small_run, tmp_path):
     (["--lr", "nan"], "train.lr' must be a finite number"),
     (["--lr", "inf"], "train.lr' must be a finite number"),
     (["--set", "train.lr=-0.1"], "train.lr' must be in (0, inf)"),
-    (["--set", "train.epochs=0"], "train.epochs' must be in [1, inf)"),
+    (["--set", "train.epochs=-1"], "train.epochs' must be in [0, inf)"),
     (["--set", "train.label_smoothing=1.0"], "train.label_smoothing' must be in [0, 1)"),
     (["--set", "data.train_subset=0"], "data.train_subset' must be in [1, inf)"),
 ])

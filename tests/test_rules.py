@@ -259,7 +259,7 @@ def test_rule_trains_and_saves_a_plain_model(tmp_path):
 
 
 def test_recommended_training_settings_reach_the_experiment():
-    from lenetlab.experiments.snn import run_config, settings
+    from lenetlab.experiments.snn import Settings, run_config, settings
     from lenetlab.rules import recommended_train
 
     assert recommended_train("bp", "lenet5_snn") == {} and recommended_train("le", "lenet5") == {}
@@ -267,9 +267,9 @@ def test_recommended_training_settings_reach_the_experiment():
         for domain, model in (("snn", "lenet5_snn"), ("ann", "lenet5")):
             rec = recommended_train(rule, model)
             assert rec and set(rec) <= {"lr", "batch_size"}
-            cfg = run_config(domain, rule, settings(False))
+            cfg = run_config(domain, rule, Settings(**settings(False)))
             assert (cfg.train.lr, cfg.train.batch_size) == (rec["lr"], rec["batch_size"])
-    bp = run_config("snn", "bp", settings(False))
+    bp = run_config("snn", "bp", Settings(**settings(False)))
     assert (bp.train.lr, bp.train.batch_size) == (6e-3, 128)        # the fast preset, untouched
     with pytest.raises(LenetlabError, match="unknown rule 'xfa'"):
         recommended_train("xfa", "lenet5")

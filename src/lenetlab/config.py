@@ -264,7 +264,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
 # written: (low, low included, high, high included); None = unbounded on that side.
 RANGES: dict[str, dict[str, tuple[float | None, bool, float | None, bool]]] = {
     "TrainConfig": {
-        "epochs": (1, True, None, False), "batch_size": (1, True, None, False), "lr": (0, False, None, False),
+        "epochs": (0, True, None, False), "batch_size": (1, True, None, False), "lr": (0, False, None, False),
         "weight_decay": (0, True, None, False), "momentum": (0, True, 1, False),
         "label_smoothing": (0, True, 1, False), "eval_batch_size": (1, True, None, False),
         "warmup_frac": (0, True, 1, True), "div_factor": (0, False, None, False),

@@ -40,12 +40,12 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lenetlab.determinism import pinned_threads
 from lenetlab.errors import LenetlabError
 from lenetlab.experiments import stats
 from lenetlab.experiments.base import Claim, Context, Experiment, Result
@@ -73,18 +73,6 @@ def settings(full: bool, tiny: bool = False) -> dict[str, Any]:
             "timing_images": 100}
 
 
-@contextmanager
-def one_thread():
-    """Torch on one thread for the block (training small batches on shared cores)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
 
 # ------------------------------------------------------------------ cells
 def _train(ctx: Context, seed: int, s: dict[str, Any]) -> Path:
@@ -100,7 +88,7 @@ def _train(ctx: Context, seed: int, s: dict[str, Any]) -> Path:
         overrides["train"]["epochs"] = s["epochs"]
 
     def train() -> dict[str, Any]:
-        with one_thread():
+        with pinned_threads(1):
             r = fit(resolve("fast", MODEL, overrides=overrides), out=run_dir, force=True, log=None, progress=False)
         return {"test_accuracy": r["test_accuracy"], "epochs": r["epochs"], "train_images": r["train_images"],
                 "seconds": round(r["wall_seconds"], 1)}

@@ -35,11 +35,11 @@ cores are shared).
 from __future__ import annotations
 
 import statistics
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
+from lenetlab.determinism import pinned_threads
 from lenetlab.errors import LenetlabError
 from lenetlab.experiments import stats
 from lenetlab.experiments.base import Claim, Context, Experiment, Result
@@ -60,17 +60,6 @@ def settings(full: bool, tiny: bool = False) -> dict[str, Any]:
         return {"seeds": [0, 1, 2, 3, 4], "epochs": PAPER_EPOCHS, "train_subset": None, "test_subset": None}
     return {"seeds": [0, 1, 2], "epochs": 3, "train_subset": None, "test_subset": None}
 
-
-@contextmanager
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def run_config(seed: int, s: dict[str, Any]):
@@ -95,7 +84,7 @@ def _train(seed: int, s: dict[str, Any]) -> dict[str, Any]:
 
     cfg = run_config(seed, s)
     splits = load_splits(cfg.data)
-    with _one_thread():
+    with pinned_threads(1):
         r = fit(cfg, splits=splits, log=None, progress=False)
         model = r["_model"].eval()
         with torch.no_grad():
