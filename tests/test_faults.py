@@ -86,6 +86,16 @@ def test_fast_engine_matches_naive_oracle(engine, images, target):
         assert naive.any()          # the comparison is not vacuous
 
 
+@pytest.mark.parametrize("model", names("fault_model"))
+@pytest.mark.parametrize("target", ["weights", "activations", "accumulators"])
+def test_every_registered_fault_model_fast_equals_naive(engine, images, model, target):
+    """Contract over the registry: a fault model added anywhere (an outside plugin too) is checked
+    bit for bit, fast engine against the naive oracle, on every target."""
+    faults = sample_faults(engine, target, 2, np.random.default_rng(7), model=model)
+    camp = Campaign(engine, images[:12])
+    np.testing.assert_array_equal(camp.fast(faults), camp.naive(faults))
+
+
 def test_fast_matches_naive_for_stuck_at_and_exhaustive(engine, images):
     camp = Campaign(engine, images[:8])
     ex = exhaustive_faults(engine, "weights", 0, model="stuck_at_1")     # conv1: every weight, every bit
