@@ -1,4 +1,4 @@
-"""The int8 executor: integer-only kernels of the flat format's int8 files (docs/papers/deploy.md, "int8").
+"""The int8 executor: integer-only kernels of the flat format's int8 files (docs/flat-format.md, "int8 files").
 
 One implementation of the spec's "int8 files" (``docs/flat-format.md``), shared by
 every integer path in lenetlab: the NumPy runtime
