@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -134,45 +133,16 @@ def mnist_test() -> tuple:
 
 
 # ---------------------------------------------------------------- headless Chromium (web page, HTML report)
-BROWSER_ARGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-dev-shm-usage", "--window-size=1100,1500")
-
-
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def _chromedriver() -> str | None:
-    if os.access("/usr/bin/chromedriver", os.X_OK):
-        return "/usr/bin/chromedriver"
-    return shutil.which("chromedriver")
-
-
 @pytest.fixture(scope="module")
 def browser():
-    """One headless Chromium for the module (skipped, with the reason, where it is not installed)."""
+    """One headless Chromium for the module (skipped, with the reason, where it is not installed): the
+    library's own launcher (lenetlab.deploy.browser), so tests and ``reproduce deploy`` start it alike."""
+    from lenetlab.deploy.browser import BrowserUnavailable, open_browser
+
     try:
-        from selenium import webdriver
-        from selenium.common.exceptions import WebDriverException
-        from selenium.webdriver.chrome.options import Options
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("selenium is not installed (pip install -e '.[dev]')")
-    chromium, driver_path = _chromium(), _chromedriver()
-    if chromium is None or driver_path is None:
-        pytest.skip("chromium/chromedriver not installed (Debian: apt-get install chromium chromium-driver)")
-    options = Options()
-    for arg in BROWSER_ARGS:
-        options.add_argument(arg)
-    options.binary_location = chromium
-    try:
-        driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
-    except WebDriverException as e:
-        pytest.skip(f"headless chromium does not start here: {(e.msg or str(e)).splitlines()[0]}")
-    driver.set_script_timeout(600)   # a hang guard for the page's own evaluation, not a speed requirement
+        # the script timeout is a hang guard for the page's own evaluation, not a speed requirement
+        driver = open_browser(script_timeout=600)
+    except BrowserUnavailable as e:
+        pytest.skip(str(e))
     yield driver
     driver.quit()
