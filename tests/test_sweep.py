@@ -54,15 +54,15 @@ def lines(path: Path) -> int:
     return path.read_text().count("\n") if path.exists() else 0
 
 
-# waits end when the sweep gets there; HANG_S only keeps a hung sweep from hanging the suite (not a speed bound)
+# subprocess timeouts: HANG_S only keeps a hung process from hanging the suite (not a speed bound)
 HANG_S = 600
 
 
 def wait_for_lines(path: Path, n: int, proc: subprocess.Popen) -> None:
-    t0 = time.time()
+    """Wait until the sweep has journalled ``n`` trials; fail if it ends before that. No clock: a busy
+    machine only makes this wait longer."""
     while lines(path) < n:
         assert proc.poll() is None, f"sweep ended early: {proc.communicate()}"
-        assert time.time() - t0 < HANG_S, f"sweep hung: {lines(path)} of {n} lines after {HANG_S} s"
         time.sleep(0.05)
 
 
@@ -175,13 +175,13 @@ def test_resume_after_sigkill_with_real_training(tmp_path):
         p.kill()
         p.wait(timeout=HANG_S)
         # the pool workers die with their parent (PR_SET_PDEATHSIG), not finishing orphaned trials
-        t0 = time.time()
+        # wait for the whole process group to be gone (no clock: a worker that outlived its parent keeps
+        # this waiting, and the CI job's own limit reports it)
         while True:
             try:
                 os.killpg(p.pid, 0)
             except ProcessLookupError:
                 break
-            assert time.time() - t0 < HANG_S, "workers outlived the killed sweep"
             time.sleep(0.1)
     finally:
         try:

@@ -85,12 +85,11 @@ def _train_cmd(out):
 def test_resume_after_kill_matches_uninterrupted(tmp_path):
     """SIGKILL a real training process after its first checkpoint, resume, compare weights."""
     full, cut = tmp_path / "full", tmp_path / "cut"
-    subprocess.run(_train_cmd(full), check=True, capture_output=True, timeout=300)
+    subprocess.run(_train_cmd(full), check=True, capture_output=True, timeout=3600)   # hang guard only
 
     p = subprocess.Popen(_train_cmd(cut), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
     metrics = cut / "metrics.jsonl"
-    while time.time() < deadline and p.poll() is None:
+    while p.poll() is None:          # no clock: on a busy machine the first epoch just takes longer
         if metrics.exists() and metrics.read_text().count("\n") >= 1:
             break
         time.sleep(0.02)
