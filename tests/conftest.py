@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -18,13 +20,30 @@ SMALL = {"data": {"train_subset": 6000, "test_subset": 2000, "val_size": 1000},
          "train": {"epochs": 2, "batch_size": 64, "lr": 4e-3}}
 
 
-def run_cli(*args: str, check: bool = False, env: dict | None = None, timeout: float = 300
-            ) -> subprocess.CompletedProcess:
-    """Run ``python -m lenetlab ARGS`` in a subprocess (real exit codes, real stderr)."""
-    e = dict(os.environ)
-    e.update(env or {})
-    r = subprocess.run([sys.executable, "-m", "lenetlab", *args], capture_output=True, text=True,
-                       env=e, timeout=timeout)
+def run_cli(*args: str, check: bool = False, env: dict | None = None, timeout: float = 300,
+            process: bool = False) -> subprocess.CompletedProcess:
+    """Run ``lenetlab ARGS`` and return its exit code, stdout and stderr.
+
+    In-process by default (``lenetlab.cli.main``, the function the console script calls, so the exit code and
+    the error lines are the ones a user sees, and an uncaught exception fails the test with its traceback);
+    each run in a new process skips ~2 s of interpreter and torch start-up. ``process=True`` (or ``env``) runs
+    ``python -m lenetlab`` in a subprocess: for what only a real process shows (signals, the installed entry
+    points, environment variables, the ``__main__`` module)."""
+    if process or env:
+        e = dict(os.environ)
+        e.update(env or {})
+        r = subprocess.run([sys.executable, "-m", "lenetlab", *args], capture_output=True, text=True,
+                           env=e, timeout=timeout)
+    else:
+        from lenetlab.cli import main
+
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:          # argparse's usage errors and --help/--version
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        r = subprocess.CompletedProcess(["lenetlab", *args], code, out.getvalue(), err.getvalue())
     if check and r.returncode != 0:
         raise AssertionError(f"lenetlab {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
     return r
@@ -108,7 +127,8 @@ def tiny_run(tmp_path_factory):
     """``tiny_run(name, **options)`` -> (out dir, Result) of ``reproduce(name, tiny=True, options=options)``, run
     once per session for each (name, options), so the contract tests and an experiment's own tests check one
     output instead of training the same tiny models again. Tests may re-run into the dir (resume) but not
-    change it otherwise."""
+    change it otherwise. The dir is ``ROOT/NAME``, the layout of ``reproduce all``, so a suite report can be
+    written beside it."""
     from lenetlab.experiments import reproduce
 
     done: dict[tuple[str, str], tuple[Path, object]] = {}
@@ -116,9 +136,37 @@ def tiny_run(tmp_path_factory):
     def run(name: str, **options):
         key = (name, json.dumps(options, sort_keys=True))
         if key not in done:
-            out = tmp_path_factory.mktemp(f"tiny_{name}")
+            out = tmp_path_factory.mktemp(f"tiny_{name}") / name
             done[key] = (out, reproduce(name, out, tiny=True, options=options or None))
         return done[key]
+
+    return run
+
+
+# The one tiny run of each experiment that the whole suite shares: the contract (tests/test_experiments.py)
+# checks it and resumes it, and each experiment's own tests read it. Every entry overrides one setting that
+# shrinks the tiny grid (or changes a visible value), so the same run also shows that overrides reach it; a
+# newly registered experiment without an entry here fails the contract test.
+TINY_OPTIONS: dict[str, dict] = {
+    "abs": {"widths": [1.0]},
+    "cascade": {"ladders": [[7, 28]]},        # lists, as a sweep file gives them (the study keys on tuples)
+    "deploy": {"test_images": 200},
+    "faults": {"ks": [50]},
+    "fused": {"images": 16},
+    "lenet5": {"test_subset": 300},
+    "matrix": {"eps": 0.05},
+    "noise": {"sigmas": [0.01, 1.0]},
+    "snn-attacks": {"eps": [0.3]},
+    "tn": {"depths": [1]},
+    "zo": {"seeds": [1]},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_run):
+    """``tiny(name)`` -> (out dir, Result): experiment ``name``'s shared tiny run (see :data:`TINY_OPTIONS`)."""
+    def run(name: str):
+        return tiny_run(name, **TINY_OPTIONS[name])
 
     return run
 

@@ -43,7 +43,7 @@ def _one_line_error(r, *needles):
 def test_help_and_version():
     r = cli("--help")
     assert r.returncode == 0 and "train" in r.stdout and "predict" in r.stdout
-    assert run_cli("--version", check=True).stdout.startswith("lenetlab ")
+    assert run_cli("--version", check=True, process=True).stdout.startswith("lenetlab ")
 
 
 def test_list_models():
@@ -97,7 +97,7 @@ def test_train_cli_small(tmp_path):
 
 # ------------------------------------------------------------------ bad input
 def test_missing_run_dir(tmp_path):
-    _one_line_error(run_cli("eval", str(tmp_path / "nope")), "no such run directory")   # a real process
+    _one_line_error(run_cli("eval", str(tmp_path / "nope"), process=True), "no such run directory")   # a real process
     _one_line_error(cli("info", str(tmp_path / "nope")), "no such run directory")
     _one_line_error(cli("predict", str(tmp_path / "nope"), "x.png"), "no such run directory")
 

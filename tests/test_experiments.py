@@ -54,31 +54,41 @@ def _table(r, prefix: str) -> list[dict]:
     return next(rows for title, rows in r.tables.items() if title.startswith(prefix))
 
 
-# one cheap setting override per experiment (each shrinks its tiny grid) and the effect it must have on the result
-OVERRIDES = {
-    "abs": ({"widths": [1.0]},
-            lambda r: {row["width"] for row in _table(r, "test accuracy")} == {1.0}),
-    "cascade": ({"ladders": [[7, 28]]},        # lists, as a sweep file gives them (the study keys on tuples)
-                lambda r: {row["ladder"] for row in _table(r, "resolution cascade sweep")} == {"7,28"}),
-    "faults": ({"ks": [50]},
-               lambda r: [(row["method"], row["k_%"]) for row in _table(r, "overhead vs resilience")]
-               == [("none", 0), ("split", 50), ("tmr", 50)]),
-    "fused": ({"images": 16},
-              lambda r: " on 16 MNIST test images" in next(c.measured for c in r.claims if c.name == "exact")),
-    "noise": ({"sigmas": [0.01, 1.0]},
-              lambda r: all(set(row) == {"arch", "model", "0.01", "1"} for row in _table(r, "accuracy % vs sigma"))),
-    "snn-attacks": ({"eps": [0.3]},
-                    lambda r: all([k for k in row if k.startswith("eps ")] == ["eps 0.3"]
-                                  for row in _table(r, "adversarial accuracy"))),
+# what each shared tiny run's override (conftest.TINY_OPTIONS) must visibly change in its result
+TOOK_EFFECT = {
+    "abs": lambda r: {row["width"] for row in _table(r, "test accuracy")} == {1.0},
+    "cascade": lambda r: {row["ladder"] for row in _table(r, "resolution cascade sweep")} == {"7,28"},
+    "deploy": lambda r: [row["test images"] for row in _table(r, "accuracy per runtime")] == [200],
+    "faults": lambda r: [(row["method"], row["k_%"]) for row in _table(r, "overhead vs resilience")]
+    == [("none", 0), ("split", 50), ("tmr", 50)],
+    "fused": lambda r: " on 16 MNIST test images" in next(c.measured for c in r.claims if c.name == "exact"),
+    "lenet5": lambda r: [row["test images"] for row in _table(r, "test error per seed")] == [300],
+    "matrix": lambda r: "PGD acc % (eps 0.05)" in _table(r, "robustness matrix")[0],
+    "noise": lambda r: all(set(row) == {"arch", "model", "0.01", "1"} for row in _table(r, "accuracy % vs sigma")),
+    "snn-attacks": lambda r: all([k for k in row if k.startswith("eps ")] == ["eps 0.3"]
+                                 for row in _table(r, "adversarial accuracy")),
+    "tn": lambda r: {row["ADTN depth"] for row in _table(r, "ADTN vs TT")} == {1},
+    "zo": lambda r: {row["seed"] for row in _table(r, "accuracy, peak memory")} == {1},
 }
 
 
-@pytest.mark.parametrize("name", sorted(OVERRIDES))
-def test_experiment_takes_setting_overrides(name, tiny_run, tmp_path):
-    """``reproduce(..., options=...)`` (what ``lenetlab sweep`` kind = "experiment" calls) changes the run; on that
-    same tiny output (shared with the experiment's own tests through ``tiny_run``): claims, result.json,
-    report and figures are written, and a second run reuses every finished cell (resume), same tables."""
-    options, took_effect = OVERRIDES[name]
+def _builtin_experiments() -> list[str]:
+    """Every experiment the built-in catalogue registers (test modules may register toy ones of their own)."""
+    from lenetlab.registry import names
+
+    return [n for n in names("experiment") if get("experiment", n).__module__.startswith("lenetlab.")]
+
+
+@pytest.mark.parametrize("name", _builtin_experiments())
+def test_experiment_contract(name, tiny, tmp_path):
+    """Every registered experiment, on its one shared tiny run: ``reproduce(..., options=...)`` (what
+    ``lenetlab sweep`` kind = "experiment" calls) changes the run, an unknown setting is refused before anything
+    is written; claims, result.json, report and figures are written; and a second run reuses every finished
+    cell (resume): the same tables, no cell computed again."""
+    from conftest import TINY_OPTIONS
+
+    assert name in TINY_OPTIONS and name in TOOK_EFFECT, f"{name}: give it a tiny override in conftest.py"
+    options = TINY_OPTIONS[name]
     assert get("experiment", name).accepts_options
     with pytest.raises(LenetlabError, match="unknown experiment setting 'no_such_setting'"):
         reproduce(name, tmp_path / "bad", tiny=True, options={"no_such_setting": 1})
@@ -86,16 +96,21 @@ def test_experiment_takes_setting_overrides(name, tiny_run, tmp_path):
     (key, value), = options.items()
     default = get("experiment", name)().settings(False, tiny=True)[key]
     assert json.loads(json.dumps(default)) != value          # the override is a change
-    out, r = tiny_run(name, **options)
+    out, r = tiny(name)
     assert json.loads((out / "run.json").read_text())["settings"][key] == value
     data = json.loads((out / "result.json").read_text())
     config = data["config"]
     assert config.get("settings", config)[key] == value     # cascade records its settings at the top level
-    assert took_effect(r), f"{name}: {options} did not reach the run"
+    assert TOOK_EFFECT[name](r), f"{name}: {options} did not reach the run"
     # the contract every experiment keeps
     assert data["experiment"] == name and data["mode"] == "tiny"
     assert r.claims and all(c.supported in (True, False, None) and c.measured for c in r.claims)
+    assert all(c.verdict in ("supported", "not supported", "inconclusive") for c in r.claims)
     assert "## Claims" in (out / "report.md").read_text()
     for f in r.figures:
         assert (out / f).stat().st_size > 1000
+    cells = out / "cells.jsonl"
+    before = cells.read_bytes() if cells.exists() else None
     assert reproduce(name, out, tiny=True, options=options).tables == r.tables
+    if before is not None:
+        assert cells.read_bytes() == before, f"{name}: the second run computed cells again"

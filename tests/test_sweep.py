@@ -160,7 +160,7 @@ def test_resume_after_sigterm(tmp_path):
     assert p.returncode == 130 and "Run the same command again" in err
     done = lines(out / "trials.jsonl")
     assert 3 <= done < 12
-    r = run_cli("sweep", str(toml), "--out", str(out), "--workers", "1", check=True)
+    r = run_cli("sweep", str(toml), "--out", str(out), "--workers", "1", check=True, process=True)
     assert f"{done} already in" in r.stdout and f"{12 - done} ran" in r.stdout
     rows = assert_each_once(out, 12)
     assert min(rows, key=lambda r: r["metrics"]["value"])["params"] == {"x": 1.0, "y": 1.0}
@@ -192,7 +192,7 @@ def test_resume_after_sigkill_with_real_training(tmp_path):
         f.write('{"trial": "cut sh')       # as if the kill had landed mid-line
     done = len(read_trials(out / "trials.jsonl"))
     assert 2 <= done < 6
-    r = run_cli("sweep", str(toml), "--out", str(out), "--workers", "2", check=True)
+    r = run_cli("sweep", str(toml), "--out", str(out), "--workers", "2", check=True, process=True)
     assert f"{done} already in" in r.stdout
     rows = assert_each_once(out, 6)
     assert all(0 <= r["metrics"]["test_accuracy"] <= 1 and r["metrics"]["train_images"] == 500 for r in rows)

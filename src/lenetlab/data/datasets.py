@@ -210,16 +210,40 @@ def locate(name: str, data_dir: str | None = None, download: bool = True) -> dic
             dest = cache_dir() / spec.name / fname
             _download(spec, fname, dest)
             found[fname] = dest
-        if problem := _problem(spec, fname, found[fname]):
-            raise LenetlabError(f"{found[fname]}: {problem}")
+        key = (_identity(found[fname]), fname in spec.idx_sha256, spec.idx_sha256.get(fname, spec.sha256.get(fname)))
+        if key not in _VERIFIED:
+            if problem := _problem(spec, fname, found[fname]):
+                raise LenetlabError(f"{found[fname]}: {problem}")
+            _VERIFIED.add(key)
     return found
+
+
+# A process verifies and decompresses each dataset file once: a file is known by its path, inode, size and
+# times, so a replaced or rewritten file is read (and checked) again.
+_VERIFIED: set[tuple] = set()
+_ARRAYS: dict[tuple, np.ndarray] = {}
+
+
+def _identity(path: Path) -> tuple:
+    st = path.stat()
+    return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _read_cached(path: Path) -> np.ndarray:
+    """``read_idx(path)``, decompressed once per process; each caller gets its own copy to change freely."""
+    key = _identity(path)
+    if key not in _ARRAYS:
+        if len(_ARRAYS) >= 16:                  # a few datasets' worth; a long session does not grow without end
+            _ARRAYS.clear()
+        _ARRAYS[key] = read_idx(path)
+    return _ARRAYS[key].copy()
 
 
 def load_raw(name: str = "mnist", data_dir: str | None = None, download: bool = True
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train_images, train_labels, test_images, test_labels) as uint8 arrays."""
     files = locate(name, data_dir, download)
-    arrays = [read_idx(files[f]) for f in FILES]
+    arrays = [_read_cached(files[f]) for f in FILES]
     for imgs, labels, split in ((arrays[0], arrays[1], "train"), (arrays[2], arrays[3], "test")):
         if imgs.ndim != 3 or labels.ndim != 1 or len(imgs) != len(labels):
             raise LenetlabError(

@@ -109,12 +109,13 @@ class Settings:
     harden: str = "split"
     harden_k: int = 20
     snn_steps: int = 4
+    test_images: int | None = None   # clean and int8 accuracy: the first N test images (None: all 10k)
 
 
 def settings(full: bool, tiny: bool = False) -> dict[str, Any]:
     if tiny:   # tests only: every code path, meaningless numbers
         s = Settings(seeds=[0], train_subset=500, epochs=1, eval_images=48, pgd_steps=2, draws=2, sdc_images=24,
-                     sdc_draws=2, nvf_images=2, fit_steps=10, finetune_epochs=1)
+                     sdc_draws=2, nvf_images=2, fit_steps=10, finetune_epochs=1, test_images=200)
     elif full:
         s = Settings(seeds=[0, 1, 2, 3, 4], train_subset=None, epochs=5, eval_images=10000, pgd_steps=40, draws=10,
                      sdc_images=2000, sdc_draws=20, nvf_images=64, fit_steps=1000, finetune_epochs=2)
@@ -181,6 +182,7 @@ class RobustnessMatrix(Experiment):
         s = Settings(**ctx.resolve_settings(settings(ctx.full, ctx.tiny)))
         runs = ctx.out / "runs"
         _, _, test_x, test_y = load_raw("mnist")
+        test_x, test_y = test_x[: s.test_images], test_y[: s.test_images]
         n_eval, n_sdc = min(s.eval_images, len(test_x)), min(s.sdc_images, len(test_x))
         x01_all = torch.from_numpy(test_x).float().div_(255.0).unsqueeze(1)
         y_all = torch.from_numpy(test_y.astype(np.int64))
