@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import platform
@@ -97,7 +98,7 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[torch.T
 def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, force: bool = False,
         splits: Splits | None = None, log: Callable[[str], None] | None = print,
         progress: bool | None = None, model: nn.Module | None = None,
-        plugins: Sequence[TrainerPlugin] = ()) -> dict[str, Any]:
+        plugins: Sequence[TrainerPlugin] = (), callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train per ``cfg``; write a run directory to ``out`` (if given); return the summary.
 
     Everything that can fail on bad input (config, data, run dir) is checked
@@ -106,8 +107,14 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
     (:mod:`lenetlab.train.plugins`) the config activates, plus ``plugins``:
     instances a caller adds (e.g. an experiment's learning-curve probe; their
     state is not in the config, so a resumed run needs them passed again).
+
+    ``callbacks`` only watch: each is a callable ``cb(metrics)`` or an object
+    with ``on_epoch_end(metrics)`` (and optionally ``on_train_end(summary)``);
+    ``metrics`` is a copy of the epoch's metrics.jsonl row. They never change
+    training and are not saved in checkpoints (:func:`check_callbacks`).
     """
     t0 = time.perf_counter()
+    callbacks = check_callbacks(callbacks)
     tc = cfg.train
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
@@ -236,6 +243,8 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
                 rundir.append_metrics(out_dir, row)
             if log:
                 log(_epoch_line(row, tc.epochs, [p.epoch_note(row) for p in plugins]))
+            for cb in callbacks:
+                _epoch_end(cb, copy.deepcopy(row))
             if tc.stop_at_accuracy is not None and row.get("test_accuracy", 0.0) >= tc.stop_at_accuracy:
                 stopped_early = epoch + 1 < tc.epochs
                 break
@@ -274,7 +283,30 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
         rundir.save_model(out_dir, model, cfg)
         rundir.write_summary(out_dir, summary)
     summary["_model"] = model
+    for cb in callbacks:
+        if callable(getattr(cb, "on_train_end", None)):
+            cb.on_train_end(dict(summary))
     return summary
+
+
+def check_callbacks(callbacks: Sequence[Any]) -> list[Any]:
+    """The ``fit`` callbacks as a list; anything that is neither callable nor has ``on_epoch_end`` is refused."""
+    if callable(callbacks) or hasattr(callbacks, "on_epoch_end"):
+        callbacks = [callbacks]     # one callback passed on its own
+    try:
+        out = list(callbacks or ())
+    except TypeError:
+        raise LenetlabError(f"callbacks must be a list of callbacks, got {type(callbacks).__name__}") from None
+    for cb in out:
+        if not (callable(getattr(cb, "on_epoch_end", None)) or callable(cb)):
+            raise LenetlabError(f"a fit callback must be callable or have an on_epoch_end(metrics) method, "
+                                f"got {type(cb).__name__}")
+    return out
+
+
+def _epoch_end(cb: Any, row: dict[str, Any]) -> None:
+    hook = getattr(cb, "on_epoch_end", None)
+    (hook if callable(hook) else cb)(row)
 
 
 def _after_epoch(plugins: list[TrainerPlugin], row: dict[str, Any], ctx: TrainContext) -> bool:
