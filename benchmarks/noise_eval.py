@@ -1,0 +1,92 @@
+"""Accuracy under analog noise: the reference (hook) evaluation vs the fast path, on MNIST test images.
+
+The workload of ``lenetlab reproduce noise`` / ``lenetlab noise eval``: a briefly trained LeNet-5, 1,000
+test images, 5 draws, 17 absolute sigmas after every layer; plus the matrix's relative noise (sigma x max|y|
+on conv + linear) at 5 sigmas. Both paths run in the same process, alternating sigma by sigma (so a change
+in machine load hits both), under the reproduce thread setting (lenetlab.determinism.pinned_threads).
+Prints image-draws per second (images x draws / seconds) for each path, their ratio, and checks that both
+return exactly the same result dict (the fast path keeps the generator, the stream and the float
+operations, so the same seed gives the same numbers).
+
+    .venv/bin/python benchmarks/noise_eval.py [--images 1000] [--draws 5] [--sigmas 17]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+
+from lenetlab.config import DataConfig
+from lenetlab.data.datasets import load_raw
+from lenetlab.data.transforms import to_model_input
+from lenetlab.determinism import pinned_threads
+from lenetlab.noise.inject import noisy_accuracy
+from lenetlab.train import fit
+from lenetlab.train.presets import resolve
+
+
+def trained_lenet5() -> torch.nn.Module:
+    """LeNet-5 after one epoch on 3,000 training images (seconds): realistic activations, not a tuned model."""
+    cfg = resolve("fast", "lenet5", overrides={"data": {"train_subset": 3000, "test_subset": 200, "val_size": 200},
+                                               "train": {"epochs": 1, "seed": 0}})
+    return fit(cfg, log=None, progress=False)["_model"].eval()
+
+
+def load() -> str:
+    return "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--draws", type=int, default=5)
+    ap.add_argument("--sigmas", type=int, default=17, help="absolute sigmas (geometric, 0.01 .. 3)")
+    a = ap.parse_args()
+
+    model = trained_lenet5()
+    _, _, test_x, test_y = load_raw("mnist")
+    x = to_model_input(torch.from_numpy(test_x[: a.images]), DataConfig())
+    y = torch.from_numpy(test_y[: a.images]).long()
+    workloads = {
+        "absolute, all sites": [dict(sigma=float(s)) for s in np.geomspace(0.01, 3.0, a.sigmas)],
+        "relative, conv+linear": [dict(sigma=s, relative=True, sites=("conv", "linear"))
+                                  for s in (0.02, 0.05, 0.1, 0.2, 0.5)],
+    }
+    print(f"LeNet-5 (1 epoch on 3k images), {a.images} MNIST test images x {a.draws} draws; torch "
+          f"{torch.__version__}, {os.cpu_count()} CPUs; start: {load()}")
+    totals = {"reference": 0.0, "fast": 0.0}
+    n_total, all_equal = 0, True
+    with pinned_threads():
+        for name, calls in workloads.items():
+            t = {"reference": 0.0, "fast": 0.0}
+            accs = []
+            for j, kw in enumerate(calls):
+                out = {}
+                for path in ("reference", "fast"):
+                    t0 = time.perf_counter()
+                    out[path] = noisy_accuracy(model, x, y, draws=a.draws, seed=j, reference=path == "reference", **kw)
+                    t[path] += time.perf_counter() - t0
+                all_equal &= out["reference"] == out["fast"]
+                accs.append(f"{kw['sigma']:g}:{100 * out['fast']['mean']:.1f}")
+            n = len(calls) * a.images * a.draws
+            n_total += n
+            for path in t:
+                totals[path] += t[path]
+            print(f"\n{name}: {len(calls)} sigmas x {a.draws} draws x {a.images} images = {n} image-draws")
+            print(f"  accuracy % by sigma: {' '.join(accs)}")
+            print(f"  reference (old) : {n / t['reference']:9.0f} image-draws/s  ({t['reference']:.2f} s)")
+            print(f"  fast (new)      : {n / t['fast']:9.0f} image-draws/s  ({t['fast']:.2f} s)")
+            print(f"  ratio new/old   : {t['reference'] / t['fast']:9.2f}x")
+    print(f"\nall: reference {n_total / totals['reference']:.0f}/s, fast {n_total / totals['fast']:.0f}/s, "
+          f"ratio new/old {totals['reference'] / totals['fast']:.2f}x")
+    print(f"results identical (mean, std, per_draw, per_image) for every call: {all_equal}")
+    print(f"end: {load()}")
+    return 0 if all_equal else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

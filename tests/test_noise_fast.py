@@ -1,0 +1,158 @@
+"""The fast noisy-accuracy path against its oracle, the hook-based reference (lenetlab.noise.inject)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lenetlab.errors import LenetlabError
+from lenetlab.models import create_model
+from lenetlab.noise import apply_qat, noisy_accuracy
+from lenetlab.noise.inject import _fast_pools, _pool2x2, _PrefetchedNoise
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The reference is slow on tiny batches with two threads on a busy machine; neither path's numbers
+    depend on the thread count (the fast path sets its own and restores it: test_model_state_is_restored)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _model(name: str = "lenet5", **options) -> nn.Module:
+    torch.manual_seed(0)
+    return create_model(name, **options).eval()
+
+
+@pytest.mark.parametrize("name,options", [("lenet5", {}), ("lenet5", {"activation": "tanh", "pool": "avg"}),
+                                          ("lenet_deep", {"depth": 4})])
+@pytest.mark.parametrize("kw", [{}, {"relative": True}, {"relative": True, "sites": ("conv", "linear")},
+                                {"sites": ("input", "pool")}])
+def test_fast_path_returns_exactly_the_reference(name, options, kw):
+    """Same seed, same batches: the same generator stream and float operations, so the same result dict.
+    37 images, 3 draws, batch 39: forwards of 13, 13, 11 images (on-demand, prefetched plan, new size)."""
+    model = _model(name, **options)
+    x, y = _data(37)
+    for sigma in (0.0, 0.3, 2.0):
+        ref = noisy_accuracy(model, x, y, sigma, draws=3, seed=4, batch_size=39, reference=True, **kw)
+        assert noisy_accuracy(model, x, y, sigma, draws=3, seed=4, batch_size=39, **kw) == ref, sigma
+
+
+def test_fast_path_uses_the_background_draws_and_still_matches():
+    """Many equal batches: most forwards get normals drawn ahead on the worker thread."""
+    model = _model()
+    x, y = _data(60)
+    ref = noisy_accuracy(model, x, y, 0.5, draws=5, seed=1, batch_size=25, reference=True)
+    assert noisy_accuracy(model, x, y, 0.5, draws=5, seed=1, batch_size=25) == ref
+
+
+def test_fast_path_matches_with_qat_on():
+    model = _model()
+    x, y = _data(20)
+    with apply_qat(model, 4, 0.5):
+        ref = noisy_accuracy(model, x, y, 0.2, draws=2, seed=0, batch_size=10, reference=True)
+        assert noisy_accuracy(model, x, y, 0.2, draws=2, seed=0, batch_size=10) == ref
+
+
+def test_sigma_zero_is_the_clean_accuracy_and_seeds_are_deterministic():
+    model = _model()
+    x, y = _data(30)
+    with torch.no_grad():
+        clean = float((model(x).argmax(1) == y).double().mean())
+    a0 = noisy_accuracy(model, x, y, 0.0, draws=3)
+    assert a0["per_draw"] == [clean] * 3 and a0["std"] == 0.0
+    a = noisy_accuracy(model, x, y, 3.0, draws=4, seed=7)
+    assert a == noisy_accuracy(model, x, y, 3.0, draws=4, seed=7)
+    b = noisy_accuracy(model, x, y, 3.0, draws=4, seed=8)
+    assert a["per_image"] != b["per_image"]
+
+
+def test_model_state_is_restored():
+    model = _model().train()
+    x, y = _data(10)
+    torch.set_num_threads(2)
+    noisy_accuracy(model, x, y, 0.4, draws=2)
+    assert model.training and torch.get_num_threads() == 2
+    assert "forward" not in vars(model.pool)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("kw,needle", [({"sigma": -0.1}, "sigma"), ({"sigma": float("nan")}, "sigma"),
+                                       ({"sigma": float("inf")}, "sigma"), ({"draws": 0}, "draws"),
+                                       ({"sites": ("conv", "bogus")}, "bogus")])
+def test_bad_input(kw, needle):
+    model = _model()
+    x, y = _data(4)
+    args = {"sigma": 0.1, "draws": 2} | kw
+    with pytest.raises(LenetlabError, match=needle):
+        noisy_accuracy(model, x, y, **args)
+    assert "forward" not in vars(model.pool) and not any(m._forward_hooks for m in model.modules())
+
+
+def test_strided_pool_equals_max_pool2d():
+    g = torch.Generator().manual_seed(0)
+    for shape in [(3, 4, 8, 8), (2, 3, 7, 9), (5, 6, 5), (1, 1, 2, 2)]:
+        x = torch.randn(shape, generator=g)
+        x.view(-1)[::7] = float("nan")
+        x.view(-1)[3::11] = float("-inf")
+        x.view(-1)[5::13] = float("inf")
+        assert torch.equal(_pool2x2(x).isnan(), F.max_pool2d(x, 2).isnan())
+        assert torch.equal(_pool2x2(x).nan_to_num(), F.max_pool2d(x, 2).nan_to_num()), shape
+    odd = nn.Sequential(nn.MaxPool2d(2, ceil_mode=True), nn.MaxPool2d(3), nn.MaxPool2d(2))
+    with _fast_pools(odd):
+        # only the plain 2x2 floor-mode pool is swapped, and only inside the block
+        assert [("forward" in vars(m)) for m in odd] == [False, False, True]
+    assert not any("forward" in vars(m) for m in odd)
+
+
+def _injected(model: nn.Module, x: torch.Tensor, sigma: float, relative: bool, seed: int = 0):
+    """Per site call: (clean output, injected noise) of one forward with :class:`_PrefetchedNoise`, read by hooks
+    registered before and after its own (a forward hook's return value is what later hooks see)."""
+    from lenetlab.noise.inject import leaf_sites
+
+    before: dict[str, list] = {}
+    after: dict[str, list] = {}
+    handles = [m.register_forward_hook(lambda m, a, o, k=k: before.setdefault(k, []).append(o.clone()))
+               for k, m, _ in leaf_sites(model)]
+    noise = _PrefetchedNoise(model, sigma, relative, ("conv", "act", "pool", "linear"), seed)
+    handles += [m.register_forward_hook(lambda m, a, o, k=k: after.setdefault(k, []).append(o.clone()))
+                for k, m, _ in leaf_sites(model)]
+    try:
+        with torch.no_grad():
+            noise.start(None)
+            model(x)
+    finally:
+        noise.remove()
+        for h in handles:
+            h.remove()
+    # a module called twice (LeNet-5's one pool) is two sites
+    return {f"{k}#{i}": (c, a - c) for k in before for i, (c, a) in enumerate(zip(before[k], after[k]))}
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_injected_noise_is_gaussian_with_the_configured_scale(relative):
+    """At every site, noise / (sigma [x max|y| per sample]) has mean 0 and std 1 within 5 standard errors of
+    its sample size, and the draws of one image (the repeated rows) are uncorrelated."""
+    model = _model()
+    sigma, draws = 0.25, 2
+    x = _data(32)[0].repeat(draws, 1, 1, 1)
+    for site, (clean, n) in _injected(model, x, sigma, relative).items():
+        scale = sigma * (clean.abs().flatten(1).amax(1).view(-1, *[1] * (clean.dim() - 1)) if relative else 1.0)
+        z = (n.double() / scale).flatten()
+        count = z.numel()
+        assert abs(float(z.mean())) < 5 / math.sqrt(count), site
+        assert abs(float(z.std()) - 1) < 5 / math.sqrt(2 * count) + 1e-3, site
+        a, b = (n.double() / scale).flatten(1).chunk(draws)
+        corr = float((a * b).mean() / (a.std() * b.std()))
+        assert abs(corr) < 5 / math.sqrt(a.numel()), site
