@@ -263,17 +263,11 @@ def test_cli_compress_adtn_no_finetune(small_run, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_reproduce_tn_tiny(tmp_path):
-    from lenetlab.experiments import reproduce
-
-    r = reproduce("tn", tmp_path, tiny=True)
+def test_reproduce_tn_tiny(tiny):
+    tmp_path, r = tiny("tn")              # ADTN depth 1 only (the contract's override); resume: test_experiments
     assert r.mode == "tiny"
     table = next(iter(r.tables.values()))
     methods = {row["method"] for row in table}
     assert {"dense", "tt", "adtn"} <= methods
     assert {c.name for c in r.claims} == {"adtn_vs_tt", "accuracy_at_10x", "vgg16_cifar10"}
     assert (tmp_path / "report.md").exists() and (tmp_path / "accuracy_vs_params.png").exists()
-    cells = (tmp_path / "cells.jsonl").read_text()
-    r2 = reproduce("tn", tmp_path, tiny=True)       # every cell is reused
-    assert (tmp_path / "cells.jsonl").read_text() == cells
-    assert next(iter(r2.tables.values())) == table

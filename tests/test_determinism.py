@@ -40,13 +40,11 @@ def test_one_and_two_thread_machines_train_the_same_bytes(tmp_path):
     assert files[0] == files[1]
 
 
-def test_reproduce_records_the_pinned_thread_count(tmp_path):
+def test_reproduce_records_the_pinned_thread_count(tiny):
     import json
 
-    from lenetlab.experiments import reproduce
-
-    result = reproduce("fused", tmp_path / "fused", tiny=True)
-    run = json.loads((tmp_path / "fused" / "run.json").read_text())
+    out, result = tiny("fused")
+    run = json.loads((out / "run.json").read_text())
     assert run["determinism"] == {"torch_threads": REPRODUCE_THREADS, "deterministic_algorithms": True}
     assert result.config["determinism"]["torch_threads"] == REPRODUCE_THREADS
     assert any("torch threads" in n for n in result.notes)

@@ -279,10 +279,8 @@ def test_cli_table_and_errors(deploy_runs, capsys):
 
 
 # ---------------------------------------------------------------- the experiment
-def test_reproduce_fused_tiny(tmp_path):
-    from lenetlab.experiments import reproduce
-
-    r = reproduce("fused", tmp_path, tiny=True)
+def test_reproduce_fused_tiny(tiny):
+    tmp_path, r = tiny("fused")           # 16 images (the contract's override); resume: test_experiments
     claims = {c.name: c for c in r.claims}
     assert set(claims) == {"oi_gain", "oi_gain_executed", "oi_gain_alexnet", "oi_gain_alexnet_executed",
                            "oi_gain_vgg16", "oi_gain_vgg16_executed", "exact", "end_no_loss", "uniform_oi",
@@ -295,4 +293,3 @@ def test_reproduce_fused_tiny(tmp_path):
         assert (tmp_path / f).stat().st_size > 1000
     assert "lenet5 int8: conv1,pool1,conv2,pool2 per image" in r.tables
     assert "## Claims" in (tmp_path / "report.md").read_text()
-    assert reproduce("fused", tmp_path, tiny=True).tables == r.tables     # resumes from its cells

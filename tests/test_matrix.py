@@ -9,20 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from lenetlab.experiments import Cells, reproduce
+from lenetlab.experiments import Cells
 from lenetlab.experiments.matrix import VARIANTS, aggregate
 from lenetlab.noise.int8 import int8_noise_hooks, int8_noisy_accuracy
 
 
 @pytest.fixture(scope="module")
-def tiny_matrix(tmp_path_factory):
-    """The tiny matrix, run through ``reproduce all`` (so it also gets the suite's HTML report)."""
-    from lenetlab.experiments.suite import reproduce_all
+def tiny_matrix(tiny):
+    """The shared tiny matrix run, with the suite's HTML report written beside it (as ``reproduce all`` does)."""
+    from lenetlab.experiments.suite import Outcome, write_suite_report
 
-    root = tmp_path_factory.mktemp("matrix")
-    (outcome,) = reproduce_all(root, only=["matrix"], tiny=True)
-    assert outcome.status == "ran", outcome.error
-    return root / "matrix", outcome.result
+    out, r = tiny("matrix")
+    write_suite_report([Outcome("matrix", "ran", r, None, r.wall_seconds)], out.parent, [])
+    return out, r
 
 
 def test_every_variant_gets_every_column(tiny_matrix):
@@ -72,14 +71,6 @@ def test_the_report_shows_the_matrix_and_its_heatmap(tiny_matrix, browser):
     assert "robustness matrix" in text and all(v in text for v in VARIANTS)
     for c in r.claims:
         assert c.name in text
-
-
-def test_a_second_run_reuses_the_cells(tiny_matrix):
-    out, r = tiny_matrix
-    cells = (out / "cells.jsonl").read_bytes()
-    again = reproduce("matrix", out, tiny=True)
-    assert again.tables == r.tables
-    assert (out / "cells.jsonl").read_bytes() == cells          # nothing was computed again
 
 
 def test_seeds_are_averaged_and_the_sdc_pooled():

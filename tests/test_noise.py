@@ -187,10 +187,8 @@ def test_cli_bad_input(argv, needle, small_run, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_reproduce_noise_tiny(tmp_path):
-    from lenetlab.experiments import reproduce
-
-    r = reproduce("noise", tmp_path, tiny=True)
+def test_reproduce_noise_tiny(tiny):
+    tmp_path, r = tiny("noise")           # sigmas 0.01 and 1 (the contract's override); resume: test_experiments
     assert [c.name for c in r.claims] == ["qat_beats_float_lenet5", "qat_beats_float_lenet5_w4",
                                           "noisy_beats_qat_lenet5", "noisy_beats_qat_lenet5_w4",
                                           "noisy_gain_larger_net"]
@@ -202,9 +200,9 @@ def test_reproduce_noise_tiny(tmp_path):
     assert len(validation) == 4 and sum(row["chosen"] == "yes" for row in validation) == 2
     assert [row["model"] for row in curves[:3]] == ["float", next(row["config"] for row in validation
                                                               if row["chosen"]), "noisy (sigma_train = sigma)"]
-    assert all(0 <= row["0.5"] <= 100 for row in curves)
+    assert all(0 <= row["1"] <= 100 for row in curves)
     # noisy models are trained at the evaluation sigma (one per sigma), the larger net is 4x as wide
-    assert {row["model"] for row in models} >= {"float", "noisy0.5"}
+    assert {row["model"] for row in models} >= {"float", "noisy0.01", "noisy1"}
     assert {row["params"] for row in models} == {61_706, 972_554}
 
 

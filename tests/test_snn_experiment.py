@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 
-from lenetlab.experiments import reproduce
 from lenetlab.experiments.snn import ATTACKS, BP_ATTACKS, settings
 
 
-def test_snn_attacks_tiny(tiny_run):
-    # the one-eps grid of test_experiments' override check: one run for both
-    out, r = tiny_run("snn-attacks", eps=[0.3])
+def test_snn_attacks_tiny(tiny):
+    out, r = tiny("snn-attacks")          # the one-eps grid of the contract's override; resume: test_experiments
     names = [c.name for c in r.claims]
     expect = [f"{c}_{d}{s}" for d in ("snn", "ann") for c in ("local_rules_look_robust", "hybrid_beats_others")
               for s in ("", "_autograd")]
@@ -34,5 +32,3 @@ def test_snn_attacks_tiny(tiny_run):
     assert (out / "runs" / "snn_bp_substitute" / "model.safetensors").is_file()
     assert (out / r.figures[0]).stat().st_size > 1000
     assert "## Claims" in (out / "report.md").read_text()
-    r2 = reproduce("snn-attacks", out, tiny=True, options={"eps": [0.3]})     # every cell reused
-    assert r2.tables == r.tables

@@ -78,10 +78,8 @@ def test_analytic_breakdown():
     assert all(v["total"] == sum(x for k, x in v.items() if k != "total") for v in (*a.values(), bp, i8))
 
 
-def test_zo_experiment_tiny_end_to_end(tmp_path):
-    from lenetlab.experiments import reproduce
-
-    r = reproduce("zo", tmp_path, tiny=True)
+def test_zo_experiment_tiny_end_to_end(tiny):
+    tmp_path, r = tiny("zo")              # seed 1 (the contract's override); resume: test_experiments
     names = {c.name for c in r.claims}
     assert {"mnist_elasticzo_beats_zo_c4", "mnist_gain_in_paper_range_c4", "mnist_memory_overhead_c4",
             "mnist_int8_memory_c4", "mnist_int8_time_c4", "mnist_int8_accuracy_c4"} <= names
@@ -93,4 +91,3 @@ def test_zo_experiment_tiny_end_to_end(tmp_path):
     rows = r.tables["accuracy, peak memory and time per step"]
     assert [x["run"] for x in rows] == ["bp", "zo", "ezo-4", "int8-4"]
     assert all(x["peak_KiB"] > 0 and x["ms_per_step"] > 0 for x in rows)
-    assert reproduce("zo", tmp_path, tiny=True).tables == r.tables     # resumes from its cells
