@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lenetlab.deploy.c_runtime import compile_program, model_source
+from lenetlab.deploy.c_runtime import THREAD_FLAGS, compile_program, model_source
 from lenetlab.errors import LenetlabError
 
 # the exported Makefile's defaults: what a user building the exported project gets
-MAKEFILE_FLAGS = ("-std=c99", "-O3", "-march=native", "-ffp-contract=fast", "-fno-trapping-math")
+MAKEFILE_FLAGS = ("-std=c99", "-O3", "-march=native", "-ffp-contract=fast", "-fno-trapping-math", *THREAD_FLAGS)
 
 
 class CEvaluator:
@@ -68,13 +68,16 @@ class CEvaluator:
         words = line.split()
         return {k: float(v) for k, v in zip(words[::2], words[1::2])}
 
-    def logits(self, model: str | Path, images: np.ndarray) -> np.ndarray:
-        """Every image's logits: float32 for a float model, int32 for an int8 one, shape (N, classes)."""
+    def logits(self, model: str | Path, images: np.ndarray, threads: int = 1) -> np.ndarray:
+        """Every image's logits: float32 for a float model, int32 for an int8 one, shape (N, classes).
+
+        ``threads`` > 1 splits the batch across that many threads (the logits are the same bits).
+        """
         from lenetlab.deploy import flat
 
         fm = flat.load(str(model))
         out = self.dir / "logits.bin"
-        self._run(model, images, "--logits", str(out))
+        self._run(model, images, "--logits", str(out), "--threads", str(int(threads)))
         dtype = np.int32 if fm.dtype == "int8" else np.float32
         data = np.fromfile(out, dtype="<" + np.dtype(dtype).str[1:])
         out.unlink()
@@ -84,3 +87,10 @@ class CEvaluator:
         """Wall time per image, one image per runtime call, over ``repeat`` passes (the program's clock)."""
         r = self._run(model, images, "--batch", "1", "--repeat", str(int(repeat)))
         return r["seconds"] / (len(images) * int(repeat))
+
+    def images_per_second(self, model: str | Path, images: np.ndarray, batch: int = 256, threads: int = 1,
+                          repeat: int = 1) -> float:
+        """Throughput with ``batch`` images per runtime call split across ``threads`` threads (the program's clock)."""
+        r = self._run(model, images, "--batch", str(int(batch)), "--threads", str(int(threads)),
+                      "--repeat", str(int(repeat)))
+        return r["images_per_s"]

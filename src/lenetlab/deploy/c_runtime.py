@@ -13,12 +13,18 @@ The loader validates everything the spec's "Validation" lists, in the order of
 damaged files); float32 files give PyTorch's logits within 1e-4, int8 files the
 NumPy reference runtime's integer logits bit for bit.
 
+Built with ``-DLENET5_THREADS -pthread`` (``THREAD_FLAGS``; the Makefile's
+default for ``lenet5_eval``), the runtime also has ``lenet5_run_float_mt`` /
+``lenet5_run_int8_mt``: one batch split across POSIX threads inside the call,
+each helper thread's buffers in a caller-owned workspace
+(``lenet5_workspace_bytes``), logits bit-identical for every thread count.
+
 Example::
 
     lenetlab export runs/demo --format c --int8 --out /tmp/c
     make -C /tmp/c                    # -O3 -march=native; make CFLAGS=... to override
     gunzip -k t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
-    /tmp/c/lenet5_eval t10k-images-idx3-ubyte t10k-labels-idx1-ubyte [--batch 1] [--logits out.bin]
+    /tmp/c/lenet5_eval t10k-images-idx3-ubyte t10k-labels-idx1-ubyte [--batch 1] [--logits out.bin] [--threads 2]
     # accuracy 0.9921 images 10000 seconds 0.13 images_per_s 77000 repeat 1 batch 10000 cpu_seconds 0.13
     make -C /tmp/c lenet5_check && /tmp/c/lenet5_check /tmp/c/model_int8.flat     # ok
 """
@@ -41,6 +47,7 @@ PROGRAMS = {"lenet5_eval": ("lenet5_eval.c",), "lenet5_check": ("lenet5_check.c"
 COPIED = (*RUNTIME, "lenet5_eval.c", "lenet5_check.c", "Makefile")
 MODEL_C = "lenet5_model.c"
 STRICT_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-O2")
+THREAD_FLAGS = ("-DLENET5_THREADS", "-pthread")          # the multi-threaded entry points (POSIX threads)
 
 
 def model_source(data: bytes, name: str) -> str:

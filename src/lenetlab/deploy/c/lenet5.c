@@ -10,7 +10,8 @@
  *
  * Design
  *  - No malloc. The blob is copied into a static buffer (aligned for f32/i32,
- *    so no unaligned access); activations live in static ping-pong buffers.
+ *    so no unaligned access); activations live in static ping-pong buffers
+ *    (for the multi-threaded calls' helper threads: in the caller's workspace).
  *  - Every multi-byte header/record field is read byte by byte, so validation
  *    is independent of host byte order and alignment; the arrays in the blob
  *    are then used in place, which needs a little-endian host (checked).
@@ -24,6 +25,20 @@
  *    gcc vectorises (-O3); a 5 x 5 kernel (LeNet-5's) is one pass per
  *    (o, c) pair in float32, one pass per kernel row in int8. A float CONV
  *    with a 1 x 1 output (C5) runs as a DENSE layer instead.
+ *  - Float CONVs without a connection table run register-blocked instead
+ *    (GCC/clang vector types, LENET5_VEC): MODE_ROWS, the wide plane for 6
+ *    output channels x 16 positions at a time (C1), or MODE_LANES, 16 output
+ *    channels in the vector lanes x 5 output positions (C3); either way the
+ *    sums stay in registers for the whole kernel, so the loops run at the
+ *    multiply-add rate instead of the load/store rate.
+ *  - Float DENSE/ACT/RBF layers at the end (F5-F7) run on 8 images at a time
+ *    (the tail, run_range): each weight row fetched from L2 serves 8 images;
+ *    each image's sums keep the single-image order, so grouping changes no bit.
+ *  - With -DLENET5_THREADS, lenet5_run_*_mt split a batch across POSIX
+ *    threads: the calling thread uses the static buffers, each helper thread
+ *    the same buffers (scratch_t) carved from a caller-owned workspace sized
+ *    for the loaded model; nothing is allocated, nothing outlives the call,
+ *    and every image runs the single-threaded code, so the bits are the same.
  *  - int8 maps are int8 arrays and everything is integer arithmetic. Sums of
  *    products fit in 32 bits because readers reject fan-ins over 65536 (spec,
  *    "int8 files"); the i32 bias is then added in 64 bits and the result
@@ -87,17 +102,39 @@ typedef struct {
     const void *arr[N_ARRAYS]; /* into g_blob, NULL when absent (count 0) */
     int wide_out;              /* int8: output kept as int32 (CONV/DENSE/SUBSAMPLE out_bits 32, RBF) */
     /* How the layer runs, chosen at load time by prepare(): */
-    int mode;                  /* CONV: MODE_WIDE, MODE_DOT (int8) or MODE_DENSE (float) */
+    int mode;                  /* CONV: MODE_WIDE, MODE_DOT (int8), MODE_DENSE, MODE_LANES or MODE_ROWS (float) */
     int pair16;                /* int8 MODE_WIDE: every weight in [-127, 127] (see taps5_i8) */
     size_t kp;                 /* MODE_DOT: patch length in_c*k*k rounded up to 64 */
-    const float *wt;           /* float DENSE / MODE_DENSE: w transposed to n x out_c (in g_prep) */
+    const float *wt;           /* float DENSE / MODE_DENSE: w transposed to n x out_c; MODE_LANES: w in
+                                  lane blocks, [out_c / LANES][in_c k k][LANES] (in g_prep) */
     const int8_t *wq;          /* MODE_DOT: w with rows padded to kp, 0 off the table (in g_prep) */
     const int32_t *wsum;       /* int8 MODE_DOT / DENSE: sum of each output channel's weights */
     const int8_t *wl;          /* int8 MODE_DOT / DENSE with VNNI: weights in 16-channel lane blocks (dots16) */
     size_t kl;                 /* length of the dots in wl, a multiple of 4 */
 } layer_t;
 
-enum { MODE_WIDE, MODE_DOT, MODE_DENSE };
+enum { MODE_WIDE, MODE_DOT, MODE_DENSE, MODE_LANES, MODE_ROWS };
+
+/* Register blocks of the float MODE_LANES / MODE_ROWS kernels, in vectors of
+ * VW floats: 8 (AVX) or 4 (SSE, NEON, ...). The kernels are written with GCC
+ * vector types (GCC and clang: LENET5_VEC), so that the sums provably stay in
+ * registers; built with -DLENET5_NO_VEC or another compiler, every float CONV
+ * runs MODE_WIDE / MODE_DENSE as plain C99 instead.
+ *   MODE_LANES: LANES = 2 VW output channels x POS output positions;
+ *   MODE_ROWS: ROWS_OC output channels x RP = 2 VW wide-plane positions. */
+#if defined(__AVX__)
+#define VW 8u
+#else
+#define VW 4u
+#endif
+#define LANES (2u * VW)
+#define POS 5u
+#define ROWS_OC 6u
+#define RP (2u * VW)
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(LENET5_NO_VEC)
+#define LENET5_VEC 1
+typedef float vf __attribute__((vector_size(VW * 4u)));
+#endif
 
 static struct {
     int loaded, dtype;
@@ -107,6 +144,9 @@ static struct {
     float in_pad;        /* float files: the border value b */
     const int8_t *in_lut; /* int8 files: q = lut[p] */
     layer_t layers[MAX_LAYERS];
+    size_t buf_bytes;     /* bytes each working buffer needs for this model (scratch_t) */
+    uint32_t tail;        /* float files: first layer of the grouped tail (n_layers: none) */
+    size_t tail_stride;   /* floats between a group's images in g_grp (0: no tail) */
 } g_model;
 
 /* The blob (a union so that f32/i32 arrays are correctly typed and aligned). */
@@ -141,6 +181,29 @@ static buffer_t g_act[2]; /* ping-pong activation maps */
 static buffer_t g_stage;  /* zero-padded convolution input */
 static buffer_t g_plane;  /* one convolution output plane (rows in the padded width), or im2col patches */
 static buffer_t g_acc;    /* int32 sums of an int8 layer before requantisation */
+
+/* Float files: the DENSE/ACT/RBF layers at the end of the model (the "tail",
+ * LeNet-5's F5-F7) run on GROUP images at a time, so that each weight row
+ * read from memory serves GROUP images (the tail's weights do not fit in L1).
+ * Each image's sums are formed in the same order as for a group of one, so
+ * the logits do not depend on how a batch is grouped. g_grp holds the group's
+ * tail maps (ping-pong), GROUP x tail_stride floats each; a model whose tail
+ * maps are too large for it runs image by image (tail = n_layers). */
+#define GROUP 8u
+#define GROUP_FLOATS 65536u
+static float g_grp[2][GROUP_FLOATS];
+
+/* The working buffers one inference uses. The single-threaded entry points
+ * use the static buffers above (g_scratch); each helper thread of the
+ * multi-threaded ones gets the same five buffers carved from the caller's
+ * workspace, sized for the loaded model (g_model.buf_bytes each). The kernels
+ * only ever touch what the model's shapes need, so both give the same bits. */
+typedef struct {
+    void *act[2];
+    void *stage, *plane, *acc;
+    float *grp[2];
+} scratch_t;
+static const scratch_t g_scratch = {{&g_act[0], &g_act[1]}, &g_stage, &g_plane, &g_acc, {g_grp[0], g_grp[1]}};
 
 static char g_msg[LENET5_MSG_BYTES];
 
@@ -453,6 +516,7 @@ static int check_runtime_limits(void)
 }
 
 static int prepare(void);
+static void size_buffers(void);
 
 int lenet5_load(const unsigned char *data, size_t len, char *msg, size_t msg_size)
 {
@@ -567,6 +631,7 @@ int lenet5_load(const unsigned char *data, size_t len, char *msg, size_t msg_siz
     rc = prepare();
     if (rc != LENET5_OK)
         goto done;
+    size_buffers();
     g_model.loaded = 1;
 done:
     if (msg != NULL && msg_size > 0u) {
@@ -834,6 +899,41 @@ static void prepare_conv_i8(layer_t *L)
             L->pair16 = 0;
 }
 
+/* Float CONV without a connection table: MODE_ROWS (conv_rows_f32) or
+ * MODE_LANES (conv_lanes_f32), by a rough count of VW-float multiply-add
+ * vectors: the rows blocks compute ROWS_OC channels over oh x padded-width
+ * positions, the lane blocks LANES channels over the oh x ow real positions.
+ * MODE_LANES wins for small planes with many channels (LeNet-5's C3, with AVX:
+ * 30k against 49k), MODE_ROWS for few output channels (C1: 17k against 39k). Both
+ * keep their sums in registers. With a table the layer stays MODE_WIDE, which
+ * skips the missing (o, c) pairs: the blocks would multiply them by zero
+ * weights, not the same as skipping them for inf/NaN inputs. */
+#ifdef LENET5_VEC
+static void prepare_conv_lanes_f32(layer_t *L)
+{
+    const size_t oc = L->oc, ic = L->ic, kk = (size_t)L->k * L->k, ntaps = ic * kk, nb = (oc + LANES - 1u) / LANES;
+    const size_t wp = L->iw + 2u * L->pad, npos = (size_t)L->oh * L->ow;
+    const uint64_t rows = (uint64_t)(oc + ROWS_OC - 1u) / ROWS_OC * ROWS_OC * ntaps *
+                          ((L->oh * wp + 15u) / 16u * (16u / VW));
+    const uint64_t lanes = (uint64_t)nb * 2u * ((npos + POS - 1u) / POS * POS) * ntaps;
+    const float *w = (const float *)L->arr[A_W];
+    size_t at, o, t;
+    float *d;
+    if ((uint64_t)ROWS_OC * (L->oh * wp + 16u) <= CAP) /* its planes fit the static buffer (else MODE_WIDE) */
+        L->mode = MODE_ROWS;
+    if (lanes >= rows)
+        return;
+    at = prep_alloc(nb * ntaps * LANES * sizeof(float));
+    if (at == (size_t)-1)
+        return; /* g_prep is full: stays MODE_ROWS (or MODE_WIDE) */
+    d = g_prep.f + at / 4u;
+    for (o = 0; o < nb * LANES; o++)
+        for (t = 0; t < ntaps; t++)
+            d[((o / LANES) * ntaps + t) * LANES + o % LANES] = o < oc ? w[o * ntaps + t] : 0.0f;
+    L->wt = d, L->mode = MODE_LANES;
+}
+#endif
+
 static int prepare(void)
 {
     uint32_t l;
@@ -880,6 +980,10 @@ static int prepare(void)
             L->wt = prep_transpose((const float *)L->arr[A_W], L->oc, (size_t)L->ic * L->k * L->k);
             if (L->wt != NULL)
                 L->mode = MODE_DENSE;
+        } else if (!L->has_table) {
+#ifdef LENET5_VEC
+            prepare_conv_lanes_f32(L);
+#endif
         }
     }
     /* Optional (skipped when g_prep is full): DENSE weights in lane blocks. */
@@ -892,6 +996,56 @@ static int prepare(void)
     }
 #endif
     return LENET5_OK;
+}
+
+/* Bytes each working buffer (scratch_t) needs for the loaded model, from the
+ * same shapes and modes the kernels use, 4 bytes an element whatever the
+ * dtype (an over-estimate for int8 maps), plus the SLACK the wide convolution
+ * reads past its input, rounded to 64 bytes. check_runtime_limits() has
+ * already checked that all of it fits the static buffers (CAP elements). */
+static void size_buffers(void)
+{
+    size_t need = (size_t)g_model.in_h * g_model.in_w, l;
+    for (l = 0; l < g_model.n_layers; l++) {
+        const layer_t *L = &g_model.layers[l];
+        const size_t hp = (size_t)L->ih + 2u * L->pad, wp = (size_t)L->iw + 2u * L->pad;
+        const size_t n_in = (size_t)L->ic * L->ih * L->iw, n_out = (size_t)L->oc * L->oh * L->ow;
+        size_t m = n_out > n_in ? n_out : n_in;               /* act maps; DENSE/pool/acc sums */
+        if (L->op == OP_CONV) {
+            const size_t npos = (size_t)L->oh * L->ow;
+            m = m > L->ic * hp * wp ? m : L->ic * hp * wp;   /* stage */
+            m = m > L->oh * wp + 32u ? m : L->oh * wp + 32u; /* wide plane, rounded up to vectors */
+            if (L->mode == MODE_ROWS)                         /* ROWS_OC wide planes */
+                m = m > ROWS_OC * (L->oh * wp + 16u) ? m : ROWS_OC * (L->oh * wp + 16u);
+            if (L->mode == MODE_DOT) {
+                const size_t patches = (npos * L->kp + 16u + 3u) / 4u;
+                m = m > patches ? m : patches;
+                m = m > L->oc * npos ? m : L->oc * npos;     /* acc */
+            }
+        }
+        need = need > m ? need : m;
+    }
+    g_model.buf_bytes = round_up((need + SLACK) * 4u, 64u);
+    /* the float tail: the longest run of DENSE / ACT / RBF layers at the end
+     * that starts with a DENSE (whose input is the front's last map) */
+    g_model.tail = g_model.n_layers, g_model.tail_stride = 0;
+    if (g_model.dtype == LENET5_FLOAT32) {
+        size_t t = g_model.n_layers, most = 0;
+        while (t > 0u && (g_model.layers[t - 1u].op == OP_DENSE || g_model.layers[t - 1u].op == OP_ACT ||
+                          g_model.layers[t - 1u].op == OP_RBF))
+            t--;
+        while (t < g_model.n_layers && g_model.layers[t].op != OP_DENSE)
+            t++;
+        for (l = t; l < g_model.n_layers; l++) {
+            const layer_t *L = &g_model.layers[l];
+            const size_t n_in = (size_t)L->ic * L->ih * L->iw, n_out = (size_t)L->oc * L->oh * L->ow;
+            most = most > n_in ? most : n_in;
+            most = most > n_out ? most : n_out;
+        }
+        most = round_up(most, 16u);
+        if (t < g_model.n_layers && GROUP * most <= GROUP_FLOATS)
+            g_model.tail = (uint32_t)t, g_model.tail_stride = most;
+    }
 }
 
 /* ------------------------------------------------------------------ float32 kernels */
@@ -927,10 +1081,10 @@ static void taps25_f32(float *restrict acc, const float *restrict x, const float
 
 /* Copy a C x H x W map into the staging buffer with a zero border of `pad`
  * (spec, CONV: x is 0 outside the map); the slack after it is zeroed too. */
-static void stage_f32(const float *x, size_t c_n, size_t h, size_t w, size_t pad)
+static void stage_f32(const scratch_t *s, const float *x, size_t c_n, size_t h, size_t w, size_t pad)
 {
     const size_t hp = h + 2u * pad, wp = w + 2u * pad;
-    float *xs = g_stage.f;
+    float *xs = (float *)s->stage;
     size_t c, i;
     memset(xs, 0, (c_n * hp * wp + SLACK) * sizeof *xs);
     for (c = 0; c < c_n; c++)
@@ -963,20 +1117,55 @@ static void gemv_t_f32(const float *restrict wt, const float *restrict b, const 
     }
 }
 
+/* gemv_t_f32 for m images at once (x and y: one vector every `stride` floats).
+ * Every image's y gets exactly gemv_t_f32's operations in gemv_t_f32's order
+ * (the same zero groups skipped), so a group of m gives the bits of m calls;
+ * the loop over the images is inside the loop over the weights, so each
+ * 4 x oc block of weights is read from memory once per group. */
+static void gemv_t_f32_group(const float *restrict wt, const float *restrict b, const float *restrict x,
+                             float *restrict y, size_t n, size_t oc, size_t m, size_t stride)
+{
+    size_t i, o, q;
+    for (q = 0; q < m; q++)
+        for (o = 0; o < oc; o++)
+            y[q * stride + o] = b[o];
+    for (i = 0; i + 4u <= n; i += 4u) {
+        const float *w0 = wt + i * oc, *w1 = w0 + oc, *w2 = w1 + oc, *w3 = w2 + oc;
+        for (q = 0; q < m; q++) {
+            const float *xq = x + q * stride;
+            const float x0 = xq[i], x1 = xq[i + 1], x2 = xq[i + 2], x3 = xq[i + 3];
+            float *yq = y + q * stride;
+            if (x0 == 0.0f && x1 == 0.0f && x2 == 0.0f && x3 == 0.0f)
+                continue;
+            for (o = 0; o < oc; o++)
+                yq[o] += (x0 * w0[o] + x1 * w1[o]) + (x2 * w2[o] + x3 * w3[o]);
+        }
+    }
+    for (q = 0; q < m; q++) {
+        float *yq = y + q * stride;
+        size_t r;
+        for (r = i; r < n; r++) {
+            const float xi = x[q * stride + r], *wi = wt + r * oc;
+            for (o = 0; o < oc; o++)
+                yq[o] += xi * wi[o];
+        }
+    }
+}
+
 /* CONV, spec "Operations": y[o,i,j] = b[o] + sum_{c,u,v} w[o,c,u,v] x[c, i+u-pad, j+v-pad],
  * pairs (o, c) off the connection table skipped. Computed "wide" (file comment). */
-static void conv_f32(const layer_t *L, const float *x, float *y)
+static void conv_f32(const scratch_t *s, const layer_t *L, const float *x, float *y)
 {
     const size_t ic = L->ic, k = L->k, oh = L->oh, ow = L->ow;
     const size_t wp = L->iw + 2u * L->pad, plane = (L->ih + 2u * L->pad) * wp;
     const size_t n = round_up(oh * wp, 16u); /* whole vectors; the tail reads land in the slack */
     const float *w = (const float *)L->arr[A_W], *b = (const float *)L->arr[A_B];
     const uint8_t *t = (const uint8_t *)L->arr[A_T];
-    const float *xs = g_stage.f;
-    float *acc = g_plane.f;
+    const float *xs = (const float *)s->stage;
+    float *acc = (float *)s->plane;
     size_t o, c, u, v, i, p;
 
-    stage_f32(x, ic, L->ih, L->iw, L->pad);
+    stage_f32(s, x, ic, L->ih, L->iw, L->pad);
     if (L->mode == MODE_DENSE) { /* 1 x 1 output: a dense layer over the staged patch */
         gemv_t_f32(L->wt, b, xs, y, ic * plane, L->oc);
         return;
@@ -1004,6 +1193,112 @@ static void conv_f32(const layer_t *L, const float *x, float *y)
             memcpy(y + (o * oh + i) * ow, acc + i * wp, ow * sizeof *y);
     }
 }
+
+#ifdef LENET5_VEC
+/* CONV in MODE_ROWS (prepare_conv_lanes_f32): as the wide plane (file
+ * comment), but ROWS_OC output channels x RP consecutive wide-plane positions
+ * at a time, the sums held in registers: per tap (c, u, v) two VW-float loads
+ * of the staged input and one broadcast weight per channel. The last channel
+ * block repeats the last channel. The block's planes go to s->plane, then the
+ * valid columns (+ bias) to y. */
+static void conv_rows_f32(const scratch_t *s, const layer_t *L, const float *x, float *y)
+{
+    const size_t ic = L->ic, k = L->k, oh = L->oh, ow = L->ow, oc = L->oc, kk = k * k, ntaps = ic * kk;
+    const size_t wp = L->iw + 2u * L->pad, plane = (L->ih + 2u * L->pad) * wp;
+    const size_t n = round_up(oh * wp, 16u); /* whole blocks; the tail reads land in the slack */
+    const float *w = (const float *)L->arr[A_W], *b = (const float *)L->arr[A_B], *xs = (const float *)s->stage;
+    float *pl = (float *)s->plane;
+    size_t ob, p, r, c, u, v, i, j;
+
+    stage_f32(s, x, ic, L->ih, L->iw, L->pad);
+    for (ob = 0; ob < oc; ob += ROWS_OC) {
+        const float *wo[ROWS_OC];
+        for (r = 0; r < ROWS_OC; r++)
+            wo[r] = w + (ob + r < oc ? ob + r : oc - 1u) * ntaps;
+        for (p = 0; p < n; p += RP) {
+            vf a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0};
+            vf a30 = {0}, a31 = {0}, a40 = {0}, a41 = {0}, a50 = {0}, a51 = {0};
+            size_t t = 0;
+            for (c = 0; c < ic; c++)
+                for (u = 0; u < k; u++)
+                    for (v = 0; v < k; v++, t++) {
+                        const float *xp = xs + c * plane + u * wp + v + p;
+                        vf x0, x1;
+                        memcpy(&x0, xp, sizeof x0), memcpy(&x1, xp + VW, sizeof x1);
+                        a00 += wo[0][t] * x0, a01 += wo[0][t] * x1;
+                        a10 += wo[1][t] * x0, a11 += wo[1][t] * x1;
+                        a20 += wo[2][t] * x0, a21 += wo[2][t] * x1;
+                        a30 += wo[3][t] * x0, a31 += wo[3][t] * x1;
+                        a40 += wo[4][t] * x0, a41 += wo[4][t] * x1;
+                        a50 += wo[5][t] * x0, a51 += wo[5][t] * x1;
+                    }
+            memcpy(pl + p, &a00, sizeof a00), memcpy(pl + p + VW, &a01, sizeof a01);
+            memcpy(pl + n + p, &a10, sizeof a10), memcpy(pl + n + p + VW, &a11, sizeof a11);
+            memcpy(pl + 2u * n + p, &a20, sizeof a20), memcpy(pl + 2u * n + p + VW, &a21, sizeof a21);
+            memcpy(pl + 3u * n + p, &a30, sizeof a30), memcpy(pl + 3u * n + p + VW, &a31, sizeof a31);
+            memcpy(pl + 4u * n + p, &a40, sizeof a40), memcpy(pl + 4u * n + p + VW, &a41, sizeof a41);
+            memcpy(pl + 5u * n + p, &a50, sizeof a50), memcpy(pl + 5u * n + p + VW, &a51, sizeof a51);
+        }
+        for (r = 0; r < ROWS_OC && ob + r < oc; r++)
+            for (i = 0; i < oh; i++) /* drop the garbage columns j >= out_w */
+                for (j = 0; j < ow; j++)
+                    y[((ob + r) * oh + i) * ow + j] = pl[r * n + i * wp + j] + b[ob + r];
+    }
+}
+
+/* CONV in MODE_LANES (prepare_conv_lanes_f32): output channels in the lanes.
+ * A block of POS output positions x LANES output channels is held in
+ * registers (acc); for every kernel tap (c, u, v) each position's input value
+ * is broadcast against the tap's LANES weights (contiguous in L->wt), so a
+ * tap costs POS x LANES multiply-adds and no acc traffic. Positions run over
+ * the oh x ow plane in order; the last block repeats the last position and
+ * stores only the real ones. */
+static void conv_lanes_f32(const scratch_t *s, const layer_t *L, const float *x, float *y)
+{
+    const size_t ic = L->ic, k = L->k, ow = L->ow, npos = (size_t)L->oh * ow, oc = L->oc;
+    const size_t wp = L->iw + 2u * L->pad, plane = (L->ih + 2u * L->pad) * wp, ntaps = ic * k * k;
+    const float *b = (const float *)L->arr[A_B], *xs = (const float *)s->stage;
+    size_t ob, p0, q, l, c, u, v;
+
+    stage_f32(s, x, ic, L->ih, L->iw, L->pad);
+    for (ob = 0; ob < oc; ob += LANES) {
+        const size_t nl = oc - ob < LANES ? oc - ob : LANES;
+        for (p0 = 0; p0 < npos; p0 += POS) {
+            const float *xq[POS], *wt = L->wt + ob * ntaps;
+            float acc[POS][LANES];
+            vf a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
+            vf a40 = {0}, a41 = {0};
+            for (q = 0; q < POS; q++) {
+                const size_t p = p0 + q < npos ? p0 + q : npos - 1u;
+                xq[q] = xs + p / ow * wp + p % ow;
+            }
+            for (c = 0; c < ic; c++)
+                for (u = 0; u < k; u++) {
+                    const size_t row = c * plane + u * wp;
+                    for (v = 0; v < k; v++, wt += LANES) {
+                        const size_t off = row + v;
+                        const float x0 = xq[0][off], x1 = xq[1][off], x2 = xq[2][off], x3 = xq[3][off], x4 = xq[4][off];
+                        vf w0, w1;
+                        memcpy(&w0, wt, sizeof w0), memcpy(&w1, wt + VW, sizeof w1);
+                        a00 += x0 * w0, a01 += x0 * w1;
+                        a10 += x1 * w0, a11 += x1 * w1;
+                        a20 += x2 * w0, a21 += x2 * w1;
+                        a30 += x3 * w0, a31 += x3 * w1;
+                        a40 += x4 * w0, a41 += x4 * w1;
+                    }
+                }
+            memcpy(acc[0], &a00, sizeof a00), memcpy(acc[0] + VW, &a01, sizeof a01);
+            memcpy(acc[1], &a10, sizeof a10), memcpy(acc[1] + VW, &a11, sizeof a11);
+            memcpy(acc[2], &a20, sizeof a20), memcpy(acc[2] + VW, &a21, sizeof a21);
+            memcpy(acc[3], &a30, sizeof a30), memcpy(acc[3] + VW, &a31, sizeof a31);
+            memcpy(acc[4], &a40, sizeof a40), memcpy(acc[4] + VW, &a41, sizeof a41);
+            for (q = 0; q < POS && p0 + q < npos; q++)
+                for (l = 0; l < nl; l++)
+                    y[(ob + l) * npos + p0 + q] = acc[q][l] + b[ob + l];
+        }
+    }
+}
+#endif /* LENET5_VEC */
 
 /* RBF: y[o] = -sum_n (x[n] - w[o,n])^2, summed in double (spec, RBF). */
 static void rbf_f32(const layer_t *L, const float *x, float *y)
@@ -1089,10 +1384,11 @@ static void act_f32(const layer_t *L, const float *restrict x, float *restrict y
 }
 
 /* One image through a float32 model; returns the last map. */
-static const float *forward_f32(const unsigned char *img)
+/* Layers 0 .. upto-1 of a float model on one image; returns the last map. */
+static const float *forward_f32(const scratch_t *s, const unsigned char *img, uint32_t upto)
 {
     const size_t h = g_model.img_h, w = g_model.img_w, pad = g_model.pad, wp = g_model.in_w;
-    float *x = g_act[0].f;
+    float *x = (float *)s->act[0];
     size_t i, j, cur = 0;
     uint32_t l;
     /* Input (spec, Header): x = a*p + b, the border filled with b. */
@@ -1102,12 +1398,21 @@ static const float *forward_f32(const unsigned char *img)
     for (i = 0; i < h; i++)
         for (j = 0; j < w; j++)
             x[(i + pad) * wp + j + pad] = g_model.in_f32[img[i * w + j]];
-    for (l = 0; l < g_model.n_layers; l++) {
+    for (l = 0; l < upto; l++) {
         const layer_t *L = &g_model.layers[l];
-        const float *in = g_act[cur].f;
-        float *out = g_act[cur ^ 1u].f;
+        const float *in = (const float *)s->act[cur];
+        float *out = (float *)s->act[cur ^ 1u];
         switch (L->op) {
-        case OP_CONV: conv_f32(L, in, out); break;
+        case OP_CONV:
+#ifdef LENET5_VEC
+            if (L->mode == MODE_LANES)
+                conv_lanes_f32(s, L, in, out);
+            else if (L->mode == MODE_ROWS)
+                conv_rows_f32(s, L, in, out);
+            else
+#endif
+                conv_f32(s, L, in, out);
+            break;
         case OP_DENSE: gemv_t_f32(L->wt, (const float *)L->arr[A_B], in, out, (size_t)L->ic * L->ih * L->iw, L->oc); break;
         case OP_RBF: rbf_f32(L, in, out); break;
         case OP_ACT: act_f32(L, in, out); break;
@@ -1115,7 +1420,7 @@ static const float *forward_f32(const unsigned char *img)
         }
         cur ^= 1u;
     }
-    return g_act[cur].f;
+    return (const float *)s->act[cur];
 }
 
 /* ------------------------------------------------------------------ int8 kernels (integers only) */
@@ -1237,7 +1542,7 @@ static void dots16(int32_t *out, size_t cstride, size_t pstride, const uint8_t *
 
 /* int8 CONV in MODE_WIDE (prepare_conv_i8): int32 sums (fan-in <= 65536, so
  * |sum| <= 2^30), the i32 bias added in 64 bits, requantised per channel. */
-static void conv_wide_i8(const layer_t *L, const int8_t *x, void *y, const int8_t *lut)
+static void conv_wide_i8(const scratch_t *s, const layer_t *L, const int8_t *x, void *y, const int8_t *lut)
 {
     const size_t ic = L->ic, k = L->k, oh = L->oh, ow = L->ow, pad = L->pad, h = L->ih, w_in = L->iw;
     const size_t wp = w_in + 2u * pad, hp = h + 2u * pad, plane = hp * wp;
@@ -1245,8 +1550,8 @@ static void conv_wide_i8(const layer_t *L, const int8_t *x, void *y, const int8_
     const int8_t *w = (const int8_t *)L->arr[A_W];
     const int32_t *b = (const int32_t *)L->arr[A_B];
     const uint8_t *t = (const uint8_t *)L->arr[A_T];
-    int16_t *xs = g_stage.h;
-    int32_t *acc = g_plane.i;
+    int16_t *xs = (int16_t *)s->stage;
+    int32_t *acc = (int32_t *)s->plane;
     size_t o, c, u, v, i, j;
 
     /* stage as int16 with the zero border (q = 0 is the real value 0) */
@@ -1275,24 +1580,24 @@ static void conv_wide_i8(const layer_t *L, const int8_t *x, void *y, const int8_
         }
         /* Requantise the whole wide plane in one long (vectorised) run into a
          * scratch row, then keep the valid columns j < out_w of each row. */
-        requant_out(L, g_acc.b, 0u, acc, oh * wp, b[o], o, lut);
+        requant_out(L, s->acc, 0u, acc, oh * wp, b[o], o, lut);
         for (i = 0; i < oh; i++) {
             if (L->wide_out)
-                memcpy((int32_t *)y + (o * oh + i) * ow, g_acc.i + i * wp, ow * sizeof(int32_t));
+                memcpy((int32_t *)y + (o * oh + i) * ow, (const int32_t *)s->acc + i * wp, ow * sizeof(int32_t));
             else
-                memcpy((int8_t *)y + (o * oh + i) * ow, g_acc.b + i * wp, ow);
+                memcpy((int8_t *)y + (o * oh + i) * ow, (const int8_t *)s->acc + i * wp, ow);
         }
     }
 }
 
 /* int8 CONV in MODE_DOT (prepare_conv_i8): im2col, then one u8 x s8 dot per output. */
-static void conv_dot_i8(const layer_t *L, const int8_t *x, void *y, const int8_t *lut)
+static void conv_dot_i8(const scratch_t *s, const layer_t *L, const int8_t *x, void *y, const int8_t *lut)
 {
     const size_t ic = L->ic, k = L->k, oh = L->oh, ow = L->ow, pad = L->pad, h = L->ih, w_in = L->iw;
     const size_t wp = w_in + 2u * pad, hp = h + 2u * pad, plane = hp * wp, kp = L->kp, npos = oh * ow;
     const int32_t *b = (const int32_t *)L->arr[A_B];
-    uint8_t *xs = g_stage.u, *patch = g_plane.u;
-    int32_t *acc = g_acc.i;
+    uint8_t *xs = (uint8_t *)s->stage, *patch = (uint8_t *)s->plane;
+    int32_t *acc = (int32_t *)s->acc;
     size_t o, c, u, i, j, pos;
 
     /* stage x + 128 (unsigned) with the border at 0 + 128, plus 16 bytes of slack */
@@ -1327,13 +1632,13 @@ static void conv_dot_i8(const layer_t *L, const int8_t *x, void *y, const int8_t
 }
 
 /* DENSE on an int8 vector: u8 x s8 dots as in MODE_DOT, bias in 64 bits, requantised. */
-static void dense_i8(const layer_t *L, const int8_t *x, void *y, const int8_t *lut)
+static void dense_i8(const scratch_t *s, const layer_t *L, const int8_t *x, void *y, const int8_t *lut)
 {
     const size_t n = (size_t)L->ic * L->ih * L->iw;
     const int8_t *w = (const int8_t *)L->arr[A_W];
     const int32_t *b = (const int32_t *)L->arr[A_B];
-    uint8_t *xu = g_stage.u;
-    int32_t *acc = g_acc.i;
+    uint8_t *xu = (uint8_t *)s->stage;
+    int32_t *acc = (int32_t *)s->acc;
     size_t o, i;
     for (i = 0; i < n; i++)
         xu[i] = (uint8_t)(x[i] + 128);
@@ -1372,10 +1677,10 @@ static void rbf_i8(const layer_t *L, const int8_t *x, int32_t *y)
 
 /* MAXPOOL (exact), AVGPOOL sign(s) ((|s| + 2) >> 2), SUBSAMPLE w[c] s + b[c]
  * requantised; s is the 2 x 2 block sum. lut: a following ACT, fused. */
-static void pool_i8(const layer_t *L, const int8_t *x, void *y, const int8_t *lut)
+static void pool_i8(const scratch_t *s, const layer_t *L, const int8_t *x, void *y, const int8_t *lut)
 {
     const size_t h = L->ih, w = L->iw, oh = L->oh, ow = L->ow;
-    int32_t *acc = g_acc.i;
+    int32_t *acc = (int32_t *)s->acc;
     int8_t vmax[2u * MAX_DIM];
     int16_t vsum[2u * MAX_DIM];
     size_t c, i, j;
@@ -1434,11 +1739,11 @@ static void act_i8(const layer_t *L, const int8_t *restrict x, int8_t *restrict 
 
 /* One image through an int8 model; returns the buffer holding the last map
  * (int8, or int32 when the last layer has a 32-bit output). */
-static const buffer_t *forward_i8(const unsigned char *img)
+static const void *forward_i8(const scratch_t *s, const unsigned char *img)
 {
     const size_t h = g_model.img_h, w = g_model.img_w, pad = g_model.pad, wp = g_model.in_w;
     const int8_t *in_lut = g_model.in_lut;
-    int8_t *x = g_act[0].b;
+    int8_t *x = (int8_t *)s->act[0];
     size_t i, j, cur = 0;
     uint32_t l;
     /* Input (spec, "int8 files"): q = lut[p]; padding cells hold lut[0]. */
@@ -1449,8 +1754,8 @@ static const buffer_t *forward_i8(const unsigned char *img)
             x[(i + pad) * wp + j + pad] = in_lut[img[i * w + j]];
     for (l = 0; l < g_model.n_layers; l++) {
         const layer_t *L = &g_model.layers[l];
-        const int8_t *in = g_act[cur].b;
-        buffer_t *out = &g_act[cur ^ 1u];
+        const int8_t *in = (const int8_t *)s->act[cur];
+        void *out = s->act[cur ^ 1u];
         /* An ACT right after a layer with an int8 output is applied by that
          * layer as it stores (the same values, one pass fewer). */
         const int8_t *lut = NULL;
@@ -1460,50 +1765,208 @@ static const buffer_t *forward_i8(const unsigned char *img)
         switch (L->op) {
         case OP_CONV:
             if (L->mode == MODE_DOT)
-                conv_dot_i8(L, in, out->b, lut);
+                conv_dot_i8(s, L, in, out, lut);
             else
-                conv_wide_i8(L, in, out->b, lut);
+                conv_wide_i8(s, L, in, out, lut);
             break;
-        case OP_DENSE: dense_i8(L, in, out->b, lut); break;
-        case OP_RBF: rbf_i8(L, in, out->i); break;
-        case OP_ACT: act_i8(L, in, out->b); break;
-        default: pool_i8(L, in, out->b, lut); break;
+        case OP_DENSE: dense_i8(s, L, in, out, lut); break;
+        case OP_RBF: rbf_i8(L, in, (int32_t *)out); break;
+        case OP_ACT: act_i8(L, in, (int8_t *)out); break;
+        default: pool_i8(s, L, in, out, lut); break;
         }
         if (lut != NULL)
             l++; /* the ACT is done */
         cur ^= 1u;
     }
-    return &g_act[cur];
+    return s->act[cur];
 }
 
 /* ------------------------------------------------------------------ public entry points */
-int lenet5_run_float(const unsigned char *images, size_t n, float *logits)
+/* Images first .. first + count - 1 of a batch through the loaded model with
+ * scratch s (the single- and multi-threaded paths both come here). */
+static void run_range(const scratch_t *s, const unsigned char *images, size_t first, size_t count, void *logits)
 {
     const size_t px = (size_t)g_model.img_h * g_model.img_w, nc = g_model.num_classes;
-    size_t i;
-    if (!g_model.loaded || g_model.dtype != LENET5_FLOAT32 || (n && (images == NULL || logits == NULL)))
+    size_t i, c;
+    if (g_model.dtype == LENET5_FLOAT32 && g_model.tail == g_model.n_layers) {
+        for (i = first; i < first + count; i++)
+            memcpy((float *)logits + i * nc, forward_f32(s, images + i * px, g_model.n_layers), nc * sizeof(float));
+        return;
+    }
+    if (g_model.dtype == LENET5_FLOAT32) { /* the front image by image, the tail GROUP images at a time */
+        const size_t st = g_model.tail_stride;
+        const layer_t *T = &g_model.layers[g_model.tail];
+        const size_t n_in = (size_t)T->ic * T->ih * T->iw;
+        for (i = first; i < first + count; i += GROUP) {
+            const size_t m = first + count - i < GROUP ? first + count - i : GROUP;
+            size_t q, cur = 0;
+            uint32_t l;
+            for (q = 0; q < m; q++)
+                memcpy(s->grp[0] + q * st, forward_f32(s, images + (i + q) * px, g_model.tail), n_in * sizeof(float));
+            for (l = g_model.tail; l < g_model.n_layers; l++, cur ^= 1u) {
+                const layer_t *L = &g_model.layers[l];
+                const float *in = s->grp[cur];
+                float *out = s->grp[cur ^ 1u];
+                if (L->op == OP_DENSE)
+                    gemv_t_f32_group(L->wt, (const float *)L->arr[A_B], in, out, (size_t)L->ic * L->ih * L->iw, L->oc,
+                                     m, st);
+                else
+                    for (q = 0; q < m; q++) {
+                        if (L->op == OP_ACT)
+                            act_f32(L, in + q * st, out + q * st);
+                        else
+                            rbf_f32(L, in + q * st, out + q * st);
+                    }
+            }
+            for (q = 0; q < m; q++)
+                memcpy((float *)logits + (i + q) * nc, s->grp[cur] + q * st, nc * sizeof(float));
+        }
+        return;
+    }
+    for (i = first; i < first + count; i++) {
+        const void *out = forward_i8(s, images + i * px);
+        int32_t *q = (int32_t *)logits + i * nc;
+        if (g_model.layers[g_model.n_layers - 1u].wide_out)
+            memcpy(q, out, nc * sizeof *q);
+        else
+            for (c = 0; c < nc; c++)
+                q[c] = ((const int8_t *)out)[c];
+    }
+}
+
+static int run_check(int dtype, const unsigned char *images, size_t n, const void *logits)
+{
+    return g_model.loaded && g_model.dtype == dtype && (n == 0u || (images != NULL && logits != NULL));
+}
+
+int lenet5_run_float(const unsigned char *images, size_t n, float *logits)
+{
+    if (!run_check(LENET5_FLOAT32, images, n, logits))
         return LENET5_E_ARG;
-    for (i = 0; i < n; i++)
-        memcpy(logits + i * nc, forward_f32(images + i * px), nc * sizeof *logits);
+    run_range(&g_scratch, images, 0u, n, logits);
     return LENET5_OK;
 }
 
 int lenet5_run_int8(const unsigned char *images, size_t n, int32_t *logits)
 {
-    const size_t px = (size_t)g_model.img_h * g_model.img_w, nc = g_model.num_classes;
-    size_t i, c;
-    if (!g_model.loaded || g_model.dtype != LENET5_INT8 || (n && (images == NULL || logits == NULL)))
+    if (!run_check(LENET5_INT8, images, n, logits))
         return LENET5_E_ARG;
-    for (i = 0; i < n; i++) {
-        const buffer_t *out = forward_i8(images + i * px);
-        if (g_model.layers[g_model.n_layers - 1u].wide_out)
-            memcpy(logits + i * nc, out->i, nc * sizeof *logits);
-        else
-            for (c = 0; c < nc; c++)
-                logits[i * nc + c] = out->b[c];
-    }
+    run_range(&g_scratch, images, 0u, n, logits);
     return LENET5_OK;
 }
+
+/* Seven working buffers per helper thread (the five of scratch_t and the two
+ * group buffers of the float tail), each followed by a 64-byte gap (poisoned
+ * under AddressSanitizer, so an overrun is reported), plus 63 bytes to align
+ * the start. */
+#define WS_GAP 64u
+static size_t grp_bytes(void) { return round_up(GROUP * g_model.tail_stride * sizeof(float), 64u); }
+static size_t thread_bytes(void) { return 5u * (g_model.buf_bytes + WS_GAP) + 2u * (grp_bytes() + WS_GAP); }
+
+size_t lenet5_workspace_bytes(unsigned threads)
+{
+    if (!g_model.loaded || threads < 1u || threads > LENET5_MAX_THREADS)
+        return 0u;
+    return threads == 1u ? 0u : (size_t)(threads - 1u) * thread_bytes() + 63u;
+}
+
+#ifdef LENET5_THREADS
+#include <pthread.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define WS_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define WS_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define WS_POISON(p, n) ((void)(p), (void)(n))
+#define WS_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+typedef struct {
+    scratch_t s;
+    const unsigned char *images;
+    void *logits;
+    size_t first, count;
+} job_t;
+
+static void *worker(void *arg)
+{
+    const job_t *j = (const job_t *)arg;
+    run_range(&j->s, j->images, j->first, j->count, j->logits);
+    return NULL;
+}
+
+/* Split the batch into `threads` contiguous chunks (as even as can be, none
+ * empty): the calling thread runs the first with the static buffers, helper
+ * threads the others, each with its own buffers carved from the workspace.
+ * Every image is computed by one thread with the same code, so the logits do
+ * not depend on the thread count. A helper that cannot be started has its
+ * chunk run by the calling thread afterwards (slower, same result). */
+static int run_mt(int dtype, const unsigned char *images, size_t n, void *logits, unsigned threads, void *workspace,
+                  size_t workspace_bytes)
+{
+    job_t jobs[LENET5_MAX_THREADS];
+    pthread_t tids[LENET5_MAX_THREADS];
+    int started[LENET5_MAX_THREADS];
+    unsigned char *base;
+    size_t t, b, nt;
+    if (!run_check(dtype, images, n, logits) || threads < 1u || threads > LENET5_MAX_THREADS)
+        return LENET5_E_ARG;
+    nt = threads < n ? threads : n; /* never an empty chunk */
+    if (nt <= 1u) {
+        run_range(&g_scratch, images, 0u, n, logits);
+        return LENET5_OK;
+    }
+    if (workspace == NULL || workspace_bytes < lenet5_workspace_bytes((unsigned)nt))
+        return LENET5_E_ARG;
+    base = (unsigned char *)workspace + (64u - (size_t)((uintptr_t)workspace % 64u)) % 64u;
+    for (t = 0; t < nt; t++) {
+        job_t *j = &jobs[t];
+        j->images = images, j->logits = logits;
+        j->first = n * t / nt, j->count = n * (t + 1u) / nt - j->first;
+        if (t == 0u) {
+            j->s = g_scratch;
+            continue;
+        }
+        for (b = 0; b < 5u; b++) {
+            unsigned char *p = base + (t - 1u) * thread_bytes() + b * (g_model.buf_bytes + WS_GAP);
+            void **slot = b < 2u ? &j->s.act[b] : b == 2u ? &j->s.stage : b == 3u ? &j->s.plane : &j->s.acc;
+            *slot = p;
+            WS_POISON(p + g_model.buf_bytes, WS_GAP);
+        }
+        for (b = 0; b < 2u; b++) {
+            unsigned char *p = base + (t - 1u) * thread_bytes() + 5u * (g_model.buf_bytes + WS_GAP) +
+                               b * (grp_bytes() + WS_GAP);
+            j->s.grp[b] = (float *)(void *)p;
+            WS_POISON(p + grp_bytes(), WS_GAP);
+        }
+    }
+    for (t = 1; t < nt; t++)
+        started[t] = pthread_create(&tids[t], NULL, worker, &jobs[t]) == 0;
+    worker(&jobs[0]);
+    for (t = 1; t < nt; t++) {
+        if (started[t])
+            pthread_join(tids[t], NULL);
+        else {
+            jobs[t].s = g_scratch; /* the calling thread is done with the static buffers */
+            worker(&jobs[t]);
+        }
+    }
+    WS_UNPOISON(base, (nt - 1u) * thread_bytes());
+    return LENET5_OK;
+}
+
+int lenet5_run_float_mt(const unsigned char *images, size_t n, float *logits, unsigned threads, void *workspace,
+                        size_t workspace_bytes)
+{
+    return run_mt(LENET5_FLOAT32, images, n, logits, threads, workspace, workspace_bytes);
+}
+
+int lenet5_run_int8_mt(const unsigned char *images, size_t n, int32_t *logits, unsigned threads, void *workspace,
+                       size_t workspace_bytes)
+{
+    return run_mt(LENET5_INT8, images, n, logits, threads, workspace, workspace_bytes);
+}
+#endif /* LENET5_THREADS */
 
 size_t lenet5_argmax_float(const float *v, size_t n)
 {

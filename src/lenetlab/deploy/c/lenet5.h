@@ -7,7 +7,9 @@
  * loader (LENET5_E_LIMIT); rebuild with larger -D values to run it.
  *
  * One model is loaded at a time (the state is static, so the runtime is not
- * thread-safe). Typical use:
+ * thread-safe: one call at a time). A build with -DLENET5_THREADS adds
+ * lenet5_run_float_mt / lenet5_run_int8_mt, which split one batch across POSIX
+ * threads inside the call. Typical use:
  *
  *     char msg[LENET5_MSG_BYTES];
  *     if (lenet5_load(bytes, n_bytes, msg, sizeof msg) != LENET5_OK) { puts(msg); return 1; }
@@ -69,6 +71,36 @@ unsigned lenet5_n_layers(void);
  * reference runtime). Returns LENET5_OK or LENET5_E_ARG. */
 int lenet5_run_float(const unsigned char *images, size_t n, float *logits);
 int lenet5_run_int8(const unsigned char *images, size_t n, int32_t *logits);
+
+/* Most threads one multi-threaded call may use. */
+#ifndef LENET5_MAX_THREADS
+#define LENET5_MAX_THREADS 64
+#endif
+
+/* Bytes of workspace a multi-threaded run of the loaded model with `threads`
+ * threads needs (the working buffers of the threads-1 helper threads, sized
+ * for this model: about 0.1 MB a thread for LeNet-5; 0 for one thread). 0 when
+ * no model is loaded or threads is not in 1..LENET5_MAX_THREADS. */
+size_t lenet5_workspace_bytes(unsigned threads);
+
+#ifdef LENET5_THREADS
+/* As lenet5_run_float / lenet5_run_int8, with the batch split across `threads`
+ * POSIX threads (1..LENET5_MAX_THREADS; more threads than images use one per
+ * image). Compiled only with -DLENET5_THREADS (link with -pthread). The
+ * calling thread runs one chunk itself; the others are started and joined
+ * within the call and use `workspace` (at least lenet5_workspace_bytes(threads)
+ * bytes, any alignment, owned by the caller; NULL is fine for one thread) for
+ * their working buffers, so nothing is allocated here. Each image is computed
+ * by one thread with the same code as the single-threaded call: the logits
+ * are bit-identical for every thread count. Not re-entrant (the calling
+ * thread's chunk uses the static buffers). Returns LENET5_OK, or LENET5_E_ARG
+ * for a bad thread count, a missing or too small workspace, or the reasons
+ * above. */
+int lenet5_run_float_mt(const unsigned char *images, size_t n, float *logits, unsigned threads, void *workspace,
+                        size_t workspace_bytes);
+int lenet5_run_int8_mt(const unsigned char *images, size_t n, int32_t *logits, unsigned threads, void *workspace,
+                       size_t workspace_bytes);
+#endif
 
 /* Index of the first largest value (the prediction), as numpy.argmax. */
 size_t lenet5_argmax_float(const float *v, size_t n);

@@ -1,22 +1,26 @@
 /*
  * lenet5_eval - accuracy and speed of the C runtime on an IDX test set.
  *
- *   lenet5_eval IMAGES.idx LABELS.idx [--model FILE.flat] [--logits OUT.bin] [--repeat N] [--batch B]
+ *   lenet5_eval IMAGES.idx LABELS.idx [--model FILE.flat] [--logits OUT.bin] [--repeat N] [--batch B] [--threads T]
  *
  * IMAGES: plain (not gzip) IDX, unsigned byte, N x H x W with H x W the
  * model's image size; LABELS: IDX unsigned byte, N. The model is the flat file
  * embedded by lenet5_model.c unless --model names one. Prints one parsable line
  *
- *   accuracy 0.9919 images 10000 seconds 0.41 images_per_s 24390 repeat 1 batch 10000 cpu_seconds 0.41
+ *   accuracy 0.9919 images 10000 seconds 0.41 images_per_s 24390 repeat 1 batch 10000 cpu_seconds 0.41 threads 1
  *
  * (seconds: wall-clock time of all repeats, images_per_s = images * repeat /
  * seconds; cpu_seconds: the process's CPU time, steadier on a busy machine).
  * --logits writes every image's logits, N x num_classes little-endian float32
  * (float model) or int32 (int8 model). --batch B hands the runtime B images
  * per call (default: all of them); --batch 1 measures single-image latency.
+ * --threads T splits each call's batch across T threads (lenet5_run_*_mt;
+ * default 1, the single-threaded call); T > 1 needs a build with
+ * -DLENET5_THREADS -pthread. cpu_seconds then counts every thread.
  * Exit status: 0 ok, 1 bad file or model, 2 bad usage.
  *
- * This harness uses malloc for the data sets; the runtime (lenet5.c) does not.
+ * This harness uses malloc for the data sets and the threads' workspace; the
+ * runtime (lenet5.c) does not.
  */
 #define _POSIX_C_SOURCE 199309L
 #include <errno.h>
@@ -30,8 +34,12 @@
 extern const unsigned char lenet5_model_data[];
 extern const size_t lenet5_model_size;
 
+#define LENET5_STR2(x) #x
+#define LENET5_STR(x) LENET5_STR2(x)
+
 static const char *const USAGE =
-    "usage: lenet5_eval IMAGES.idx LABELS.idx [--model FILE.flat] [--logits OUT.bin] [--repeat N] [--batch B]\n";
+    "usage: lenet5_eval IMAGES.idx LABELS.idx [--model FILE.flat] [--logits OUT.bin] [--repeat N] [--batch B]"
+    " [--threads T]\n";
 
 static int usage_error(const char *what, const char *arg)
 {
@@ -141,11 +149,12 @@ static double now_seconds(void)
 int main(int argc, char **argv)
 {
     const char *pos[2] = {NULL, NULL}, *model_path = NULL, *logits_path = NULL;
-    unsigned long repeat = 1, batch = 0;
+    unsigned long repeat = 1, batch = 0, threads = 1;
     unsigned char *images = NULL, *labels = NULL, *model_file = NULL;
     size_t n_pos = 0, img_size = 0, lab_size = 0, model_size = 0, n, nc, px, i, r, correct = 0;
     uint32_t img_dims[3], lab_dims[3];
-    void *logits = NULL;
+    void *logits = NULL, *workspace = NULL;
+    size_t workspace_bytes = 0;
     char msg[LENET5_MSG_BYTES];
     int rc = 1, a, is_int8;
     double t0, seconds, cpu_seconds;
@@ -154,7 +163,7 @@ int main(int argc, char **argv)
     for (a = 1; a < argc; a++) {
         const char *arg = argv[a];
         if (strcmp(arg, "--model") == 0 || strcmp(arg, "--logits") == 0 || strcmp(arg, "--repeat") == 0 ||
-            strcmp(arg, "--batch") == 0) {
+            strcmp(arg, "--batch") == 0 || strcmp(arg, "--threads") == 0) {
             if (a + 1 >= argc)
                 return usage_error("missing value after", arg);
             if (strcmp(arg, "--model") == 0)
@@ -164,6 +173,14 @@ int main(int argc, char **argv)
             else if (strcmp(arg, "--repeat") == 0) {
                 if (!parse_count(argv[++a], 1000000ul, &repeat))
                     return usage_error("--repeat takes a whole number 1..1000000, got", argv[a]);
+            } else if (strcmp(arg, "--threads") == 0) {
+                if (!parse_count(argv[++a], LENET5_MAX_THREADS, &threads))
+                    return usage_error("--threads takes a whole number 1.." LENET5_STR(LENET5_MAX_THREADS) ", got",
+                                       argv[a]);
+#ifndef LENET5_THREADS
+                if (threads > 1u)
+                    return usage_error("--threads > 1 needs a build with -DLENET5_THREADS -pthread, got", argv[a]);
+#endif
             } else if (!parse_count(argv[++a], 1ul << 30, &batch))
                 return usage_error("--batch takes a whole number >= 1, got", argv[a]);
         } else if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
@@ -226,16 +243,36 @@ int main(int argc, char **argv)
         goto out;
     }
 
+    if (threads > 1u) {
+        workspace_bytes = lenet5_workspace_bytes((unsigned)threads);
+        workspace = malloc(workspace_bytes);
+        if (workspace == NULL) {
+            fprintf(stderr, "lenet5_eval: out of memory for the threads' workspace\n");
+            goto out;
+        }
+    }
+
     c0 = clock();
     t0 = now_seconds();
     for (r = 0; r < repeat; r++)
         for (i = 0; i < n; i += batch) {
             const size_t b = n - i < batch ? n - i : batch;
             const unsigned char *img = images + 16u + i * px;
-            if (is_int8)
-                lenet5_run_int8(img, b, (int32_t *)logits + i * nc);
+            int st;
+#ifdef LENET5_THREADS
+            if (threads > 1u)
+                st = is_int8 ? lenet5_run_int8_mt(img, b, (int32_t *)logits + i * nc, (unsigned)threads, workspace,
+                                                  workspace_bytes)
+                             : lenet5_run_float_mt(img, b, (float *)logits + i * nc, (unsigned)threads, workspace,
+                                                   workspace_bytes);
             else
-                lenet5_run_float(img, b, (float *)logits + i * nc);
+#endif
+                st = is_int8 ? lenet5_run_int8(img, b, (int32_t *)logits + i * nc)
+                             : lenet5_run_float(img, b, (float *)logits + i * nc);
+            if (st != LENET5_OK) {
+                fprintf(stderr, "lenet5_eval: the runtime refused the batch (status %d)\n", st);
+                goto out;
+            }
         }
     seconds = now_seconds() - t0;
     cpu_seconds = (double)(clock() - c0) / CLOCKS_PER_SEC;
@@ -253,14 +290,15 @@ int main(int argc, char **argv)
             goto out;
         }
     }
-    printf("accuracy %.4f images %lu seconds %.6f images_per_s %.0f repeat %lu batch %lu cpu_seconds %.6f\n",
+    printf("accuracy %.4f images %lu seconds %.6f images_per_s %.0f repeat %lu batch %lu cpu_seconds %.6f threads %lu\n",
            (double)correct / (double)n, (unsigned long)n, seconds,
-           seconds > 0.0 ? (double)n * (double)repeat / seconds : 0.0, repeat, batch, cpu_seconds);
+           seconds > 0.0 ? (double)n * (double)repeat / seconds : 0.0, repeat, batch, cpu_seconds, threads);
     rc = 0;
 out:
     free(images);
     free(labels);
     free(model_file);
     free(logits);
+    free(workspace);
     return rc;
 }
