@@ -66,4 +66,5 @@ COMMANDS: tuple[str, ...] = (
     "lenetlab.faults.cli",
     "lenetlab.attacks.cli",
     "lenetlab.compress.cli",
+    "lenetlab.plot_cli",
 )

@@ -45,9 +45,9 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndar
 
 def load_splits(cfg: DataConfig) -> Splits:
     """Load, split, subset and normalise the dataset named in ``cfg``."""
-    from lenetlab.registry import get
+    from lenetlab.data.datasets import dataset_spec
 
-    spec = get("dataset", cfg.dataset)
+    spec = dataset_spec(cfg.dataset)
     tr_x, tr_y, te_x, te_y = load_raw(cfg.dataset, cfg.data_dir)
     tr_idx, va_idx = split_indices(len(tr_x), cfg.val_size, cfg.split_seed)
     for name, v in (("train_subset", cfg.train_subset), ("test_subset", cfg.test_subset)):

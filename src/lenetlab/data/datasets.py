@@ -241,7 +241,16 @@ def _read_cached(path: Path) -> np.ndarray:
 
 def load_raw(name: str = "mnist", data_dir: str | None = None, download: bool = True
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(train_images, train_labels, test_images, test_labels) as uint8 arrays."""
+    """(train_images, train_labels, test_images, test_labels) as uint8 arrays.
+
+    ``name`` may also be ``npz:PATH`` or ``folder:PATH``, your own data (:mod:`lenetlab.data.own`): its
+    images are (N, H, W) for one channel and (N, C, H, W) for more, and ``data_dir`` is not used.
+    """
+    from lenetlab.data import own
+
+    if own.is_own(name):
+        d = own.load(name)
+        return d.train_x, d.train_y, d.test_x, d.test_y
     files = locate(name, data_dir, download)
     arrays = [_read_cached(files[f]) for f in FILES]
     for imgs, labels, split in ((arrays[0], arrays[1], "train"), (arrays[2], arrays[3], "test")):
@@ -249,3 +258,12 @@ def load_raw(name: str = "mnist", data_dir: str | None = None, download: bool = 
             raise LenetlabError(
                 f"{name}: {split} images {imgs.shape} and labels {labels.shape} do not match")
     return arrays[0], arrays[1], arrays[2], arrays[3]
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The spec of dataset ``name``: a registered one, or one made for ``npz:PATH`` / ``folder:PATH`` data
+    (with its class names). Use this rather than ``registry.get("dataset", name)`` where own data may come."""
+    from lenetlab.data import own
+    from lenetlab.registry import get
+
+    return own.spec(name) if own.is_own(name) else get("dataset", name)

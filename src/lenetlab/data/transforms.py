@@ -30,9 +30,11 @@ def scale_shift(cfg: DataConfig) -> tuple[float, float]:
 
 
 def to_model_input(images_u8: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
-    """uint8 (N, H, W) -> float32 (N, 1, H+2p, W+2p), normalised and padded."""
+    """uint8 (N, H, W) -> float32 (N, 1, H+2p, W+2p), normalised and padded; (N, C, H, W) keeps its C."""
     a, b = scale_shift(cfg)
-    x = images_u8.to(torch.float32).mul_(a).add_(b).unsqueeze(1)
+    x = images_u8.to(torch.float32).mul_(a).add_(b)
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
     if cfg.pad:
         x = F.pad(x, (cfg.pad,) * 4, value=b)
     return x

@@ -122,6 +122,13 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
         if resume:
             cfg = rundir.load_config(out_dir)
             tc = cfg.train
+    if not (resume and out_dir is not None):
+        # own data (npz:/folder:): the model's channels, input size and classes and the normalisation come
+        # from the data, and are saved in config.json (a resumed run has them already); the registered
+        # datasets are left as configured
+        from lenetlab.data.own import adapt_config
+
+        cfg = adapt_config(cfg)
     if tc.epochs < 1 or tc.batch_size < 1:
         raise LenetlabError("train.epochs and train.batch_size must be >= 1")
     schedule_factory = get("schedule", tc.schedule)
