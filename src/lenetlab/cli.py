@@ -336,6 +336,8 @@ def fmt_metric(v: Any) -> str:
 
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from lenetlab import validate as V   # numeric flags are checked while parsing: one error line, exit 2
+
     p = argparse.ArgumentParser(prog="lenetlab", description="LeNet-5, instrumented.")
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -345,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", help="registered model name (lenetlab list models)")
     t.add_argument("--preset", help="recipe: fast | paper (lenetlab list presets)")
     t.add_argument("--epochs", type=int)
-    t.add_argument("--seed", type=int)
+    t.add_argument("--seed", type=V.seed())
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
     t.add_argument("--activation", help="model activation (lenetlab list activations)")
@@ -366,14 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--dataset")
     e.add_argument("--data-dir")
-    e.add_argument("--limit", type=int, metavar="N", help="only the first N test images")
+    e.add_argument("--limit", type=V.count("--limit"), metavar="N", help="only the first N test images")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="classify image files (PNG/PGM/NPY, any size)")
     pr.add_argument("run_dir")
     pr.add_argument("images", nargs="+")
-    pr.add_argument("--top", type=int, default=3)
+    pr.add_argument("--top", type=V.count("--top"), default=3)
     pr.set_defaults(func=cmd_predict)
 
     li = sub.add_parser("list", help="list registered components")
@@ -390,12 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--int8", action="store_true", help="integer-only int8 model (post-training quantisation)")
     x.add_argument("--out", help="output directory (default RUN_DIR/export)")
     x.add_argument("--no-check", action="store_true", help="skip the NumPy-runtime parity check")
-    x.add_argument("--check-images", type=int, default=None, metavar="N", help="check on the first N test images")
+    x.add_argument("--check-images", type=V.count("--check-images"), default=None, metavar="N",
+                   help="check on the first N test images")
     x.set_defaults(func=cmd_export)
 
     sv = sub.add_parser("serve", help="serve the in-browser demo page for a run")
     sv.add_argument("run_dir")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--port", type=V.port(), default=8000, help="TCP port (default 8000; 0: any free port)")
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     sv.add_argument("--int8", action="store_true", help="serve the int8 model")
     sv.set_defaults(func=cmd_serve)
@@ -418,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--backend", default="local", help="local (process pool, default) | ray")
     sw.add_argument("--address", help="ray: cluster address (auto, HOST:6379, ray://HEAD:10001); "
                                       "default: a local Ray instance")
-    sw.add_argument("--workers", type=int, metavar="N", help="parallel trials (default: CPU count)")
+    sw.add_argument("--workers", type=V.count("--workers", hi=4096), metavar="N",
+                    help="parallel trials (default: CPU count)")
     sw.add_argument("--out", help="output directory (default runs/sweeps/<file name>); holds trials.jsonl")
     sw.add_argument("-q", "--quiet", action="store_true")
     sw.set_defaults(func=cmd_sweep)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lenetlab.errors import LenetlabError
+from lenetlab.validate import MAX_SEED
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -250,7 +251,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
             continue
         if not _type_ok(value, tp):
             raise LenetlabError(
-                f"config key {path!r} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+                f"config key {path!r} must be {_type_name(tp)}, got {_shown(value)} ({type(value).__name__})")
         if isinstance(value, float) and not math.isfinite(value):
             raise LenetlabError(f"config key {path!r} must be a finite number, got {value!r}")
         if tp is float and isinstance(value, int):
@@ -270,11 +271,20 @@ RANGES: dict[str, dict[str, tuple[float | None, bool, float | None, bool]]] = {
         "warmup_frac": (0, True, 1, True), "div_factor": (0, False, None, False),
         "final_div_factor": (0, False, None, False), "step_epochs": (1, True, None, False),
         "gamma": (0, False, None, False), "stop_at_accuracy": (0, False, 1, True),
+        "seed": (0, True, MAX_SEED, True),
     },
     "DataConfig": {
         "val_size": (0, True, None, False), "train_subset": (1, True, None, False),
         "test_subset": (1, True, None, False), "std": (0, False, None, False), "pad": (0, True, None, False),
+        "split_seed": (0, True, MAX_SEED, True),
     },
+    # the training plugins' sections whose own checks run only while the plugin is on (hardening and zo
+    # check theirs when switched on, with their own messages)
+    "LBConfig": {
+        "k": (0, True, None, False), "patience": (1, True, None, False), "lr_divisor": (1, True, None, False),
+        "min_lr": (0, True, None, False),
+    },
+    "LBFGSConfig": {"l2": (0, True, None, False), "max_iter": (1, True, None, False)},
 }
 
 
@@ -287,9 +297,18 @@ def _check_range(cls: type, key: str, value: Any, path: str) -> None:
     below = hi is None or (value <= hi if hi_in else value < hi)
     ok = above and below
     if not ok:
-        left = "(-inf" if lo is None else ("[" if lo_in else "(") + f"{lo:g}"
-        right = "inf)" if hi is None else f"{hi:g}" + ("]" if hi_in else ")")
-        raise LenetlabError(f"config key {path!r} must be in {left}, {right}, got {value!r}")
+        left = "(-inf" if lo is None else ("[" if lo_in else "(") + _num(lo)
+        right = "inf)" if hi is None else _num(hi) + ("]" if hi_in else ")")
+        raise LenetlabError(f"config key {path!r} must be in {left}, {right}, got {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _num(v: float) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -324,7 +343,7 @@ def parse_value(text: str) -> Any:
     """A CLI value: TOML literal if it parses (1, 0.5, true, [1,2], "s"), else a bare string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, ValueError):   # ValueError: an integer of more than 4300 digits
         return text
 
 

@@ -9,6 +9,7 @@ the last iterate, as ART and most papers do).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from lenetlab.attacks.base import Attack, Target, project
 from lenetlab.errors import LenetlabError
 from lenetlab.registry import register
+from lenetlab.validate import MAX_STEPS
 
 
 @register("attack", "fgsm")
@@ -36,10 +38,10 @@ class FGSM(Attack):
 
 def pgd_options(eps: float, steps: int = 10, step_size: float | None = None, random_start: bool = True,
                 keep_best: bool = True) -> dict[str, Any]:
-    if not isinstance(steps, int) or steps < 1:
-        raise LenetlabError(f"PGD steps must be a positive integer, got {steps}")
-    if step_size is not None and not step_size > 0:
-        raise LenetlabError(f"PGD step size must be positive, got {step_size}")
+    if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise LenetlabError(f"PGD steps must be a positive integer <= {MAX_STEPS}, got {steps}")
+    if step_size is not None and not (0 < step_size and math.isfinite(step_size)):
+        raise LenetlabError(f"PGD step size must be a finite number > 0, got {step_size}")
     return {"steps": steps, "step_size": 2.5 * eps / steps if step_size is None else float(step_size),
             "random_start": bool(random_start), "keep_best": bool(keep_best)}
 

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +25,7 @@ from lenetlab.attacks.base import Attack
 from lenetlab.attacks.gradient import FGSM, PGD, PGDOptions, pgd, pgd_options
 from lenetlab.errors import LenetlabError
 from lenetlab.registry import register
+from lenetlab.validate import MAX_STEPS
 
 
 @register("attack", "bb-fgsm")
@@ -67,11 +69,12 @@ class Hybrid(Attack):
 
     def validate(self, options):
         lam, transfer_steps = options.pop("lam"), options.pop("transfer_steps")
-        if not lam >= 0:
-            raise LenetlabError(f"hybrid lam must be >= 0, got {lam}")
+        if not (lam >= 0 and math.isfinite(lam)):
+            raise LenetlabError(f"hybrid lam must be a finite number >= 0, got {lam}")
         o = pgd_options(self.eps, **options)
-        if not isinstance(transfer_steps, int) or transfer_steps < 1:
-            raise LenetlabError(f"hybrid transfer_steps must be a positive integer, got {transfer_steps}")
+        if not isinstance(transfer_steps, int) or not 1 <= transfer_steps <= MAX_STEPS:
+            raise LenetlabError(f"hybrid transfer_steps must be a positive integer <= {MAX_STEPS}, "
+                                f"got {transfer_steps}")
         return {**o, "lam": float(lam), "transfer_steps": transfer_steps}
 
     @classmethod

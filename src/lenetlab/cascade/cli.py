@@ -17,15 +17,17 @@ from lenetlab.errors import LenetlabError
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    from lenetlab import validate as V
+
     c = sub.add_parser("cascade", help="resolution and model cascades over trained runs (Rohlfs 2022/23)")
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     c.add_argument("--ladder", default="7,14,28", help="resolutions read coarse to fine (default 7,14,28)")
-    c.add_argument("--threshold", type=float, default=0.9,
+    c.add_argument("--threshold", type=V.real("--threshold", lo=0.0), default=0.9,
                    help="read the next level while max softmax < this; 0 = first level only, >1 = all levels")
     c.add_argument("--rule", choices=("both", "coarse_to_fine", "paper"), default="both")
     c.add_argument("--dataset", help="test set to use (default: the runs' dataset)")
     c.add_argument("--data-dir", help="folder with dataset IDX files")
-    c.add_argument("--limit", type=int, metavar="N", help="only the first N test images")
+    c.add_argument("--limit", type=V.count("--limit"), metavar="N", help="only the first N test images")
     c.add_argument("--json", action="store_true", help="print the rows as JSON")
     c.set_defaults(func=cmd_cascade)
 

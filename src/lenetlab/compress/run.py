@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,8 @@ def compress_run(run_dir: str | Path, out: str | Path, method: str, layers: str,
     t0 = time.perf_counter()
     if epochs < 0:
         raise LenetlabError(f"--epochs must be >= 0, got {epochs}")
-    if lr <= 0:
-        raise LenetlabError(f"--lr must be positive, got {lr}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise LenetlabError(f"--lr must be a finite number > 0, got {lr}")
     if batch_size is not None and batch_size < 1:
         raise LenetlabError(f"--batch-size must be positive, got {batch_size}")
     if train_subset is not None and train_subset < 1:

@@ -132,6 +132,9 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "lenetlab"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    # a connection that sends nothing (a slow or stalled client, an idle keep-alive) for this long is closed;
+    # each connection has its own (daemon) thread, so a slow one never holds up the others
+    timeout = 20
     server: WebServer
 
     def do_GET(self) -> None:   # noqa: N802 (http.server's naming)
@@ -174,6 +177,15 @@ class WebServer(ThreadingHTTPServer):
         if ":" in host:
             self.address_family = socket.AF_INET6
         super().__init__((host, port), _Handler)
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up mid-answer or stalls is its own business: no traceback for it; anything
+        else is one line in the request log."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        if not self.quiet:
+            sys.stderr.write(f"{client_address[0]}: error while answering: {type(exc).__name__}: {exc}\n")
 
     @property
     def url(self) -> str:
@@ -223,9 +235,12 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, int8: 
     # listening socket is closed at once and the command ends with status 0. A process started in the
     # background by a script inherits SIGINT ignored, and then Ctrl-C (SIGINT) would never reach us: the
     # "(Ctrl-C to stop)" we print must hold, so it is switched back on while serving.
-    restore = None
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
-        restore = signal.signal(signal.SIGINT, signal.default_int_handler)
+    restore = restore_term = None
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+            restore = signal.signal(signal.SIGINT, signal.default_int_handler)
+        # SIGTERM (kill, a service manager) stops it the same way: port closed, "stopped", status 0
+        restore_term = signal.signal(signal.SIGTERM, _terminated)
     try:
         print(f"serving {manifest['arch']} from {run_dir} ({manifest['dtype']}, {manifest['bytes']:,} bytes) "
               f"at {server.url}  (Ctrl-C to stop)", flush=True)
@@ -238,6 +253,12 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, int8: 
         server.server_close()
         if restore is not None:
             signal.signal(signal.SIGINT, restore)
+        if restore_term is not None:
+            signal.signal(signal.SIGTERM, restore_term)
+
+
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 # ---------------------------------------------------------------- exporter

@@ -88,7 +88,10 @@ def parse_bits(text: str, target: str) -> list[int]:
         for part in text.split(","):
             if "-" in part:
                 a, b = part.split("-")
-                out.extend(range(int(a), int(b) + 1))
+                lo, hi = int(a), int(b)
+                if hi - lo > 64:    # refused before it is expanded (no register is wider)
+                    raise LenetlabError(f"--bits range {part.strip()!r} spans more than 64 bit positions")
+                out.extend(range(lo, hi + 1))
             else:
                 out.append(int(part))
     except ValueError:

@@ -91,6 +91,8 @@ def _print(a, dtype, stages, rows, ends, n_images) -> None:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    from lenetlab import validate as V
+
     p = sub.add_parser("fused", help="fused-layer tiling of the conv stack: traffic, OI, exactness, END (USEFUSE)")
     p.add_argument("run_dir")
     p.add_argument("--layers", default="conv1,pool1,conv2,pool2",
@@ -99,6 +101,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="output tile sizes of the last fused layer (default: 1 .. its output size)")
     p.add_argument("--policy", default="both", help="tile-stride policy: uniform | ragged | both (default)")
     p.add_argument("--int8", action="store_true", help="the integer-only int8 model (bit-exact check, END)")
-    p.add_argument("--images", type=int, default=1000, metavar="N", help="test images to check outputs on")
+    p.add_argument("--images", type=V.count("--images"), default=1000, metavar="N", help="test images to check outputs on")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=cmd_fused)

@@ -34,11 +34,15 @@ def parse_tiles(spec: str) -> list[int]:
     """``"3"``, ``"1..5"`` or ``"1,2,4"`` -> sorted positive tile sizes."""
     text = str(spec).strip()
     bad = LenetlabError(f"--tile takes N, A..B or a comma list of positive integers, got {spec!r}")
+    longest = max((len(d) for d in re.findall(r"\d+", text)), default=0)
+    if longest > len(str(MAX_TILE)):    # no int() of a thousand-digit number
+        raise LenetlabError(f"--tile sizes must be at most {MAX_TILE} (the feature maps are far smaller), got {spec!r}")
     m = re.fullmatch(r"(\d+)\s*\.\.\s*(\d+)", text)
     if m:
         a, b = int(m.group(1)), int(m.group(2))
         if a < 1 or b < a:
             raise bad
+        _check_max(b)      # before the range is built: "1..10**9" is refused, not expanded
         return list(range(a, b + 1))
     parts = [p.strip() for p in text.split(",")]
     if not parts or not all(re.fullmatch(r"\d+", p) for p in parts):
@@ -46,7 +50,16 @@ def parse_tiles(spec: str) -> list[int]:
     tiles = sorted({int(p) for p in parts})
     if tiles[0] < 1:
         raise bad
+    _check_max(tiles[-1])
     return tiles
+
+
+MAX_TILE = 1024   # far above any feature map of a 28x28 (or padded 32x32) input
+
+
+def _check_max(tile: int) -> None:
+    if tile > MAX_TILE:
+        raise LenetlabError(f"--tile sizes must be at most {MAX_TILE} (the feature maps are far smaller), got {tile}")
 
 
 def parse_policies(spec: str | Sequence[str]) -> tuple[str, ...]:

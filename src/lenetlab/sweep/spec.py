@@ -28,6 +28,8 @@ SWEEP_KEYS = {"kind", "name", "metric", "goal", "function", "save_runs", "experi
 EXPERIMENT_METRICS = ("claims_supported", "claims_refuted", "claims_inconclusive")
 DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform", "choice")
 # the numbers a training trial reports (the trainer's summary, less what varies between machines)
+# at most this many trials in one sweep file (a typo like n = 10000000 is refused, not expanded)
+MAX_TRIALS = 100_000
 TRAIN_METRICS = ("test_accuracy", "test_error_percent", "val_accuracy", "epochs", "params", "train_images",
                  "test_images", "stopped_early")
 
@@ -87,13 +89,18 @@ class Sweep:
 
             overrides: dict[str, Any] = {}
             for k, v in params.items():
-                if "." not in k:
+                parts = k.split(".")
+                if len(parts) < 2 or not all(parts):
                     raise LenetlabError(f"sweep key {k!r}: training sweeps take dotted config keys "
                                         "such as train.lr or model.activation")
-                *parents, last = k.split(".")
+                *parents, last = parts
                 node = overrides
                 for part in parents:
                     node = node.setdefault(part, {})
+                    if not isinstance(node, dict):
+                        raise LenetlabError(f"sweep key {k!r}: {part!r} is also swept as a value, not a table")
+                if isinstance(node.get(last), dict):
+                    raise LenetlabError(f"sweep key {k!r}: also a table of other swept keys")
                 node[last] = v
             # resolve() validates: unknown keys, wrong types and unknown model options are errors
             cfg = resolve(file_data=self.base, overrides=overrides)
@@ -171,9 +178,9 @@ def _check_distribution(key: str, d: Any) -> None:
             raise LenetlabError(f"{where}: choice needs a non-empty list")
         return
     nums = isinstance(arg, list) and len(arg) == 2 and all(
-        isinstance(a, (int, float)) and not isinstance(a, bool) for a in arg)
+        isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in arg)
     if not nums or arg[0] > arg[1]:
-        raise LenetlabError(f"{where}: {name} needs [low, high] with low <= high")
+        raise LenetlabError(f"{where}: {name} needs [low, high], finite numbers with low <= high")
     if name == "log_uniform" and arg[0] <= 0:
         raise LenetlabError(f"{where}: log_uniform needs positive bounds")
     if name == "int_uniform" and not all(isinstance(a, int) for a in arg):
@@ -198,6 +205,8 @@ def parse(data: dict[str, Any], where: str = "sweep") -> Sweep:
     for key in ("function", "experiment"):
         if (kind == key) != (key in head):
             raise LenetlabError(f"{where}: [sweep] {key} = ... goes with (and only with) kind = \"{key}\"")
+        if key in head and not isinstance(head[key], str):
+            raise LenetlabError(f"{where}: [sweep] {key} must be a name (a string), got {type(head[key]).__name__}")
     mode = head.get("mode", "quick")
     if mode not in MODES or ("mode" in head and kind != "experiment"):
         raise LenetlabError(f"{where}: [sweep] mode is for experiment sweeps: one of {', '.join(MODES)}")
@@ -208,6 +217,9 @@ def parse(data: dict[str, Any], where: str = "sweep") -> Sweep:
     if not isinstance(base, dict):
         raise LenetlabError(f"{where}: [base] must be a table")
 
+    for section in ("grid", "random"):
+        if not isinstance(data.get(section, {}), dict):
+            raise LenetlabError(f"{where}: [{section}] must be a table")
     grid = _flatten(data.get("grid", {}), leaf=lambda v: not isinstance(v, dict))
     for k, v in grid.items():
         if not isinstance(v, list) or not v:
@@ -230,6 +242,9 @@ def parse(data: dict[str, Any], where: str = "sweep") -> Sweep:
         rnd = {"n": n, "seed": seed, **dists}
     if not grid and not rnd:
         raise LenetlabError(f"{where}: nothing to sweep; add a [grid] or a [random] section")
+    total = math.prod(len(v) for v in grid.values()) * (rnd["n"] if rnd else 1)
+    if total > MAX_TRIALS:
+        raise LenetlabError(f"{where}: {total:,} trials is more than {MAX_TRIALS:,}; split the sweep")
     name = head.get("name", Path(where).stem)
     metric = head.get("metric", {"train": "test_accuracy", "experiment": "claims_supported"}.get(kind, ""))
     sw = Sweep(kind, str(name), str(metric), goal, base, grid, rnd, head.get("function"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lenetlab.errors import LenetlabError
 from lenetlab.registry import register
 
 CLASSIC = {"optimizer": "adam", "lr": 2e-3, "schedule": "onecycle", "batch_size": 64}
@@ -60,10 +61,13 @@ def resolve(preset: str | None = None, model: str | None = None, file_data: dict
     from lenetlab.models import make_config, model_entry
     from lenetlab.registry import get
 
-    file_data = _upgrade_train(_flatten_model(dict(file_data or {})))
-    overrides = _upgrade_train(_flatten_model(dict(overrides or {})))
+    file_data = _upgrade_train(_flatten_model(_tables(file_data, "config")))
+    overrides = _upgrade_train(_flatten_model(_tables(overrides, "overrides")))
     preset = preset or overrides.get("preset") or file_data.get("preset") or "fast"
     model = model or overrides.get("model", {}).get("name") or file_data.get("model", {}).get("name") or "lenet5"
+    for key, value in (("preset", preset), ("model.name", model)):
+        if not isinstance(value, str):
+            raise LenetlabError(f"config key {key!r} must be a name (a string), got {value!r}"[:200])
     entry = model_entry(model)
     merged = to_dict(RunConfig())
     merged["model"] = {"name": model, "options": {}}
@@ -82,6 +86,21 @@ def resolve(preset: str | None = None, model: str | None = None, file_data: dict
     # validate model options now (unknown option -> one-line error), store them resolved
     cfg.model.options = to_dict(make_config(model, cfg.model.options))
     return cfg
+
+
+def _tables(d: Any, where: str) -> dict[str, Any]:
+    """A copy of a config layer whose sections are tables (anything else is a one-line error, not a crash)."""
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise LenetlabError(f"{where}: expected a table, got {type(d).__name__}")
+    for section in ("model", "data", "train"):
+        if section in d and not isinstance(d[section], dict):
+            raise LenetlabError(f"config {section}: expected a table, got {type(d[section]).__name__}")
+    m = d.get("model")
+    if isinstance(m, dict) and m.get("options") is not None and not isinstance(m["options"], dict):
+        raise LenetlabError(f"config model.options: expected a table, got {type(m['options']).__name__}")
+    return dict(d)
 
 
 def _upgrade_train(d: dict[str, Any]) -> dict[str, Any]:
