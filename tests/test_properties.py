@@ -37,7 +37,6 @@ from lenetlab.errors import LenetlabError
 from lenetlab.validate import Number
 
 
-
 def fast(examples: int = 40) -> settings:
     return settings(derandomize=True, deadline=None, max_examples=examples, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

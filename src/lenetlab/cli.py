@@ -336,7 +336,7 @@ def fmt_metric(v: Any) -> str:
 
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    from lenetlab import validate as V   # numeric flags are checked while parsing: one error line, exit 2
+    from lenetlab import validate as V  # numeric flags are checked while parsing: one error line, exit 2
 
     p = argparse.ArgumentParser(prog="lenetlab", description="LeNet-5, instrumented.")
     p.add_argument("--version", action="version", version=_version())

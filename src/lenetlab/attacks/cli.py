@@ -26,11 +26,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("attack", help="adversarial attacks: FGSM, PGD, black-box, hybrid (Lin & Sengupta 2025)")
     p.add_argument("run_dir")
     p.add_argument("--attack", default="fgsm", help="lenetlab list attacks (fgsm, pgd, bb-fgsm, bb-pgd, hybrid, ...)")
-    p.add_argument("--eps", type=V.real("--eps", lo=0.0, hi=1.0), nargs="+", default=[0.1], help="L-inf budget(s) in [0,1] pixel units")
+    p.add_argument("--eps", type=V.real("--eps", lo=0.0, hi=1.0), nargs="+", default=[0.1],
+                   help="L-inf budget(s) in [0,1] pixel units")
     p.add_argument("--substitute", metavar="RUN_DIR", help="substitute model for bb-* and hybrid")
     p.add_argument("--grad-source", default="autograd", choices=("autograd", "rule"),
                    help="target gradient: autograd (surrogate) or the run's learning-rule pathway")
-    p.add_argument("--limit", type=V.count("--limit"), default=1000, metavar="N", help="first N test images (default 1000)")
+    p.add_argument("--limit", type=V.count("--limit"), default=1000, metavar="N",
+                   help="first N test images (default 1000)")
     p.add_argument("--seed", type=V.seed(), default=0)
     p.add_argument("--save-examples", metavar="DIR", help="write adversarial images (IDX) and a PNG grid here")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")

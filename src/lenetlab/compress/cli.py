@@ -25,15 +25,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    "(default c5,f6)")
     c.add_argument("--out", required=True, help="output run directory")
     c.add_argument("--rank", type=V.count("--rank", hi=4096), default=8, help="tt: cap on every bond rank (default 8)")
-    c.add_argument("--tol", type=V.real("--tol", lo=0.0, hi=1.0, lo_open=True, hi_open=True), help="tt: choose ranks by TT-SVD to this relative error instead of --rank")
+    c.add_argument("--tol", type=V.real("--tol", lo=0.0, hi=1.0, lo_open=True, hi_open=True),
+                   help="tt: choose ranks by TT-SVD to this relative error instead of --rank")
     c.add_argument("--cores", type=V.count("--cores", lo=2, hi=16), default=3, help="tt: cores per layer (default 3)")
     c.add_argument("--depth", type=V.count("--depth", hi=256), default=4, help="adtn: brick-wall layers M (default 4)")
     c.add_argument("--tn-activation", default="tanh", help="adtn: activation between layers (default tanh)")
-    c.add_argument("--fit-steps", type=V.count("--fit-steps", lo=0, hi=V.MAX_STEPS), default=1000, help="adtn: least-squares fit steps (default 1000)")
-    c.add_argument("--epochs", type=V.count("--epochs", lo=0, hi=100_000), default=2, help="fine-tuning epochs on the task, 0 = none (default 2)")
-    c.add_argument("--lr", type=V.real("--lr", lo=0.0, lo_open=True), default=3e-3, help="fine-tuning peak learning rate (default 3e-3)")
+    c.add_argument("--fit-steps", type=V.count("--fit-steps", lo=0, hi=V.MAX_STEPS), default=1000,
+                   help="adtn: least-squares fit steps (default 1000)")
+    c.add_argument("--epochs", type=V.count("--epochs", lo=0, hi=100_000), default=2,
+                   help="fine-tuning epochs on the task, 0 = none (default 2)")
+    c.add_argument("--lr", type=V.real("--lr", lo=0.0, lo_open=True), default=3e-3,
+                   help="fine-tuning peak learning rate (default 3e-3)")
     c.add_argument("--batch-size", type=V.count("--batch-size"), help="fine-tuning batch size (default: the run's)")
-    c.add_argument("--train-subset", type=V.count("--train-subset"), metavar="N", help="fine-tune on the first N training images only")
+    c.add_argument("--train-subset", type=V.count("--train-subset"), metavar="N",
+                   help="fine-tune on the first N training images only")
     c.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     c.add_argument("-q", "--quiet", action="store_true")
     c.set_defaults(func=cmd_compress)

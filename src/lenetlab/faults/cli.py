@@ -20,9 +20,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("qrun", help="quantised run directory (lenetlab quantize) or an int8 .flat file")
     c.add_argument("--target", required=True, choices=TARGETS)
     c.add_argument("--bits", default="all", help="all | comma list | ranges like 24-31 (default all)")
-    c.add_argument("--samples", type=V.count("--samples", hi=1_000_000), default=50, help="faults per layer and bit (sampled mode, default 50)")
+    c.add_argument("--samples", type=V.count("--samples", hi=1_000_000), default=50,
+                   help="faults per layer and bit (sampled mode, default 50)")
     c.add_argument("--images", type=V.count("--images"), default=100, help="first M test images (default 100)")
-    c.add_argument("--layer", type=V.count("--layer", lo=0, hi=10_000), action="append", help="only this layer with weights (0-based; repeatable)")
+    c.add_argument("--layer", type=V.count("--layer", lo=0, hi=10_000), action="append",
+                   help="only this layer with weights (0-based; repeatable)")
     c.add_argument("--exhaustive", action="store_true", help="every site of the chosen layer(s) at every bit")
     c.add_argument("--fault-model", default="bitflip", help="bitflip | stuck_at_0 | stuck_at_1 "
                                                             "(lenetlab list fault_models)")
@@ -35,7 +37,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     n = fsub.add_parser("nvf", help="analytic neuron vulnerability factor of every neuron (DeepVigor-style)")
     n.add_argument("qrun")
     n.add_argument("--images", type=V.count("--images"), default=32, help="first M test images (default 32)")
-    n.add_argument("--validate", type=V.count("--validate", lo=0, hi=100_000), default=0, metavar="N", help="also measure each neuron's SDC rate "
+    n.add_argument("--validate", type=V.count("--validate", lo=0, hi=100_000), default=0, metavar="N",
+                   help="also measure each neuron's SDC rate "
                    "with N sampled accumulator positions per bit and report the Spearman rank correlation")
     n.add_argument("--seed", type=V.seed(), default=0)
     n.add_argument("--out", help="output directory (default QRUN/faults)")

@@ -101,6 +101,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="output tile sizes of the last fused layer (default: 1 .. its output size)")
     p.add_argument("--policy", default="both", help="tile-stride policy: uniform | ragged | both (default)")
     p.add_argument("--int8", action="store_true", help="the integer-only int8 model (bit-exact check, END)")
-    p.add_argument("--images", type=V.count("--images"), default=1000, metavar="N", help="test images to check outputs on")
+    p.add_argument("--images", type=V.count("--images"), default=1000, metavar="N",
+                   help="test images to check outputs on")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=cmd_fused)

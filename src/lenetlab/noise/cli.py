@@ -16,11 +16,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     nsub = n.add_subparsers(dest="noise_cmd", required=True, metavar="ACTION")
     e = nsub.add_parser("eval", help="test accuracy of a run with noise after every layer")
     e.add_argument("run_dir")
-    e.add_argument("--sigma", type=V.real("--sigma", lo=0.0, hi=V.MAX_SIGMA), nargs="+", required=True, help="noise sigma(s), >= 0")
+    e.add_argument("--sigma", type=V.real("--sigma", lo=0.0, hi=V.MAX_SIGMA), nargs="+", required=True,
+                   help="noise sigma(s), >= 0")
     e.add_argument("--draws", type=V.count("--draws", hi=10_000), default=5, help="noise draws per sigma (default 5)")
     e.add_argument("--relative", action="store_true", help="sigma times max|y| of each site (per sample)")
     e.add_argument("--sites", default=",".join(SITES), help=f"comma-separated sites (default {','.join(SITES)})")
-    e.add_argument("--weight-sigma", type=V.real("--weight-sigma", lo=0.0, hi=V.MAX_SIGMA), default=0.0, help="absolute noise on conv/linear weights")
+    e.add_argument("--weight-sigma", type=V.real("--weight-sigma", lo=0.0, hi=V.MAX_SIGMA), default=0.0,
+                   help="absolute noise on conv/linear weights")
     e.add_argument("--seed", type=V.seed(), default=0)
     e.add_argument("--limit", type=V.count("--limit"), metavar="N", help="only the first N test images")
     e.add_argument("--json", action="store_true", help="print the rows as JSON")

@@ -12,9 +12,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("quantize", help="int8 post-training quantisation of a run (integer-only engine)")
     q.add_argument("run_dir")
     q.add_argument("--out", required=True, help="quantised run directory to write (model_int8.flat, quant.json)")
-    q.add_argument("--calibration", type=V.count("--calibration"), default=2000, metavar="N", help="calibrate on the first N "
-                                                                               "training images (default 2000)")
-    q.add_argument("--limit", type=V.count("--limit"), metavar="N", help="measure accuracy on the first N test images only")
+    q.add_argument("--calibration", type=V.count("--calibration"), default=2000, metavar="N",
+                   help="calibrate on the first N training images (default 2000)")
+    q.add_argument("--limit", type=V.count("--limit"), metavar="N",
+                   help="measure accuracy on the first N test images only")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_quantize)
 
