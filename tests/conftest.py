@@ -1,20 +1,53 @@
-"""Shared fixtures: small real-MNIST runs, trained once per session."""
+"""Shared fixtures: small real-MNIST runs, trained once per test session.
+
+``make test`` runs the suite on two pytest-xdist workers (``-n 2 --dist loadfile``: a file's tests stay on one
+worker). What several files share - the trained runs and each experiment's tiny reproduction - is built once
+for the whole session by whichever worker needs it first (:func:`build_once`, a file lock), and the others
+read it from disk. Each worker uses one torch thread, so two workers fill the two cores."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")      # gw0, gw1, ... under xdist; None in a plain run
+torch.set_num_threads(1 if WORKER else max(1, min(2, os.cpu_count() or 1)))
+
+
+def _session_root(tmp_path_factory) -> Path:
+    """A folder common to every worker of this test session (and to no other session)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if WORKER else base
+
+
+def build_once(tmp_path_factory, key: str, build: Callable[[Path], None]) -> Path:
+    """``ROOT/shared/KEY``, made by ``build(dir)`` once per test session, whichever worker asks first; the
+    others wait for it (a file lock) and reuse it. A build that failed is tried again by the next asker. Tests
+    read what is in it and may not change it (copy it first)."""
+    shared = _session_root(tmp_path_factory) / "shared"
+    shared.mkdir(exist_ok=True)
+    out, done = shared / key, shared / f"{key}.done"
+    with open(shared / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            build(out)
+            done.touch()
+    return out
 
 SMALL = {"data": {"train_subset": 6000, "test_subset": 2000, "val_size": 1000},
          "train": {"epochs": 2, "batch_size": 64, "lr": 4e-3}}
@@ -55,9 +88,9 @@ def small_run(tmp_path_factory) -> Path:
     from lenetlab.train import fit
     from lenetlab.train.presets import resolve
 
-    out = tmp_path_factory.mktemp("runs") / "small"
-    fit(resolve("fast", "lenet5", overrides=SMALL), out=out, log=None, progress=False)
-    return out
+    root = build_once(tmp_path_factory, "small", lambda d: fit(resolve("fast", "lenet5", overrides=SMALL),
+                                                               out=d / "small", log=None, progress=False))
+    return root / "small"
 
 
 # The deployment tests check that runtimes reproduce a trained network's logits, not how good the network is:
@@ -74,11 +107,12 @@ def deploy_runs(tmp_path_factory) -> dict[str, Path]:
     from lenetlab.train import fit
     from lenetlab.train.presets import resolve
 
-    root = tmp_path_factory.mktemp("deploy")
-    runs = {"lenet5": root / "lenet5", "lenet5_classic": root / "classic"}
-    for name, out in runs.items():
-        fit(resolve("fast", name, overrides=DEPLOY[name]), out=out, log=None, progress=False)
-    return runs
+    def build(root: Path) -> None:
+        for name in DEPLOY:
+            fit(resolve("fast", name, overrides=DEPLOY[name]), out=root / name, log=None, progress=False)
+
+    root = build_once(tmp_path_factory, "deploy", build)
+    return {"lenet5": root / "lenet5", "lenet5_classic": root / "lenet5_classic"}
 
 
 @pytest.fixture(scope="session")
@@ -88,12 +122,13 @@ def full_deploy_runs(tmp_path_factory) -> dict[str, Path]:
     from lenetlab.train import fit
     from lenetlab.train.presets import resolve
 
-    root = tmp_path_factory.mktemp("deploy_full")
-    runs = {"lenet5": root / "lenet5", "lenet5_classic": root / "classic"}
-    fit(resolve("fast", "lenet5"), out=runs["lenet5"], log=None, progress=False)
-    fit(resolve("fast", "lenet5_classic", overrides={"train": {"epochs": 3}}), out=runs["lenet5_classic"],
-        log=None, progress=False)
-    return runs
+    def build(root: Path) -> None:
+        fit(resolve("fast", "lenet5"), out=root / "lenet5", log=None, progress=False)
+        fit(resolve("fast", "lenet5_classic", overrides={"train": {"epochs": 3}}), out=root / "lenet5_classic",
+            log=None, progress=False)
+
+    root = build_once(tmp_path_factory, "deploy_full", build)
+    return {"lenet5": root / "lenet5", "lenet5_classic": root / "lenet5_classic"}
 
 
 # Two float32 evaluations of one network that differ only in summation order (another conv algorithm, another
@@ -125,19 +160,22 @@ def assert_logits_match(got: np.ndarray, ref: np.ndarray, what: str = "") -> flo
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """``tiny_run(name, **options)`` -> (out dir, Result) of ``reproduce(name, tiny=True, options=options)``, run
-    once per session for each (name, options), so the contract tests and an experiment's own tests check one
-    output instead of training the same tiny models again. Tests may re-run into the dir (resume) but not
-    change it otherwise. The dir is ``ROOT/NAME``, the layout of ``reproduce all``, so a suite report can be
-    written beside it."""
-    from lenetlab.experiments import reproduce
+    once per test session for each (name, options) (:func:`build_once`), so the contract tests and an
+    experiment's own tests check one output instead of training the same tiny models again. The Result is read
+    back from its result.json (the same for every worker). Tests read the dir and may not change it: to resume
+    into it, copy it first. The dir is ``ROOT/NAME``, the layout of ``reproduce all``."""
+    from lenetlab.experiments import Result, reproduce
 
-    done: dict[tuple[str, str], tuple[Path, object]] = {}
+    done: dict[str, tuple[Path, object]] = {}
 
     def run(name: str, **options):
-        key = (name, json.dumps(options, sort_keys=True))
+        blob = json.dumps(options, sort_keys=True)
+        key = f"tiny-{name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
         if key not in done:
-            out = tmp_path_factory.mktemp(f"tiny_{name}") / name
-            done[key] = (out, reproduce(name, out, tiny=True, options=options or None))
+            root = build_once(tmp_path_factory, key,
+                              lambda d: reproduce(name, d / name, tiny=True, options=options or None))
+            out = root / name
+            done[key] = (out, Result.from_dict(json.loads((out / "result.json").read_text())))
         return done[key]
 
     return run

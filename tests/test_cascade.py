@@ -246,8 +246,8 @@ def test_model_cascade_accounting(pca_run, mnist_test):
 @pytest.mark.parametrize("args, needle", [
     (["--ladder", "0,28"], "between 1 and 28"),
     (["--ladder", "14,7"], "strictly increasing"),
-    (["--threshold", "-1"], "threshold must be in [0, inf)"),
-    (["--threshold", "nan"], "threshold must be in [0, inf)"),
+    (["--threshold", "-1"], "--threshold must be >= 0, got -1"),
+    (["--threshold", "nan"], "--threshold must be a finite number >= 0, got nan"),
     ([], "no such run directory"),
 ])
 def test_cli_bad_input(tmp_path, capsys, args, needle):

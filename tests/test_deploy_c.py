@@ -180,6 +180,7 @@ def test_batch_and_repeat_do_not_change_logits(kind, deploy_runs, mnist_test, ev
     assert all(np.array_equal(logits[0], other) for other in logits[1:])
 
 
+@pytest.mark.slow   # a sanitizer build; the loader fuzz under sanitizers stays fast
 def test_sanitized_inference_matches(deploy_runs, mnist_test, cdir, idx, tmp_path):
     """The interpreter itself under ASan + UBSan on real images: no report, same logits as the -O2 build."""
     exe = compile_program("lenet5_eval", cdir / "lenet5_eval_san", SANITIZE, model_c=cdir / "no_model.c")

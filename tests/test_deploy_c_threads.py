@@ -143,6 +143,7 @@ def test_more_threads_than_images(bins, models, idx, tmp_path):
         assert np.array_equal(one, many)
 
 
+@pytest.mark.slow   # a sanitizer build
 def test_threads_under_sanitizers(cdir, models, idx, tmp_path):
     """ASan + UBSan (the workspace gaps poisoned): no report, and the same bits for 1, 2 and 5 threads."""
     exe = build(cdir, "eval_san", (*SANITIZE, *THREAD_FLAGS))

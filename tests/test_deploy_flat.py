@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import assert_logits_match, run_cli
 from lenetlab.config import DataConfig
 from lenetlab.data.transforms import to_model_input
 from lenetlab.deploy import flat, runtime
@@ -60,25 +60,23 @@ def test_classic_untrained_matches_torch(mnist_test):
     assert np.abs(got - _torch_logits(model, x, data)).max() <= 1e-4
 
 
+@pytest.mark.parametrize("n", [1000, pytest.param(10000, marks=pytest.mark.slow)], ids=["1k", "10k"])
 @pytest.mark.parametrize("name", ["lenet5", "lenet5_classic"])
-def test_trained_parity_full_test_set(name, deploy_runs, mnist_test):
-    """Acceptance 1 for the NumPy runtimes: same top-1 as PyTorch on all 10k images, logits within 1e-4;
-    the int8 model loses at most 0.3 points and its reference and fast paths agree bit for bit."""
-    x, y = mnist_test
+def test_trained_parity_on_the_test_set(name, n, deploy_runs, mnist_test):
+    """Acceptance 1 for the NumPy runtimes: the same logits as PyTorch up to float32 summation order (hence
+    the same top-1 wherever that is not a float32 tie) on the first ``n`` test images (all 10k: slow); the int8
+    model's reference and fast paths agree bit for bit, and its file is about 4x smaller. (int8 accuracy
+    within 0.3 points of float is a claim about fully trained models: tests/test_deploy_c.py, slow.)"""
+    x = mnist_test[0][:n]
     model, cfg = load_model(deploy_runs[name])
     ref = _torch_logits(model, x, cfg.data)
     fm = build_flat(model, cfg, int8=False)
     for mode in ("fast", "reference"):
-        got = runtime.run(fm, x, mode)
-        assert np.abs(got - ref).max() <= 1e-4
-        assert (got.argmax(1) == ref.argmax(1)).all()
+        assert_logits_match(runtime.run(fm, x, mode), ref, f"{name} {mode}")
     fq = build_flat(model, cfg, int8=True)
     q_ref = runtime.run(fq, x, "reference")
     q_fast = runtime.run(fq, x, "fast")
     assert q_ref.dtype == np.int64 and np.array_equal(q_ref, q_fast)
-    acc_f = (ref.argmax(1) == y).mean()
-    acc_q = (q_ref.argmax(1) == y).mean()
-    assert acc_q >= acc_f - 0.003, (acc_f, acc_q)
     assert len(flat.encode(fq)) * 3.5 < len(flat.encode(fm))   # ~4x smaller
 
 

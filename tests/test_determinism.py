@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from lenetlab.determinism import REPRODUCE_THREADS, pinned_threads
@@ -31,6 +32,7 @@ def test_pinned_threads_restores_the_callers_settings():
     assert torch.get_num_threads() == before and not torch.are_deterministic_algorithms_enabled()
 
 
+@pytest.mark.slow   # two training processes
 def test_one_and_two_thread_machines_train_the_same_bytes(tmp_path):
     files = []
     for outer in (1, 2):

@@ -4,6 +4,7 @@ are known, the integer engine's analog noise against the float implementation, a
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -15,11 +16,14 @@ from lenetlab.noise.int8 import int8_noise_hooks, int8_noisy_accuracy
 
 
 @pytest.fixture(scope="module")
-def tiny_matrix(tiny):
-    """The shared tiny matrix run, with the suite's HTML report written beside it (as ``reproduce all`` does)."""
+def tiny_matrix(tiny, tmp_path_factory):
+    """The shared tiny matrix run (a copy), with the suite's HTML report written beside it, as ``reproduce all``
+    lays them out."""
     from lenetlab.experiments.suite import Outcome, write_suite_report
 
-    out, r = tiny("matrix")
+    shared, r = tiny("matrix")
+    out = tmp_path_factory.mktemp("suite") / "matrix"
+    shutil.copytree(shared, out)
     write_suite_report([Outcome("matrix", "ran", r, None, r.wall_seconds)], out.parent, [])
     return out, r
 

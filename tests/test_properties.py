@@ -42,7 +42,7 @@ def fast(examples: int = 40) -> settings:
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
-FAST = fast(20)
+FAST = fast(10)
 
 TINY = {"data": {"train_subset": 600, "test_subset": 200, "val_size": 100}, "train": {"epochs": 1}}
 

@@ -244,6 +244,7 @@ def _load(port: int, site: dict[str, bytes]) -> None:
     conn.close()
 
 
+@pytest.mark.slow   # 5,000 requests per signal
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_serve_under_load_then_stops_on_signal(run_dir, site, tmp_path, sig):
     server = Server(run_dir, tmp_path / "serve.log")

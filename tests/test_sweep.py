@@ -167,6 +167,7 @@ def test_resume_after_sigterm(tmp_path):
     assert "best value" in r.stdout and "x=1.0 y=1.0" in r.stdout
 
 
+@pytest.mark.slow   # real training in worker processes / a Ray cluster start
 def test_resume_after_sigkill_with_real_training(tmp_path):
     toml, out = write(tmp_path, TRAIN_TOML.format(seeds="[0, 1, 2]")), tmp_path / "out"
     p = start_sweep(toml, out, "--workers", "2")
@@ -200,6 +201,7 @@ def test_resume_after_sigkill_with_real_training(tmp_path):
         (a, s) for a in ("relu", "abs") for s in range(3)}
 
 
+@pytest.mark.slow   # real training in worker processes / a Ray cluster start
 def test_ray_backend_gives_the_local_backends_numbers(tmp_path):
     ray = pytest.importorskip("ray")
     sweep = load(write(tmp_path, TRAIN_TOML.format(seeds="[0, 1]")))

@@ -78,10 +78,11 @@ def test_refuses_to_overwrite(tmp_path, small_run):
 
 def _train_cmd(out):
     return [sys.executable, "-m", "lenetlab", "train", "--out", str(out), "-q",
-            "--set", "data.train_subset=12000", "--set", "data.test_subset=500",
+            "--set", "data.train_subset=4000", "--set", "data.test_subset=500",
             "--set", "data.val_size=500", "--epochs", "4", "--set", "train.batch_size=64"]
 
 
+@pytest.mark.slow   # real-process SIGKILL; in-process kill/resume per plugin: test_trainer_plugins.py
 def test_resume_after_kill_matches_uninterrupted(tmp_path):
     """SIGKILL a real training process after its first checkpoint, resume, compare weights."""
     full, cut = tmp_path / "full", tmp_path / "cut"

@@ -21,6 +21,7 @@ weights.save({"b.w": torch.arange(6.).reshape(2, 3), "a": torch.ones(3, dtype=to
 """
 
 
+@pytest.mark.slow   # two training processes
 def test_bytes_do_not_depend_on_the_process(tmp_path):
     # safetensors orders metadata keys by a per-process hash seed; four processes used to give four hashes
     digests = set()
