@@ -161,7 +161,8 @@ def main() -> int:
             print(f"goal C float32 batch 256 >= ONNX Runtime, {threads} thread{'s' if threads > 1 else ''} each: "
                   f"{c:,.0f} vs {o:,.0f} img/s -> {c / o:.2f}x [{'met' if c >= o else 'NOT met'}]")
     for label in ("C float32", "C int8"):
-        print(f"{label} 2 threads / 1 thread at batch 256: {rows[label + ' 2 threads']['b256'] / rows[label]['b256']:.2f}x")
+        speedup = rows[label + " 2 threads"]["b256"] / rows[label]["b256"]
+        print(f"{label} 2 threads / 1 thread at batch 256: {speedup:.2f}x")
     for b in ("b256", "b1"):
         ratio = rows["C int8"][b] / rows["C float32"][b]
         print(f"goal C int8 >= 1.5x C float32 throughput ({b}): {ratio:.2f}x [{'met' if ratio >= 1.5 else 'NOT met'}]")

@@ -55,11 +55,12 @@ def exported(deploy_runs, tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("n", [1000, pytest.param(10000, marks=pytest.mark.slow)], ids=["1k", "10k"])
 @pytest.mark.parametrize("name", ["lenet5", "lenet5_classic"])
 def test_parity_on_the_mnist_test_set(name, n, deploy_runs, exported, mnist_test):
-    """onnxruntime vs PyTorch on the first ``n`` test images (all 10k: slow), both graphs (float input, uint8 pixels): every logit
-    within 64 float32 eps of the logit scale of PyTorch's (conftest.logit_tolerance; measured ~2e-6 for lenet5,
-    ~1e-4 for lenet5_classic, whose RBF logits reach ~200), which fixes the top-1 class on every image that is
-    not a float32 tie. Both float32 evaluations are held to the same bound against a float64 evaluation of the
-    same weights (on 1k images: float64 convolutions are slow), so neither is the one that is off."""
+    """onnxruntime vs PyTorch on the first ``n`` test images (all 10k: slow), both graphs (float input, uint8 pixels):
+    every logit within 64 float32 eps of the logit scale of PyTorch's (conftest.logit_tolerance; measured ~2e-6
+    for lenet5, ~1e-4 for lenet5_classic, whose RBF logits reach ~200), which fixes the top-1 class on every
+    image that is not a float32 tie. Both float32 evaluations are held to the same bound against a float64
+    evaluation of the same weights (on 1k images: float64 convolutions are slow), so neither is the one that is
+    off."""
     x, y = mnist_test[0][:n], mnist_test[1][:n]
     model, cfg = load_model(deploy_runs[name])
     model.eval()
