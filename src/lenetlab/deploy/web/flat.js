@@ -312,56 +312,138 @@ export function requantizeBig(acc, M, n, lo, hi) {
 }
 
 // ------------------------------------------------------------------ runtime
+//
+// new Runtime(model) compiles the layers once into "steps": every buffer (activations, padded inputs,
+// accumulators) is allocated there, an elementwise ACT that follows a CONV / pool / DENSE layer is fused
+// into that layer's output loop, and each step keeps its shapes and arrays as plain fields. run() and
+// predictBatch() then allocate nothing and create no closures: per image, a fixed sequence of
+// monomorphic kernels over typed arrays.
+//
+// CONV is a direct convolution without im2col: for each (output channel, input channel, kernel row) the
+// k weights sit in locals and one pass over every output row slides along the contiguous input row (5x5
+// kernels: the 5 input values in a rotating set of locals, one new load per output). int8 files sum in
+// int32 (Int32Array accumulators, `| 0`), exact because the spec bounds every sum of products to 32 bits;
+// bias and requantisation then run in exact double arithmetic (requantize's fast path inlined).
+
 const fr = Math.fround;
 const F_TWO_THIRDS = fr(2 / 3);
 const F_1_7159 = fr(1.7159);
 const F_QUARTER = fr(0.25);
+const S_CONV = 1;
+const S_POOL = 2;
+const S_ACT = 3;
+const S_DENSE = 4;
+const S_RBF = 5;
+// elementwise post-ops (a fused ACT): float activation codes 0..6 as ACTS, or LUT for int8 files
+const A_IDENTITY = 0;
+const A_RELU = 1;
+const A_LUT = 7;
+const POOLS = { maxpool: 0, avgpool: 1, subsample: 2 };
 
-function floatAct(name) {
-  switch (name) {
-    case "identity": return (x) => x;
-    case "relu": return (x) => (x > 0 ? x : 0);
-    case "tanh": return (x) => Math.tanh(x);
-    case "sigmoid": return (x) => 1 / (1 + Math.exp(-x));
-    case "selu": return (x) => SELU_SCALE * (x > 0 ? x : SELU_ALPHA * Math.expm1(x));
-    case "scaled_tanh": return (x) => fr(F_1_7159 * fr(Math.tanh(fr(F_TWO_THIRDS * x))));
-    case "abs": return (x) => Math.abs(x);
-    default: throw new FlatFormatError(`unknown activation ${name}`);
+/** float32 activation `code` (index into ACTS) of a float32 value, rounded to float32 as NumPy stores it. */
+function floatAct(code, x) {
+  switch (code) {
+    case 0: return x;
+    case 1: return x > 0 ? x : 0;
+    case 2: return fr(Math.tanh(x));
+    case 3: return fr(1 / (1 + Math.exp(-x)));
+    case 4: return fr(SELU_SCALE * (x > 0 ? x : SELU_ALPHA * Math.expm1(x)));
+    case 5: return fr(F_1_7159 * fr(Math.tanh(fr(F_TWO_THIRDS * x))));
+    case 6: return x < 0 ? -x : x;
+    default: throw new FlatFormatError(`unknown activation code ${code}`);
   }
 }
 
 /**
- * Executes a parsed model. Every buffer is allocated here, once; run() allocates nothing.
- * Activations are Float32Array (float32 files) or Int32Array (int8 files), one per layer.
+ * Executes a parsed model. Every buffer is allocated here, once; run() and predictBatch() allocate nothing.
+ * Activations are Float32Array (float32 files) or Int32Array (int8 files).
  */
 export class Runtime {
   constructor(model) {
     this.model = model;
-    this.integer = model.dtype === "int8";
-    const Buf = this.integer ? Int32Array : Float32Array;
+    const integer = model.dtype === "int8";
+    this.integer = integer;
+    const Buf = integer ? Int32Array : Float32Array;
     const [, ph, pw] = model.inputShape;
     this.input = new Buf(ph * pw);
     // pixel -> input value: float x = fround(fround(p * a) + b); int8 q = lut[p]
     this.pixelLut = new Buf(256);
     for (let p = 0; p < 256; p++) {
-      this.pixelLut[p] = this.integer ? model.inLut[p] : fr(fr(p * fr(model.inScale)) + fr(model.inShift));
+      this.pixelLut[p] = integer ? model.inLut[p] : fr(fr(p * fr(model.inScale)) + fr(model.inShift));
     }
-    this.input.fill(this.integer ? model.inLut[0] : fr(model.inShift)); // the padding border, written once
-    let maxPlane = 1;
-    this.outputs = model.layers.map((l) => {
-      maxPlane = Math.max(maxPlane, l.outShape[1] * l.outShape[2]);
-      return new Buf(l.outShape[0] * l.outShape[1] * l.outShape[2]);
-    });
-    this.acc = new Float64Array(maxPlane); // conv accumulators (double: exact for int8, ~exact for float)
-    this.acts = model.layers.map((l) => (l.op === "act" && !this.integer ? floatAct(l.act) : null));
-    this.output = this.outputs[this.outputs.length - 1];
-    this.lastScale = this.integer ? model.layers[model.layers.length - 1].outScale : 1;
+    this.input.fill(integer ? model.inLut[0] : fr(model.inShift)); // the padding border, written once
+    this.steps = [];
+    let src = this.input;
+    const layers = model.layers;
+    for (let i = 0; i < layers.length; i++) {
+      const l = layers[i];
+      const next = layers[i + 1];
+      let post = A_IDENTITY;
+      let table = null;
+      let shape = l.outShape;
+      if (l.op !== "act" && l.op !== "rbf" && next !== undefined && next.op === "act") {
+        post = integer ? A_LUT : ACTS.indexOf(next.act);
+        table = integer ? next.t : null;
+        shape = next.outShape;
+        i++; // the ACT layer runs inside this step
+      }
+      // int8 CONV then MAXPOOL: requantisation is monotonic, so the pool takes the max of the raw sums (bias
+      // added, exact in a double) and requantises one value per 2 x 2 block instead of four
+      const raw = integer && l.op === "conv" && post === A_IDENTITY && next !== undefined && next.op === "maxpool";
+      const out = raw ? new Float64Array(shape[0] * shape[1] * shape[2]) : new Buf(shape[0] * shape[1] * shape[2]);
+      const prev = this.steps[this.steps.length - 1];
+      const [C, H, W] = l.inShape;
+      const [O, OH, OW] = l.outShape;
+      const step = {
+        kind: 0, src, out, post, table, C, H, W, O, OH, OW, k: l.k, pad: l.pad, w: l.w, b: l.b, t: l.t, m: l.m,
+        s: l.s, lo: l.outBits === 8 ? -128 : I32_MIN, hi: l.outBits === 8 ? 127 : I32_MAX, padded: null,
+        acc: null, pool: 0, act: 0, bg: 0, bgMap: null, spanLo: null, spanHi: null, nzIdx: null, nzVal: null,
+        raw, rawFrom: prev !== undefined && prev.raw ? prev : null,
+      };
+      if (l.op === "conv") {
+        step.kind = S_CONV;
+        const Hp = H + 2 * l.pad;
+        const Wp = W + 2 * l.pad;
+        step.H = Hp;
+        step.W = Wp;
+        // the input minus its background value bg (0 in the zero border), and each row's span of non-zeros
+        step.bg = src === this.input ? this.pixelLut[0] : 0;
+        step.padded = integer ? new Int32Array(C * Hp * Wp) : new Float64Array(C * Hp * Wp);
+        step.spanLo = new Int32Array(C * Hp);
+        step.spanHi = new Int32Array(C * Hp).fill(-1);
+        step.acc = integer ? new Int32Array(OH * OW) : new Float64Array(OH * OW);
+        step.bgMap = step.bg === 0 ? null : backgroundMap(l, step.bg, integer);
+      } else if (l.op in POOLS) {
+        step.kind = S_POOL;
+        step.pool = POOLS[l.op];
+      } else if (l.op === "act") {
+        step.kind = S_ACT;
+        step.act = integer ? A_LUT : ACTS.indexOf(l.act);
+        step.table = integer ? l.t : null;
+      } else if (l.op === "dense") {
+        step.kind = S_DENSE;
+        step.acc = integer ? new Int32Array(1) : null;
+        const N = C * H * W;
+        step.nzIdx = new Int32Array(N);
+        step.nzVal = integer ? new Int32Array(N) : new Float64Array(N);
+      } else if (l.op === "rbf") {
+        step.kind = S_RBF;
+      } else {
+        throw new FlatFormatError(`unknown op ${l.op}`);
+      }
+      this.steps.push(step);
+      src = out;
+    }
+    this.output = src;
+    this.lastScale = integer ? layers[layers.length - 1].outScale : 1;
   }
 
   /** Logits of the uint8 image pixels[offset .. offset + H*W) (row-major). Returns the shared output buffer. */
   run(pixels, offset = 0) {
     const m = this.model;
-    const { imgH, imgW, pad } = m;
+    const imgH = m.imgH;
+    const imgW = m.imgW;
+    const pad = m.pad;
     const pw = imgW + 2 * pad;
     const x0 = this.input;
     const lut = this.pixelLut;
@@ -370,22 +452,38 @@ export class Runtime {
       const src = offset + y * imgW;
       for (let x = 0; x < imgW; x++) x0[row + x] = lut[pixels[src + x]];
     }
-    let x = x0;
-    const layers = m.layers;
-    for (let i = 0; i < layers.length; i++) {
-      const l = layers[i];
-      const y = this.outputs[i];
-      switch (l.op) {
-        case "conv": this.conv(l, x, y); break;
-        case "maxpool": case "avgpool": case "subsample": this.pool(l, x, y); break;
-        case "act": this.act(l, x, y, i); break;
-        case "dense": this.dense(l, x, y); break;
-        case "rbf": this.rbf(l, x, y); break;
-        default: throw new FlatFormatError(`unknown op ${l.op}`);
+    const steps = this.steps;
+    const integer = this.integer;
+    for (let i = 0; i < steps.length; i++) {
+      const s = steps[i];
+      switch (s.kind) {
+        case S_CONV: if (integer) convInt(s); else convFloat(s); break;
+        case S_POOL: if (integer) poolInt(s); else poolFloat(s); break;
+        case S_ACT: actStep(s); break;
+        case S_DENSE: if (integer) denseInt(s); else denseFloat(s); break;
+        default: rbf(s, integer);
       }
-      x = y;
     }
-    return x;
+    return this.output;
+  }
+
+  /**
+   * Top-1 of `count` images stored one after another from pixels[offset] (H*W uint8 each) into
+   * preds[at .. at + count); returns how many of them equal labels[at + i] (when labels is given).
+   */
+  predictBatch(pixels, offset, count, preds, at = 0, labels = null) {
+    const size = this.model.imgH * this.model.imgW;
+    const out = this.output;
+    const n = out.length;
+    let correct = 0;
+    for (let i = 0; i < count; i++) {
+      this.run(pixels, offset + i * size);
+      let best = 0;
+      for (let j = 1; j < n; j++) if (out[j] > out[best]) best = j;
+      preds[at + i] = best;
+      if (labels !== null && labels[at + i] === best) correct++;
+    }
+    return correct;
   }
 
   /** Top-1 class (first index of the largest logit, like numpy argmax). */
@@ -404,135 +502,489 @@ export class Runtime {
     for (let i = 0; i < p.length; i++) p[i] /= sum;
     return p;
   }
+}
 
-  // y[o, i, j] = b[o] + sum_{c,u,v} w[o,c,u,v] * x[c, i+u-pad, j+v-pad]; skipped (o, c) pairs per table.
-  conv(l, x, y) {
-    const [C, H, W] = l.inShape;
-    const [O, OH, OW] = l.outShape;
-    const { k, pad, w, b, t } = l;
-    const P = OH * OW;
-    const kk = k * k;
-    const acc = this.acc;
-    for (let o = 0; o < O; o++) {
-      acc.fill(0, 0, P);
-      for (let c = 0; c < C; c++) {
-        if (t !== null && t[o * C + c] === 0) continue;
-        const xc = c * H * W;
-        const wc = (o * C + c) * kk;
+/**
+ * bg * (the sum of the weights over the in-map part of each receptive field), per output value: the part of
+ * a convolution that the input's background value contributes (the zero border contributes nothing).
+ */
+function backgroundMap(l, bg, integer) {
+  const [C, H, W] = l.inShape;
+  const [O, OH, OW] = l.outShape;
+  const { k, pad, w, t } = l;
+  const map = integer ? new Int32Array(O * OH * OW) : new Float64Array(O * OH * OW);
+  for (let o = 0; o < O; o++) {
+    for (let i = 0; i < OH; i++) {
+      for (let j = 0; j < OW; j++) {
+        let sum = 0;
+        for (let c = 0; c < C; c++) {
+          if (t !== null && t[o * C + c] === 0) continue;
+          for (let u = 0; u < k; u++) {
+            const y = i + u - pad;
+            if (y < 0 || y >= H) continue;
+            for (let v = 0; v < k; v++) {
+              const x = j + v - pad;
+              if (x >= 0 && x < W) sum += w[((o * C + c) * k + u) * k + v];
+            }
+          }
+        }
+        map[(o * OH + i) * OW + j] = bg * sum; // int8: |bg * sum| <= 128 * 65536 * 128, exact
+      }
+    }
+  }
+  return map;
+}
+
+/**
+ * Writes src - bg into the interior of the step's zero-bordered buffer and records, for every row, the first
+ * and last column holding a non-zero (spanHi -1: none). Returns the buffer.
+ */
+function convInput(s) {
+  const p = s.pad;
+  const x = s.padded;
+  const src = s.src;
+  const bg = s.bg;
+  const Hp = s.H;
+  const W = s.W;
+  const h = Hp - 2 * p;
+  const w = W - 2 * p;
+  const spanLo = s.spanLo;
+  const spanHi = s.spanHi;
+  for (let c = 0; c < s.C; c++) {
+    for (let y = 0; y < h; y++) {
+      const d = (c * Hp + y + p) * W + p;
+      const r = (c * h + y) * w;
+      let lo = -1;
+      let hi = -1;
+      for (let i = 0; i < w; i++) {
+        const v = src[r + i] - bg;
+        x[d + i] = v;
+        if (v !== 0) {
+          if (lo < 0) lo = i;
+          hi = i;
+        }
+      }
+      spanLo[c * Hp + y + p] = lo + p;
+      spanHi[c * Hp + y + p] = hi < 0 ? -1 : hi + p;
+    }
+  }
+  return x;
+}
+
+// y[o, i, j] = b[o] + sum_{c,u,v} w[o,c,u,v] * x[c, i+u, j+v] over the (padded) input; (o, c) pairs with
+// table 0 skipped. The input is split into its background value bg and x - bg: acc starts from bg's share
+// (bgMap, computed once) and adds the x - bg terms over each input row's span of non-zeros only (MNIST digits
+// leave most of every row at the background). float32: acc is double, fround(fround(acc) + b) is stored.
+function convFloat(s) {
+  const x = convInput(s);
+  const { C, H, W, O, OH, OW, k, w, b, t, acc, out, post, bgMap, spanLo, spanHi } = s;
+  const HW = H * W;
+  const P = OH * OW;
+  const kk = k * k;
+  for (let o = 0; o < O; o++) {
+    if (bgMap === null) acc.fill(0);
+    else acc.set(bgMap.subarray(o * P, o * P + P));
+    for (let c = 0; c < C; c++) {
+      if (t !== null && t[o * C + c] === 0) continue;
+      const xc = c * HW;
+      const sc = c * H;
+      const wc = (o * C + c) * kk;
+      if (k === 5) {
+        for (let u = 0; u < 5; u++) {
+          const wr = wc + u * 5;
+          const w0 = w[wr];
+          const w1 = w[wr + 1];
+          const w2 = w[wr + 2];
+          const w3 = w[wr + 3];
+          const w4 = w[wr + 4];
+          for (let i = 0; i < OH; i++) {
+            const hi = spanHi[sc + i + u];
+            if (hi < 0) continue; // an all-background input row adds nothing
+            const lo = spanLo[sc + i + u];
+            const j0 = lo > 4 ? lo - 4 : 0;
+            const end = i * OW + (hi < OW ? hi + 1 : OW);
+            let xr = xc + (i + u) * W + j0;
+            let x0 = x[xr];
+            let x1 = x[xr + 1];
+            let x2 = x[xr + 2];
+            let x3 = x[xr + 3];
+            xr += 4;
+            for (let a = i * OW + j0; a < end; a++) {
+              const x4 = x[xr++];
+              acc[a] += w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3 + w4 * x4;
+              x0 = x1;
+              x1 = x2;
+              x2 = x3;
+              x3 = x4;
+            }
+          }
+        }
+      } else {
         for (let u = 0; u < k; u++) {
-          const i0 = Math.max(0, pad - u);
-          const i1 = Math.min(OH, H + pad - u);
-          for (let v = 0; v < k; v++) {
-            const wv = w[wc + u * k + v];
-            if (wv === 0) continue;
-            const j0 = Math.max(0, pad - v);
-            const j1 = Math.min(OW, W + pad - v);
-            for (let i = i0; i < i1; i++) {
-              const xr = xc + (i + u - pad) * W + v - pad;
-              const ar = i * OW;
-              for (let j = j0; j < j1; j++) acc[ar + j] += wv * x[xr + j];
+          for (let i = 0; i < OH; i++) {
+            const hi = spanHi[sc + i + u];
+            if (hi < 0) continue;
+            const lo = spanLo[sc + i + u];
+            const xr = xc + (i + u) * W;
+            const ar = i * OW;
+            for (let v = 0; v < k; v++) {
+              const wv = w[wc + u * k + v];
+              const j0 = lo > v ? lo - v : 0;
+              const j1 = hi - v < OW ? hi - v + 1 : OW;
+              for (let j = j0; j < j1; j++) acc[ar + j] += wv * x[xr + j + v];
             }
           }
         }
       }
-      this.finish(l, o, acc, y, o * P, P);
     }
-  }
-
-  // bias + rounding (float) or bias + requantisation (int8) of P accumulators of channel o
-  finish(l, o, acc, y, base, P) {
-    if (this.integer) {
-      const bo = l.b[o];
-      const M = l.m[o];
-      const n = l.s[o];
-      const [lo, hi] = l.outBits === 8 ? [-128, 127] : [I32_MIN, I32_MAX];
-      for (let p = 0; p < P; p++) y[base + p] = requantize(acc[p] + bo, M, n, lo, hi);
+    const bo = b[o];
+    const base = o * P;
+    if (post === A_IDENTITY) {
+      for (let p = 0; p < P; p++) out[base + p] = fr(acc[p]) + bo;
+    } else if (post === A_RELU) {
+      for (let p = 0; p < P; p++) {
+        const v = fr(fr(acc[p]) + bo);
+        out[base + p] = v > 0 ? v : 0;
+      }
     } else {
-      const bo = l.b[o];
-      for (let p = 0; p < P; p++) y[base + p] = fr(acc[p]) + bo; // stored as float32 (one more rounding)
+      for (let p = 0; p < P; p++) out[base + p] = floatAct(post, fr(fr(acc[p]) + bo));
     }
   }
+}
 
-  // 2 x 2 blocks, stride 2: max, average, or LeNet-5 subsampling w[c] * sum + b[c]
-  pool(l, x, y) {
-    const [C, H, W] = l.inShape;
-    const [, OH, OW] = l.outShape;
-    const op = l.op;
-    const integer = this.integer;
-    const [lo, hi] = l.outBits === 8 ? [-128, 127] : [I32_MIN, I32_MAX];
+// int8: the same loops in int32. Every term is an exact integer; the spec bounds the sum of products to 32
+// bits, so the wrapping int32 sum (`| 0`) of bg's share and the x - bg terms ends exact.
+function convInt(s) {
+  const x = convInput(s);
+  const { C, H, W, O, OH, OW, k, w, b, t, acc, out, post, bgMap, spanLo, spanHi } = s;
+  const HW = H * W;
+  const P = OH * OW;
+  const kk = k * k;
+  for (let o = 0; o < O; o++) {
+    if (bgMap === null) acc.fill(0);
+    else acc.set(bgMap.subarray(o * P, o * P + P));
     for (let c = 0; c < C; c++) {
-      const xc = c * H * W;
-      const yc = c * OH * OW;
-      for (let i = 0; i < OH; i++) {
-        for (let j = 0; j < OW; j++) {
-          const p = xc + 2 * i * W + 2 * j;
-          const a = x[p];
-          const bb = x[p + 1];
-          const cc = x[p + W];
-          const d = x[p + W + 1];
-          const q = yc + i * OW + j;
-          if (op === "maxpool") {
-            y[q] = Math.max(Math.max(a, bb), Math.max(cc, d));
-            continue;
+      if (t !== null && t[o * C + c] === 0) continue;
+      const xc = c * HW;
+      const sc = c * H;
+      const wc = (o * C + c) * kk;
+      if (k === 5) {
+        for (let u = 0; u < 5; u++) {
+          const wr = wc + u * 5;
+          const w0 = w[wr];
+          const w1 = w[wr + 1];
+          const w2 = w[wr + 2];
+          const w3 = w[wr + 3];
+          const w4 = w[wr + 4];
+          for (let i = 0; i < OH; i++) {
+            const hi = spanHi[sc + i + u];
+            if (hi < 0) continue; // an all-background input row adds nothing
+            const lo = spanLo[sc + i + u];
+            const j0 = lo > 4 ? lo - 4 : 0;
+            const end = i * OW + (hi < OW ? hi + 1 : OW);
+            let xr = xc + (i + u) * W + j0;
+            let x0 = x[xr];
+            let x1 = x[xr + 1];
+            let x2 = x[xr + 2];
+            let x3 = x[xr + 3];
+            xr += 4;
+            for (let a = i * OW + j0; a < end; a++) {
+              const x4 = x[xr++];
+              acc[a] = (acc[a] + (w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3 + w4 * x4)) | 0;
+              x0 = x1;
+              x1 = x2;
+              x2 = x3;
+              x3 = x4;
+            }
           }
-          const s = integer ? a + bb + cc + d : fr(fr(a + bb) + fr(cc + d));
-          if (op === "avgpool") {
-            if (integer) y[q] = s < 0 ? -Math.floor((2 - s) / 4) : Math.floor((s + 2) / 4);
-            else y[q] = s * F_QUARTER;
-          } else if (integer) {
-            y[q] = requantize(l.w[c] * s + l.b[c], l.m[c], l.s[c], lo, hi);
-          } else {
-            y[q] = fr(l.w[c] * s) + l.b[c];
+        }
+      } else {
+        for (let u = 0; u < k; u++) {
+          for (let i = 0; i < OH; i++) {
+            const hi = spanHi[sc + i + u];
+            if (hi < 0) continue;
+            const lo = spanLo[sc + i + u];
+            const xr = xc + (i + u) * W;
+            const ar = i * OW;
+            for (let v = 0; v < k; v++) {
+              const wv = w[wc + u * k + v];
+              const j0 = lo > v ? lo - v : 0;
+              const j1 = hi - v < OW ? hi - v + 1 : OW;
+              for (let j = j0; j < j1; j++) acc[ar + j] = (acc[ar + j] + wv * x[xr + j + v]) | 0;
+            }
           }
         }
       }
     }
-  }
-
-  act(l, x, y, i) {
-    const n = y.length;
-    if (this.integer) {
-      const t = l.t;
-      for (let j = 0; j < n; j++) y[j] = t[x[j] + 128];
-      return;
-    }
-    const f = this.acts[i];
-    if (l.act === "relu") {
-      for (let j = 0; j < n; j++) y[j] = x[j] > 0 ? x[j] : 0;
+    if (s.raw) {
+      const bo = b[o];
+      const base = o * P;
+      for (let p = 0; p < P; p++) out[base + p] = acc[p] + bo;
     } else {
-      for (let j = 0; j < n; j++) y[j] = f(x[j]);
+      requantizeInto(s, o, acc, o * P, P);
     }
   }
+}
 
-  dense(l, x, y) {
-    const O = l.outShape[0];
-    const N = x.length;
-    const w = l.w;
-    const acc = this.acc;
-    for (let o = 0; o < O; o++) {
-      let s = 0;
-      const wo = o * N;
-      for (let j = 0; j < N; j++) s += w[wo + j] * x[j];
-      acc[0] = s;
-      this.finish(l, o, acc, y, o, 1);
+/**
+ * out[base + p] = requantize(acc[p] + b[o], m[o], s[o]) for p < P, then the fused LUT if any. The spec's
+ * r = (|acc| * M + 2^(n-1)) >> n is floor((p + half) * 2^-n) whenever p + half < 2^53 (every value an exact
+ * integer, the scaling by a power of two exact); larger products take requantize's exact split.
+ */
+function requantizeInto(s, o, acc, base, P) {
+  const out = s.out;
+  const bo = s.b[o];
+  const M = s.m[o];
+  const n = s.s[o];
+  const half = POW2[n - 1];
+  const inv = 1 / POW2[n];
+  const lo = s.lo;
+  const hi = s.hi;
+  const table = s.post === A_LUT ? s.table : null;
+  for (let p = 0; p < P; p++) {
+    const v = acc[p] + bo;
+    const a = v < 0 ? -v : v;
+    const q = a * M + half;
+    let r;
+    if (q < TWO53) {
+      r = Math.floor(q * inv);
+      if (v < 0) r = -r;
+      r = r < lo ? lo : r > hi ? hi : r;
+    } else {
+      r = requantize(v, M, n, lo, hi);
     }
+    out[base + p] = table === null ? r : table[r + 128];
   }
+}
 
-  // y[o] = -sum_n (x[n] - w[o, n])^2, summed in double (float files round the result to float32)
-  rbf(l, x, y) {
-    const O = l.outShape[0];
-    const N = x.length;
-    const w = l.w;
-    for (let o = 0; o < O; o++) {
-      let s = 0;
-      const wo = o * N;
-      for (let j = 0; j < N; j++) {
-        const d = x[j] - w[wo + j];
-        s += d * d;
+// 2 x 2 blocks, stride 2: max, average, or LeNet-5 subsampling w[c] * sum + b[c]; then the fused act
+function poolFloat(s) {
+  const { C, H, W, OH, OW, src: x, out: y, pool, post } = s;
+  const w = s.w;
+  const b = s.b;
+  for (let c = 0; c < C; c++) {
+    const xc = c * H * W;
+    const yc = c * OH * OW;
+    const wc = pool === 2 ? w[c] : 0;
+    const bc = pool === 2 ? b[c] : 0;
+    for (let i = 0; i < OH; i++) {
+      let p = xc + 2 * i * W;
+      let q = yc + i * OW;
+      for (let j = 0; j < OW; j++, p += 2, q++) {
+        const a = x[p];
+        const bb = x[p + 1];
+        const cc = x[p + W];
+        const d = x[p + W + 1];
+        let v;
+        if (pool === 0) {
+          const m1 = a > bb ? a : bb;
+          const m2 = cc > d ? cc : d;
+          v = m1 > m2 ? m1 : m2;
+        } else {
+          const sum = fr(fr(a + bb) + fr(cc + d));
+          v = pool === 1 ? fr(sum * F_QUARTER) : fr(fr(wc * sum) + bc);
+        }
+        if (post === A_IDENTITY) y[q] = v;
+        else if (post === A_RELU) y[q] = v > 0 ? v : 0;
+        else y[q] = floatAct(post, v);
       }
-      if (this.integer) y[o] = s > -I32_MIN ? I32_MIN : -s;
-      else y[o] = -s;
     }
+  }
+}
+
+function poolInt(s) {
+  const { C, H, W, OH, OW, src: x, out: y, pool, post, lo, hi } = s;
+  const table = post === A_LUT ? s.table : null;
+  if (s.rawFrom !== null) {
+    maxpoolRaw(s, s.rawFrom, table);
+    return;
+  }
+  for (let c = 0; c < C; c++) {
+    const xc = c * H * W;
+    const yc = c * OH * OW;
+    let wc = 0;
+    let bc = 0;
+    let M = 0;
+    let n = 1;
+    if (pool === 2) {
+      wc = s.w[c];
+      bc = s.b[c];
+      M = s.m[c];
+      n = s.s[c];
+    }
+    for (let i = 0; i < OH; i++) {
+      let p = xc + 2 * i * W;
+      let q = yc + i * OW;
+      for (let j = 0; j < OW; j++, p += 2, q++) {
+        const a = x[p];
+        const bb = x[p + 1];
+        const cc = x[p + W];
+        const d = x[p + W + 1];
+        let v;
+        if (pool === 0) {
+          const m1 = a > bb ? a : bb;
+          const m2 = cc > d ? cc : d;
+          v = m1 > m2 ? m1 : m2;
+        } else {
+          const sum = a + bb + cc + d;
+          if (pool === 1) v = sum < 0 ? -Math.floor((2 - sum) / 4) : Math.floor((sum + 2) / 4);
+          else v = requantize(wc * sum + bc, M, n, lo, hi);
+        }
+        y[q] = table === null ? v : table[v + 128];
+      }
+    }
+  }
+}
+
+// max of each 2 x 2 block of a CONV's raw sums, then that CONV's requantisation (conv) and the fused LUT
+function maxpoolRaw(s, conv, table) {
+  const { C, H, W, OH, OW, src: x, out: y } = s;
+  const lo = conv.lo;
+  const hi = conv.hi;
+  for (let c = 0; c < C; c++) {
+    const M = conv.m[c];
+    const n = conv.s[c];
+    const half = POW2[n - 1];
+    const inv = 1 / POW2[n];
+    const xc = c * H * W;
+    const yc = c * OH * OW;
+    for (let i = 0; i < OH; i++) {
+      let p = xc + 2 * i * W;
+      let q = yc + i * OW;
+      for (let j = 0; j < OW; j++, p += 2, q++) {
+        const a = x[p];
+        const bb = x[p + 1];
+        const cc = x[p + W];
+        const d = x[p + W + 1];
+        const m1 = a > bb ? a : bb;
+        const m2 = cc > d ? cc : d;
+        const v = m1 > m2 ? m1 : m2;
+        const av = v < 0 ? -v : v;
+        const qq = av * M + half;
+        let r;
+        if (qq < TWO53) {
+          r = Math.floor(qq * inv);
+          if (v < 0) r = -r;
+          r = r < lo ? lo : r > hi ? hi : r;
+        } else {
+          r = requantize(v, M, n, lo, hi);
+        }
+        y[q] = table === null ? r : table[r + 128];
+      }
+    }
+  }
+}
+
+function actStep(s) {
+  const x = s.src;
+  const y = s.out;
+  const n = y.length;
+  const act = s.act;
+  if (act === A_LUT) {
+    const t = s.table;
+    for (let j = 0; j < n; j++) y[j] = t[x[j] + 128];
+  } else if (act === A_RELU) {
+    for (let j = 0; j < n; j++) y[j] = x[j] > 0 ? x[j] : 0;
+  } else {
+    for (let j = 0; j < n; j++) y[j] = floatAct(act, x[j]);
+  }
+}
+
+/** Gathers the non-zero inputs of a DENSE step (index, value) in order; returns how many. */
+function gatherNonZero(s) {
+  const x = s.src;
+  const idx = s.nzIdx;
+  const val = s.nzVal;
+  let n = 0;
+  for (let j = 0; j < x.length; j++) {
+    const v = x[j];
+    if (v !== 0) {
+      idx[n] = j;
+      val[n] = v;
+      n++;
+    }
+  }
+  return n;
+}
+
+// y[o] = b[o] + sum_n w[o, n] x[n] over the non-zero x[n] only (after a ReLU about half of them; a zero term
+// changes no sum): four partial sums (independent adds), in double
+function denseFloat(s) {
+  const y = s.out;
+  const w = s.w;
+  const b = s.b;
+  const O = s.O;
+  const post = s.post;
+  const idx = s.nzIdx;
+  const val = s.nzVal;
+  const N = s.src.length;
+  const nz = gatherNonZero(s);
+  const nz4 = nz - (nz % 4);
+  for (let o = 0; o < O; o++) {
+    const wo = o * N;
+    let s0 = 0;
+    let s1 = 0;
+    let s2 = 0;
+    let s3 = 0;
+    let j = 0;
+    for (; j < nz4; j += 4) {
+      s0 += w[wo + idx[j]] * val[j];
+      s1 += w[wo + idx[j + 1]] * val[j + 1];
+      s2 += w[wo + idx[j + 2]] * val[j + 2];
+      s3 += w[wo + idx[j + 3]] * val[j + 3];
+    }
+    for (; j < nz; j++) s0 += w[wo + idx[j]] * val[j];
+    const v = fr(fr((s0 + s1) + (s2 + s3)) + b[o]);
+    if (post === A_IDENTITY) y[o] = v;
+    else if (post === A_RELU) y[o] = v > 0 ? v : 0;
+    else y[o] = floatAct(post, v);
+  }
+}
+
+function denseInt(s) {
+  const w = s.w;
+  const O = s.O;
+  const idx = s.nzIdx;
+  const val = s.nzVal;
+  const N = s.src.length;
+  const nz = gatherNonZero(s);
+  const nz4 = nz - (nz % 4);
+  const acc = s.acc;
+  for (let o = 0; o < O; o++) {
+    const wo = o * N;
+    let s0 = 0;
+    let s1 = 0;
+    let s2 = 0;
+    let s3 = 0;
+    let j = 0;
+    for (; j < nz4; j += 4) {
+      s0 = (s0 + w[wo + idx[j]] * val[j]) | 0;
+      s1 = (s1 + w[wo + idx[j + 1]] * val[j + 1]) | 0;
+      s2 = (s2 + w[wo + idx[j + 2]] * val[j + 2]) | 0;
+      s3 = (s3 + w[wo + idx[j + 3]] * val[j + 3]) | 0;
+    }
+    for (; j < nz; j++) s0 = (s0 + w[wo + idx[j]] * val[j]) | 0;
+    acc[0] = (s0 + s1 + s2 + s3) | 0;
+    requantizeInto(s, o, acc, o, 1);
+  }
+}
+
+// y[o] = -sum_n (x[n] - w[o, n])^2, summed in double (float files round the result to float32)
+function rbf(s, integer) {
+  const x = s.src;
+  const y = s.out;
+  const w = s.w;
+  const O = s.O;
+  const N = x.length;
+  for (let o = 0; o < O; o++) {
+    let sum = 0;
+    const wo = o * N;
+    for (let j = 0; j < N; j++) {
+      const d = x[j] - w[wo + j];
+      sum += d * d;
+    }
+    if (integer) y[o] = sum > -I32_MIN ? I32_MIN : -sum;
+    else y[o] = -sum;
   }
 }
 
