@@ -43,8 +43,13 @@ def check_logits(js: np.ndarray, ref: np.ndarray, int8: bool, what: str) -> None
 
 # the page's test-set button on all 10k images, for both models and both dtypes (test_deploy_web.py times
 # nothing either; it checks lenet5 float32 through the same button)
-@pytest.mark.parametrize("int8", [False, True], ids=["float32", "int8"])
-@pytest.mark.parametrize("arch", ["lenet5", "lenet5_classic"])
+# all 10k images through the page's own button: the 1998 model in int8 (connection table, subsampling, RBF, exact
+# integers) in the fast tier; the other three in the slow tier (lenet5 float32 is also test_deploy_web's)
+@pytest.mark.parametrize("arch,int8", [
+    pytest.param("lenet5", False, marks=pytest.mark.slow, id="lenet5-float32"),
+    pytest.param("lenet5", True, marks=pytest.mark.slow, id="lenet5-int8"),
+    pytest.param("lenet5_classic", False, marks=pytest.mark.slow, id="lenet5_classic-float32"),
+    pytest.param("lenet5_classic", True, id="lenet5_classic-int8")])
 def test_page_evaluation_matches_numpy(browser, deploy_runs, mnist_test, arch, int8):
     images, labels = mnist_test
     files = site(deploy_runs[arch], int8)
