@@ -10,28 +10,14 @@ background, average pooling, the other activations, requantisation products past
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from conftest import assert_logits_match
 from lenetlab.deploy import flat, runtime
 from lenetlab.deploy.browser import BrowserPage
-from lenetlab.deploy.web import run_site_files, site_files
-
-_SITES: dict[tuple[str, bool], dict[str, bytes]] = {}
-
-
-def site(run, int8: bool) -> dict[str, bytes]:
-    key = (str(run), int8)
-    if key not in _SITES:
-        _SITES[key] = run_site_files(run, int8)
-    return _SITES[key]
-
-
-def model_of(files: dict[str, bytes]) -> flat.FlatModel:
-    return flat.decode(files[json.loads(files["manifest.json"])["model"]])
+from lenetlab.deploy.web import site_files
+from test_deploy_web import model_of, site  # one cache of exported sites for both browser test files
 
 
 def check_logits(js: np.ndarray, ref: np.ndarray, int8: bool, what: str) -> None:
