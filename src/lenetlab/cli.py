@@ -58,19 +58,33 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg = resolve(a.preset, a.model, file_data, overrides)
     from lenetlab.config import RunConfig
 
+    tracking = _loggers(a, out, run_name=out.resolve().name)
     con = _console()
     log = None if a.quiet else (lambda s: con.print(s))
+    status = "FAILED"
     try:
-        summary = fit(cfg or RunConfig(), out=out, resume=a.resume, force=a.force, log=log)
+        summary = fit(cfg or RunConfig(), out=out, resume=a.resume, force=a.force, log=log, callbacks=tracking)
     except KeyboardInterrupt:
+        status = "KILLED"
         print(f"\ninterrupted; the last finished epoch is saved. Continue with:\n"
               f"  lenetlab train --resume --out {out}", file=sys.stderr)
         return 130
+    finally:
+        for t in tracking:
+            t.close(status)   # a finished run's loggers are closed already
     summary.pop("_model", None)
     con.print(f"[bold]{summary['model']}[/bold]  params {summary['params']:,}  epochs {summary['epochs']}  "
               f"test accuracy [bold]{100 * summary['test_accuracy']:.2f}%[/bold]  "
               f"({summary['wall_seconds']:.1f}s)  -> {out}")
     return 0
+
+
+def _loggers(a: argparse.Namespace, root: Path, **kw: Any) -> list:
+    """The ``--logger`` trackers writing under ``root``; their packages are checked before anything is written."""
+    from lenetlab.train import loggers
+
+    names = [n for group in (a.logger or []) for n in group]
+    return loggers.make(names, root, **kw) if names else []
 
 
 # ---------------------------------------------------------------- eval
@@ -314,7 +328,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, terminated)
     try:
         r = run_sweep(sweep, out, backend=a.backend, workers=a.workers, address=a.address,
-                      log=None if a.quiet else _flushed(con))
+                      log=None if a.quiet else _flushed(con), loggers=[n for g in (a.logger or []) for n in g])
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished trials are in {out / 'trials.jsonl'}. Run the same command again "
               "to continue.", file=sys.stderr)
@@ -361,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run directory to write")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     t.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    _logger_flag(t, "RUN_DIR/tensorboard, RUN_DIR/mlruns")
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -424,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--workers", type=V.count("--workers", hi=4096), metavar="N",
                     help="parallel trials (default: CPU count)")
     sw.add_argument("--out", help="output directory (default runs/sweeps/<file name>); holds trials.jsonl")
+    _logger_flag(sw, "OUT/tensorboard/<trial>, OUT/mlruns: one run per trial")
     sw.add_argument("-q", "--quiet", action="store_true")
     sw.set_defaults(func=cmd_sweep)
 
@@ -435,6 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     for mod in COMMANDS:
         importlib.import_module(mod).add_commands(sub)
     return p
+
+
+def _logger_flag(p: argparse.ArgumentParser, where: str) -> None:
+    from lenetlab.train.loggers import parse_names
+
+    p.add_argument("--logger", action="append", type=parse_names, metavar="NAME[,NAME]",
+                   help=f"experiment tracking: tensorboard | mlflow (repeatable or a comma list; into {where})")
 
 
 def _version() -> str:

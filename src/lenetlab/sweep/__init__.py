@@ -74,7 +74,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -89,10 +89,19 @@ __all__ = ["Sweep", "Trial", "load", "parse", "run_sweep", "read_trials"]
 
 
 def run_sweep(sweep: Sweep, out: str | os.PathLike, backend: str = "local", workers: int | None = None,
-              address: str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              address: str | None = None, log: Callable[[str], None] | None = None,
+              loggers: Sequence[str] = ()) -> dict[str, Any]:
     """Run every trial of ``sweep`` not yet in ``out/trials.jsonl``; returns a summary dict
-    (``total``, ``skipped``, ``ran``, ``failed``, ``best``, ``rows`` = every finished trial's line)."""
+    (``total``, ``skipped``, ``ran``, ``failed``, ``best``, ``rows`` = every finished trial's line).
+
+    ``loggers``: ``tensorboard`` and/or ``mlflow`` (:mod:`lenetlab.train.loggers`): each trial that runs is
+    logged as its own run, in ``out/tensorboard/<trial>/`` and in ``out/mlruns`` (experiment: the sweep's name,
+    run: the trial id)."""
+    from lenetlab.train import loggers as tracking
+
     log = log or (lambda s: None)
+    loggers = tracking.parse_names(list(loggers))
+    tracking.require(*loggers)
     if backend not in BACKENDS:
         raise LenetlabError(f"unknown backend {backend!r}; choose from: {', '.join(BACKENDS)}")
     if workers is not None and workers < 1:
@@ -109,6 +118,12 @@ def run_sweep(sweep: Sweep, out: str | os.PathLike, backend: str = "local", work
         if sweep.kind == "experiment" or (sweep.save_runs and sweep.kind == "train"):
             for t in todo:   # where the trial writes its run (or experiment) directory; not part of its id
                 t.payload = {**t.payload, "out": str((out / "runs" / t.id).resolve())}
+        if loggers and todo:
+            for t in todo:
+                t.payload = {**t.payload, "loggers": {"names": loggers, "root": str(out.resolve()), "trial": t.id,
+                                                      "experiment": sweep.name}}
+            if "mlflow" in loggers:   # made here, once: parallel trials would each create one of that name
+                tracking.experiment_id(tracking.client(out / tracking.SUBDIRS["mlflow"]), sweep.name)
         log(f"sweep {sweep.name}: {len(trials)} trials, {len(trials) - len(todo)} already in "
             f"{journal.path}, {len(todo)} to run on {backend}")
         failed = 0
@@ -159,7 +174,7 @@ def _config_of(payload: dict[str, Any]) -> dict[str, Any]:
     a function's name and arguments."""
     if payload["kind"] == "train":
         return payload["config"]
-    return {k: v for k, v in payload.items() if k not in ("kind", "out")}
+    return {k: v for k, v in payload.items() if k not in ("kind", "out", "loggers")}
 
 
 def _short(params: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ import importlib
 import json
 import math
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from lenetlab.errors import LenetlabError
@@ -25,28 +26,59 @@ def run_trial(payload: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     kind = payload["kind"]
-    if kind == "train":
-        metrics = _train(payload["config"], payload.get("out"))
-    elif kind == "experiment":
-        metrics = _experiment(payload)
-    elif kind == "function":
-        metrics = import_function(payload["function"])(**payload["params"])
-        if not isinstance(metrics, dict):
-            raise LenetlabError(f"{payload['function']} returned {type(metrics).__name__}, not a dict of metrics")
-    else:
-        raise LenetlabError(f"unknown trial kind {kind!r}")
-    json.dumps(metrics)   # a metric that cannot be written to the JSONL fails this trial, not the sweep
+    tracking = _trackers(payload)
+    status = "FAILED"
+    try:
+        if kind == "train":
+            metrics = _train(payload["config"], payload.get("out"), tracking)
+        elif kind == "experiment":
+            metrics = _experiment(payload)
+        elif kind == "function":
+            metrics = import_function(payload["function"])(**payload["params"])
+            if not isinstance(metrics, dict):
+                raise LenetlabError(f"{payload['function']} returned {type(metrics).__name__}, not a dict of "
+                                    "metrics")
+        else:
+            raise LenetlabError(f"unknown trial kind {kind!r}")
+        json.dumps(metrics)   # a metric that cannot be written to the JSONL fails this trial, not the sweep
+        if kind != "train":   # one step: the trial's metrics (a training trial logged every epoch)
+            from lenetlab.train.loggers import scalars
+
+            for t in tracking:
+                t.log(0, scalars(metrics))
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        for t in tracking:
+            t.close(status)
     return {"metrics": metrics, "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def _train(config: dict[str, Any], out: str | None) -> dict[str, Any]:
+def _trackers(payload: dict[str, Any]) -> list[Any]:
+    """The trial's loggers (``lenetlab sweep --logger``): one run per trial, named by its id."""
+    spec = payload.get("loggers")
+    if not spec:
+        return []
+    from lenetlab.train import loggers
+
+    root = Path(spec["root"])
+    params = None if payload["kind"] == "train" else loggers.flatten(
+        payload.get("params") or {"experiment": payload.get("experiment"), "mode": payload.get("mode"),
+                                  **(payload.get("options") or {})})
+    return loggers.make(spec["names"], root, run_name=spec["trial"], experiment=spec["experiment"],
+                        tensorboard_dir=root / loggers.SUBDIRS["tensorboard"] / spec["trial"], params=params)
+
+
+def _train(config: dict[str, Any], out: str | None, callbacks: list[Any] = ()) -> dict[str, Any]:
     from lenetlab.config import RunConfig, from_dict
     from lenetlab.sweep.spec import TRAIN_METRICS
     from lenetlab.train import fit
 
     cfg = from_dict(RunConfig, config)
     summary = fit(cfg, out=out, force=out is not None, splits=_splits(json.dumps(config["data"], sort_keys=True)),
-                  log=None, progress=False)
+                  log=None, progress=False, callbacks=callbacks)
     return {k: summary[k] for k in TRAIN_METRICS}
 
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenetlab import rundir
-from lenetlab.config import RunConfig, TrainConfig
+from lenetlab.config import RunConfig, TrainConfig, to_dict
 from lenetlab.data import Splits, load_splits
 from lenetlab.errors import LenetlabError
 from lenetlab.models import create_model, param_count
@@ -109,9 +109,13 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
     state is not in the config, so a resumed run needs them passed again).
 
     ``callbacks`` only watch: each is a callable ``cb(metrics)`` or an object
-    with ``on_epoch_end(metrics)`` (and optionally ``on_train_end(summary)``);
-    ``metrics`` is a copy of the epoch's metrics.jsonl row. They never change
-    training and are not saved in checkpoints (:func:`check_callbacks`).
+    with ``on_epoch_end(metrics)`` (and optionally ``on_train_begin(info)``,
+    called once the run directory is set up, with ``info`` = ``{"config": the
+    resolved config as a dict, "out", "start_epoch", "resume"}``, and
+    ``on_train_end(summary)``); ``metrics`` is a copy of the epoch's
+    metrics.jsonl row. They never change training and are not saved in
+    checkpoints (:func:`check_callbacks`). The experiment trackers in
+    :mod:`lenetlab.train.loggers` are such callbacks.
     """
     t0 = time.perf_counter()
     callbacks = check_callbacks(callbacks)
@@ -181,6 +185,12 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
                 rundir.clear(out_dir)
             out_dir.mkdir(parents=True, exist_ok=True)
             rundir.save_config(out_dir, cfg)
+
+    begin = {"config": to_dict(cfg), "out": None if out_dir is None else str(out_dir), "start_epoch": start_epoch,
+             "resume": bool(resume)}
+    for cb in callbacks:
+        if callable(getattr(cb, "on_train_begin", None)):
+            cb.on_train_begin(copy.deepcopy(begin))
 
     show = sys.stderr.isatty() if progress is None else progress
     history: list[dict[str, Any]] = []
