@@ -7,6 +7,7 @@ Ctrl-C exits 130 after the last complete epoch's checkpoint is safe on disk.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -479,3 +480,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:   # a full disk is one line, not a traceback; atomic writes kept the files before
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" while writing {e.filename}" if e.filename else ""
+        print(f"lenetlab: error: {(e.strerror or 'no space left on device').lower()}{where}", file=sys.stderr)
+        return 1
