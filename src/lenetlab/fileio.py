@@ -4,15 +4,38 @@ Atomic writes: write to a temporary file in the same directory, flush and
 fsync, then ``os.replace`` it over the target (atomic on POSIX), so a reader
 never sees a half-written file. :class:`JsonlJournal`: append-only JSON lines
 whose cut-short last line never swallows the next record.
+
+Test-only hook: with ``LENETLAB_KILL_AFTER_WRITES=N`` in its environment, a process SIGKILLs itself in its
+Nth write through this module - an atomic write after its temporary file is complete but before the rename,
+a journal append halfway through its line - so ``tests/test_kill_anywhere.py`` can cut a command at the
+same point every time. The variable is taken out of the environment at import (child processes do not
+inherit it) and only the importing process counts.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+_UMASK = os.umask(0o022)   # read the process umask (the only way is to set it) and put it back
+os.umask(_UMASK)
+_KILL_AT = int(os.environ.pop("LENETLAB_KILL_AFTER_WRITES", "0") or 0)   # test-only, see the module doc
+_KILL_PID = os.getpid()
+_writes = 0
+
+
+def _kill_point() -> None:
+    """Test-only: SIGKILL this process at its ``LENETLAB_KILL_AFTER_WRITES``-th write (see the module doc)."""
+    global _writes
+    if _KILL_AT > 0 and os.getpid() == _KILL_PID:
+        _writes += 1
+        if _writes == _KILL_AT:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> None:
@@ -20,16 +43,29 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)   # mkstemp makes it owner-only; give it a plain new file's mode
     os.close(fd)
     try:
         writer(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        _kill_point()
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        _raise_naming(e, path)
         raise
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)   # the errors of a full disk (or a used-up quota)
+
+
+def _raise_naming(e: BaseException, path: Path) -> None:
+    """A full disk: raise the error again naming ``path`` (the file the caller asked for, not a temporary
+    one), so ``lenetlab`` can say in one line what it could not write."""
+    if isinstance(e, OSError) and e.errno in DISK_FULL:
+        raise OSError(e.errno, e.strerror, str(path)) from e
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -38,6 +74,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
 
     atomic_write(path, w)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, **savefig_kw: Any) -> None:
+    """``fig.savefig(path, **savefig_kw)`` (a matplotlib figure), written atomically: a kill or a full disk
+    never leaves a cut-short image in place of a whole one."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", **savefig_kw)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def is_leftover(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is the temporary file of an atomic write that never finished (a kill between the
+    write and the rename leaves one: ``.NAME.XXXXXXXX.tmp``); nothing reads it."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -82,12 +135,22 @@ class JsonlJournal:
         """Write ``record`` as one line at the end (after repairing a cut-short tail), flushed to disk."""
         line = (json.dumps(record) + "\n").encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a+b") as f:
-            _repair_tail(f)
-            f.write(line)
-            f.flush()
-            if self.fsync:
-                os.fsync(f.fileno())
+        try:
+            with open(self.path, "a+b") as f:
+                _repair_tail(f)
+                if _KILL_AT:                  # test-only: a kill halfway through the line
+                    f.write(line[:len(line) // 2])
+                    f.flush()
+                    _kill_point()
+                    f.write(line[len(line) // 2:])
+                else:
+                    f.write(line)
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+        except OSError as e:   # a cut-short line left by a full disk is dropped by the next append
+            _raise_naming(e, self.path)
+            raise
 
     def rewrite(self, records: list[dict[str, Any]]) -> None:
         """Replace the whole journal with ``records``, atomically (e.g. to drop records past a checkpoint)."""

@@ -23,7 +23,7 @@ from torch import nn
 from lenetlab import weights
 from lenetlab.config import RunConfig, from_dict, to_dict
 from lenetlab.errors import LenetlabError
-from lenetlab.fileio import JsonlJournal, atomic_write_json
+from lenetlab.fileio import JsonlJournal, atomic_write_json, is_leftover
 
 CONFIG, METRICS, MODEL, SUMMARY = "config.json", "metrics.jsonl", "model.safetensors", "summary.json"
 OWNED = (CONFIG, METRICS, MODEL, SUMMARY, "checkpoint.safetensors")
@@ -37,7 +37,9 @@ def prepare(out: Path, resume: bool, force: bool) -> None:
         return
     if out.exists() and not out.is_dir():
         raise LenetlabError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    # the temporary file of a write cut short by a kill is not a run (else --resume and a plain re-run
+    # would each send the user to the other)
+    if out.is_dir() and any(not is_leftover(p) for p in out.iterdir()) and not force:
         raise LenetlabError(f"{out}: already exists and is not empty; use --resume to continue it or --force")
 
 
@@ -110,8 +112,15 @@ def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
     JsonlJournal(Path(run_dir) / METRICS).append(row)
 
 
-def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
-    """Drop metric lines past the checkpointed epoch (they will be recomputed), and any cut-short line."""
+def truncate_metrics(run_dir: Path, last_epoch: int, last_row: dict[str, Any] | None = None) -> None:
+    """Drop metric lines past the checkpointed epoch (they will be recomputed), and any cut-short line.
+
+    ``last_row``: the checkpointed epoch's own line, which the checkpoint carries. The checkpoint is written
+    just before its metrics line, so a kill between the two (or halfway through the line) would otherwise
+    lose that epoch's line for good; it is put back if missing."""
     journal = JsonlJournal(Path(run_dir) / METRICS)
-    if journal.path.exists():
-        journal.rewrite([row for row in journal.read() if row.get("epoch", 0) <= last_epoch])
+    rows = [row for row in journal.read() if row.get("epoch", 0) <= last_epoch]
+    if last_row is not None and all(row.get("epoch") != last_row.get("epoch") for row in rows):
+        rows.append(last_row)
+    if journal.path.exists() or rows:
+        journal.rewrite(rows)

@@ -165,7 +165,7 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
     ctx.new_optimizer()
     stepper = next((p for p in plugins if p.overrides_step()), None)
 
-    start_epoch, step = 0, 0
+    start_epoch, step, last_row = 0, 0, None
     if out_dir is not None:
         if resume and not (out_dir / CHECKPOINT).exists():
             # killed before its first epoch finished: nothing to keep, start over
@@ -174,10 +174,10 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
                 log(f"resuming {out_dir}: no finished epoch yet, starting from epoch 1")
         elif resume:
             state = load_checkpoint(out_dir / CHECKPOINT, model, ctx.opt)
-            start_epoch, step = state["epoch"], state["step"]
+            start_epoch, step, last_row = state["epoch"], state["step"], state.get("metrics")
             for p in plugins:
                 p.load_state_dict(state["plugins"].get(p.name, {}))
-            rundir.truncate_metrics(out_dir, start_epoch)
+            rundir.truncate_metrics(out_dir, start_epoch, last_row)
             if log:
                 log(f"resuming {out_dir} after epoch {start_epoch}/{tc.epochs}")
         else:
@@ -193,7 +193,7 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
             cb.on_train_begin(copy.deepcopy(begin))
 
     show = sys.stderr.isatty() if progress is None else progress
-    history: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = [last_row] if last_row else []   # resumed after the last epoch: its line
     last_eval: dict[str, float] = {}
     stopped_early = False
     grad_norms = GradNorms(model) if tc.grad_norms else None
@@ -254,8 +254,10 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
             row["unix_time"] = time.time()
             history.append(row)
             if out_dir is not None:
-                # checkpoint first: a metrics line always has its checkpoint on disk
-                save_checkpoint(out_dir / CHECKPOINT, model, ctx.opt, {"epoch": epoch + 1, "step": step},
+                # checkpoint first: a metrics line always has its checkpoint on disk; the checkpoint carries
+                # its line, put back on resume if a kill lost it
+                save_checkpoint(out_dir / CHECKPOINT, model, ctx.opt, {"epoch": epoch + 1, "step": step,
+                                                                       "metrics": row},
                                 {p.name: p.state_dict() for p in plugins})
                 rundir.append_metrics(out_dir, row)
             if log:
