@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
 
+from conftest import run_cli
 from lenetlab.errors import LenetlabError
 from lenetlab.train import loggers
 

@@ -68,39 +68,44 @@ class Run:
         return self.config.data
 
 
-def load_run(path: str | Path) -> Run:
+def load_run(path: str | Path, *, device: Any = "cpu") -> Run:
     """Load a finished run directory (``lenetlab train --out DIR`` or :func:`fit` with ``out``).
 
-    Returns a :class:`Run`: ``run.model`` (weights loaded, eval mode), ``run.config`` (the full
-    :class:`~lenetlab.config.RunConfig`), ``run.summary`` (summary.json, or None if absent), ``run.path``.
+    Returns a :class:`Run`: ``run.model`` (weights loaded, eval mode, on ``device``: ``cpu`` by default,
+    ``auto``, ``cuda[:N]``, ``mps``), ``run.config`` (the full :class:`~lenetlab.config.RunConfig`),
+    ``run.summary`` (summary.json, or None if absent), ``run.path``.
     """
-    from lenetlab import rundir
+    from lenetlab import devices, rundir
 
     if not isinstance(path, (str, Path)):
         raise LenetlabError(f"load_run takes a run directory path, got {type(path).__name__}")
+    dev = devices.resolve(device, what="device")
     model, cfg = rundir.load_model(path)
+    model.to(dev)
     p = Path(path)
     summary = rundir.read_summary(p) if (p / rundir.SUMMARY).is_file() else None
     return Run(p, model, cfg, summary)
 
 
 def fit(config: RunConfig | Mapping[str, Any] | str | None = None, out: str | Path | None = None, *,
-        callbacks: Sequence[Any] = (), **kwargs: Any) -> dict[str, Any]:
+        callbacks: Sequence[Any] = (), device: Any = "auto", **kwargs: Any) -> dict[str, Any]:
     """Train a model: :func:`lenetlab.train.fit` with a friendlier ``config``.
 
     ``config`` is a :class:`~lenetlab.config.RunConfig` (used as it is), a preset name (``"fast"``,
     ``"paper"``), a nested dict laid out like a TOML config file (``{"model": "lenet5", "train":
     {"epochs": 1}}``; ``"model"`` may be a name or a table with the model's options; the ``preset`` key picks
     the preset, default ``fast``), or None (the fast preset on LeNet-5). ``callbacks`` get each epoch's
-    metrics (see :func:`lenetlab.train.fit`). Other keyword arguments go to :func:`lenetlab.train.fit`
-    (``resume``, ``force``, ``log``, ``progress``, ``splits``, ``model``, ``plugins``).
+    metrics (see :func:`lenetlab.train.fit`; experiment trackers: :mod:`lenetlab.train.loggers`). ``device``:
+    ``auto`` (CUDA, else MPS, else CPU; as ``lenetlab train``), ``cpu``, ``cuda[:N]``, ``mps`` or a
+    ``torch.device``. Other keyword arguments go to :func:`lenetlab.train.fit` (``resume``, ``force``,
+    ``log``, ``progress``, ``splits``, ``model``, ``plugins``).
 
     Returns the run summary (``test_accuracy``, ``epochs``, ``wall_seconds``...); ``summary["_model"]`` is
-    the trained model.
+    the trained model (on ``device``).
     """
     from lenetlab.train import fit as train_fit
 
-    return train_fit(_run_config(config), out, callbacks=callbacks, **kwargs)
+    return train_fit(_run_config(config), out, callbacks=callbacks, device=device, **kwargs)
 
 
 def _run_config(config: Any) -> RunConfig:
@@ -209,11 +214,16 @@ def _labels(y: Any, n: int) -> torch.Tensor:
     return y.to(torch.long)
 
 
-def _device(model: nn.Module) -> torch.device:
-    import torch
+def _device(model: nn.Module, device: Any = None) -> torch.device:
+    """Where ``model`` runs: its own device (``device=None``), or ``device``, where it is moved (in place,
+    as ``nn.Module.to`` does)."""
+    from lenetlab import devices
 
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
+    if device is None:
+        return devices.of(model)
+    dev = devices.resolve(device, what="device")
+    model.to(dev)
+    return dev
 
 
 def _check_classes(model: nn.Module, first: torch.Tensor, y: torch.Tensor) -> None:
@@ -236,16 +246,17 @@ def _check_classes(model: nn.Module, first: torch.Tensor, y: torch.Tensor) -> No
         raise LenetlabError(f"label {int(y.max())} out of range: the model has {out.shape[1]} outputs")
 
 
-def _prepare(model: Any, x: Any, y: Any, mean: float | None, std: float | None, data: DataConfig | None
-             ) -> tuple[nn.Module, Run | None, DataConfig, torch.Tensor, torch.Tensor]:
-    """(module, run, normalisation, [0,1] images, labels) on the model's device, all checked."""
+def _prepare(model: Any, x: Any, y: Any, mean: float | None, std: float | None, data: DataConfig | None,
+             device: Any = None) -> tuple[nn.Module, Run | None, DataConfig, torch.Tensor, torch.Tensor]:
+    """(module, run, normalisation, [0,1] images, labels) on the model's device (the model moved to
+    ``device`` first if given), all checked."""
     from lenetlab.data.transforms import from_unit
 
     net, run = _unwrap(model)
     cfg = _data_config(run, mean, std, data)
     x01 = _images(x)
     labels = _labels(y, len(x01))
-    dev = _device(net)
+    dev = _device(net, device)
     x01, labels = x01.to(dev), labels.to(dev)
     _check_classes(net, from_unit(x01[:1], cfg), labels)
     return net, run, cfg, x01, labels
@@ -262,10 +273,11 @@ def _positive_int(name: str, v: Any) -> int:
 
 
 def evaluate(model: nn.Module | Run, x: Any, y: Any, *, mean: float | None = None, std: float | None = None,
-             data: DataConfig | None = None, batch_size: int = 1000) -> dict[str, float]:
+             data: DataConfig | None = None, batch_size: int = 1000, device: Any = None) -> dict[str, float]:
     """Accuracy and mean loss of ``model`` on images ``x`` with labels ``y``, in eval mode.
 
-    The loss is the model's own (cross-entropy; the RBF penalty for ``lenet5_classic``).
+    The loss is the model's own (cross-entropy; the RBF penalty for ``lenet5_classic``). It runs on the
+    model's device, or on ``device`` (``auto``, ``cpu``, ``cuda[:N]``, ``mps``), where the model is moved.
     Returns ``{"accuracy", "loss", "n"}``.
     """
     from lenetlab.config import TrainConfig
@@ -273,7 +285,7 @@ def evaluate(model: nn.Module | Run, x: Any, y: Any, *, mean: float | None = Non
     from lenetlab.train.trainer import evaluate as _evaluate
     from lenetlab.train.trainer import make_loss
 
-    net, _, cfg, x01, labels = _prepare(model, x, y, mean, std, data)
+    net, _, cfg, x01, labels = _prepare(model, x, y, mean, std, data, device)
     batch_size = _positive_int("batch_size", batch_size)
     loss_fn = make_loss(net, TrainConfig(loss=getattr(net, "default_loss", "ce")))
     out: dict[str, Any] = {"accuracy": 0.0, "loss": 0.0}
@@ -310,14 +322,16 @@ class AttackOutcome:
 def attack(model: nn.Module | Run, x: Any, y: Any, name: str = "pgd", *, eps: float = 0.1,
            mean: float | None = None, std: float | None = None, data: DataConfig | None = None,
            substitute: nn.Module | Run | None = None, grad_source: str = "autograd", seed: int = 0,
-           batch_size: int = 500, **options: Any) -> AttackOutcome:
+           batch_size: int = 500, device: Any = None, **options: Any) -> AttackOutcome:
     """Adversarial examples within an L-inf ball of radius ``eps`` (pixel units, [0, 1]) around ``x``.
 
     Works on any ``nn.Module`` that maps (normalised) images to logits. ``name`` is a registered attack
     (``lenetlab list attacks``: fgsm, pgd, bb-fgsm, bb-pgd, hybrid); ``options`` are its own options (e.g.
     ``steps=20, step_size=0.01`` for pgd) and are checked against its ``Options``. Transfer attacks
     (``bb-*``, ``hybrid``) need a ``substitute`` model; it gets its own run's normalisation if it is a
-    :class:`Run`, else the target's. Seeded: the same call gives the same images.
+    :class:`Run`, else the target's. Seeded: the same call gives the same images (the random draws are made
+    on the CPU). It runs on the model's device, or on ``device``, where the model (and the substitute) is
+    moved; ``x_adv`` comes back on the CPU.
     """
     from lenetlab.attacks import Target, make_attack, run_attack
     from lenetlab.registry import get
@@ -328,13 +342,14 @@ def attack(model: nn.Module | Run, x: Any, y: Any, name: str = "pgd", *, eps: fl
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps <= 1.0:
         raise LenetlabError(f"eps must be a number in [0, 1] (pixel units), got {eps!r}")
     batch_size = _positive_int("batch_size", batch_size)
-    net, run, cfg, x01, labels = _prepare(model, x, y, mean, std, data)
+    net, run, cfg, x01, labels = _prepare(model, x, y, mean, std, data, device)
     rule = run.config.train.rule.name if run is not None else "bp"
     rule_seed = run.config.train.seed if run is not None else 0
     target = Target(net, cfg, grad_source, rule, rule_seed)
     sub = None
     if substitute is not None:
         s_net, s_run = _unwrap(substitute, "substitute")
+        s_net.to(x01.device)
         sub = Target(s_net, s_run.data if s_run is not None else cfg, name="substitute")
     atk = make_attack(name, target, float(eps), seed=seed, substitute=sub, **options)
     res, x_adv = run_attack(atk, x01, labels, batch_size, keep=True)
@@ -345,11 +360,12 @@ def attack(model: nn.Module | Run, x: Any, y: Any, name: str = "pgd", *, eps: fl
 def noisy_accuracy(model: nn.Module | Run, x: Any, y: Any, sigma: float, *, draws: int = 5, relative: bool = False,
                    sites: Sequence[str] | None = None, weight_sigma: float = 0.0, seed: int = 0,
                    mean: float | None = None, std: float | None = None, data: DataConfig | None = None,
-                   batch_size: int = 1000) -> dict[str, Any]:
+                   batch_size: int = 1000, device: Any = None) -> dict[str, Any]:
     """Accuracy under additive Gaussian noise after every layer (:func:`lenetlab.noise.noisy_accuracy`).
 
     ``sigma`` is absolute (or relative to each site's max |y| with ``relative=True``); ``sites`` is a subset
-    of ``input, conv, act, pool, linear`` (default all). Returns ``{"mean", "std", "per_draw", "per_image"}``.
+    of ``input, conv, act, pool, linear`` (default all). The noise is drawn on the CPU; the model runs on its
+    device, or on ``device``, where it is moved. Returns ``{"mean", "std", "per_draw", "per_image"}``.
     """
     from lenetlab.data.transforms import from_unit
     from lenetlab.noise import SITES
@@ -365,7 +381,7 @@ def noisy_accuracy(model: nn.Module | Run, x: Any, y: Any, sigma: float, *, draw
     if bad or not sites:
         raise LenetlabError(f"unknown noise site {bad[0]!r}" if bad else "no noise sites given"
                             f"; choose from: {', '.join(SITES)}")
-    net, _, cfg, x01, labels = _prepare(model, x, y, mean, std, data)
+    net, _, cfg, x01, labels = _prepare(model, x, y, mean, std, data, device)
     return _noisy(net, from_unit(x01, cfg), labels, float(sigma), draws=draws, relative=bool(relative),
                   sites=sites, weight_sigma=float(weight_sigma), seed=seed, batch_size=batch_size)
 

@@ -43,6 +43,7 @@ def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from lenetlab import devices
     from lenetlab.config import load_toml
     from lenetlab.train import fit
     from lenetlab.train.presets import resolve
@@ -59,12 +60,14 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg = resolve(a.preset, a.model, file_data, overrides)
     from lenetlab.config import RunConfig
 
+    devices.resolve(a.device)   # a device that is not here: one line, before anything is written
     tracking = _loggers(a, out, run_name=out.resolve().name)
     con = _console()
     log = None if a.quiet else (lambda s: con.print(s))
     status = "FAILED"
     try:
-        summary = fit(cfg or RunConfig(), out=out, resume=a.resume, force=a.force, log=log, callbacks=tracking)
+        summary = fit(cfg or RunConfig(), out=out, resume=a.resume, force=a.force, log=log, callbacks=tracking,
+                      device=a.device)
     except KeyboardInterrupt:
         status = "KILLED"
         print(f"\ninterrupted; the last finished epoch is saved. Continue with:\n"
@@ -92,11 +95,14 @@ def _loggers(a: argparse.Namespace, root: Path, **kw: Any) -> list:
 def cmd_eval(a: argparse.Namespace) -> int:
     import dataclasses
 
+    from lenetlab import devices
     from lenetlab.data import load_splits
     from lenetlab.rundir import load_model
     from lenetlab.train import evaluate, make_loss
 
+    dev = devices.resolve(a.device)
     model, cfg = load_model(a.run_dir)
+    model.to(dev)   # evaluate() moves each batch there
     # the full test set unless --limit: a run trained on a subset is still judged on all of it
     data = dataclasses.replace(cfg.data, val_size=0, train_subset=1, test_subset=a.limit,
                                dataset=a.dataset or cfg.data.dataset,
@@ -118,18 +124,21 @@ def cmd_predict(a: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from lenetlab import devices
     from lenetlab.data import from_unit
     from lenetlab.data.images import load_gray, to_mnist
     from lenetlab.rundir import load_model
 
+    dev = devices.resolve(a.device)
     model, cfg = load_model(a.run_dir)
+    model.to(dev)
     from lenetlab.registry import get
 
     classes = get("dataset", cfg.data.dataset).classes
     digits = [to_mnist(load_gray(p)) for p in a.images]   # all read before any output
-    x = from_unit(torch.from_numpy(np.stack(digits)).unsqueeze(1), cfg.data)
+    x = from_unit(torch.from_numpy(np.stack(digits)).unsqueeze(1), cfg.data).to(dev)
     with torch.no_grad():
-        probs = torch.softmax(model(x), 1)
+        probs = torch.softmax(model(x), 1).cpu()
     for path, p in zip(a.images, probs):
         top = torch.topk(p, min(a.top, len(p)))
         alts = ", ".join(f"{classes[i]} {float(v):.3f}" for v, i in zip(top.values, top.indices))
@@ -317,10 +326,12 @@ def _reproduce_all(a: argparse.Namespace, con) -> int:
 def cmd_sweep(a: argparse.Namespace) -> int:
     import signal
 
+    from lenetlab import devices
     from lenetlab.sweep import load, run_sweep
 
     sweep = load(a.file)
     out = Path(a.out) if a.out else Path("runs") / "sweeps" / Path(a.file).stem
+    devices.resolve(a.device)
     con = _console()
 
     def terminated(signum, frame):   # SIGTERM (a scheduler, `kill`): stop like Ctrl-C, keep what finished
@@ -329,7 +340,8 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, terminated)
     try:
         r = run_sweep(sweep, out, backend=a.backend, workers=a.workers, address=a.address,
-                      log=None if a.quiet else _flushed(con), loggers=[n for g in (a.logger or []) for n in g])
+                      log=None if a.quiet else _flushed(con), loggers=[n for g in (a.logger or []) for n in g],
+                      device=a.device)
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished trials are in {out / 'trials.jsonl'}. Run the same command again "
               "to continue.", file=sys.stderr)
@@ -352,6 +364,7 @@ def fmt_metric(v: Any) -> str:
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from lenetlab import validate as V  # numeric flags are checked while parsing: one error line, exit 2
+    from lenetlab.devices import add_flag as add_device_flag
 
     p = argparse.ArgumentParser(prog="lenetlab", description="LeNet-5, instrumented.")
     p.add_argument("--version", action="version", version=_version())
@@ -377,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     t.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     _logger_flag(t, "RUN_DIR/tensorboard, RUN_DIR/mlruns")
+    add_device_flag(t)
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -386,12 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir")
     e.add_argument("--limit", type=V.count("--limit"), metavar="N", help="only the first N test images")
     e.add_argument("--json", action="store_true")
+    add_device_flag(e)
     e.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="classify image files (PNG/PGM/NPY, any size)")
     pr.add_argument("run_dir")
     pr.add_argument("images", nargs="+")
     pr.add_argument("--top", type=V.count("--top"), default=3)
+    add_device_flag(pr)
     pr.set_defaults(func=cmd_predict)
 
     li = sub.add_parser("list", help="list registered components")
@@ -441,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="parallel trials (default: CPU count)")
     sw.add_argument("--out", help="output directory (default runs/sweeps/<file name>); holds trials.jsonl")
     _logger_flag(sw, "OUT/tensorboard/<trial>, OUT/mlruns: one run per trial")
+    add_device_flag(sw, "training trials' device")
     sw.add_argument("-q", "--quiet", action="store_true")
     sw.set_defaults(func=cmd_sweep)
 

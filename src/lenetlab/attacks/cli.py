@@ -36,6 +36,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=V.seed(), default=0)
     p.add_argument("--save-examples", metavar="DIR", help="write adversarial images (IDX) and a PNG grid here")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    from lenetlab.devices import add_flag
+
+    add_flag(p, "where the target and substitute run (random draws stay on the CPU)")
     fixed = {a.dest for a in p._actions}
     options = option_fields()
     g = p.add_argument_group("attack options (from each attack's Options; given only to attacks that declare them)")
@@ -101,12 +104,18 @@ def cmd_attack(a: argparse.Namespace) -> int:
         raise LenetlabError("--save-examples takes one --eps value")
     if a.save_examples and Path(a.save_examples).exists() and not Path(a.save_examples).is_dir():
         raise LenetlabError(f"{a.save_examples}: exists and is not a directory")
+    from lenetlab import devices
+
+    dev = devices.resolve(a.device)
     target = Target.from_run(a.run_dir, a.grad_source)
     substitute = Target.from_run(a.substitute) if a.substitute else None
+    for t in (target, substitute):
+        if t is not None:
+            t.model.to(dev)
     _, _, xs, ys = load_raw(target.data.dataset, target.data.data_dir)
     n = min(len(xs), a.limit or len(xs))
-    x01 = torch.from_numpy(xs[:n].copy()).float().div_(255.0).unsqueeze(1)
-    y = torch.from_numpy(ys[:n].astype("int64"))
+    x01 = torch.from_numpy(xs[:n].copy()).float().div_(255.0).unsqueeze(1).to(dev)
+    y = torch.from_numpy(ys[:n].astype("int64")).to(dev)
     opts = _options(a)
     rows, kept = [], None
     for e in a.eps:
@@ -114,7 +123,7 @@ def cmd_attack(a: argparse.Namespace) -> int:
         res, kept = run_attack(atk, x01, y, keep=bool(a.save_examples))
         rows.append({"eps": e, **res.as_dict()})
     if a.save_examples:
-        _save(Path(a.save_examples), x01, kept, y, target)
+        _save(Path(a.save_examples), x01.cpu(), kept.cpu(), y.cpu(), target)
     if a.json:
         print(json.dumps({"run": str(a.run_dir), "attack": a.attack, "grad_source": a.grad_source,
                           "substitute": a.substitute, "rows": rows}))
@@ -136,6 +145,7 @@ def _save(out: Path, x01, x_adv, y, target) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from lenetlab import devices
     from lenetlab.data import write_idx
 
     out.mkdir(parents=True, exist_ok=True)
@@ -143,7 +153,8 @@ def _save(out: Path, x01, x_adv, y, target) -> None:
     write_idx(out / "adversarial-images-idx3-ubyte", imgs)
     write_idx(out / "labels-idx1-ubyte", y.numpy().astype(np.uint8))
     k = min(10, len(x01))
-    pred_c, pred_a = target.predict(x01[:k]), target.predict(x_adv[:k])
+    dev = devices.of(target.model)
+    pred_c, pred_a = target.predict(x01[:k].to(dev)).cpu(), target.predict(x_adv[:k].to(dev)).cpu()
     fig, axes = plt.subplots(2, k, figsize=(1.3 * k, 3), squeeze=False)
     for j in range(k):
         for r, (img, pr) in enumerate(((x01[j, 0], pred_c[j]), (x_adv[j, 0], pred_a[j]))):

@@ -59,7 +59,7 @@ def pgd(target: Target, x01: torch.Tensor, y: torch.Tensor, eps: float, steps: i
     best_loss = target.losses(x01, y)
     x = x01.clone() if start is None else start.clone()
     if start is None and random_start:
-        x = project(x + (torch.rand(x.shape, generator=gen) * 2 - 1) * eps, x01, eps)
+        x = project(x + (torch.rand(x.shape, generator=gen).to(x.device) * 2 - 1) * eps, x01, eps)   # CPU draw
     for _ in range(steps):
         loss, g = target.loss_grad(x, y)
         better = loss > best_loss

@@ -160,7 +160,8 @@ class SpikingLeNet5(nn.Module):
         else:
             p = x.clamp(0.0, 1.0).unsqueeze(0).expand(steps, *x.shape)
             # Bernoulli spikes forward, straight-through gradient to the pixel intensity
-            spikes = p + (torch.bernoulli(p.detach()) - p).detach()
+            # (drawn by the CPU's generator whatever the device: the same spikes on any device)
+            spikes = p + (torch.bernoulli(p.detach().cpu()).to(p.device) - p).detach()
             i1 = self._over_time(lambda z: self.pool(self.conv1(z)), spikes)
         s = self.lif1(i1)
         s = self.lif2(self._over_time(lambda z: self.pool(self.conv2(z)), s))

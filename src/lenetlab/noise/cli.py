@@ -26,6 +26,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--seed", type=V.seed(), default=0)
     e.add_argument("--limit", type=V.count("--limit"), metavar="N", help="only the first N test images")
     e.add_argument("--json", action="store_true", help="print the rows as JSON")
+    from lenetlab.devices import add_flag
+
+    add_flag(e, "where the model runs (the noise is drawn on the CPU)")
     e.set_defaults(func=cmd_noise_eval)
 
 
@@ -45,14 +48,18 @@ def cmd_noise_eval(a: argparse.Namespace) -> int:
         raise LenetlabError(f"--draws must be >= 1, got {a.draws}")
     if a.limit is not None and a.limit <= 0:
         raise LenetlabError(f"--limit must be positive, got {a.limit}")
+    from lenetlab import devices
+
+    dev = devices.resolve(a.device)
     model, cfg = load_model(a.run_dir)
+    model.to(dev)
     qat = apply_eval_qat(model, cfg.train)   # a QAT run is judged with its fake-quant on
     data = dataclasses.replace(cfg.data, val_size=0, train_subset=1, test_subset=a.limit)
     splits = load_splits(data)
+    x, y = splits.test_x.to(dev), splits.test_y.to(dev)
     rows = []
     for s in sigmas:
-        r = noisy_accuracy(model, splits.test_x, splits.test_y, s, a.draws, a.relative, sites, a.weight_sigma,
-                           a.seed)
+        r = noisy_accuracy(model, x, y, s, a.draws, a.relative, sites, a.weight_sigma, a.seed)
         rows.append({"sigma": s, "accuracy_mean": r["mean"], "accuracy_std": r["std"], "draws": a.draws})
     if qat is not None:
         qat.remove()

@@ -236,8 +236,8 @@ def _reference_noisy_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor
     the fast path is tested against, tests/test_noise_fast.py) and the weight-noise path."""
     was_training = model.training
     model.eval()
-    correct = torch.zeros(draws, dtype=torch.long)
-    per_image = torch.zeros(len(x), dtype=torch.long)
+    correct = torch.zeros(draws, dtype=torch.long, device=x.device)
+    per_image = torch.zeros(len(x), dtype=torch.long, device=x.device)
     try:
         with NoiseInjector(model, sigma, relative, sites, weight_sigma, seed):
             if weight_sigma > 0:
@@ -380,8 +380,8 @@ def _fast_noisy_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sig
     was_training = model.training
     threads = torch.get_num_threads()
     model.eval()
-    correct = torch.zeros(draws, dtype=torch.long)
-    per_image = torch.zeros(len(x), dtype=torch.long)
+    correct = torch.zeros(draws, dtype=torch.long, device=x.device)
+    per_image = torch.zeros(len(x), dtype=torch.long, device=x.device)
     per = max(1, batch_size // draws)
     starts = list(range(0, len(x), per))
     noise = _PrefetchedNoise(model, sigma, relative, sites, seed)

@@ -90,13 +90,17 @@ __all__ = ["Sweep", "Trial", "load", "parse", "run_sweep", "read_trials"]
 
 def run_sweep(sweep: Sweep, out: str | os.PathLike, backend: str = "local", workers: int | None = None,
               address: str | None = None, log: Callable[[str], None] | None = None,
-              loggers: Sequence[str] = ()) -> dict[str, Any]:
+              loggers: Sequence[str] = (), device: str = "cpu") -> dict[str, Any]:
     """Run every trial of ``sweep`` not yet in ``out/trials.jsonl``; returns a summary dict
     (``total``, ``skipped``, ``ran``, ``failed``, ``best``, ``rows`` = every finished trial's line).
 
     ``loggers``: ``tensorboard`` and/or ``mlflow`` (:mod:`lenetlab.train.loggers`): each trial that runs is
     logged as its own run, in ``out/tensorboard/<trial>/`` and in ``out/mlruns`` (experiment: the sweep's name,
-    run: the trial id)."""
+    run: the trial id).
+
+    ``device`` (:mod:`lenetlab.devices`): where training trials train (``lenetlab sweep`` passes ``auto``); not
+    part of a trial's id. Ray tasks ask for CPUs only, and Ray hides the GPUs from them: there ``auto`` is the
+    CPU."""
     from lenetlab.train import loggers as tracking
 
     log = log or (lambda s: None)
@@ -118,6 +122,9 @@ def run_sweep(sweep: Sweep, out: str | os.PathLike, backend: str = "local", work
         if sweep.kind == "experiment" or (sweep.save_runs and sweep.kind == "train"):
             for t in todo:   # where the trial writes its run (or experiment) directory; not part of its id
                 t.payload = {**t.payload, "out": str((out / "runs" / t.id).resolve())}
+        if sweep.kind == "train" and device != "cpu":
+            for t in todo:
+                t.payload = {**t.payload, "device": device}
         if loggers and todo:
             for t in todo:
                 t.payload = {**t.payload, "loggers": {"names": loggers, "root": str(out.resolve()), "trial": t.id,
@@ -174,7 +181,7 @@ def _config_of(payload: dict[str, Any]) -> dict[str, Any]:
     a function's name and arguments."""
     if payload["kind"] == "train":
         return payload["config"]
-    return {k: v for k, v in payload.items() if k not in ("kind", "out", "loggers")}
+    return {k: v for k, v in payload.items() if k not in ("kind", "out", "loggers", "device")}
 
 
 def _short(params: dict[str, Any]) -> str:

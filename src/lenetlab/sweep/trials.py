@@ -30,7 +30,7 @@ def run_trial(payload: dict[str, Any]) -> dict[str, Any]:
     status = "FAILED"
     try:
         if kind == "train":
-            metrics = _train(payload["config"], payload.get("out"), tracking)
+            metrics = _train(payload["config"], payload.get("out"), tracking, payload.get("device", "cpu"))
         elif kind == "experiment":
             metrics = _experiment(payload)
         elif kind == "function":
@@ -71,14 +71,15 @@ def _trackers(payload: dict[str, Any]) -> list[Any]:
                         tensorboard_dir=root / loggers.SUBDIRS["tensorboard"] / spec["trial"], params=params)
 
 
-def _train(config: dict[str, Any], out: str | None, callbacks: list[Any] = ()) -> dict[str, Any]:
+def _train(config: dict[str, Any], out: str | None, callbacks: list[Any] = (), device: str = "cpu"
+           ) -> dict[str, Any]:
     from lenetlab.config import RunConfig, from_dict
     from lenetlab.sweep.spec import TRAIN_METRICS
     from lenetlab.train import fit
 
     cfg = from_dict(RunConfig, config)
     summary = fit(cfg, out=out, force=out is not None, splits=_splits(json.dumps(config["data"], sort_keys=True)),
-                  log=None, progress=False, callbacks=callbacks)
+                  log=None, progress=False, callbacks=callbacks, device=device)
     return {k: summary[k] for k in TRAIN_METRICS}
 
 

@@ -35,20 +35,23 @@ class GradNorms:
                 self.layers.append(layer)
             index.append(self.layers.index(layer))
         self.params = [p for _, p in named]
+        # summed where the gradients are (MPS has no float64)
+        self.device = self.params[0].device if self.params else torch.device("cpu")
+        self.dtype = torch.float32 if self.device.type == "mps" else torch.float64
         self.index = torch.tensor(index, dtype=torch.long)
         self.reset()
 
     def reset(self) -> None:
-        self.total = torch.zeros(len(self.layers), dtype=torch.float64)
+        self.total = torch.zeros(len(self.layers), dtype=self.dtype, device=self.device)
         self.steps = 0
 
     def step_norms(self) -> torch.Tensor:
         """This step's per-layer gradient norms (parameters without a gradient count as 0)."""
         have = [(i, p.grad) for i, p in zip(self.index.tolist(), self.params) if p.grad is not None]
-        sq = torch.zeros(len(self.layers), dtype=torch.float64)
+        sq = torch.zeros(len(self.layers), dtype=self.dtype, device=self.device)
         if have:
-            norms = torch.stack(torch._foreach_norm([g for _, g in have])).to(torch.float64)
-            sq.index_add_(0, torch.tensor([i for i, _ in have]), norms * norms)
+            norms = torch.stack(torch._foreach_norm([g for _, g in have])).to(self.dtype)
+            sq.index_add_(0, torch.tensor([i for i, _ in have], device=self.device), norms * norms)
         return sq.sqrt()
 
     @torch.no_grad()

@@ -7,6 +7,8 @@ constructing any ``torch.optim.Optimizer`` imports ``torch._dynamo``, which
 costs about 1.2 s of a 5 s training run on this class of machine. The
 wrapper keeps the ``param_groups`` / ``state_dict`` interface, and
 ``tests/test_optim.py`` checks it step for step against ``torch.optim.Adam``.
+Off the CPU (``--device cuda|mps``) ``adam`` and ``adamw`` are torch's own
+``torch.optim.Adam`` / ``AdamW``, which pick their fastest kernels there.
 """
 
 from __future__ import annotations
@@ -86,15 +88,26 @@ class FusedAdam:
                              else torch.empty_like(p).copy_(v) for k, v in s.items()}
 
 
+def _on_cpu(params: list[torch.Tensor]) -> bool:
+    return all(p.device.type == "cpu" for p in params)
+
+
 @register("optimizer", "adam")
-def adam(params, cfg: TrainConfig) -> FusedAdam:
-    """Adam (Kingma & Ba 2015), L2 weight decay; fused CPU kernel."""
+def adam(params, cfg: TrainConfig) -> FusedAdam | torch.optim.Adam:
+    """Adam (Kingma & Ba 2015), L2 weight decay; fused CPU kernel (torch.optim.Adam off the CPU)."""
+    params = list(params)
+    if not _on_cpu(params):
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return FusedAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 @register("optimizer", "adamw")
-def adamw(params, cfg: TrainConfig) -> FusedAdam:
-    """AdamW: Adam with decoupled weight decay (Loshchilov & Hutter 2019); fused CPU kernel."""
+def adamw(params, cfg: TrainConfig) -> FusedAdam | torch.optim.AdamW:
+    """AdamW: Adam with decoupled weight decay (Loshchilov & Hutter 2019); fused CPU kernel (torch.optim.AdamW
+    off the CPU)."""
+    params = list(params)
+    if not _on_cpu(params):
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return FusedAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, decoupled=True)
 
 

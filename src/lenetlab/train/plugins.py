@@ -117,6 +117,11 @@ class TrainerPlugin:
         asked for; applied by config resolution on top of the preset, below the user's file and flags."""
         return {}
 
+    def cpu_only(self) -> str:
+        """What of this plugin's training works on the CPU only (e.g. ``"ElasticZO-INT8 training"``), or ``""``:
+        ``fit`` then trains on the CPU for ``device="auto"`` and refuses any other device."""
+        return ""
+
     def setup(self, ctx: TrainContext) -> list[torch.Tensor] | None:
         return None
 

@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import platform
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenetlab import rundir
+from lenetlab import devices, rundir
 from lenetlab.config import RunConfig, TrainConfig, to_dict
 from lenetlab.data import Splits, load_splits
 from lenetlab.errors import LenetlabError
@@ -62,13 +63,15 @@ def _fmt(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000,
              loss_fn: LossFn | None = None, channels_last: bool = False) -> dict[str, float]:
-    """Accuracy (and mean loss if ``loss_fn``) of ``model`` on (x, y), in eval mode."""
+    """Accuracy (and mean loss if ``loss_fn``) of ``model`` on (x, y), in eval mode; each batch is moved to
+    the model's device."""
     was_training = model.training
     model.eval()
+    dev = devices.of(model)
     correct, loss_sum = 0, 0.0
     for i in range(0, len(x), batch_size):
-        logits = model(_fmt(x[i:i + batch_size], channels_last))
-        yb = y[i:i + batch_size]
+        logits = model(_fmt(x[i:i + batch_size].to(dev), channels_last))
+        yb = y[i:i + batch_size].to(dev)
         correct += int((logits.argmax(1) == yb).sum())
         if loss_fn is not None:
             loss_sum += float(loss_fn(logits, yb)) * len(yb)
@@ -98,8 +101,15 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[torch.T
 def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, force: bool = False,
         splits: Splits | None = None, log: Callable[[str], None] | None = print,
         progress: bool | None = None, model: nn.Module | None = None,
-        plugins: Sequence[TrainerPlugin] = (), callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+        plugins: Sequence[TrainerPlugin] = (), callbacks: Sequence[Any] = (),
+        device: str | torch.device | None = "cpu") -> dict[str, Any]:
     """Train per ``cfg``; write a run directory to ``out`` (if given); return the summary.
+
+    ``device``: ``cpu`` (the default here; ``lenetlab train`` and :func:`lenetlab.fit` default to ``auto``),
+    ``auto``, ``cuda[:N]``, ``mps`` or a ``torch.device`` (:mod:`lenetlab.devices`). The model and the data
+    go there; shuffling and initialisation are drawn on the CPU as before, so CPU runs do not change. A
+    plugin that runs on the CPU only (ElasticZO-INT8's integer engine) makes ``auto`` the CPU and refuses
+    any other device. The returned ``_model`` stays on the device.
 
     Everything that can fail on bad input (config, data, run dir) is checked
     before anything is written. What a capability adds to training (hooks, a
@@ -119,6 +129,7 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
     """
     t0 = time.perf_counter()
     callbacks = check_callbacks(callbacks)
+    dev = devices.resolve(device, what="device")
     tc = cfg.train
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
@@ -138,6 +149,11 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
     schedule_factory = get("schedule", tc.schedule)
     opt_factory = get("optimizer", tc.optimizer)
     plugins = active_plugins(tc, extra=plugins)
+    cpu_only = [p.cpu_only() for p in plugins if p.cpu_only()]
+    if dev.type != "cpu" and cpu_only:
+        if device not in (None, "auto"):
+            raise LenetlabError(f"{'; '.join(cpu_only)} runs on the CPU only; use device cpu or auto, not {device}")
+        dev = torch.device("cpu")
     splits = splits or load_splits(cfg.data)
     if len(splits.train_x) == 0:
         raise LenetlabError("no training images (check data.train_subset / data.val_size)")
@@ -148,6 +164,10 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
     if not resume and hasattr(model, "prepare_from_data"):
         # models with a data-fitted part (pca_logreg's PCA) fit it before gradient training
         model.prepare_from_data(splits.train_x, seed=tc.seed)
+    if dev.type != "cpu":   # everything was made on the CPU (same draws as a CPU run); now it moves
+        model = model.to(dev)
+        splits = dataclasses.replace(splits, **{k: getattr(splits, k).to(dev) for k in
+                                                ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")})
     loss_fn = make_loss(model, tc)
     cl = tc.channels_last
     if cl:
@@ -202,9 +222,10 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
         for epoch in range(start_epoch, tc.epochs):
             task = bar.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=per_epoch, info="")
             te = time.perf_counter()
-            loss_sum = torch.zeros(())
-            correct = torch.zeros((), dtype=torch.long)
+            loss_sum = torch.zeros((), device=dev)
+            correct = torch.zeros((), dtype=torch.long, device=dev)
             for idx in _batches(n, tc.batch_size, tc.seed, epoch):
+                idx = idx.to(dev)   # the permutation is drawn on the CPU whatever the device
                 xb = _fmt(splits.train_x[idx], cl)
                 yb = splits.train_y[idx]
                 lr = ctx.schedule(step)
@@ -294,7 +315,7 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
         "test_images": len(splits.test_x),
         "seed": tc.seed,
         "resumed_from_epoch": start_epoch if resume else None,
-        "environment": environment(),
+        "environment": environment(dev),
     }
     for p in plugins:
         p.finish(ctx, out_dir, summary)
@@ -357,11 +378,15 @@ def _epoch_line(row: dict[str, Any], epochs: int, notes: list[str] = ()) -> str:
     return "  ".join(parts)
 
 
-def environment() -> dict[str, Any]:
+def environment(device: torch.device | None = None) -> dict[str, Any]:
     from lenetlab import __version__
 
-    return {"lenetlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "machine": platform.machine(), "cpus": os.cpu_count(), "threads": torch.get_num_threads()}
+    env = {"lenetlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
+           "machine": platform.machine(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+           "device": str(device or "cpu")}
+    if device is not None and device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
 
 
 

@@ -111,7 +111,7 @@ def z_chunks(params: Sequence[torch.Tensor], seed: int) -> Iterator[tuple[torch.
         flat = flat_view(p)
         for i in range(0, flat.numel(), CHUNK):
             part = flat[i:i + CHUNK]
-            yield part, torch.randn(part.shape, generator=g, dtype=p.dtype)
+            yield part, torch.randn(part.shape, generator=g, dtype=p.dtype).to(p.device)   # drawn on the CPU
 
 
 @torch.no_grad()
@@ -282,6 +282,10 @@ class ZOPlugin(TrainerPlugin):
     @classmethod
     def active(cls, tc: TrainConfig) -> bool:
         return tc.zo.method != "bp"
+
+    def cpu_only(self) -> str:
+        # the integer engine and its generators are CPU code
+        return "ElasticZO-INT8 training (its integer engine)" if self.tc.zo.method == "elasticzo-int8" else ""
 
     def setup(self, ctx: TrainContext) -> None:
         self.stepper = make_stepper(ctx.model, ctx.tc, ctx.loss_fn)
