@@ -57,12 +57,15 @@ def option_names(name: str) -> list[str]:
 
 
 def tiny(name: str) -> dict:
-    """Few steps for the attacks whose schema has ``steps``."""
-    return {"steps": 4} if "steps" in option_names(name) else {}
+    """Few steps (restarts, queries, CW search steps) for the attacks whose schema has them."""
+    small = {"steps": 4, "restarts": 1, "queries": 20, "search_steps": 1}
+    return {k: v for k, v in small.items() if k in option_names(name)}
 
 
 @pytest.mark.parametrize("name", names("attack"))
 def test_attack_invariants(name, small_run, substitute_run, batch):
+    if name.startswith("art:"):
+        pytest.importorskip("art")              # the optional extra (tests/test_attacks_art.py)
     x, y = batch
     target, sub = Target.from_run(small_run), Target.from_run(substitute_run)
     atk = make_attack(name, target, EPS, seed=3, substitute=sub, **tiny(name))
@@ -170,7 +173,8 @@ def test_bad_attack_input(small_run, batch):
         make_attack("fgsm", t, 1.5)
     with pytest.raises(LenetlabError, match="needs a substitute"):
         make_attack("hybrid", t, 0.1)
-    with pytest.raises(LenetlabError, match="unknown attack 'cw'; choose from: bb-fgsm, bb-pgd, fgsm, hybrid, pgd"):
+    with pytest.raises(LenetlabError, match="unknown attack 'cw'; choose from: art:apgd, art:autoattack, art:cw, "
+                                            "art:square, bb-fgsm, bb-pgd, fgsm, hybrid, pgd"):
         make_attack("cw", t, 0.1)
     with pytest.raises(LenetlabError, match="PGD steps must be a positive integer"):
         make_attack("pgd", t, 0.1, steps=0)

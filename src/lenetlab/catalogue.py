@@ -36,6 +36,7 @@ BUILTINS: tuple[str, ...] = (
     # capabilities
     "lenetlab.attacks.gradient",
     "lenetlab.attacks.transfer",
+    "lenetlab.attacks.art_attacks",   # art:* (ART imported only when one runs)
     "lenetlab.faults.models",
     "lenetlab.compress.base",
     # exporters (lenetlab export --format)

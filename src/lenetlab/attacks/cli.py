@@ -27,7 +27,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir")
     p.add_argument("--attack", default="fgsm", help="lenetlab list attacks (fgsm, pgd, bb-fgsm, bb-pgd, hybrid, ...)")
     p.add_argument("--eps", type=V.real("--eps", lo=0.0, hi=1.0), nargs="+", default=[0.1],
-                   help="L-inf budget(s) in [0,1] pixel units")
+                   help="budget(s) in [0,1] pixel units: the L-inf radius (the L2 radius with --norm 2)")
     p.add_argument("--substitute", metavar="RUN_DIR", help="substitute model for bb-* and hybrid")
     p.add_argument("--grad-source", default="autograd", choices=("autograd", "rule"),
                    help="target gradient: autograd (surrogate) or the run's learning-rule pathway")
@@ -69,10 +69,19 @@ def _flag(decls: list[tuple[str, dataclasses.Field, Any]]) -> dict[str, Any]:
     """argparse settings for one option, declared by one or more attacks."""
     attacks = ", ".join(a for a, _, _ in decls)
     _, f, tp = decls[0]
-    help_text = f.metadata.get("help", f.name)
+    # each distinct help text once; one default, or each attack's where they differ
+    help_text = "; ".join(dict.fromkeys(d.metadata.get("help", d.name) for _, d, _ in decls))
+    defaults: dict[str, list[str]] = {}
+    for a, d, _ in decls:
+        if d.default is not None and d.default is not dataclasses.MISSING:
+            defaults.setdefault(str(d.default), []).append(a)
+    default = ""
+    if len(defaults) == 1 and len(next(iter(defaults.values()))) == len(decls):
+        default = f" (default {next(iter(defaults))})"
+    elif defaults:
+        default = " (default " + "; ".join(f"{v} for {', '.join(names)}" for v, names in defaults.items()) + ")"
     if all(t is bool for _, _, t in decls):
-        return {"action": argparse.BooleanOptionalAction, "help": f"{help_text} (default {f.default}) [{attacks}]"}
-    default = "" if f.default is None or f.default is dataclasses.MISSING else f" (default {f.default})"
+        return {"action": argparse.BooleanOptionalAction, "help": f"{help_text}{default} [{attacks}]"}
     # one parser for every declaring attack: a TOML literal (3, 0.5, "s"); the chosen attack checks the type
     from lenetlab.config import parse_value
 
