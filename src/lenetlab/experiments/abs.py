@@ -56,6 +56,7 @@ import torch
 from lenetlab.config import DataConfig, LBConfig, ModelConfig, RunConfig, TrainConfig
 from lenetlab.experiments import stats
 from lenetlab.experiments.base import Claim, Context, Experiment, Result
+from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 
 ACTIVATIONS = ("tanh", "relu", "selu", "abs")
@@ -369,7 +370,7 @@ def _plots(ctx: Context, s: Settings, grads, cells) -> list[str]:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(ctx.out / "gradient_norms.png", dpi=110)
+    save_figure(fig, ctx.out / "gradient_norms.png", dpi=110)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -387,6 +388,6 @@ def _plots(ctx: Context, s: Settings, grads, cells) -> list[str]:
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(ctx.out / "accuracy_vs_width.png", dpi=110)
+    save_figure(fig, ctx.out / "accuracy_vs_width.png", dpi=110)
     plt.close(fig)
     return ["gradient_norms.png", "accuracy_vs_width.png"]

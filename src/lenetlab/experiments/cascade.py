@@ -55,6 +55,7 @@ import torch
 
 from lenetlab.experiments import stats
 from lenetlab.experiments.base import Claim, Context, Experiment, Result
+from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 
 PAPER_DATA, PAPER_COMPUTE = 0.612, 0.821   # MNIST, docs/papers/cascade.md
@@ -512,7 +513,7 @@ def _plots(out: Path, study: _Study) -> list[str]:
     ax.set_title("Resolution cascades of LeNet-5 (thresholds 0.7 ... 0.999)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "data_vs_accuracy.png", dpi=110)
+    save_figure(fig, out / "data_vs_accuracy.png", dpi=110)
     plt.close(fig)
     files.append("data_vs_accuracy.png")
 
@@ -531,7 +532,7 @@ def _plots(out: Path, study: _Study) -> list[str]:
     ax.set_title("Model cascade PCA-LR -> LeNet-5")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "compute_vs_accuracy.png", dpi=110)
+    save_figure(fig, out / "compute_vs_accuracy.png", dpi=110)
     plt.close(fig)
     files.append("compute_vs_accuracy.png")
     return files

@@ -49,6 +49,7 @@ from lenetlab.determinism import pinned_threads
 from lenetlab.errors import LenetlabError
 from lenetlab.experiments import stats
 from lenetlab.experiments.base import Claim, Context, Experiment, Result
+from lenetlab.fileio import atomic_write_bytes, save_figure
 from lenetlab.registry import register
 
 MODEL = "lenet5"
@@ -126,7 +127,7 @@ class _Seed:
         self.paths = {}
         for dt, fm in self.fm.items():
             self.paths[dt] = run_dir / ("model.flat" if dt == "float32" else "model_int8.flat")
-            self.paths[dt].write_bytes(flat.encode(fm))
+            atomic_write_bytes(self.paths[dt], flat.encode(fm))
         with torch.no_grad():
             self.torch_logits = torch.cat([self.model(to_model_input(torch.from_numpy(self.x[i:i + 2000]),
                                                                      self.cfg.data))
@@ -502,7 +503,7 @@ def _plot(ctx: Context, timings) -> list[str]:
            title="per-image latency, interleaved repetitions, all seeds")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    fig.savefig(ctx.out / "latency.png", dpi=110)
+    save_figure(fig, ctx.out / "latency.png", dpi=110)
     plt.close(fig)
     return ["latency.png"]
 

@@ -46,6 +46,7 @@ import numpy as np
 from lenetlab.experiments import stats
 from lenetlab.experiments.base import Claim, Context, Experiment, Result
 from lenetlab.faults.resilience import acc_ber_predictions  # noqa: F401  (re-exported: experiments/matrix uses it)
+from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 
 FIXED_BER = 2e-4
@@ -337,7 +338,7 @@ def _plot(ctx: Context, table: list[dict[str, Any]], s: Settings) -> list[str]:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(ctx.out / "overhead_vs_resilience.png", dpi=110)
+    save_figure(fig, ctx.out / "overhead_vs_resilience.png", dpi=110)
     plt.close(fig)
     for r in table:   # plotting helpers, not table columns
         r.pop("sweep"), r.pop("wilson")

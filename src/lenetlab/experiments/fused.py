@@ -48,6 +48,7 @@ from typing import Any
 from lenetlab.errors import LenetlabError
 from lenetlab.experiments import stats
 from lenetlab.experiments.base import Claim, Context, Experiment, Result
+from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 
 MODELS = ("lenet5", "lenet5_classic")
@@ -373,7 +374,7 @@ def _plots(ctx: Context, data) -> list[str]:
         ax.set_xticks(list(TILES))
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
-    fig.savefig(ctx.out / "traffic_oi.png", dpi=110)
+    save_figure(fig, ctx.out / "traffic_oi.png", dpi=110)
     plt.close(fig)
 
     ends = [e for e in data[("lenet5", "int8")]["end"] if e["applies"]]
@@ -397,6 +398,6 @@ def _plots(ctx: Context, data) -> list[str]:
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(ctx.out / "end.png", dpi=110)
+    save_figure(fig, ctx.out / "end.png", dpi=110)
     plt.close(fig)
     return ["traffic_oi.png", "end.png"]

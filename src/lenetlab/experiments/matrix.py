@@ -77,6 +77,7 @@ import numpy as np
 
 from lenetlab.experiments import stats
 from lenetlab.experiments.base import Claim, Context, Experiment, Result
+from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 
 VARIANTS = ("float", "qat_int8", "noisy", "tt", "adtn", "snn_bp", "abs", "hardened_int8")
@@ -464,6 +465,6 @@ def _heatmap(ctx: Context, rows: list[dict[str, Any]], s: Settings) -> list[str]
     ax.set_title(f"LeNet-5 robustness matrix, mean of {len(s.seeds)} seed(s)\n"
                  "(colour: best to worst within each column; grey: not applicable)")
     fig.tight_layout()
-    fig.savefig(ctx.out / "robustness_matrix.png", dpi=110)
+    save_figure(fig, ctx.out / "robustness_matrix.png", dpi=110)
     plt.close(fig)
     return ["robustness_matrix.png"]

@@ -46,6 +46,7 @@ import numpy as np
 from lenetlab.config import DataConfig, HardeningConfig, ModelConfig, RunConfig, TrainConfig
 from lenetlab.experiments import stats
 from lenetlab.experiments.base import Claim, Context, Experiment, Result
+from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 
 LARGER_WIDTH = 4.0
@@ -305,6 +306,6 @@ def _plot(ctx: Context, s: Settings, cells) -> list[str]:
         ax.legend(fontsize=8, loc="lower left")
     axes[0][0].set_ylabel("test accuracy %")
     fig.tight_layout()
-    fig.savefig(ctx.out / "accuracy_vs_sigma.png", dpi=110)
+    save_figure(fig, ctx.out / "accuracy_vs_sigma.png", dpi=110)
     plt.close(fig)
     return ["accuracy_vs_sigma.png"]

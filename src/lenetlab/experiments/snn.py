@@ -61,6 +61,7 @@ import numpy as np
 
 from lenetlab.experiments import stats
 from lenetlab.experiments.base import Claim, Context, Experiment, Result
+from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 
 RULES = ("bp", "fa", "dfa", "le")
@@ -372,6 +373,6 @@ def _plot(out: Path, s: Settings, rows: list[dict[str, Any]]) -> list[str]:
                 ax.set_ylabel("accuracy under attack %")
     axes[0, 1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_eps.png", dpi=100)
+    save_figure(fig, out / "accuracy_vs_eps.png", dpi=100)
     plt.close(fig)
     return ["accuracy_vs_eps.png"]

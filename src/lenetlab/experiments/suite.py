@@ -34,7 +34,7 @@ from lenetlab.errors import LenetlabError
 from lenetlab.experiments.base import Result, config_hash, reproduce
 from lenetlab.experiments.report import Section, write_suite_report
 from lenetlab.experiments.stats import VERDICTS
-from lenetlab.fileio import atomic_write_bytes, atomic_write_json
+from lenetlab.fileio import DISK_FULL, atomic_write_bytes, atomic_write_json
 
 
 @dataclass
@@ -101,6 +101,8 @@ def reproduce_all(out: str | Path, full: bool = False, force: bool = False, only
         except KeyboardInterrupt:
             raise
         except Exception as e:   # one broken experiment must not cost the others
+            if isinstance(e, OSError) and e.errno in DISK_FULL:
+                raise   # but a full disk is no experiment's fault, and the next one could not write either
             dt = time.perf_counter() - t0
             msg = f"{type(e).__name__}: {e}".splitlines()[0]
             atomic_write_bytes(out / name / "error.txt", traceback.format_exc().encode())

@@ -53,6 +53,7 @@ import torch
 
 from lenetlab.experiments import stats
 from lenetlab.experiments.base import Claim, Context, Experiment, Result
+from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 
 LAYERS = "c5,f6"
@@ -348,6 +349,6 @@ def _plot(ctx: Context, rows: list[dict[str, Any]]) -> list[str]:
     axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle("LeNet-5 / MNIST: tensor-network compression of c5 and f6, after fine-tuning")
     fig.tight_layout()
-    fig.savefig(ctx.out / "accuracy_vs_params.png", dpi=110)
+    save_figure(fig, ctx.out / "accuracy_vs_params.png", dpi=110)
     plt.close(fig)
     return ["accuracy_vs_params.png"]

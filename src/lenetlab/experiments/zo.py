@@ -64,6 +64,7 @@ import torch
 from lenetlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, ZOConfig
 from lenetlab.experiments import stats
 from lenetlab.experiments.base import Claim, Context, Experiment, Result
+from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 from lenetlab.train.plugins import TrainContext, TrainerPlugin
 
@@ -466,6 +467,6 @@ def _plot(ctx: Context, s: Settings, rows: list[dict[str, Any]]) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(ctx.out / "learning_curves.png", dpi=110)
+    save_figure(fig, ctx.out / "learning_curves.png", dpi=110)
     plt.close(fig)
     return ["learning_curves.png"]

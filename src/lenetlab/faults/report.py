@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from lenetlab.fileio import save_figure
+
 
 def heatmap(summary: dict[str, Any], path: str | Path, title: str = "") -> None:
     """SDC rate per (layer, bit position) as a heatmap PNG, the 95% CI half-width in each cell."""
@@ -35,5 +37,5 @@ def heatmap(summary: dict[str, Any], path: str | Path, title: str = "") -> None:
     ax.set_title(title or f"{summary['target']} faults ({summary['fault_model']}), "
                  f"{summary['images']} images, {summary['faults']} faults", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
