@@ -27,6 +27,27 @@ WORKER = os.environ.get("PYTEST_XDIST_WORKER")      # gw0, gw1, ... under xdist;
 torch.set_num_threads(1 if WORKER else max(1, min(2, os.cpu_count() or 1)))
 
 
+# LENETLAB_TEST_CPU=FILE appends one JSON line per test phase (setup/call/teardown): the CPU seconds it used in
+# this process and in the child processes it waited for (compilers, browsers, CLI subprocesses). CPU time,
+# unlike wall time, does not grow when the machine is busy, so this is how to find what makes `make test` slow.
+_CPU_LOG = os.environ.get("LENETLAB_TEST_CPU")
+
+
+if _CPU_LOG:
+    import resource
+
+    def _cpu() -> float:
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        t0 = _cpu()
+        yield
+        with open(_CPU_LOG, "a") as f:
+            f.write(json.dumps({"test": item.nodeid, "cpu": round(_cpu() - t0, 3)}) + "\n")
+
+
 def _session_root(tmp_path_factory) -> Path:
     """A folder common to every worker of this test session (and to no other session)."""
     base = tmp_path_factory.getbasetemp()
@@ -113,6 +134,28 @@ def deploy_runs(tmp_path_factory) -> dict[str, Path]:
 
     root = build_once(tmp_path_factory, "deploy", build)
     return {"lenet5": root / "lenet5", "lenet5_classic": root / "lenet5_classic"}
+
+
+@pytest.fixture(scope="session")
+def c_program(tmp_path_factory) -> Callable[..., Path]:
+    """``c_program(program, flags)`` -> the C runtime's ``lenet5_eval`` (built with no embedded model: pass
+    ``--model``) or ``lenet5_check``, compiled with ``flags`` once per test session whichever worker asks first,
+    so the C test modules share one build of each flag set. Do not write into its folder."""
+    from lenetlab.deploy.c_runtime import compile_program, model_source
+
+    def get(program: str, flags) -> Path:
+        key = "c-" + hashlib.sha256(json.dumps([program, list(flags)]).encode()).hexdigest()[:12]
+
+        def build(d: Path) -> None:
+            model_c = None
+            if program == "lenet5_eval":
+                model_c = d / "no_model.c"
+                model_c.write_text(model_source(b"", "no embedded model"))
+            compile_program(program, d / program, tuple(flags), model_c=model_c)
+
+        return build_once(tmp_path_factory, key, build) / program
+
+    return get
 
 
 @pytest.fixture(scope="session")
