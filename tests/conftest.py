@@ -19,9 +19,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# OpenMP threads that find no work sleep instead of spinning: on a machine shared with other jobs (two xdist
+# workers, a reproduction's pinned 2 threads, CI neighbours) spinning threads burned up to 5x the CPU the work
+# needs. Set before torch loads its OpenMP runtime; results do not change (it only decides how idle threads wait).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")      # gw0, gw1, ... under xdist; None in a plain run
 torch.set_num_threads(1 if WORKER else max(1, min(2, os.cpu_count() or 1)))
