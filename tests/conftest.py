@@ -121,15 +121,15 @@ def small_run(tmp_path_factory) -> Path:
 
 # The deployment tests check that runtimes reproduce a trained network's logits, not how good the network is:
 # any network trained on real digits will do, so they train on a subset (a few seconds each, not a minute).
-DEPLOY = {"lenet5": {"data": {"train_subset": 12000, "test_subset": 1000}},
-          "lenet5_classic": {"data": {"train_subset": 12000, "test_subset": 1000}, "train": {"epochs": 3}}}
+DEPLOY = {"lenet5": {"data": {"train_subset": 6000, "test_subset": 1000}},
+          "lenet5_classic": {"data": {"train_subset": 6000, "test_subset": 1000}, "train": {"epochs": 2}}}
 
 
 @pytest.fixture(scope="session")
 def deploy_runs(tmp_path_factory) -> dict[str, Path]:
-    """``lenet5`` (fast preset) and ``lenet5_classic`` (1998 model, RBF output), each trained on 12k real MNIST
-    images for the deployment parity tests (lenet5: 97.6% on the 10k test images; the 1998 model learns more
-    slowly and stays well below its full-data accuracy, which these tests do not need); once per session."""
+    """``lenet5`` (fast preset, 1 epoch) and ``lenet5_classic`` (1998 model, RBF output, 2 epochs), each trained
+    on 6k real MNIST images for the deployment parity tests (both well below their full-data accuracy, which
+    these tests do not need: they check that runtimes reproduce the network's logits); once per session."""
     from lenetlab.train import fit
     from lenetlab.train.presets import resolve
 
