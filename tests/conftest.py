@@ -19,12 +19,38 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# OpenMP threads that find no work sleep instead of spinning: on a machine shared with other jobs (two xdist
+# workers, a reproduction's pinned 2 threads, CI neighbours) spinning threads burned up to 5x the CPU the work
+# needs. Set before torch loads its OpenMP runtime; results do not change (it only decides how idle threads wait).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")      # gw0, gw1, ... under xdist; None in a plain run
 torch.set_num_threads(1 if WORKER else max(1, min(2, os.cpu_count() or 1)))
+
+
+# LENETLAB_TEST_CPU=FILE appends one JSON line per test phase (setup/call/teardown): the CPU seconds it used in
+# this process and in the child processes it waited for (compilers, browsers, CLI subprocesses). CPU time,
+# unlike wall time, does not grow when the machine is busy, so this is how to find what makes `make test` slow.
+_CPU_LOG = os.environ.get("LENETLAB_TEST_CPU")
+
+
+if _CPU_LOG:
+    import resource
+
+    def _cpu() -> float:
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        t0 = _cpu()
+        yield
+        with open(_CPU_LOG, "a") as f:
+            f.write(json.dumps({"test": item.nodeid, "cpu": round(_cpu() - t0, 3)}) + "\n")
 
 
 def _session_root(tmp_path_factory) -> Path:
@@ -95,15 +121,15 @@ def small_run(tmp_path_factory) -> Path:
 
 # The deployment tests check that runtimes reproduce a trained network's logits, not how good the network is:
 # any network trained on real digits will do, so they train on a subset (a few seconds each, not a minute).
-DEPLOY = {"lenet5": {"data": {"train_subset": 12000, "test_subset": 1000}},
-          "lenet5_classic": {"data": {"train_subset": 12000, "test_subset": 1000}, "train": {"epochs": 3}}}
+DEPLOY = {"lenet5": {"data": {"train_subset": 6000, "test_subset": 1000}},
+          "lenet5_classic": {"data": {"train_subset": 6000, "test_subset": 1000}, "train": {"epochs": 2}}}
 
 
 @pytest.fixture(scope="session")
 def deploy_runs(tmp_path_factory) -> dict[str, Path]:
-    """``lenet5`` (fast preset) and ``lenet5_classic`` (1998 model, RBF output), each trained on 12k real MNIST
-    images for the deployment parity tests (lenet5: 97.6% on the 10k test images; the 1998 model learns more
-    slowly and stays well below its full-data accuracy, which these tests do not need); once per session."""
+    """``lenet5`` (fast preset, 1 epoch) and ``lenet5_classic`` (1998 model, RBF output, 2 epochs), each trained
+    on 6k real MNIST images for the deployment parity tests (both well below their full-data accuracy, which
+    these tests do not need: they check that runtimes reproduce the network's logits); once per session."""
     from lenetlab.train import fit
     from lenetlab.train.presets import resolve
 
@@ -113,6 +139,28 @@ def deploy_runs(tmp_path_factory) -> dict[str, Path]:
 
     root = build_once(tmp_path_factory, "deploy", build)
     return {"lenet5": root / "lenet5", "lenet5_classic": root / "lenet5_classic"}
+
+
+@pytest.fixture(scope="session")
+def c_program(tmp_path_factory) -> Callable[..., Path]:
+    """``c_program(program, flags)`` -> the C runtime's ``lenet5_eval`` (built with no embedded model: pass
+    ``--model``) or ``lenet5_check``, compiled with ``flags`` once per test session whichever worker asks first,
+    so the C test modules share one build of each flag set. Do not write into its folder."""
+    from lenetlab.deploy.c_runtime import compile_program, model_source
+
+    def get(program: str, flags) -> Path:
+        key = "c-" + hashlib.sha256(json.dumps([program, list(flags)]).encode()).hexdigest()[:12]
+
+        def build(d: Path) -> None:
+            model_c = None
+            if program == "lenet5_eval":
+                model_c = d / "no_model.c"
+                model_c.write_text(model_source(b"", "no embedded model"))
+            compile_program(program, d / program, tuple(flags), model_c=model_c)
+
+        return build_once(tmp_path_factory, key, build) / program
+
+    return get
 
 
 @pytest.fixture(scope="session")

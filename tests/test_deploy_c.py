@@ -59,36 +59,36 @@ def cdir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def eval_bin(cdir) -> Path:
-    return compile_program("lenet5_eval", cdir / "lenet5_eval", STRICT_FLAGS, model_c=cdir / "no_model.c")
+def eval_bin(c_program) -> Path:
+    return c_program("lenet5_eval", STRICT_FLAGS)
 
 
 @pytest.fixture(scope="module")
-def check_san(cdir) -> Path:
-    return compile_program("lenet5_check", cdir / "lenet5_check_san", SANITIZE)
+def check_san(c_program) -> Path:
+    return c_program("lenet5_check", SANITIZE)
 
 
 @pytest.fixture(scope="module")
 def idx(tmp_path_factory, mnist_test) -> dict[str, Path]:
-    """Plain (uncompressed) IDX files of the 10k test set and of its first 100 images."""
+    """Plain (uncompressed) IDX files of the 10k test set and of its first 1,000 and 100 images."""
     d = tmp_path_factory.mktemp("idx")
     x, y = mnist_test
-    files = {"images": d / "images.idx", "labels": d / "labels.idx",
-             "images100": d / "images100.idx", "labels100": d / "labels100.idx"}
-    write_idx(files["images"], x, compress=False)
-    write_idx(files["labels"], y.astype(np.uint8), compress=False)
-    write_idx(files["images100"], x[:100], compress=False)
-    write_idx(files["labels100"], y[:100].astype(np.uint8), compress=False)
+    files = {}
+    for tag, n in (("", len(x)), ("1000", 1000), ("100", 100)):
+        files[f"images{tag}"], files[f"labels{tag}"] = d / f"images{tag}.idx", d / f"labels{tag}.idx"
+        write_idx(files[f"images{tag}"], x[:n], compress=False)
+        write_idx(files[f"labels{tag}"], y[:n].astype(np.uint8), compress=False)
     return files
 
 
-_TRAINED: dict[str, dict] = {}
+_TRAINED: dict[tuple[str, int], dict] = {}
 
 
-def trained(name: str, deploy_runs, mnist_test, tmp_dir: Path) -> dict:
-    """PyTorch logits, float and int8 flat files and the NumPy reference int8 logits of a trained run (cached)."""
-    if name not in _TRAINED:
-        x, _ = mnist_test
+def trained(name: str, deploy_runs, mnist_test, tmp_dir: Path, n: int = 1000) -> dict:
+    """PyTorch logits, float and int8 flat files and the NumPy reference int8 logits of a trained run on the
+    first ``n`` test images (cached; the fast tests use 1,000 images, the slow ones all 10k)."""
+    if (name, n) not in _TRAINED:
+        x = mnist_test[0][:n]
         model, cfg = load_model(deploy_runs[name])
         with torch.no_grad():
             ref = torch.cat([model(to_model_input(torch.from_numpy(x[i:i + 2000]), cfg.data))
@@ -97,8 +97,8 @@ def trained(name: str, deploy_runs, mnist_test, tmp_dir: Path) -> dict:
         paths = {"float": tmp_dir / f"{name}.flat", "int8": tmp_dir / f"{name}_int8.flat"}
         paths["float"].write_bytes(flat.encode(fm32))
         paths["int8"].write_bytes(flat.encode(fm8))
-        _TRAINED[name] = {"torch": ref, "paths": paths, "int8_ref": runtime.run(fm8, x, mode="reference")}
-    return _TRAINED[name]
+        _TRAINED[name, n] = {"torch": ref, "paths": paths, "int8_ref": runtime.run(fm8, x, mode="reference")}
+    return _TRAINED[name, n]
 
 
 def run_eval(exe: Path, *args, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -119,26 +119,37 @@ def parse_line(stdout: str) -> dict[str, float]:
     return out
 
 
-# ---------------------------------------------------------------- parity on the full test set
+# ---------------------------------------------------------------- parity on the test set (all 10k: slow tier)
+SIZES = pytest.mark.parametrize("n", [1000, pytest.param(10000, marks=pytest.mark.slow)], ids=["1k", "10k"])
+
+
+def _tag(n: int) -> str:
+    return "" if n == 10000 else str(n)
+
+
+@SIZES
 @pytest.mark.parametrize("name", NAMES)
-def test_float_parity_with_pytorch(name, deploy_runs, mnist_test, eval_bin, idx, tmp_path_factory):
-    t = trained(name, deploy_runs, mnist_test, tmp_path_factory.mktemp(name))
+def test_float_parity_with_pytorch(name, n, deploy_runs, mnist_test, eval_bin, idx, tmp_path_factory):
+    t = trained(name, deploy_runs, mnist_test, tmp_path_factory.mktemp(name), n)
     out = tmp_path_factory.mktemp("logits") / "float.bin"
-    r = run_eval(eval_bin, idx["images"], idx["labels"], "--model", t["paths"]["float"], "--logits", out)
-    got = np.fromfile(out, "<f4").reshape(len(mnist_test[1]), -1)
+    r = run_eval(eval_bin, idx[f"images{_tag(n)}"], idx[f"labels{_tag(n)}"], "--model", t["paths"]["float"],
+                 "--logits", out)
+    got = np.fromfile(out, "<f4").reshape(n, -1)
     ref = t["torch"]
     assert_logits_match(got, ref, f"{name}: C float vs PyTorch")
     line = parse_line(r.stdout)
     assert line["images"] == len(ref)
-    assert line["accuracy"] == pytest.approx((got.argmax(1) == mnist_test[1]).mean(), abs=5e-5)
+    assert line["accuracy"] == pytest.approx((got.argmax(1) == mnist_test[1][:n]).mean(), abs=5e-5)
 
 
+@SIZES
 @pytest.mark.parametrize("name", NAMES)
-def test_int8_bit_exact_with_numpy_reference(name, deploy_runs, mnist_test, eval_bin, idx, tmp_path_factory):
-    t = trained(name, deploy_runs, mnist_test, tmp_path_factory.mktemp(name))
-    y = mnist_test[1]
+def test_int8_bit_exact_with_numpy_reference(name, n, deploy_runs, mnist_test, eval_bin, idx, tmp_path_factory):
+    t = trained(name, deploy_runs, mnist_test, tmp_path_factory.mktemp(name), n)
+    y = mnist_test[1][:n]
     out = tmp_path_factory.mktemp("logits") / "int8.bin"
-    r = run_eval(eval_bin, idx["images"], idx["labels"], "--model", t["paths"]["int8"], "--logits", out)
+    r = run_eval(eval_bin, idx[f"images{_tag(n)}"], idx[f"labels{_tag(n)}"], "--model", t["paths"]["int8"],
+                 "--logits", out)
     got = np.fromfile(out, "<i4").reshape(len(y), -1)
     want = t["int8_ref"]
     assert want.dtype == np.int64 and np.array_equal(got.astype(np.int64), want)
@@ -535,8 +546,8 @@ def test_cli_export_make_and_eval(int8, deploy_runs, mnist_test, idx, tmp_path):
     m = subprocess.run(["make", "-C", str(out)], capture_output=True, text=True, timeout=300)
     assert m.returncode == 0, m.stdout + m.stderr
     # the embedded model is the exported flat file: no --model needed
-    line = parse_line(run_eval(out / "lenet5_eval", idx["images"], idx["labels"]).stdout)
-    x, y = mnist_test
+    line = parse_line(run_eval(out / "lenet5_eval", idx["images1000"], idx["labels1000"]).stdout)
+    x, y = mnist_test[0][:1000], mnist_test[1][:1000]
     if int8:
         logits = trained(name, deploy_runs, mnist_test, tmp_path)["int8_ref"]
     else:

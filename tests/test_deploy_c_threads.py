@@ -1,9 +1,9 @@
 """The C runtime's multi-threaded batch path (``-DLENET5_THREADS``: ``lenet5_run_*_mt``, ``lenet5_eval --threads``).
 
 - every image is computed by one thread with the single-threaded code, so the logits are bit-identical for
-  every thread count and batch size, on the real 10k MNIST test images, for float32 and int8 flat files, in
-  the portable build (-O2) and in the exported Makefile's (-O3 -march=native); float32 still matches
-  PyTorch and int8 the NumPy reference runtime bit for bit;
+  every thread count and batch size, on real MNIST test images (1,000; all 10k in the slow tier), for
+  float32 and int8 flat files, in the portable build (-O2) and in the exported Makefile's
+  (-O3 -march=native); float32 still matches PyTorch and int8 the NumPy reference runtime bit for bit;
 - the helper threads' buffers come from the caller's workspace (sized by ``lenet5_workspace_bytes``):
   under ASan + UBSan the gaps between them are poisoned, so an overrun would be reported;
 - bad thread counts are refused (``lenet5_eval`` exit 2, the C API ``LENET5_E_ARG``), as are a missing or
@@ -52,29 +52,39 @@ def build(cdir: Path, name: str, flags) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bins(cdir) -> dict[str, Path]:
+def bins(c_program) -> dict[str, Path]:
     """The portable strict build and the exported Makefile's native build, both with threads."""
-    return {"strict": build(cdir, "eval_strict", (*STRICT_FLAGS, *THREAD_FLAGS)),
-            "native": build(cdir, "eval_native", (*MAKEFILE_FLAGS, "-Wall", "-Wextra", "-Werror"))}
+    return {"strict": c_program("lenet5_eval", (*STRICT_FLAGS, *THREAD_FLAGS)),
+            "native": c_program("lenet5_eval", (*MAKEFILE_FLAGS, "-Wall", "-Wextra", "-Werror"))}
+
+
+_MODELS: dict[int, dict] = {}
+
+
+def flat_models(deploy_runs, mnist_test, d: Path, n: int) -> dict:
+    """float32 / int8 flat files of both trained models, PyTorch logits and the int8 reference logits on the
+    first ``n`` test images (cached per ``n``)."""
+    if n not in _MODELS:
+        x = mnist_test[0][:n]
+        out = {}
+        for name in ("lenet5", "lenet5_classic"):
+            model, cfg = load_model(deploy_runs[name])
+            with torch.no_grad():
+                ref = torch.cat([model(to_model_input(torch.from_numpy(x[i:i + 2000]), cfg.data))
+                                 for i in range(0, len(x), 2000)]).numpy()
+            fm32, fm8 = build_flat(model, cfg, int8=False), build_flat(model, cfg, int8=True)
+            (d / f"{name}.flat").write_bytes(flat.encode(fm32))
+            (d / f"{name}_int8.flat").write_bytes(flat.encode(fm8))
+            out[name] = {"float": d / f"{name}.flat", "int8": d / f"{name}_int8.flat", "torch": ref,
+                         "int8_ref": runtime.run(fm8, x, mode="reference")}
+        _MODELS[n] = out
+    return _MODELS[n]
 
 
 @pytest.fixture(scope="module")
 def models(deploy_runs, mnist_test, tmp_path_factory) -> dict:
-    """float32 / int8 flat files of both trained models, PyTorch logits and the int8 reference logits."""
-    d = tmp_path_factory.mktemp("flat")
-    x, _ = mnist_test
-    out = {}
-    for name in ("lenet5", "lenet5_classic"):
-        model, cfg = load_model(deploy_runs[name])
-        with torch.no_grad():
-            ref = torch.cat([model(to_model_input(torch.from_numpy(x[i:i + 2000]), cfg.data))
-                             for i in range(0, len(x), 2000)]).numpy()
-        fm32, fm8 = build_flat(model, cfg, int8=False), build_flat(model, cfg, int8=True)
-        (d / f"{name}.flat").write_bytes(flat.encode(fm32))
-        (d / f"{name}_int8.flat").write_bytes(flat.encode(fm8))
-        out[name] = {"float": d / f"{name}.flat", "int8": d / f"{name}_int8.flat", "torch": ref,
-                     "int8_ref": runtime.run(fm8, x, mode="reference")}
-    return out
+    """The flat files and references on the first 1,000 test images."""
+    return flat_models(deploy_runs, mnist_test, tmp_path_factory.mktemp("flat"), 1000)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +92,7 @@ def idx(tmp_path_factory, mnist_test) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("idx")
     x, y = mnist_test
     files = {}
-    for tag, n in (("all", len(x)), ("100", 100), ("3", 3)):
+    for tag, n in (("10000", len(x)), ("1000", 1000), ("100", 100), ("3", 3)):
         files[f"images{tag}"], files[f"labels{tag}"] = d / f"images{tag}.idx", d / f"labels{tag}.idx"
         write_idx(files[f"images{tag}"], x[:n], compress=False)
         write_idx(files[f"labels{tag}"], y[:n].astype(np.uint8), compress=False)
@@ -110,22 +120,27 @@ def logits_of(exe: Path, model: Path, images: Path, labels: Path, out: Path, *ex
 
 
 # ---------------------------------------------------------------- bit-identical across thread counts
+@pytest.mark.parametrize("n", [1000, pytest.param(10000, marks=pytest.mark.slow)], ids=["1k", "10k"])
 @pytest.mark.parametrize("build_name", ["strict", "native"])
 @pytest.mark.parametrize("kind", ["float", "int8"])
-def test_threads_bit_identical_on_mnist(build_name, kind, bins, models, idx, mnist_test, tmp_path):
-    """The full 10k test set at batch 256 with 1, 2 and 3 threads, plus batch 1 and odd batch/thread mixes:
-    the same bits every time, and the right answers (PyTorch within tolerance / the int8 reference exactly)."""
-    exe, n = bins[build_name], len(mnist_test[1])
+def test_threads_bit_identical_on_mnist(build_name, kind, n, bins, deploy_runs, idx, mnist_test, tmp_path_factory,
+                                        tmp_path):
+    """The first 1,000 (slow tier: all 10k) test images at batch 256 with 1, 2 and 3 threads, plus batch 1 and
+    odd batch/thread mixes: the same bits every time, and the right answers (PyTorch within tolerance / the int8
+    reference exactly)."""
+    exe = bins[build_name]
+    models = flat_models(deploy_runs, mnist_test, tmp_path_factory.mktemp("flat"), n)
+    images, labels = idx[f"images{n}"], idx[f"labels{n}"]
     for name in ("lenet5", "lenet5_classic"):
         m = models[name]
-        base = logits_of(exe, m[kind], idx["imagesall"], idx["labelsall"], tmp_path / "base.bin", "--batch", "256")
+        base = logits_of(exe, m[kind], images, labels, tmp_path / "base.bin", "--batch", "256")
         if kind == "int8":
             assert np.array_equal(base.reshape(n, -1).astype(np.int64), m["int8_ref"]), name
         else:
             assert_logits_match(base.reshape(n, -1), m["torch"], f"{name} ({build_name})")
         for extra in (("--batch", "256", "--threads", "2"), ("--batch", "256", "--threads", "3"),
                       ("--threads", "2"), ("--batch", "1", "--threads", "2")):
-            got = logits_of(exe, m[kind], idx["imagesall"], idx["labelsall"], tmp_path / "t.bin", *extra)
+            got = logits_of(exe, m[kind], images, labels, tmp_path / "t.bin", *extra)
             assert np.array_equal(got, base), (name, extra)
         small = base[:100 * base.size // n]
         for extra in (("--batch", "7", "--threads", "3"), ("--batch", "100", "--threads", "64"),
@@ -172,7 +187,7 @@ def test_plain_c_float_kernels_agree(cdir, models, idx, tmp_path):
 
 
 # ---------------------------------------------------------------- bad thread counts, the C API
-def test_eval_rejects_bad_thread_counts(bins, cdir, idx, models):
+def test_eval_rejects_bad_thread_counts(bins, c_program, idx, models):
     model = models["lenet5"]["float"]
     for bad in ("0", "-1", "65", "1.5", "two", "", "2x"):
         r = run_eval(bins["strict"], idx["images3"], idx["labels3"], "--model", model, "--threads", bad, check=False)
@@ -181,7 +196,7 @@ def test_eval_rejects_bad_thread_counts(bins, cdir, idx, models):
     r = run_eval(bins["strict"], idx["images3"], idx["labels3"], "--model", model, "--threads", check=False)
     assert r.returncode == 2 and "missing value after --threads" in r.stderr
     # a build without LENET5_THREADS: --threads 1 runs, 2 is refused with the reason
-    plain = build(cdir, "eval_plain", STRICT_FLAGS)
+    plain = c_program("lenet5_eval", STRICT_FLAGS)
     assert "threads 1" in run_eval(plain, idx["images3"], idx["labels3"], "--model", model, "--threads", "1").stdout
     r = run_eval(plain, idx["images3"], idx["labels3"], "--model", model, "--threads", "2", check=False)
     assert r.returncode == 2 and "-DLENET5_THREADS" in r.stderr, r.stderr

@@ -260,7 +260,7 @@ bases = st.sampled_from(BASES)
 
 
 # ---------------------------------------------------------------- the fuzz tests
-@settings(max_examples=300, **FUZZ)
+@settings(max_examples=150, **FUZZ)
 @given(name=bases, data=st.data())
 def test_truncated_or_extended_files_are_rejected(name, data):
     """Any change of length under the original header is a clean error (the header states the length)."""
@@ -273,7 +273,7 @@ def test_truncated_or_extended_files_are_rejected(name, data):
     assert decode(mutated) is None
 
 
-@settings(max_examples=300, **FUZZ)
+@settings(max_examples=150, **FUZZ)
 @given(name=bases, data=st.data())
 def test_consistent_resize(name, data):
     """Truncations and appended bytes with file_bytes, blob_bytes and the CRC patched to match.
@@ -298,7 +298,7 @@ def test_consistent_resize(name, data):
         check_runtime(fm)
 
 
-@settings(max_examples=400, **FUZZ)
+@settings(max_examples=200, **FUZZ)
 @given(name=bases, data=st.data())
 def test_bit_flips_stale_crc(name, data):
     """Bit flips anywhere with the CRC left as it was: 1 or 2 flips are always caught (CRC-32 has Hamming
@@ -317,7 +317,7 @@ def test_bit_flips_stale_crc(name, data):
         check_runtime(fm)
 
 
-@settings(max_examples=500, **FUZZ)
+@settings(max_examples=250, **FUZZ)
 @given(name=bases, data=st.data())
 def test_bit_flips_with_crc_recomputed(name, data):
     """Bit flips in the header, the layer records or the blob, CRC patched: decode validates the rest."""
@@ -335,7 +335,7 @@ def test_bit_flips_with_crc_recomputed(name, data):
         check_runtime(fm)
 
 
-@settings(max_examples=500, **FUZZ)
+@settings(max_examples=250, **FUZZ)
 @given(name=bases, data=st.data())
 def test_header_field_overwritten(name, data):
     """One header field set to a boundary/garbage value (CRC patched, or stale), or a magic byte changed."""
@@ -359,7 +359,7 @@ def test_header_field_overwritten(name, data):
         check_runtime(fm)
 
 
-@settings(max_examples=600, **FUZZ)
+@settings(max_examples=300, **FUZZ)
 @given(name=bases, data=st.data())
 def test_layer_record_field_overwritten(name, data):
     """One field of one layer record (op, act code, out_bits, flags, shapes, k, pad, offsets, counts,
@@ -398,7 +398,7 @@ def _valid_value(dtype: str, op: str, arr: str, value) -> bool:
     return True
 
 
-@settings(max_examples=500, **FUZZ)
+@settings(max_examples=250, **FUZZ)
 @given(name=bases, data=st.data())
 def test_weight_overwritten(name, data):
     """One element of one array (weights, biases, C3 table, LUTs, multipliers, shifts) replaced, CRC patched:
@@ -427,7 +427,7 @@ def test_weight_overwritten(name, data):
         check_runtime(fm)
 
 
-@settings(max_examples=400, **FUZZ)
+@settings(max_examples=200, **FUZZ)
 @given(name=bases, data=st.data())
 def test_valid_rewirings(name, data):
     """Record/header edits that keep the file well-formed, with an exact oracle, CRC patched: another

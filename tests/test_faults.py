@@ -96,6 +96,7 @@ def test_every_registered_fault_model_fast_equals_naive(engine, images, model, t
     np.testing.assert_array_equal(camp.fast(faults), camp.naive(faults))
 
 
+@pytest.mark.slow   # every conv1 weight x bit through the naive oracle; sampled faults stay in the fast tier
 def test_fast_matches_naive_for_stuck_at_and_exhaustive(engine, images):
     camp = Campaign(engine, images[:8])
     ex = exhaustive_faults(engine, "weights", 0, model="stuck_at_1")     # conv1: every weight, every bit

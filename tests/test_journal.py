@@ -78,6 +78,7 @@ def test_cells_keep_a_cell_finished_after_a_cut_line(tmp_path):
     assert again.get_or_run("b", lambda: ran.append(1) or {}) == {"acc": 0.75} and not ran
 
 
+@pytest.mark.slow   # a real SIGKILL of a child process; the cut-line cases above run in-process
 def test_cells_survive_a_real_kill(tmp_path):
     """SIGKILL a process appending cells with big values, then resume: every recorded cell is intact and
     the next one lands on its own line."""

@@ -41,7 +41,8 @@ def test_every_variant_gets_every_column(tiny_matrix):
         assert set(m["noise_per_image"]) <= {0.0, 0.5, 1.0}          # fraction of 2 draws correct
     # exact parameter / MAC counts
     assert ev["float"]["params"] == ev["qat_int8"]["params"] == ev["abs"]["params"] == 61_706
-    assert ev["tt"]["params"] == 8_538 and ev["adtn"]["params"] == 5_418
+    # ADTN: 3,626 dense parameters + 448 gate parameters per brick-wall layer (fc1's and fc2's generators)
+    assert ev["tt"]["params"] == 8_538 and ev["adtn"]["params"] == 3_626 + 448 * r.config["settings"]["adtn_depth"]
     assert ev["float"]["macs"] == ev["tt"]["macs"] == 416_520
     assert ev["snn_bp"]["macs"] == 117_600 + 4 * (240_000 + 48_000 + 10_080 + 840)
     # the SNN has no integer deployment; every other variant does

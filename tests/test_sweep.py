@@ -151,6 +151,7 @@ def test_journal_drops_a_cut_line_and_appends_cleanly(tmp_path):
     assert [json.loads(s)["trial"] for s in path.read_text().splitlines()] == ["a", "b"]
 
 
+@pytest.mark.slow   # a real process killed mid-sweep; the journal's cut-line handling is tested above
 def test_resume_after_sigterm(tmp_path):
     toml, out = write(tmp_path, TOY_TOML.format(sleep=0.25)), tmp_path / "out"
     p = start_sweep(toml, out, "--workers", "1")

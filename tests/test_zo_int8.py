@@ -117,6 +117,7 @@ def test_integer_engine_matches_the_float_twin(small_run, mnist_test):
         assert float((twin(xf).argmax(1) == model(xf).argmax(1)).double().mean()) > 0.97
 
 
+@pytest.mark.slow   # 150 integer ZO steps; the fit path and kill/resume of zo-int8 stay in the fast tier
 def test_int8_training_learns_real_mnist():
     from lenetlab.config import DataConfig
     from lenetlab.data import load_splits

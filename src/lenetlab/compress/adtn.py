@@ -116,7 +116,20 @@ class ADTNWeight(nn.Module):
         return psi.reshape([2**k for k in self.q_axes])
 
     def forward(self) -> torch.Tensor:
-        """The generated weight, cropped to ``shape``."""
+        """The generated weight, cropped to ``shape``.
+
+        Without autograd (evaluation) the weight is generated once and reused until the gates change (an
+        optimiser step, a load or a ``.to()``): generating it costs a full contraction, a batch's matmul much
+        less."""
+        if torch.is_grad_enabled() and self.gates.requires_grad:
+            return self._generate()
+        key = (self.gates.data_ptr(), self.gates._version, self.gates.dtype, self.gates.device)
+        cached = getattr(self, "_cached", None)
+        if cached is None or cached[0] != key:
+            cached = self._cached = (key, self._generate())
+        return cached[1]
+
+    def _generate(self) -> torch.Tensor:
         return self.full()[tuple(slice(0, n) for n in self.shape)]
 
 

@@ -111,12 +111,14 @@ class Settings:
     harden_k: int = 20
     snn_steps: int = 4
     test_images: int | None = None   # clean and int8 accuracy: the first N test images (None: all 10k)
+    val_size: int = 5000             # training images held out for the per-epoch validation accuracy
 
 
 def settings(full: bool, tiny: bool = False) -> dict[str, Any]:
     if tiny:   # tests only: every code path, meaningless numbers
         s = Settings(seeds=[0], train_subset=500, epochs=1, eval_images=48, pgd_steps=2, draws=2, sdc_images=24,
-                     sdc_draws=2, nvf_images=2, fit_steps=10, finetune_epochs=1, test_images=200)
+                     sdc_draws=2, nvf_images=2, fit_steps=10, finetune_epochs=1, test_images=200,
+                     val_size=200, adtn_depth=1)
     elif full:
         s = Settings(seeds=[0, 1, 2, 3, 4], train_subset=None, epochs=5, eval_images=10000, pgd_steps=40, draws=10,
                      sdc_images=2000, sdc_draws=20, nvf_images=64, fit_steps=1000, finetune_epochs=2)
@@ -136,7 +138,8 @@ def train_config(variant: str, s: Settings, seed: int = 0):
         train["hardening"] = {"qat_bits": s.qat_bits, "act_scale": s.qat_act_scale}
     if variant == "noisy":
         train["hardening"] = {"sigma": s.train_sigma, "relative": True, "sites": ",".join(NOISE_SITES), "ramp": 0.25}
-    overrides: Settings = {"data": {"train_subset": s.train_subset}, "train": train}
+    overrides: Settings = {"data": {"train_subset": s.train_subset, "val_size": s.val_size,
+                                    "test_subset": s.test_images}, "train": train}
     if variant == "snn_bp":
         overrides["model"] = {"steps": s.snn_steps}
     return resolve("fast", model, overrides=overrides)

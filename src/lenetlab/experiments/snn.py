@@ -90,11 +90,12 @@ class Settings:
     eps: list[float]              # L-inf radii in [0, 1] pixel units
     budget: int                   # input-gradient evaluations of every iterative attack
     substitute_seed: int = 100    # the BP substitute's training seed (not among the targets')
+    val_size: int = 5000          # training images held out for the per-epoch validation accuracy
 
 
 def settings(full: bool, tiny: bool = False) -> dict[str, Any]:
     if tiny:   # tests only: every code path, meaningless numbers
-        s = Settings([0], 256, 1, 2, 16, [0.1, 0.3], 3)
+        s = Settings([0], 256, 1, 2, 16, [0.1, 0.3], 3, val_size=200)
     elif full:
         s = Settings([0, 1, 2, 3, 4], None, 3, 4, 1000, [0.05, 0.1, 0.15, 0.2, 0.25, 0.3], 20)
     else:
@@ -107,7 +108,8 @@ def run_config(domain: str, rule: str, s: Settings, seed: int = 0):
     from lenetlab.train.presets import resolve
 
     model = DOMAINS[domain]
-    over: dict[str, Any] = {"data": {"train_subset": s.train_subset, "test_subset": s.test_subset},
+    over: dict[str, Any] = {"data": {"train_subset": s.train_subset, "test_subset": s.test_subset,
+                                     "val_size": s.val_size},
                             "train": {**recommended_train(rule, model),    # FA/DFA: smaller batch, lower lr
                                       "epochs": s.epochs, "rule": rule, "seed": seed,
                                       "eval_test_every_epoch": False, "grad_norms": False}}
