@@ -326,7 +326,8 @@ def attack(model: nn.Module | Run, x: Any, y: Any, name: str = "pgd", *, eps: fl
     """Adversarial examples within an L-inf ball of radius ``eps`` (pixel units, [0, 1]) around ``x``.
 
     Works on any ``nn.Module`` that maps (normalised) images to logits. ``name`` is a registered attack
-    (``lenetlab list attacks``: fgsm, pgd, bb-fgsm, bb-pgd, hybrid); ``options`` are its own options (e.g.
+    (``lenetlab list attacks``: fgsm, pgd, bb-fgsm, bb-pgd, hybrid; art:apgd, art:autoattack, art:cw,
+    art:square with ``lenetlab[art]``, ``norm="2"`` for the L2 ball); ``options`` are its own options (e.g.
     ``steps=20, step_size=0.01`` for pgd) and are checked against its ``Options``. Transfer attacks
     (``bb-*``, ``hybrid``) need a ``substitute`` model; it gets its own run's normalisation if it is a
     :class:`Run`, else the target's. Seeded: the same call gives the same images (the random draws are made
