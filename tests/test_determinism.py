@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from lenetlab.determinism import REPRODUCE_THREADS, pinned_threads
+from lenetlab.determinism import BLAS_THREADS, REPRODUCE_THREADS, pinned_threads
 
 # trains a small LeNet-5 for a few hundred steps inside pinned_threads, starting from `outer` threads
 _TRAIN = """
@@ -28,7 +28,7 @@ def test_pinned_threads_restores_the_callers_settings():
     before = torch.get_num_threads()
     with pinned_threads(1) as rec:
         assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
-    assert rec == {"torch_threads": 1, "deterministic_algorithms": True}
+    assert rec == {"torch_threads": 1, "blas_threads": BLAS_THREADS, "deterministic_algorithms": True}
     assert torch.get_num_threads() == before and not torch.are_deterministic_algorithms_enabled()
 
 
@@ -47,6 +47,7 @@ def test_reproduce_records_the_pinned_thread_count(tiny):
 
     out, result = tiny("fused")
     run = json.loads((out / "run.json").read_text())
-    assert run["determinism"] == {"torch_threads": REPRODUCE_THREADS, "deterministic_algorithms": True}
+    assert run["determinism"] == {"torch_threads": REPRODUCE_THREADS, "blas_threads": BLAS_THREADS,
+                                  "deterministic_algorithms": True}
     assert result.config["determinism"]["torch_threads"] == REPRODUCE_THREADS
     assert any("torch threads" in n for n in result.notes)

@@ -5,7 +5,10 @@ threads split the reductions inside convolutions differently and so train slight
 A reproduction's numbers must not depend on how many cores the machine has, so ``lenetlab
 reproduce`` runs every experiment under :func:`pinned_threads` with :data:`REPRODUCE_THREADS` threads
 (whatever the machine: a 1-core machine runs 2 threads, a 64-core machine still 2) and with torch's
-deterministic algorithms switched on, and records both in ``run.json`` and the report.
+deterministic algorithms switched on, and records both in ``run.json`` and the report. NumPy's BLAS
+(OpenBLAS starts one thread per core, or ``OMP_NUM_THREADS``) is held to :data:`BLAS_THREADS` likewise:
+with 1 vs 2 BLAS threads the tiny reproductions' PCA-LR models, the fused experiment's float differences
+and the deploy experiment's NumPy-runtime logit differences came out different.
 
 What this cannot remove: different CPU instruction sets (AVX-512 vs AVX2) may still pick different
 kernels; the report records the machine so such differences can be traced.
@@ -25,13 +28,17 @@ from contextlib import contextmanager
 import torch
 
 REPRODUCE_THREADS = 2
+BLAS_THREADS = 1   # NumPy's BLAS: 1 is what every machine (and any OMP_NUM_THREADS) can give
 
 
 @contextmanager
 def pinned_threads(n: int = REPRODUCE_THREADS, deterministic: bool = True) -> Iterator[dict]:
-    """Run the block with ``n`` intra-op torch threads (and deterministic algorithms); restore after.
+    """Run the block with ``n`` intra-op torch threads (and deterministic algorithms) and
+    :data:`BLAS_THREADS` NumPy BLAS threads; restore after.
 
     Yields the settings applied, for the record."""
+    from threadpoolctl import threadpool_limits
+
     if n < 1:
         raise ValueError(f"thread count must be >= 1, got {n}")
     before = torch.get_num_threads()
@@ -42,10 +49,11 @@ def pinned_threads(n: int = REPRODUCE_THREADS, deterministic: bool = True) -> It
         # warn_only: an op without a deterministic CPU kernel warns instead of failing a long run
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        yield {"torch_threads": n, "deterministic_algorithms": deterministic}
+        with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+            yield {"torch_threads": n, "blas_threads": BLAS_THREADS, "deterministic_algorithms": deterministic}
     finally:
         torch.set_num_threads(before)
         torch.use_deterministic_algorithms(det_before, warn_only=warn_before)
 
 
-__all__ = ["REPRODUCE_THREADS", "pinned_threads"]
+__all__ = ["BLAS_THREADS", "REPRODUCE_THREADS", "pinned_threads"]

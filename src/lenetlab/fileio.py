@@ -43,9 +43,9 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)   # mkstemp makes it owner-only; give it a plain new file's mode
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes it owner-only; give it a plain new file's mode
         writer(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lenetlab.determinism import REPRODUCE_THREADS, pinned_threads
+from lenetlab.determinism import BLAS_THREADS, REPRODUCE_THREADS, pinned_threads
 from lenetlab.errors import LenetlabError
 from lenetlab.experiments.stats import supported_of, verdict_of
 from lenetlab.fileio import JsonlJournal, atomic_write_json
@@ -185,6 +185,7 @@ def config_hash(name: str, full: bool = False, tiny: bool = False, options: dict
     except (OSError, TypeError):   # no source (frozen build): the version stands in for it
         source = ""
     key = {"experiment": name, "mode": _mode(full, tiny), "torch_threads": REPRODUCE_THREADS,
+           "blas_threads": BLAS_THREADS,
            "settings": _apply_options(cls().settings(full, tiny), options),
            "lenetlab": __version__, "source": hashlib.sha256(source.encode()).hexdigest()}
     blob = json.dumps(key, sort_keys=True, default=repr).encode()
@@ -212,7 +213,8 @@ def reproduce(name: str, out: str | Path, full: bool = False, force: bool = Fals
     cells_path = out / "cells.jsonl"
     run = {"experiment": name, "mode": _mode(full, tiny), "settings": json.loads(json.dumps(settings, default=repr)),
            # the numbers must not depend on the machine's core count (lenetlab.determinism)
-           "determinism": {"torch_threads": REPRODUCE_THREADS, "deterministic_algorithms": True}}
+           "determinism": {"torch_threads": REPRODUCE_THREADS, "blas_threads": BLAS_THREADS,
+                           "deterministic_algorithms": True}}
     if cells_path.exists() and (out / "run.json").exists() and not force:
         before = json.loads((out / "run.json").read_text())
         if before != run:   # e.g. quick cells must not be reused by --full
@@ -229,8 +231,9 @@ def reproduce(name: str, out: str | Path, full: bool = False, force: bool = Fals
         result = cls().run(ctx)
     result.wall_seconds = time.perf_counter() - t0
     result.config = {**result.config, "determinism": pinned}
-    result.notes = [*result.notes, f"Ran with {pinned['torch_threads']} torch threads and deterministic algorithms, "
-                    "whatever the machine's core count, so the numbers do not depend on it."]
+    result.notes = [*result.notes, f"Ran with {pinned['torch_threads']} torch threads, {pinned['blas_threads']} NumPy "
+                    "BLAS thread and deterministic algorithms, whatever the machine's core count, so the numbers do "
+                    "not depend on it."]
     result.config_hash = config_hash(name, full, tiny, options)
     atomic_write_json(out / "result.json", result.to_dict())
     write_report(result, out)
