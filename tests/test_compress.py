@@ -271,3 +271,22 @@ def test_reproduce_tn_tiny(tiny):
     assert {"dense", "tt", "adtn"} <= methods
     assert {c.name for c in r.claims} == {"adtn_vs_tt", "accuracy_at_10x", "vgg16_cifar10"}
     assert (tmp_path / "report.md").exists() and (tmp_path / "accuracy_vs_params.png").exists()
+
+
+def test_adtn_weight_is_reused_without_grad_and_follows_its_gates():
+    """Without autograd the generated weight is reused (one contraction per evaluation, not per batch); an
+    optimiser-style in-place change of the gates, or a load, makes the next call generate it again."""
+    from lenetlab.compress.adtn import ADTNWeight
+
+    gen = ADTNWeight((6, 10), depth=2, seed=0)
+    with torch.no_grad():
+        first = gen()
+        assert gen() is first                                       # reused
+        assert torch.equal(first, gen._generate())                  # and the same values
+        gen.gates.add_(0.01)                                        # as an optimiser step does
+        second = gen()
+        assert second is not first and torch.equal(second, gen._generate())
+        gen.load_state_dict({"gates": torch.zeros_like(gen.gates)})
+        assert torch.equal(gen(), torch.zeros(6, 10))
+    w = gen()                                                       # with autograd: generated, with a graph
+    assert w.requires_grad and w is not gen._cached[1]
