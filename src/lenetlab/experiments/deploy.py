@@ -319,8 +319,9 @@ def _correct(ev: dict[str, Any], key: str) -> np.ndarray:
     return v
 
 
-def _median_boot(values: list[float], n_boot: int = stats.N_BOOT, seed: int = 0) -> stats.Estimate:
+def _median_boot(values: list[float], n_boot: int | None = None, seed: int = 0) -> stats.Estimate:
     """Median of per-repetition values with a percentile bootstrap interval over the repetitions."""
+    n_boot = stats.N_BOOT if n_boot is None else n_boot
     v = np.asarray(values, float)
     rng = np.random.default_rng(seed)
     reps = np.median(v[rng.integers(0, len(v), size=(n_boot, len(v)))], axis=1)

@@ -92,7 +92,7 @@ EXACT = "n/a"            # ``seeds=EXACT``: the claim is pure counting (determin
 QUICK_MIN_SEEDS = 3      # fewer trained seeds than this: the verdict is inconclusive
 FULL_MIN_SEEDS = 5       # what --full runs should train (pass as ``min_seeds``)
 LEVEL = 0.95             # default confidence level of every interval
-N_BOOT = 2000            # default bootstrap replicates
+N_BOOT = 2000            # default bootstrap replicates (read at call time: a caller may lower it for a quick check)
 _IMAGE_BLOCK = 256       # replicates per block when resampling shared images (bounds memory at N x 256)
 
 
@@ -206,11 +206,12 @@ def t_quantile(q: float, df: float) -> float:
     return math.sqrt(df) * math.tan((lo + hi) / 2)
 
 
-def mean_interval(values: Sequence[float], method: str = "t", level: float = LEVEL, n_boot: int = N_BOOT,
+def mean_interval(values: Sequence[float], method: str = "t", level: float = LEVEL, n_boot: int | None = None,
                   seed: int = 0) -> Estimate:
     """Mean of a continuous per-seed metric (seconds, bytes, a ratio) with a ``"t"`` or ``"bootstrap"`` interval.
 
     One value has no spread to estimate: its t interval is (-inf, inf), so every rule says inconclusive."""
+    n_boot = N_BOOT if n_boot is None else n_boot
     v = np.asarray(values, dtype=float)
     if v.ndim != 1 or len(v) == 0:
         raise ValueError("mean_interval needs a non-empty list of per-seed values")
@@ -348,11 +349,12 @@ def _what(groups: list[_Group], same_images: bool, paired: bool = False) -> str:
 
 
 def bootstrap_accuracy(per_seed: Sequence[Any], same_images: bool = True, level: float = LEVEL,
-                       n_boot: int = N_BOOT, seed: int = 0) -> Estimate:
+                       n_boot: int | None = None, seed: int = 0) -> Estimate:
     """Mean accuracy over seeds with a percentile interval from resampling seeds, then test images.
 
     ``per_seed``: one sample per trained seed - a 0/1 correctness vector, a ``(correct, n)`` tuple, or a
     float (then only seeds are resampled). See the module docstring for how each kind is resampled."""
+    n_boot = N_BOOT if n_boot is None else n_boot
     g = _group(per_seed, "per_seed")
     (reps,) = _replicates([g], False, same_images, n_boot, seed)
     lo, hi = _percentile(reps, level)
@@ -371,22 +373,24 @@ def _two_groups(a: Sequence[Any], b: Sequence[Any], paired: bool, same_images: b
 
 
 def bootstrap_difference(a: Sequence[Any], b: Sequence[Any], paired: bool = False, same_images: bool = True,
-                         level: float = LEVEL, n_boot: int = N_BOOT, seed: int = 0) -> Estimate:
+                         level: float = LEVEL, n_boot: int | None = None, seed: int = 0) -> Estimate:
     """``mean(a) - mean(b)`` (e.g. method accuracy minus baseline accuracy) with a percentile interval.
 
     ``paired=True`` when a and b come from the same seeds (sample i of each from seed i): seeds are resampled
     jointly, which removes the seed-to-seed variation the two share. Correctness vectors of equal length are
     also paired image by image (one image resample for both) unless ``same_images=False``."""
+    n_boot = N_BOOT if n_boot is None else n_boot
     ga, gb, ra, rb, seeds, imgs, what = _two_groups(a, b, paired, same_images, n_boot, seed)
     lo, hi = _percentile(ra - rb, level)
     return Estimate(float(ga.point.mean() - gb.point.mean()), lo, hi, what, level, seeds, imgs)
 
 
 def bootstrap_ratio(a: Sequence[Any], b: Sequence[Any], paired: bool = False, same_images: bool = True,
-                    level: float = LEVEL, n_boot: int = N_BOOT, seed: int = 0) -> Estimate:
+                    level: float = LEVEL, n_boot: int | None = None, seed: int = 0) -> Estimate:
     """``mean(a) / mean(b)`` (e.g. a speed-up: baseline time over method time) with a percentile interval.
 
     Pairing as in :func:`bootstrap_difference`. A replicate whose denominator is 0 counts as +inf."""
+    n_boot = N_BOOT if n_boot is None else n_boot
     ga, gb, ra, rb, seeds, imgs, what = _two_groups(a, b, paired, same_images, n_boot, seed)
     with np.errstate(divide="ignore", invalid="ignore"):
         reps = np.where(rb == 0, np.inf, ra / np.where(rb == 0, 1, rb))

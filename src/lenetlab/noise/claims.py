@@ -51,12 +51,13 @@ def qat_beats_float(qat_scores: Sequence, float_scores: Sequence, *, noise: str,
 
 
 def contrast(groups: Mapping[str, Sequence], weights: Mapping[str, float], *, level: float = stats.LEVEL,
-             n_boot: int = stats.N_BOOT, seed: int = 0) -> stats.Estimate:
+             n_boot: int | None = None, seed: int = 0) -> stats.Estimate:
     """``sum_g weights[g] * mean accuracy of g`` with a percentile bootstrap interval.
 
     Every group holds one per-image score vector per seed, all groups the same number of seeds (resampled
     jointly: seed i of each group is one draw) and the same test images (one image resample per replicate,
     shared by all groups), as :func:`lenetlab.experiments.stats.bootstrap_difference` does for two."""
+    n_boot = stats.N_BOOT if n_boot is None else n_boot
     names = list(weights)
     if not names or set(names) - set(groups):
         raise ValueError(f"contrast: weights name groups {names}, groups are {list(groups)}")
