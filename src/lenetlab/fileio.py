@@ -2,8 +2,13 @@
 
 Atomic writes: write to a temporary file in the same directory, flush and
 fsync, then ``os.replace`` it over the target (atomic on POSIX), so a reader
-never sees a half-written file. :class:`JsonlJournal`: append-only JSON lines
-whose cut-short last line never swallows the next record.
+never sees a half-written file. A kill between the write and the rename leaves
+that temporary file (``.NAME.XXXXXXXX.tmp``) behind; the next atomic write of
+the same target that succeeds deletes such leftovers of that target (only names
+of exactly that pattern, and only files no live write holds: each write keeps
+an exclusive ``flock`` on its temporary file until the rename).
+:class:`JsonlJournal`: append-only JSON lines whose cut-short last line never
+swallows the next record.
 
 Test-only hook: with ``LENETLAB_KILL_AFTER_WRITES=N`` in its environment, a process SIGKILLs itself in its
 Nth write through this module - an atomic write after its temporary file is complete but before the rename,
@@ -17,6 +22,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import tempfile
 from pathlib import Path
@@ -27,6 +33,11 @@ os.umask(_UMASK)
 _KILL_AT = int(os.environ.pop("LENETLAB_KILL_AFTER_WRITES", "0") or 0)   # test-only, see the module doc
 _KILL_PID = os.getpid()
 _writes = 0
+try:
+    import fcntl
+except ImportError:   # no flock (not POSIX): leftovers are then never cleaned, only ignored
+    fcntl = None
+_TMP_CHARS = "[a-z0-9_]{8}"   # tempfile.mkstemp's random part: 8 of these characters
 
 
 def _kill_point() -> None:
@@ -43,8 +54,9 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
+        if fcntl is not None:   # held until the rename: a live write's temporary file is never taken for a leftover
+            fcntl.flock(fd, fcntl.LOCK_EX)
         os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes it owner-only; give it a plain new file's mode
         writer(tmp)
         with open(tmp, "rb+") as f:
@@ -56,6 +68,45 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> None
             os.unlink(tmp)
         _raise_naming(e, path)
         raise
+    finally:
+        os.close(fd)
+    remove_leftovers(path)
+
+
+def leftovers(path: str | os.PathLike) -> list[Path]:
+    """The temporary files that atomic writes of ``path`` left behind when they were killed before their rename
+    (``.NAME.XXXXXXXX.tmp`` beside it, NAME = ``path``'s name), whether or not a write holds them now."""
+    path = Path(path)
+    pattern = re.compile(re.escape(f".{path.name}.") + _TMP_CHARS + re.escape(".tmp"))
+    try:
+        with os.scandir(path.parent) as it:
+            return sorted(path.parent / e.name for e in it
+                          if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False))
+    except OSError:
+        return []
+
+
+def remove_leftovers(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of killed atomic writes of ``path`` (:func:`leftovers`) that no running write
+    holds (each write keeps an exclusive flock on its own until the rename); returns those deleted. Called after
+    every successful atomic write of ``path``. Never raises: a file that cannot be checked or deleted stays."""
+    if fcntl is None:
+        return []
+    gone = []
+    for p in leftovers(path):
+        try:
+            fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # fails while a live write holds it
+            os.unlink(p)
+            gone.append(p)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return gone
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)   # the errors of a full disk (or a used-up quota)
@@ -89,8 +140,7 @@ def save_figure(fig: Any, path: str | os.PathLike, **savefig_kw: Any) -> None:
 def is_leftover(path: str | os.PathLike) -> bool:
     """Whether ``path`` is the temporary file of an atomic write that never finished (a kill between the
     write and the rename leaves one: ``.NAME.XXXXXXXX.tmp``); nothing reads it."""
-    name = Path(path).name
-    return name.startswith(".") and name.endswith(".tmp")
+    return re.fullmatch(r"\..+\." + _TMP_CHARS + r"\.tmp", Path(path).name) is not None
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
