@@ -156,6 +156,7 @@ def _save(out: Path, x01, x_adv, y, target) -> None:
 
     from lenetlab import devices
     from lenetlab.data import write_idx
+    from lenetlab.fileio import save_figure
 
     out.mkdir(parents=True, exist_ok=True)
     imgs = (x_adv[:, 0].clamp(0, 1) * 255).round().numpy().astype(np.uint8)
@@ -173,5 +174,5 @@ def _save(out: Path, x01, x_adv, y, target) -> None:
             ax.axis("off")
     fig.suptitle("top: clean, bottom: adversarial (title = prediction, red = wrong)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "grid.png", dpi=100)
+    save_figure(fig, out / "grid.png", dpi=100)   # atomic: a kill never leaves a cut-short image
     plt.close(fig)
