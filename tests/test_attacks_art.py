@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import random
@@ -17,7 +18,9 @@ from lenetlab.attacks import Target, make_attack, project, run_attack
 from lenetlab.data.transforms import from_unit
 from lenetlab.errors import LenetlabError
 
-art = pytest.importorskip("art")
+# checked without importing it: art takes seconds to import, and every xdist worker collects this module
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("art") is None,
+                                reason="the art extra is not installed (pip install 'lenetlab[art]')")
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +178,9 @@ def test_bad_options_are_one_line_exit_2(args, msg, small_run):
 def test_without_art_one_line_says_how_to_install(small_run, batch, monkeypatch):
     x, y = batch
     atk = make_attack("art:apgd", Target.from_run(small_run), 0.1)       # building needs no ART
-    real = sys.modules["art"]
+    import art
+
+    real = art
     monkeypatch.setitem(sys.modules, "art", None)                          # `import art` now fails
     with pytest.raises(LenetlabError, match=r"pip install 'lenetlab\[art\]'"):
         atk(x[:2], y[:2])

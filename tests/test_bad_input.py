@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,12 +26,18 @@ def _png_bomb(path, side: int) -> None:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
 
 
-def test_huge_png_is_refused_before_decoding(tmp_path):
-    p = tmp_path / "huge.png"
-    _png_bomb(p, 30000)          # 900 megapixels in ~1 MB
-    assert p.stat().st_size < 2_000_000
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory) -> Path:
+    """900 megapixels in ~1 MB (compressing them takes seconds: made once for the module)."""
+    p = tmp_path_factory.mktemp("bomb") / "huge.png"
+    _png_bomb(p, 30000)
+    return p
+
+
+def test_huge_png_is_refused_before_decoding(bomb):
+    assert bomb.stat().st_size < 2_000_000
     with pytest.raises(LenetlabError, match="the limit is 16,000,000 pixels"):
-        load_gray(p)
+        load_gray(bomb)
 
 
 def test_huge_npy_is_refused_unread(tmp_path):
@@ -42,10 +49,8 @@ def test_huge_npy_is_refused_unread(tmp_path):
         load_gray(p)
 
 
-def test_predict_huge_png_is_one_line_exit_2(small_run, tmp_path):
-    p = tmp_path / "huge.png"
-    _png_bomb(p, 30000)
-    r = run_cli("predict", str(small_run), str(p))
+def test_predict_huge_png_is_one_line_exit_2(small_run, bomb):
+    r = run_cli("predict", str(small_run), str(bomb))
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "limit" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr

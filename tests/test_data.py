@@ -105,6 +105,7 @@ def test_fashion_mnist_from_the_debian_package(tmp_path, monkeypatch):
     assert s.classes[9] == "Ankle boot" and s.train_x.shape == (100, 1, 28, 28)
 
 
+@pytest.mark.slow   # recompresses a whole data file
 @needs_fashion
 def test_recompressed_copy_passes_and_changed_images_fail(tmp_path):
     """Checksums are of the decompressed IDX bytes: re-gzipping passes, one changed pixel does not."""

@@ -227,6 +227,7 @@ def prefixes(fm: flat.FlatModel) -> list[flat.FlatModel]:
     return out
 
 
+@pytest.mark.slow   # a build per truncated network
 def test_every_layer_can_be_the_last(eval_bin, mnist_test, tmp_path):
     """Each op with each output width, as the network's output: the C runtime returns the NumPy runtime's
     values (int8 exactly, float32 within rounding)."""
@@ -397,6 +398,7 @@ def fuzz_corpus(images: np.ndarray) -> list[tuple[str, bytes, bool]]:
     return _CORPUS
 
 
+@pytest.mark.slow   # a sanitizer build; test_loader_rejects_crafted_files_and_reports_build_limits is fast
 def test_fuzz_loader_agrees_with_decode_under_sanitizers(check_san, mnist_test, tmp_path):
     corpus = fuzz_corpus(mnist_test[0][:200])
     assert len(corpus) >= 2000 and all(ok for kind, _, ok in corpus if kind == "base")
@@ -532,7 +534,7 @@ def test_check_tool_prints_one_verdict_per_file(check_san, deploy_runs, mnist_te
 
 
 # ---------------------------------------------------------------- the exporter + Makefile
-@pytest.mark.parametrize("int8", [False, True], ids=["float", "int8"])
+@pytest.mark.parametrize("int8", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["float", "int8"])
 def test_cli_export_make_and_eval(int8, deploy_runs, mnist_test, idx, tmp_path):
     if shutil.which("make") is None:
         pytest.skip("make is not installed")

@@ -121,7 +121,7 @@ def logits_of(exe: Path, model: Path, images: Path, labels: Path, out: Path, *ex
 
 # ---------------------------------------------------------------- bit-identical across thread counts
 @pytest.mark.parametrize("n", [1000, pytest.param(10000, marks=pytest.mark.slow)], ids=["1k", "10k"])
-@pytest.mark.parametrize("build_name", ["strict", "native"])
+@pytest.mark.parametrize("build_name", ["strict", pytest.param("native", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("kind", ["float", "int8"])
 def test_threads_bit_identical_on_mnist(build_name, kind, n, bins, deploy_runs, idx, mnist_test, tmp_path_factory,
                                         tmp_path):
@@ -175,6 +175,7 @@ def test_threads_under_sanitizers(cdir, models, idx, tmp_path):
                 assert np.array_equal(one.reshape(100, -1).astype(np.int64), models[name]["int8_ref"][:100])
 
 
+@pytest.mark.slow   # one more compiler build
 def test_plain_c_float_kernels_agree(cdir, models, idx, tmp_path):
     """-DLENET5_NO_VEC (every float CONV as plain C99): PyTorch's logits within tolerance, int8 unchanged."""
     exe = build(cdir, "eval_novec", (*STRICT_FLAGS, *THREAD_FLAGS, "-DLENET5_NO_VEC"))
@@ -202,6 +203,7 @@ def test_eval_rejects_bad_thread_counts(bins, c_program, idx, models):
     assert r.returncode == 2 and "-DLENET5_THREADS" in r.stderr, r.stderr
 
 
+@pytest.mark.slow   # one more compiler build
 def test_plain_build_has_no_pthread_dependency(cdir):
     obj = cdir / "lenet5_plain.o"
     subprocess.run(["gcc", *STRICT_FLAGS, "-c", "-o", str(obj), str(C_DIR / "lenet5.c")], check=True)

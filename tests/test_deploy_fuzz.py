@@ -427,7 +427,7 @@ def test_weight_overwritten(name, data):
         check_runtime(fm)
 
 
-@settings(max_examples=200, **FUZZ)
+@settings(max_examples=100, **FUZZ)
 @given(name=bases, data=st.data())
 def test_valid_rewirings(name, data):
     """Record/header edits that keep the file well-formed, with an exact oracle, CRC patched: another

@@ -6,6 +6,7 @@ Skipped cleanly when the ``onnx`` extra (onnx, onnxruntime, onnxscript) is not i
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -24,11 +25,15 @@ from lenetlab.models import create_model
 from lenetlab.models.base import model_entry
 from lenetlab.rundir import load_model
 
-pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
+# checked without importing them: onnx and onnxruntime take seconds to import, and every xdist worker collects
+# this module
+pytestmark = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxruntime", "onnxscript")),
+    reason="the onnx extra is not installed (pip install 'lenetlab[onnx]')")
 
-def session(path: Path) -> ort.InferenceSession:
+def session(path: Path):
+    import onnxruntime as ort
+
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
@@ -107,9 +112,10 @@ def _ctx(name: str, opts: dict, tmp_path: Path, int8: bool = False) -> ExportCon
     return ExportContext(model, cfg, build_flat(model, cfg, False), int8, tmp_path)
 
 
-# each export traces the model with torch.export (seconds): one in the fast tier (the trained runs export max
-# pooling with relu and the 1998 model's subsampling), the other six slow
-@pytest.mark.parametrize("act,pool", [("tanh", "avg"), pytest.param("relu", "max", marks=pytest.mark.slow),
+# each export traces the model with torch.export (seconds): the fast tier's trained runs export max pooling with
+# relu and the 1998 model's subsampling (test_parity_on_the_mnist_test_set); these seven are slow
+@pytest.mark.parametrize("act,pool", [pytest.param("tanh", "avg", marks=pytest.mark.slow),
+                                      pytest.param("relu", "max", marks=pytest.mark.slow),
                                       *(pytest.param(a, p, marks=pytest.mark.slow) for a, p in [
                                           ("sigmoid", "avg"), ("selu", "max"), ("scaled_tanh", "avg"),
                                           ("abs", "max"), ("identity", "avg")])])
@@ -123,6 +129,7 @@ def test_every_activation_and_pooling(act, pool, tmp_path, mnist_test):
     assert_logits_match(got, ref, f"{act}/{pool}")
 
 
+@pytest.mark.slow   # one more torch.export; the exporter contract exports through the API
 def test_cli_export_onnx(deploy_runs, tmp_path):
     out = tmp_path / "onnx"
     r = run_cli("export", str(deploy_runs["lenet5"]), "--format", "onnx", "--out", str(out), "--no-check")

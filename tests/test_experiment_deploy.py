@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from lenetlab.deploy.latency import interleaved, paired_ratios
-from lenetlab.experiments import reproduce, stats
-from lenetlab.experiments.deploy import RUNTIMES, deploy_claims
+from lenetlab.experiments import Result, reproduce, stats
+from lenetlab.experiments.deploy import LATENCY_CLAIMS, RUNTIMES, deploy_claims
 
 
 def by_name(claims) -> dict:
@@ -19,12 +19,19 @@ def by_name(claims) -> dict:
 
 # ---------------------------------------------------------------- a tiny real run
 def test_tiny_run_end_to_end(tiny):
-    tmp_path, r = tiny("deploy")          # 200 test images (the contract's override); resume: test_experiments
-    c = by_name(r.claims)
+    tmp_path, _ = tiny("deploy")          # 200 test images (the contract's override); resume: test_experiments
+    r = Result.load(tmp_path)             # with its clock readings (timings.json): the latency claims
+    c = by_name(r.all_claims)
     assert set(c) == {*(f"{rt}_same_top1" for rt in RUNTIMES), "int8_runtimes_bit_exact", "accuracy_about_98",
                       "same_as_pc", "int8_cost", "int8_smaller", *(f"{rt}_vs_torch_latency" for rt in RUNTIMES),
                       "real_time"}
-    assert all(x.verdict in stats.VERDICTS for x in r.claims)
+    assert all(x.verdict in stats.VERDICTS for x in r.all_claims)
+    # what comes from clock readings is kept apart from result.json and report.md (the same in every run)
+    assert {x.name for x in r.timings.claims} == set(LATENCY_CLAIMS)
+    assert r.timings.figures == ["latency.png"] and not r.figures and r.wall_seconds > 0
+    assert "torch_ms_per_image" in r.timings.metrics and "torch_ms_per_image" not in r.metrics
+    assert "ms/image" not in (tmp_path / "report.md").read_text()
+    assert "c_vs_torch_latency" in (tmp_path / "timings.md").read_text()
     cells = {}
     for line in (tmp_path / "cells.jsonl").read_text().splitlines():
         row = json.loads(line)
@@ -40,8 +47,14 @@ def test_tiny_run_end_to_end(tiny):
     # one seed: every trained-model claim is held inconclusive by the seed guard; byte counting needs none
     assert c["int8_smaller"].verdict == stats.SUPPORTED and c["int8_smaller"].seeds == stats.EXACT
     assert c["accuracy_about_98"].verdict == stats.INCONCLUSIVE
-    t = cells["latency/0/with-browser" if "browser/0/200" in cells else "latency/0/without-browser"]
-    assert all(len(v) == 3 and min(v) > 0 for v in t.values())
+    key = "latency/0/with-browser" if "browser/0/200" in cells else "latency/0/without-browser"
+    assert cells[key] == {}               # the latencies are clock readings: timings.jsonl
+    clock = {}
+    for line in (tmp_path / "timings.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        clock[row["key"]] = row["timings"]
+    assert all(len(v) == 3 and min(v) > 0 for v in clock[key].values())
+    assert clock["train/0"]["seconds"] > 0 and "seconds" not in cells["train/0"]
     if "browser/0/200" in cells:        # Chromium here: the page ran the model like NumPy
         b = cells["browser/0/200"]
         assert b["browser/float32"]["differs_from_torch"] == [] and b["browser/int8"]["logits_differ"] == []
@@ -173,6 +186,7 @@ def test_c_evaluator_matches_numpy_runtime(small_run, mnist_test, tmp_path):
         c.seconds_per_image(bad, x[:5])
 
 
+@pytest.mark.slow   # a browser per run
 def test_a_browser_that_dies_mid_run_gives_inconclusive_rows(tmp_path, monkeypatch):
     from selenium.common.exceptions import WebDriverException
 
@@ -191,7 +205,7 @@ def test_a_browser_that_dies_mid_run_gives_inconclusive_rows(tmp_path, monkeypat
     monkeypatch.setattr(browser_mod, "open_browser", lambda: DeadDriver())
     monkeypatch.setattr(deploy_mod, "_browser_eval", crash)
     r = reproduce("deploy", tmp_path, tiny=True, options={"test_images": 50})
-    c = by_name(r.claims)
+    c = by_name(r.all_claims)
     for name in ("browser_same_top1", "browser_vs_torch_latency", "real_time"):
         assert c[name].verdict == stats.INCONCLUSIVE
         assert "the browser failed at seed 0: chrome not reachable" in c[name].measured

@@ -160,6 +160,7 @@ def test_campaign_validates_input(engine, images):
 
 
 # ---------------------------------------------------------------- NVF
+@pytest.mark.slow   # a full campaign to rank against; test_campaign_and_nvf_cli runs NVF fast
 def test_nvf_ranks_neurons_like_the_campaign(engine, images):
     from lenetlab.faults.nvf import nvf_report
 

@@ -107,6 +107,7 @@ def test_int8_noise_at_sigma_zero_is_exact(trained_int8, mnist_test):
     assert np.array_equal(eng.forward(x0, acc_hooks=hooks), eng.forward(x0))
 
 
+@pytest.mark.slow   # 3 sigmas x 4 draws x 1k images, float and int8; the sigma-0 test is fast
 def test_int8_analog_noise_matches_the_float_noise_model(trained_int8, mnist_test):
     """The same relative noise on the int32 accumulators (in real units) as on the float conv/linear
     outputs: accuracy under noise agrees with the float implementation, at several sigmas."""

@@ -102,7 +102,8 @@ def test_an_installed_plugin_adds_a_model_and_an_attack_to_the_cli(site, tmp_pat
 
 @pytest.mark.parametrize("entry, why", [
     ("broken = no_such_plugin_module", "ModuleNotFoundError: No module named 'no_such_plugin_module'"),
-    ("clash = clash_plugin_mod", "RuntimeError: duplicate model registration: 'lenet5'"),
+    pytest.param("clash = clash_plugin_mod", "RuntimeError: duplicate model registration: 'lenet5'",
+                 marks=pytest.mark.slow),   # one more CLI process; the broken-module case is fast
 ])
 def test_a_broken_plugin_is_one_clear_error_naming_it(tmp_path, entry, why):
     name, value = (s.strip() for s in entry.split("="))
