@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -47,13 +48,25 @@ def pinned_threads(n: int = REPRODUCE_THREADS, deterministic: bool = True) -> It
     torch.set_num_threads(n)
     if deterministic:
         # warn_only: an op without a deterministic CPU kernel warns instead of failing a long run
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        _set_deterministic(True, warn_only=True)
     try:
         with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
             yield {"torch_threads": n, "blas_threads": BLAS_THREADS, "deterministic_algorithms": deterministic}
     finally:
         torch.set_num_threads(before)
-        torch.use_deterministic_algorithms(det_before, warn_only=warn_before)
+        _set_deterministic(det_before, warn_only=warn_before)
+
+
+def _set_deterministic(mode: bool, warn_only: bool) -> None:
+    """``torch.use_deterministic_algorithms(mode, warn_only=...)`` without its import of ``torch._inductor``
+    (about 3 s of CPU per process, paid by every ``lenetlab reproduce``) while nothing has loaded inductor:
+    the same global switch of ATen's kernels; inductor's own copy of the flag only matters to torch.compile,
+    which nothing inside a reproduction uses. Once inductor is loaded, torch's function sets both."""
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        setter(mode, warn_only=warn_only)
 
 
 __all__ = ["BLAS_THREADS", "REPRODUCE_THREADS", "pinned_threads"]
