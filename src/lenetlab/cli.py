@@ -471,10 +471,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _logger_flag(p: argparse.ArgumentParser, where: str) -> None:
-    from lenetlab.train.loggers import parse_names
+def _logger_names(text: str) -> list[str]:
+    from lenetlab.train.loggers import parse_names  # lenetlab.train loads torch: only when the flag is given
 
-    p.add_argument("--logger", action="append", type=parse_names, metavar="NAME[,NAME]",
+    return parse_names(text)
+
+
+def _logger_flag(p: argparse.ArgumentParser, where: str) -> None:
+    p.add_argument("--logger", action="append", type=_logger_names, metavar="NAME[,NAME]",
                    help=f"experiment tracking: tensorboard | mlflow (repeatable or a comma list; into {where})")
 
 
