@@ -78,6 +78,27 @@ def test_cells_keep_a_cell_finished_after_a_cut_line(tmp_path):
     assert again.get_or_run("b", lambda: ran.append(1) or {}) == {"acc": 0.75} and not ran
 
 
+def test_cells_keep_clock_readings_in_their_own_journal(tmp_path):
+    """A cell's "timings" go to timings.jsonl, so cells.jsonl is the same in every run; a resume gets them back.
+    They are appended first: a kill between the two appends leaves readings of a cell that is run again, whose
+    new readings then count."""
+    path = tmp_path / "cells.jsonl"
+    c = Cells(path)
+    assert c.get_or_run("a", lambda: {"acc": 0.5, "timings": {"seconds": 1.25}}) == {"acc": 0.5,
+                                                                                       "timings": {"seconds": 1.25}}
+    assert c.get_or_run("n", lambda: {"acc": 0.1}) == {"acc": 0.1}          # a cell without clock readings
+    assert path.read_text() == '{"key": "a", "value": {"acc": 0.5}}\n{"key": "n", "value": {"acc": 0.1}}\n'
+    assert (tmp_path / "timings.jsonl").read_text() == '{"key": "a", "timings": {"seconds": 1.25}}\n'
+    with open(tmp_path / "timings.jsonl", "a") as f:                        # killed between the two appends of b
+        f.write('{"key": "b", "timings": {"seconds": 9.0}}\n')
+    again = Cells(path)
+    ran = []
+    assert again.get_or_run("a", lambda: ran.append(1) or {}) == {"acc": 0.5, "timings": {"seconds": 1.25}}
+    assert again.get_or_run("b", lambda: {"acc": 0.75, "timings": {"seconds": 2.0}})["timings"] == {"seconds": 2.0}
+    assert not ran and Cells(path).timings == {"a": {"seconds": 1.25}, "b": {"seconds": 2.0}}
+    assert Cells(path).rows == {"a": {"acc": 0.5}, "n": {"acc": 0.1}, "b": {"acc": 0.75}}
+
+
 @pytest.mark.slow   # a real SIGKILL of a child process; the cut-line cases above run in-process
 def test_cells_survive_a_real_kill(tmp_path):
     """SIGKILL a process appending cells with big values, then resume: every recorded cell is intact and

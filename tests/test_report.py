@@ -71,6 +71,48 @@ def test_second_run_skips_by_content_hash(tiny_all):
     assert manifest["experiments"][0]["config_hash"] == config_hash(TINY_EXPERIMENT, tiny=True)
 
 
+def test_clock_readings_are_kept_apart_from_the_results_and_reports(tiny_all):
+    """Wall times and per-cell times go to timings.json / timings.jsonl / timings.md (and the suite's timings.*),
+    never to result.json, cells.jsonl, report.md, report.html or manifest.json; a skipped experiment keeps the
+    wall time of the run that produced it."""
+    out, _ = tiny_all
+    exp = out / TINY_EXPERIMENT
+    result = json.loads((exp / "result.json").read_text())
+    assert "wall_seconds" not in result and "timings" not in result
+    clock = json.loads((exp / "timings.json").read_text())
+    assert clock["wall_seconds"] > 0 and clock["tables"]["training time per cell"]
+    cells = [json.loads(x) for x in (exp / "cells.jsonl").read_text().splitlines()]
+    readings = {r["key"]: r["timings"] for r in map(json.loads, (exp / "timings.jsonl").read_text().splitlines())}
+    assert cells and {c["key"] for c in cells} == set(readings)
+    assert all("train_seconds" not in c["value"] and readings[c["key"]]["train_seconds"] > 0 for c in cells)
+    for report in (exp / "report.md", out / "report.md", out / "report.html"):
+        text = report.read_text()
+        assert "Wall time" not in text and "wall time (s)" not in text and "timings" in text, report
+    assert "Wall time:" in (exp / "timings.md").read_text()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "wall_seconds" not in manifest["experiments"][0]
+    suite_clock = json.loads((out / "timings.json").read_text())["experiments"][0]
+    assert suite_clock["name"] == TINY_EXPERIMENT and suite_clock["wall_seconds"] == round(clock["wall_seconds"], 3)
+    page = (out / "timings.html").read_text()       # self-contained like report.html
+    assert "training time per cell" in page and not re.search(r'(href|src)=["\'](?!data:|#)', page)
+    assert "training time per cell" in (out / "timings.md").read_text()
+
+
+def test_result_splits_into_result_json_and_timings_json(tmp_path):
+    from lenetlab.experiments.base import Timings
+
+    r = Result("x", "p", "quick", {}, claims=[Claim("c", "s", "m", True)], wall_seconds=3.5, config_hash="h",
+               timings=Timings(tables={"t": [{"s": 1.0}]}, claims=[Claim("fast", "s", "1 ms", None)],
+                               figures=["lat.png"], metrics={"ms": 1.0}))
+    assert "wall_seconds" not in r.record() and "timings" not in r.record()
+    assert r.timings_record()["wall_seconds"] == 3.5 and r.timings_record()["claims"][0]["name"] == "fast"
+    assert [c.name for c in r.all_claims] == ["c", "fast"]
+    atomic_write_json(tmp_path / "result.json", r.record())
+    assert Result.load(tmp_path) == Result("x", "p", "quick", {}, claims=r.claims, config_hash="h")  # no timings
+    atomic_write_json(tmp_path / "timings.json", r.timings_record())
+    assert Result.load(tmp_path) == r
+
+
 def _fake_reproduce(calls: list, fail: set[str] = frozenset()):
     """Stands in for base.reproduce: records the call, writes a result.json with the right hash."""
 

@@ -165,6 +165,11 @@ def figures_of(reproduction: Path) -> list[tuple[str, bool]]:
     figures = result.get("figures", []) if isinstance(result, dict) else None
     if not isinstance(figures, list) or not all(isinstance(f, str) for f in figures):
         raise LenetlabError(f"{path}: 'figures' must be a list of file names")
+    try:   # plots of clock readings (a latency plot) are listed in timings.json
+        clock = json.loads((reproduction / "timings.json").read_text()).get("figures", [])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        clock = []
+    figures += [f for f in clock if isinstance(f, str) and f not in figures] if isinstance(clock, list) else []
     return [(f, (reproduction / f).is_file()) for f in figures]
 
 

@@ -3,6 +3,6 @@
 Each module registers its experiment; :data:`lenetlab.catalogue.BUILTINS` lists the modules.
 """
 
-from lenetlab.experiments.base import Cells, Claim, Context, Experiment, Result, reproduce
+from lenetlab.experiments.base import Cells, Claim, Context, Experiment, Result, Timings, reproduce
 
-__all__ = ["Cells", "Claim", "Context", "Experiment", "Result", "reproduce"]
+__all__ = ["Cells", "Claim", "Context", "Experiment", "Result", "Timings", "reproduce"]

@@ -14,6 +14,15 @@ discarded rather than mixed in. ``result.json`` carries a ``config_hash``
 (:func:`config_hash`) that ``lenetlab reproduce all`` uses to skip finished
 experiments.
 
+Clock readings live apart, so that two runs give the same ``result.json``,
+``cells.jsonl`` and ``report.md`` byte for byte: a cell returns what it read
+off the clock under the key ``"timings"`` (:data:`TIMINGS`), which
+:class:`Cells` journals in ``timings.jsonl`` beside ``cells.jsonl``; an
+experiment puts tables, claims, figures, notes and metrics computed from clock
+readings into ``Result.timings`` (:class:`Timings`). ``reproduce`` writes those
+and the wall time to ``timings.json`` and ``timings.md`` - measured on this
+machine, they vary run to run.
+
 Example::
 
     from lenetlab.experiments import reproduce
@@ -74,6 +83,37 @@ class Claim:
             self.interval = [None if x is None else float(x) for x in self.interval]
 
 
+def _claims_of(items: list[dict[str, Any]]) -> list[Claim]:
+    claim_keys = set(Claim.__dataclass_fields__)   # files older than a field still load
+    return [Claim(**{k: v for k, v in c.items() if k in claim_keys}) for c in items]
+
+
+TIMINGS = "timings"   # the key of a cell's clock readings (see Cells), and the stem of the files that hold them
+TIMINGS_NOTE = "measured on this machine, they vary run to run"
+
+
+@dataclass
+class Timings:
+    """What a run computed from clock readings (wall times, latencies, time per step) and the claims decided by
+    them: written to ``timings.json`` / ``timings.md``, never to ``result.json`` or ``report.md``, so those are
+    the same in every run. Figures are paths relative to the output dir, like :attr:`Result.figures`."""
+
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    claims: list[Claim] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Timings:
+        d = {k: v for k, v in (d or {}).items() if k in cls.__dataclass_fields__}
+        d["claims"] = _claims_of(d.get("claims", []))
+        return cls(**d)
+
+    def __bool__(self) -> bool:
+        return bool(self.tables or self.claims or self.figures or self.notes or self.metrics)
+
+
 @dataclass
 class Result:
     experiment: str
@@ -86,40 +126,97 @@ class Result:
     notes: list[str] = field(default_factory=list)
     # headline numbers, flat: what ``lenetlab sweep`` can report and optimise (metric = "metrics.NAME")
     metrics: dict[str, float] = field(default_factory=dict)
-    wall_seconds: float = 0.0
+    wall_seconds: float = 0.0                   # in timings.json, not result.json
     config_hash: str = ""                       # set by :func:`reproduce`
+    timings: Timings = field(default_factory=Timings)   # in timings.json, not result.json
 
     def to_dict(self) -> dict[str, Any]:
+        """Everything, clock readings included (:meth:`record` and :meth:`timings_record` split it in two)."""
         return asdict(self)
+
+    def record(self) -> dict[str, Any]:
+        """What ``result.json`` holds: no clock reading, so it is the same in every run."""
+        d = self.to_dict()
+        del d["wall_seconds"], d[TIMINGS]
+        return d
+
+    def timings_record(self) -> dict[str, Any]:
+        """What ``timings.json`` holds: the wall time and :attr:`timings` (measured on this machine)."""
+        return {"experiment": self.experiment, "mode": self.mode, "note": f"clock readings: {TIMINGS_NOTE}",
+                "wall_seconds": round(self.wall_seconds, 3), **asdict(self.timings)}
+
+    @property
+    def all_claims(self) -> list[Claim]:
+        """The claims and those decided from clock readings (:attr:`Timings.claims`)."""
+        return [*self.claims, *self.timings.claims]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Result:
-        """Inverse of :meth:`to_dict` (a ``result.json``); unknown keys are ignored."""
+        """Inverse of :meth:`to_dict` (also reads a ``result.json``: no clock readings); unknown keys are
+        ignored."""
         known = {f for f in cls.__dataclass_fields__}
         d = {k: v for k, v in d.items() if k in known}
-        claim_keys = set(Claim.__dataclass_fields__)   # result.json files older than a field still load
-        d["claims"] = [Claim(**{k: v for k, v in c.items() if k in claim_keys}) for c in d.get("claims", [])]
+        d["claims"] = _claims_of(d.get("claims", []))
+        d[TIMINGS] = Timings.from_dict(d.get(TIMINGS) or {})
         return cls(**d)
+
+    @classmethod
+    def load(cls, out: str | Path) -> Result:
+        """The result in directory ``out``: its ``result.json`` with the clock readings of its ``timings.json``
+        (where that is missing or unreadable: none, wall time 0)."""
+        out = Path(out)
+        r = cls.from_dict(json.loads((out / "result.json").read_text()))
+        try:
+            t = json.loads((out / f"{TIMINGS}.json").read_text())
+            r.wall_seconds = float(t.get("wall_seconds", 0.0))
+            r.timings = Timings.from_dict(t)
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass
+        return r
+
+
+def timing(row: dict[str, Any], name: str, default: Any = None) -> Any:
+    """Clock reading ``name`` of a cell: ``row["timings"][name]`` (cells recorded before the clock readings moved
+    to timings.jsonl still hold it in the value itself)."""
+    return (row.get(TIMINGS) or {}).get(name, row.get(name, default))
 
 
 class Cells:
-    """Append-only JSONL of finished work units, keyed by a string; survives interruption."""
+    """Append-only JSONL of finished work units, keyed by a string; survives interruption.
 
-    def __init__(self, path: Path):
-        self.path = path
+    A cell's clock readings (what ``fn`` returns under the key ``"timings"``: seconds, latencies, ...) are
+    journalled apart, in ``timings.jsonl`` beside ``cells.jsonl`` (``timings_path``), so ``cells.jsonl`` is the
+    same in every run. They are appended first: a cell on record has its readings on record too (a kill between
+    the two appends only leaves readings of a cell that is computed again, whose new readings then count).
+    :meth:`get_or_run` returns the value with its readings put back under ``"timings"``; :attr:`rows` holds the
+    values as ``cells.jsonl`` has them, :attr:`timings` the readings by key."""
+
+    def __init__(self, path: Path, timings_path: Path | None = None):
+        self.path = Path(path)
+        self.timings_path = Path(timings_path) if timings_path else self.path.with_name(f"{TIMINGS}.jsonl")
         # the journal drops a line cut short by a kill, and never glues the next cell onto it
-        self._journal = JsonlJournal(path)
+        self._journal = JsonlJournal(self.path)
+        self._clock = JsonlJournal(self.timings_path)
         self.rows: dict[str, dict[str, Any]] = {}
         for row in self._journal.read():
             if "key" in row and "value" in row:
                 self.rows[row["key"]] = row["value"]
+        self.timings: dict[str, dict[str, Any]] = {}
+        for row in self._clock.read():
+            if "key" in row and isinstance(row.get(TIMINGS), dict):
+                self.timings[row["key"]] = row[TIMINGS]      # the last readings of a key count
 
     def get_or_run(self, key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         if key not in self.rows:
-            value = fn()
+            value = dict(fn())
+            clock = value.pop(TIMINGS, None)
+            if clock is not None:
+                self._clock.append({"key": key, TIMINGS: clock})
+                self.timings[key] = clock
             self._journal.append({"key": key, "value": value})
             self.rows[key] = value
-        return self.rows[key]
+        value = self.rows[key]
+        return {**value, TIMINGS: self.timings[key]} if key in self.timings else value
 
 
 @dataclass
@@ -195,7 +292,8 @@ def config_hash(name: str, full: bool = False, tiny: bool = False, options: dict
 def reproduce(name: str, out: str | Path, full: bool = False, force: bool = False,
               log: Callable[[str], None] | None = None, tiny: bool = False,
               options: dict[str, Any] | None = None) -> Result:
-    """Run experiment ``name`` into ``out``; writes result.json and report.md (+ figures).
+    """Run experiment ``name`` into ``out``; writes result.json and report.md (+ figures), and the clock readings
+    apart: timings.json and timings.md (with the cells' timings.jsonl).
 
     ``options`` override settings of the mode's grid (only for experiments with ``accepts_options``)."""
     from lenetlab.experiments.report import write_report
@@ -221,11 +319,14 @@ def reproduce(name: str, out: str | Path, full: bool = False, force: bool = Fals
             log(f"{out}: the finished cells were recorded in {before.get('mode')} mode with other settings; "
                 "starting over")
             force = True
-    if force and cells_path.exists():
-        cells_path.unlink()
+    timings_path = out / f"{TIMINGS}.jsonl"
+    if force:
+        for p in (cells_path, timings_path):
+            if p.exists():
+                p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "run.json", run)
-    ctx = Context(out, full, Cells(cells_path), log, tiny, dict(options or {}))
+    ctx = Context(out, full, Cells(cells_path, timings_path), log, tiny, dict(options or {}))
     t0 = time.perf_counter()
     with pinned_threads(REPRODUCE_THREADS) as pinned:
         result = cls().run(ctx)
@@ -235,6 +336,9 @@ def reproduce(name: str, out: str | Path, full: bool = False, force: bool = Fals
                     "BLAS thread and deterministic algorithms, whatever the machine's core count, so the numbers do "
                     "not depend on it."]
     result.config_hash = config_hash(name, full, tiny, options)
-    atomic_write_json(out / "result.json", result.to_dict())
+    # result.json last: ``reproduce all`` skips an experiment whose result.json is there, so everything else
+    # must already be
+    atomic_write_json(out / f"{TIMINGS}.json", result.timings_record())
     write_report(result, out)
+    atomic_write_json(out / "result.json", result.record())
     return result

@@ -9,6 +9,13 @@ report of a whole ``lenetlab reproduce all`` run into its output directory:
   from anywhere;
 - ``report.md``: the same content, with plots linked relative to the directory.
 
+Clock readings stay out of both, so they are the same in every run: wall times,
+per-cell times, latencies and the claims decided from them (each experiment's
+:class:`~lenetlab.experiments.base.Timings`) go to ``timings.html`` and
+``timings.md`` beside them (:func:`write_suite_timings`), and one experiment's
+to its ``timings.md`` (:func:`write_report`) - measured on this machine, they
+vary run to run.
+
 Both open with ONE claims table (experiment, claim, the paper's statement, our
 measurement, verdict) over every experiment, then one section per experiment
 (its tables, plots, notes and config, or the error that stopped it). Extra
@@ -32,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lenetlab.experiments.base import LEGACY_RULE
+from lenetlab.experiments.base import LEGACY_RULE, TIMINGS_NOTE
 from lenetlab.experiments.stats import EXACT, VERDICTS
 from lenetlab.fileio import atomic_write_bytes
 
@@ -98,15 +105,33 @@ def claim_columns(c) -> dict[str, Any]:
             "verdict": c.verdict}
 
 
+def clock_pointer(result, where: str = "timings.md") -> str:
+    """The line a report gives where clock readings would be: what is kept in ``where`` instead, by name."""
+    names = [c.name for c in result.timings.claims]
+    what = ["the wall time", "each cell's time"]
+    t = result.timings
+    if t.tables:
+        what.append(f"the table{'s' if len(t.tables) != 1 else ''} " + ", ".join(f"'{x}'" for x in t.tables))
+    if t.figures:
+        what.append(f"the plot{'s' if len(t.figures) != 1 else ''} " + ", ".join(t.figures))
+    if names:
+        what.append(f"the claim{'s' if len(names) != 1 else ''} decided from them: " + ", ".join(names))
+    return (f"Clock readings ({'; '.join(what)}) are in {where}, not here: {TIMINGS_NOTE}, and this report is the "
+            "same in every run.")
+
+
+def _claim_rows(claims) -> list[dict[str, Any]]:
+    return [{"claim": c.name, "paper": c.statement, "measured": c.measured, **claim_columns(c)} for c in claims]
+
+
 def render(result) -> str:
     parts = [f"# {result.experiment}: {result.paper}\n",
-             f"Mode: {result.mode}. Wall time: {result.wall_seconds:.0f} s.\n",
+             f"Mode: {result.mode}. " + clock_pointer(result) + "\n",
              f"Method note (the paper's claims, what we implement, every deviation, the claim rules): "
              f"docs/papers/{result.experiment}.md in the lenetlab source tree.\n",
              "## Claims\n",
              CLAIMS_LEGEND + "\n",
-             markdown_table([{"claim": c.name, "paper": c.statement, "measured": c.measured, **claim_columns(c)}
-                             for c in result.claims])]
+             markdown_table(_claim_rows(result.claims))]
     for name, rows in result.tables.items():
         parts += [f"\n## {name}\n", markdown_table(rows)]
     if result.figures:
@@ -119,7 +144,30 @@ def render(result) -> str:
     return "\n".join(parts)
 
 
+def render_timings(result) -> str:
+    """One experiment's ``timings.md``: its wall time and everything it computed from clock readings."""
+    t = result.timings
+    parts = [f"# {result.experiment}: clock readings\n",
+             f"{TIMINGS_NOTE[0].upper()}{TIMINGS_NOTE[1:]}: kept out of result.json, cells.jsonl and report.md "
+             "(the same in every run). Each cell's readings: timings.jsonl; all of this: timings.json.\n",
+             f"Mode: {result.mode}. Wall time: {result.wall_seconds:.0f} s.\n"]
+    if t.claims:
+        parts += ["## Claims decided from clock readings\n", CLAIMS_LEGEND + "\n",
+                  markdown_table(_claim_rows(t.claims))]
+    for name, rows in t.tables.items():
+        parts += [f"\n## {name}\n", markdown_table(rows)]
+    if t.figures:
+        parts.append("\n## Figures\n")
+        parts += [f"![{Path(f).stem}]({f})\n" for f in t.figures]
+    if t.notes:
+        parts.append("\n## Notes\n")
+        parts += [f"- {n}\n" for n in t.notes]
+    return "\n".join(parts)
+
+
 def write_report(result, out: Path) -> Path:
+    """Write ``out/timings.md`` (the clock readings) and ``out/report.md`` (everything else); returns the report."""
+    atomic_write_bytes(out / "timings.md", render_timings(result).encode())
     path = out / "report.md"
     atomic_write_bytes(path, render(result).encode())
     return path
@@ -161,18 +209,30 @@ def _summary_rows(outcomes) -> list[dict[str, Any]]:
                      "claims": len(verdicts) if r else "-",
                      **{v: verdicts.count(v) if r else "-" for v in VERDICTS},
                      "legacy rules": sum(c.rule == LEGACY_RULE for c in r.claims) if r else "-",
-                     "wall time (s)": round(r.wall_seconds) if r else round(o.seconds),
+                     "claims from clock readings": len(r.timings.claims) if r else "-",
                      "config hash": r.config_hash if r else ""})
     return rows
 
 
+SUITE_CLOCK = ("Clock readings - each experiment's wall time, its cells' times, latencies, times per step and the "
+               "claims decided from them (counted in the column 'claims from clock readings', named in each "
+               f"experiment's section) - are in timings.html and timings.md beside this report: {TIMINGS_NOTE}, "
+               "and this report is the same in every run.")
+
+
+def _clock_claims_line(r) -> str:
+    names = [c.name for c in r.timings.claims]
+    return (f"Decided from clock readings (in timings.html / timings.md): {', '.join(names)}." if names else "")
+
+
 def render_suite_markdown(outcomes, sections: list[Section] = (), title: str = "lenetlab reproduce all") -> str:
-    parts = [f"# {title}\n", markdown_table(_summary_rows(outcomes)), "\n## Claims\n", CLAIMS_LEGEND + "\n",
-             markdown_table(claims_rows(outcomes))]
+    parts = [f"# {title}\n", markdown_table(_summary_rows(outcomes)), SUITE_CLOCK + "\n", "\n## Claims\n",
+             CLAIMS_LEGEND + "\n", markdown_table(claims_rows(outcomes))]
     for o in outcomes:
         parts.append(f"\n## {o.name}" + (f": {o.result.paper}" if o.result else "") + "\n")
-        parts.append(f"Status: {o.status}." + (f" Mode: {o.result.mode}. Wall time: {o.result.wall_seconds:.0f} s."
-                                               if o.result else "") + "\n")
+        parts.append(f"Status: {o.status}." + (f" Mode: {o.result.mode}." if o.result else "") + "\n")
+        if o.result and o.result.timings.claims:
+            parts.append(_clock_claims_line(o.result) + "\n")
         if o.error:
             parts.append(f"Error: `{o.error}`\n")
         if o.result:
@@ -235,14 +295,15 @@ def render_suite_html(outcomes, out: Path, sections: list[Section] = (),
              f"<h1>{e(title)}</h1>",
              "<p>" + " &middot; ".join(["<a href='#claims'>claims</a>"] + [f"<a href='#{e(o.name)}'>{e(o.name)}</a>"
                                                                              for o in outcomes]) + "</p>",
-             _html_table(_summary_rows(outcomes), "status"),
+             _html_table(_summary_rows(outcomes), "status"), f"<p class=muted>{e(SUITE_CLOCK)}</p>",
              "<h2 id=claims>Claims</h2>", _html_table(claims_rows(outcomes), "verdict"),
              f"<p class=muted>{e(CLAIMS_LEGEND)}</p>"]
     for o in outcomes:
         r = o.result
         parts.append(f"<h2 id='{e(o.name)}'>{e(o.name)}" + (f": {e(r.paper)}" if r else "") + "</h2>")
-        parts.append(f"<p>Status: <b>{e(o.status)}</b>." + (f" Mode: {e(r.mode)}. Wall time: {r.wall_seconds:.0f} s."
-                                                          if r else "") + "</p>")
+        parts.append(f"<p>Status: <b>{e(o.status)}</b>." + (f" Mode: {e(r.mode)}." if r else "") + "</p>")
+        if r and r.timings.claims:
+            parts.append(f"<p class=muted>{e(_clock_claims_line(r))}</p>")
         if o.error:
             parts.append(f"<p class=error>Error: {e(o.error)}</p>")
         if r:
@@ -264,9 +325,95 @@ def render_suite_html(outcomes, out: Path, sections: list[Section] = (),
 
 def write_suite_report(outcomes, out: str | os.PathLike, sections: list[Section] = (),
                        title: str = "lenetlab reproduce all") -> tuple[Path, Path]:
-    """Write ``out/report.html`` (self-contained) and ``out/report.md``; returns both paths."""
+    """Write ``out/report.html`` (self-contained) and ``out/report.md``, and their clock readings apart
+    (:func:`write_suite_timings`); returns the two report paths."""
     out = Path(out)
+    write_suite_timings(outcomes, out, title)
     md, page = out / "report.md", out / "report.html"
     atomic_write_bytes(md, render_suite_markdown(outcomes, sections, title).encode())
     atomic_write_bytes(page, render_suite_html(outcomes, out, sections, title).encode())
     return page, md
+
+
+# ------------------------------------------------------------------ the clock readings of a reproduce-all run
+def _wall_seconds(o) -> float:
+    return o.result.wall_seconds if o.result else o.seconds
+
+
+def _timing_summary_rows(outcomes) -> list[dict[str, Any]]:
+    return [{"experiment": o.name, "status": o.status, "mode": o.result.mode if o.result else "",
+             "wall time (s)": round(_wall_seconds(o)),
+             "claims from clock readings": len(o.result.timings.claims) if o.result else "-"} for o in outcomes]
+
+
+def _timing_claim_rows(outcomes) -> list[dict[str, Any]]:
+    return [{"experiment": o.name, "claim": c.name, "paper says": c.statement, "we measured": c.measured,
+             **claim_columns(c)} for o in outcomes if o.result for c in o.result.timings.claims]
+
+
+TIMINGS_LEGEND = (f"Clock readings, {TIMINGS_NOTE}: each experiment's wall time, the tables, plots and claims it "
+                  "computed from times it measured (its timings.json and timings.md; each cell's readings in its "
+                  "timings.jsonl). A status 'skipped' shows the wall time of the run that produced the result. "
+                  "Everything else is in report.html / report.md, the same in every run.")
+
+
+def render_suite_timings_markdown(outcomes, title: str = "lenetlab reproduce all") -> str:
+    total = sum(_wall_seconds(o) for o in outcomes if o.status != "skipped")
+    parts = [f"# {title}: clock readings\n", TIMINGS_LEGEND + "\n", markdown_table(_timing_summary_rows(outcomes)),
+             f"Wall time of the experiments run this time: {total:.0f} s.\n"]
+    claims = _timing_claim_rows(outcomes)
+    if claims:
+        parts += ["\n## Claims decided from clock readings\n", CLAIMS_LEGEND + "\n", markdown_table(claims)]
+    for o in outcomes:
+        t = o.result.timings if o.result else None
+        if not t:
+            continue
+        parts.append(f"\n## {o.name}\n")
+        for name, rows in t.tables.items():
+            parts += [f"\n### {name}\n", markdown_table(rows)]
+        parts += [f"\n![{Path(f).stem}]({o.name}/{f})\n" for f in t.figures]
+        parts += [f"- {n}\n" for n in t.notes]
+    return "\n".join(parts)
+
+
+def render_suite_timings_html(outcomes, out: Path, title: str = "lenetlab reproduce all") -> str:
+    e = html.escape
+    total = sum(_wall_seconds(o) for o in outcomes if o.status != "skipped")
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{e(title)}: clock readings</title>"
+             f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{_CSS}</style></head><body>",
+             f"<h1>{e(title)}: clock readings</h1>", f"<p class=muted>{e(TIMINGS_LEGEND)}</p>",
+             _html_table(_timing_summary_rows(outcomes), "status"),
+             f"<p>Wall time of the experiments run this time: {total:.0f} s.</p>"]
+    claims = _timing_claim_rows(outcomes)
+    if claims:
+        parts += ["<h2>Claims decided from clock readings</h2>", _html_table(claims, "verdict"),
+                  f"<p class=muted>{e(CLAIMS_LEGEND)}</p>"]
+    for o in outcomes:
+        t = o.result.timings if o.result else None
+        if not t:
+            continue
+        parts.append(f"<h2 id='{e(o.name)}'>{e(o.name)}</h2>")
+        for name, rows in t.tables.items():
+            parts += [f"<h3>{e(name)}</h3>", _html_table(rows)]
+        parts += [_img(out / o.name / f, Path(f).stem) for f in t.figures]
+        if t.notes:
+            parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in t.notes) + "</ul>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write_suite_timings(outcomes, out: str | os.PathLike, title: str = "lenetlab reproduce all") -> Path:
+    """Write the clock readings of a ``reproduce all`` run: ``out/timings.json`` (wall time and the verdicts of the
+    claims decided from clock readings, per experiment), ``out/timings.md`` and ``out/timings.html``
+    (self-contained); returns the HTML page."""
+    out = Path(out)
+    atomic_write_bytes(out / "timings.json", (json.dumps({
+        "note": f"clock readings: {TIMINGS_NOTE}",
+        "experiments": [{"name": o.name, "status": o.status, "wall_seconds": round(_wall_seconds(o), 3),
+                         "claims": {c.name: c.verdict for c in o.result.timings.claims} if o.result else {},
+                         "metrics": dict(o.result.timings.metrics) if o.result else {}} for o in outcomes]},
+        indent=2) + "\n").encode())
+    atomic_write_bytes(out / "timings.md", render_suite_timings_markdown(outcomes, title).encode())
+    page = out / "timings.html"
+    atomic_write_bytes(page, render_suite_timings_html(outcomes, out, title).encode())
+    return page

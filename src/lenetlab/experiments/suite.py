@@ -11,8 +11,11 @@ others: its error goes into the report (and the traceback into
 so the CLI exits non-zero.
 
 At the end ``DIR/report.html`` (self-contained), ``DIR/report.md`` and
-``DIR/manifest.json`` (status, hash, time and claim verdicts per experiment) are written. More
-report content (a robustness matrix, ...) plugs in through ``sections``.
+``DIR/manifest.json`` (status, hash and claim verdicts per experiment) are written, the same in
+every run, and the clock readings apart: ``DIR/timings.json`` (wall time per experiment, the
+verdicts of the claims decided from clock readings), ``DIR/timings.md`` and ``DIR/timings.html``
+(measured on this machine, they vary run to run). More report content (a robustness matrix, ...)
+plugs in through ``sections``.
 
 Example::
 
@@ -63,7 +66,7 @@ def stored_result(out: Path, expected_hash: str) -> Result | None:
         return None
     if data.get("config_hash") != expected_hash:
         return None
-    return Result.from_dict(data)
+    return Result.load(out)     # with its clock readings (timings.json)
 
 
 def reproduce_all(out: str | Path, full: bool = False, force: bool = False, only: Sequence[str] | None = None,
@@ -116,7 +119,6 @@ def reproduce_all(out: str | Path, full: bool = False, force: bool = False, only
         "mode": "tiny" if tiny else ("full" if full else "quick"),
         "experiments": [{"name": o.name, "status": o.status, "error": o.error,
                          "config_hash": o.result.config_hash if o.result else None,
-                         "claims": {c.name: c.verdict for c in o.result.claims} if o.result else {},
-                         "wall_seconds": round(o.result.wall_seconds if o.result else o.seconds, 3)}
-                        for o in outcomes]})
+                         "claims": {c.name: c.verdict for c in o.result.claims} if o.result else {}}
+                        for o in outcomes]})   # the wall times: timings.json (write_suite_report)
     return outcomes

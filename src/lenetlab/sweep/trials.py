@@ -89,10 +89,11 @@ def _experiment(payload: dict[str, Any]) -> dict[str, Any]:
     mode = payload["mode"]
     r = reproduce(payload["experiment"], payload["out"], full=mode == "full", tiny=mode == "tiny",
                   options=payload["options"])
-    verdicts = [c.supported for c in r.claims]
+    claims = r.all_claims      # those decided from clock readings (timings.json) too
+    verdicts = [c.supported for c in claims]
     return {"claims_supported": verdicts.count(True), "claims_refuted": verdicts.count(False),
-            "claims_inconclusive": verdicts.count(None), "claims": {c.name: c.supported for c in r.claims},
-            **{f"metrics.{k}": v for k, v in r.metrics.items()}}
+            "claims_inconclusive": verdicts.count(None), "claims": {c.name: c.supported for c in claims},
+            **{f"metrics.{k}": v for k, v in {**r.metrics, **r.timings.metrics}.items()}}
 
 
 @functools.lru_cache(maxsize=2)
