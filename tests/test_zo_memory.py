@@ -79,15 +79,21 @@ def test_analytic_breakdown():
 
 
 def test_zo_experiment_tiny_end_to_end(tiny):
-    tmp_path, r = tiny("zo")              # seed 1 (the contract's override); resume: test_experiments
-    names = {c.name for c in r.claims}
+    from lenetlab.experiments import Result
+
+    tmp_path, _ = tiny("zo")              # seed 1 (the contract's override); resume: test_experiments
+    r = Result.load(tmp_path)             # with its clock readings (timings.json): the time claims
+    names = {c.name for c in r.all_claims}
     assert {"mnist_elasticzo_beats_zo_c4", "mnist_gain_in_paper_range_c4", "mnist_memory_overhead_c4",
             "mnist_int8_memory_c4", "mnist_int8_time_c4", "mnist_int8_accuracy_c4"} <= names
-    assert all(c.supported in (True, False, None) and c.measured for c in r.claims)
-    assert all(c.verdict == "inconclusive" for c in r.claims)     # tiny trains one seed: nothing is decided
+    assert [c.name for c in r.timings.claims] == ["mnist_int8_time_c4"]      # decided from clock readings
+    assert all(c.supported in (True, False, None) and c.measured for c in r.all_claims)
+    assert all(c.verdict == "inconclusive" for c in r.all_claims)     # tiny trains one seed: nothing is decided
     data = json.loads((tmp_path / "result.json").read_text())
     assert data["experiment"] == "zo" and data["mode"] == "tiny"
     assert (tmp_path / "learning_curves.png").stat().st_size > 1000
-    rows = r.tables["accuracy, peak memory and time per step"]
+    rows = r.tables["accuracy, peak memory (time per step: timings.md)"]
     assert [x["run"] for x in rows] == ["bp", "zo", "ezo-4", "int8-4"]
-    assert all(x["peak_KiB"] > 0 and x["ms_per_step"] > 0 for x in rows)
+    assert all(x["peak_KiB"] > 0 and "ms_per_step" not in x for x in rows)
+    times = r.timings.tables["time per training step"]
+    assert [x["run"] for x in times] == ["bp", "zo", "ezo-4", "int8-4"] and all(x["ms_per_step"] > 0 for x in times)

@@ -55,7 +55,7 @@ import torch
 
 from lenetlab.config import DataConfig, LBConfig, ModelConfig, RunConfig, TrainConfig
 from lenetlab.experiments import stats
-from lenetlab.experiments.base import Claim, Context, Experiment, Result
+from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, timing
 from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 
@@ -157,12 +157,13 @@ class AbsStudy(Experiment):
                 model = r["_model"]
                 return {"correct": correct_per_image(model, splits.test_x, splits.test_y),
                         "val_accuracy": evaluate(model, splits.val_x, splits.val_y)["accuracy"],
-                        "epochs": r["epochs"], "params": r["params"], "seconds": r["wall_seconds"]}
+                        "epochs": r["epochs"], "params": r["params"], "timings": {"seconds": r["wall_seconds"]}}
 
             row = ctx.cells.get_or_run(f"train/{w}/{a}/{sch}/{seed}", train_cell)
             cells.append({"width": w, "activation": a, "schedule": sch, "seed": seed, **row})
             ctx.log(f"[{i + 1}/{len(grid)}] width {w} {a:5s} {sch:10s} seed {seed}: "
-                    f"{100 * statistics.fmean(row['correct']):.2f}% ({row['epochs']} epochs, {row['seconds']:.1f}s)")
+                    f"{100 * statistics.fmean(row['correct']):.2f}% ({row['epochs']} epochs, "
+                    f"{timing(row, 'seconds', 0.0):.1f}s)")
 
         table = []
         for w in s.widths:
@@ -216,7 +217,15 @@ class AbsStudy(Experiment):
                              f"Adam at a constant {LR:g} for the same epoch budget (no restarts); lb-restart may stop "
                              "earlier at its learning-rate floor.",
                              "Model choices inside the claims (the strongest competing activation, the best slim "
-                             "width) are made on validation accuracy, never on the test images they are scored on."])
+                             "width) are made on validation accuracy, never on the test images they are scored on."],
+                      timings=Timings(tables={"training time per cell": [
+                          {"width": c["width"], "activation": c["activation"], "schedule": c["schedule"],
+                           "seed": c["seed"], "epochs": c["epochs"], "train seconds": _round(timing(c, "seconds"))}
+                          for c in cells]}))
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
 
 
 def _group(cells: list[dict[str, Any]], width: float, act: str, schedule: str) -> list[dict[str, Any]]:

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from lenetlab.experiments import stats
-from lenetlab.experiments.base import Claim, Context, Experiment, Result
+from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, timing
 from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 
@@ -119,7 +119,8 @@ REDUCTIONS = (
 
 
 def _keep(summary: dict[str, Any]) -> dict[str, Any]:
-    return {k: summary[k] for k in ("model", "params", "epochs", "test_accuracy", "val_accuracy", "wall_seconds")}
+    return {**{k: summary[k] for k in ("model", "params", "epochs", "test_accuracy", "val_accuracy")},
+            "timings": {"wall_seconds": summary["wall_seconds"]}}
 
 
 def _pct(x: float) -> float:
@@ -149,7 +150,7 @@ class CascadeStudy(Experiment):
         # ladders key the sweeps (hashable): an override read from a sweep file arrives as lists
         s = Settings(**{**raw, "ladders": [tuple(lad) for lad in raw["ladders"]]})
         sizes = sorted({sz for lad in s.ladders for sz in lad})
-        studies, trained_first = [], {}
+        studies, trained_first, train_times = [], {}, []
         sets = None
         for seed in s.seeds:
             runs = ctx.out / "runs" / f"seed{seed}"
@@ -167,6 +168,8 @@ class CascadeStudy(Experiment):
 
             trained = {k: ctx.cells.get_or_run(f"train/{seed}/{k}", lambda k=k: train(k)) for k in MODELS}
             trained_first = trained_first or trained
+            train_times += [{"seed": seed, "model": MODELS[k], "train_s": timing(v, "wall_seconds")}
+                            for k, v in trained.items()]
             # always evaluate the saved weights, so a resumed run gives the same numbers
             members = [member_from_run(runs / k, MODELS[k]) for k in MODELS]
             if sets is None:
@@ -200,7 +203,8 @@ class CascadeStudy(Experiment):
                     "loss_budget_points": 100 * LOSS_BUDGET, "tolerance_points": 100 * TOLERANCE,
                     "selection": "per seed, the cheapest threshold within budget on validation"},
             tables=tables, claims=claims([st.outcome() for st in studies], min_seeds=stats.min_seeds(ctx.full)),
-            figures=_plots(ctx.out, first), notes=first.notes(best))
+            figures=_plots(ctx.out, first), notes=first.notes(best),
+            timings=Timings(tables={"training time per model": train_times}))
 
 
 # ------------------------------------------------------------------ claims
@@ -372,12 +376,12 @@ class _Study:
         for sz, p in self.probs["test"]["res"].items():
             rows.append({"model": "LeNet-5", "input": f"{sz}x{sz}", "test_acc_%": _pct(self.acc("test", p)),
                          "mean_conf": round(float(p.max(1).values.mean()), 4), "data_%": _pct(sz * sz / 784),
-                         "macs": self.lenet_macs, "train_s": trained["lenet5"]["wall_seconds"]})
+                         "macs": self.lenet_macs})
         for (key, name), p in zip(MODELS.items(), self.probs["test"]["models"]):
             if key != "lenet5":
                 rows.append({"model": name, "input": "28x28", "test_acc_%": _pct(self.acc("test", p)),
                              "mean_conf": round(float(p.max(1).values.mean()), 4), "data_%": 100.0,
-                             "macs": self.macs[name], "train_s": trained[key]["wall_seconds"]})
+                             "macs": self.macs[name]})
         return rows
 
     def best_rows(self) -> list[dict[str, Any]]:

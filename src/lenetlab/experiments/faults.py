@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from lenetlab.experiments import stats
-from lenetlab.experiments.base import Claim, Context, Experiment, Result
+from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, timing
 from lenetlab.faults.resilience import acc_ber_predictions  # noqa: F401  (re-exported: experiments/matrix uses it)
 from lenetlab.fileio import save_figure
 from lenetlab.registry import register
@@ -130,7 +130,10 @@ class FaultStudy(Experiment):
                              "Splitting is realised in integers as two identical half-scale copies and a 2 x min "
                              "correction unit (reconstructed from the paper's description); TMR as three copies and "
                              "a bitwise majority voter, both merged on the int32 accumulators.",
-                             "Neurons are conv output channels and dense units; the top-k% is over all of them."])
+                             "Neurons are conv output channels and dense units; the top-k% is over all of them."],
+                      timings=Timings(tables={"time per cell (s): NVF ranking, SDC + BER sweep per configuration": [
+                          {"seed": sd, **{k: None if v is None else round(v, 2) for k, v in r["seconds"].items()}}
+                          for sd, r in zip(s.seeds, runs)]}))
 
 
 def _round(v: float | None) -> float | None:
@@ -171,13 +174,13 @@ def _one_model(ctx: Context, s: Settings, seed: int, test_x: np.ndarray, test_y:
     def nvf_cell() -> dict[str, Any]:
         t0 = time.perf_counter()
         rep = nvf_report(engine, np.ascontiguousarray(test_x[: s.nvf_images]), validate=s.validate)
-        rep["seconds"] = time.perf_counter() - t0
+        rep["timings"] = {"seconds": time.perf_counter() - t0}
         return rep
 
     nvf = ctx.cells.get_or_run(f"nvf/s{seed}", nvf_cell)
     ctx.log(f"[seed {seed}] float {100 * trained['test_accuracy']:.2f}%, int8 {100 * int8_acc:.2f}%; NVF of "
             f"{len(nvf['neurons'])} neurons: Spearman vs campaign {nvf.get('spearman', float('nan')):.3f} "
-            f"({nvf['seconds']:.0f}s)")
+            f"({timing(nvf, 'seconds', 0.0):.0f}s)")
     x0 = engine.input(np.ascontiguousarray(test_x[: s.images]))
     labels = test_y[: s.images]
     clean = np.argmax(engine.forward(x0), axis=1)
@@ -190,15 +193,16 @@ def _one_model(ctx: Context, s: Settings, seed: int, test_x: np.ndarray, test_y:
             counts = sdc_counts(eng, x0, FIXED_BER, s.draws, seed=1, clean=clean)
             sweep = ber_sweep(eng, x0, labels, clean, s.sweep, max(2, s.draws // 2))
             return {**overhead(engine, eng), "sdc_counts": counts.tolist(), "draws": s.draws, "sweep": sweep,
-                    "seconds": time.perf_counter() - t0}
+                    "timings": {"seconds": time.perf_counter() - t0}}
 
         r = ctx.cells.get_or_run(f"harden/s{seed}/{mode}/{k}", cell)
         configs[f"{mode}/{k}"] = r
         ctx.log(f"[seed {seed}] {mode:5s} k={k:2d}%  +ops {r['extra_ops_%']:6.2f}%  +bytes "
                 f"{r['extra_param_bytes_%']:6.2f}%  SDC@BER {100 * sum(r['sdc_counts']) / (s.draws * s.images):.2f}%"
-                f"  ({r['seconds']:.0f}s)")
+                f"  ({timing(r, 'seconds', 0.0):.0f}s)")
     return {"test_accuracy": trained["test_accuracy"], "int8_accuracy": int8_acc, "configs": configs,
-            "spearman": nvf.get("spearman", float("nan")), "nvf_layers": nvf["layers"]}
+            "spearman": nvf.get("spearman", float("nan")), "nvf_layers": nvf["layers"],
+            "seconds": {"nvf": timing(nvf, "seconds"), **{c: timing(r, "seconds") for c, r in configs.items()}}}
 
 
 # ------------------------------------------------------------------ claims

@@ -47,7 +47,7 @@ from typing import Any
 
 from lenetlab.errors import LenetlabError
 from lenetlab.experiments import stats
-from lenetlab.experiments.base import Claim, Context, Experiment, Result
+from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, timing
 from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 
@@ -94,7 +94,8 @@ def _train(ctx: Context, model: str, s: Settings) -> tuple[Path, dict[str, Any]]
 
     def train() -> dict[str, Any]:
         r = fit(resolve("fast", model, overrides=overrides), out=run_dir, force=True, log=None, progress=False)
-        return {"test_accuracy": r["test_accuracy"], "epochs": r["epochs"], "seconds": round(r["wall_seconds"], 1)}
+        return {"test_accuracy": r["test_accuracy"], "epochs": r["epochs"],
+                "timings": {"seconds": round(r["wall_seconds"], 1)}}
 
     key = f"train/{model}"
     info = ctx.cells.get_or_run(key, train)
@@ -166,7 +167,9 @@ class FusedStudy(Experiment):
                       {"settings": asdict(s), "layers": LAYERS, "tiles": list(TILES), "policies": list(POLICIES),
                        "paper_oi_gain": PAPER_OI_GAIN, "paper_stack_gains": PAPER_STACK_GAINS,
                        "tolerance": TOLERANCE},
-                      tables=tables, claims=claims, figures=figures, notes=_notes(data, stacks))
+                      tables=tables, claims=claims, figures=figures, notes=_notes(data, stacks),
+                      timings=Timings(tables={"training time": [
+                          {"model": m, "train seconds": timing(trained[m][1], "seconds")} for m in MODELS]}))
 
 
 def _end_rows(data) -> list[dict[str, Any]]:

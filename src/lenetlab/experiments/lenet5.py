@@ -42,7 +42,7 @@ import numpy as np
 from lenetlab.determinism import pinned_threads
 from lenetlab.errors import LenetlabError
 from lenetlab.experiments import stats
-from lenetlab.experiments.base import Claim, Context, Experiment, Result
+from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, timing
 from lenetlab.registry import register
 
 MODEL = "lenet5_classic"
@@ -91,7 +91,8 @@ def _train(seed: int, s: dict[str, Any]) -> dict[str, Any]:
             pred = torch.cat([model(splits.test_x[i:i + 2000]).argmax(1) for i in range(0, len(splits.test_x), 2000)])
     wrong = np.flatnonzero((pred != splits.test_y).numpy()).tolist()
     return {"test_images": len(splits.test_y), "wrong": wrong, "test_accuracy": r["test_accuracy"],
-            "epochs": r["epochs"], "train_images": r["train_images"], "seconds": round(r["wall_seconds"], 1)}
+            "epochs": r["epochs"], "train_images": r["train_images"],
+            "timings": {"seconds": round(r["wall_seconds"], 1)}}
 
 
 def layer_counts() -> dict[str, int]:
@@ -122,12 +123,12 @@ class LeNet5Study(Experiment):
             ctx.log(f"[{i + 1}/{len(s['seeds'])}] training {MODEL}, seed {seed}, {s['epochs']} epoch(s) ...")
             cells[seed] = ctx.cells.get_or_run(f"train/{seed}/{s['epochs']}", lambda seed=seed: _train(seed, s))
             c = cells[seed]
-            ctx.log(f"  test error {100 * len(c['wrong']) / c['test_images']:.2f}% ({c['seconds']} s)")
+            ctx.log(f"  test error {100 * len(c['wrong']) / c['test_images']:.2f}% ({timing(c, 'seconds')} s)")
         counts = layer_counts()
         claims = lenet5_claims(cells, counts, s["epochs"], ctx.full)
         rows = [{"seed": sd, "epochs": c["epochs"], "train images": c["train_images"], "test images": c["test_images"],
-                 "errors": len(c["wrong"]), "test error %": round(100 * len(c["wrong"]) / c["test_images"], 2),
-                 "train seconds": c["seconds"]} for sd, c in cells.items()]
+                 "errors": len(c["wrong"]), "test error %": round(100 * len(c["wrong"]) / c["test_images"], 2)}
+                for sd, c in cells.items()]
         errors = [len(c["wrong"]) / c["test_images"] for c in cells.values()]
         metrics = {"test_error_percent": 100 * statistics.fmean(errors),
                    "test_error_percent_best": 100 * min(errors), "seeds": float(len(errors))}
@@ -137,7 +138,9 @@ class LeNet5Study(Experiment):
                       tables={"test error per seed": rows,
                               "trainable parameters per layer": [{"layer": k, "paper": PAPER_LAYERS[k],
                                                                   "lenetlab": counts.get(k)} for k in PAPER_LAYERS]},
-                      claims=claims, metrics=metrics, notes=_notes(s))
+                      claims=claims, metrics=metrics, notes=_notes(s),
+                      timings=Timings(tables={"training time per seed": [
+                          {"seed": sd, "train seconds": timing(c, "seconds")} for sd, c in cells.items()]}))
 
 
 def _recipe(s: dict[str, Any]) -> dict[str, Any]:

@@ -76,7 +76,7 @@ from typing import Any
 import numpy as np
 
 from lenetlab.experiments import stats
-from lenetlab.experiments.base import Claim, Context, Experiment, Result
+from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, timing
 from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 
@@ -202,7 +202,7 @@ class RobustnessMatrix(Experiment):
         def trained(v: str, seed: int) -> dict[str, Any]:
             cfg = train_config(v, s, seed)
             r = fit(cfg, out=runs / f"s{seed}" / v, force=True, splits=splits_for(cfg), log=None, progress=False)
-            return {"seconds": r["wall_seconds"]}
+            return {"timings": {"seconds": r["wall_seconds"]}}
 
         def compressed(v: str, seed: int) -> dict[str, Any]:
             from lenetlab.compress.run import compress_run
@@ -210,7 +210,7 @@ class RobustnessMatrix(Experiment):
             r = compress_run(runs / f"s{seed}" / "float", runs / f"s{seed}" / v, v, "c5,f6", rank=s.tt_rank,
                              depth=s.adtn_depth, fit_steps=s.fit_steps, epochs=s.finetune_epochs,
                              force=True, log=None, progress=False, splits=splits_for(train_config("float", s)))
-            return {"seconds": r["compress_wall_seconds"]}
+            return {"timings": {"seconds": r["compress_wall_seconds"]}}
 
         built: dict[str, float] = {}
         for seed in s.seeds:
@@ -219,8 +219,8 @@ class RobustnessMatrix(Experiment):
                 rec = ctx.cells.get_or_run(f"build/{v}/s{seed}", lambda v=v, seed=seed, make=make: make(v, seed))
                 if not (runs / f"s{seed}" / v / "model.safetensors").exists():   # cells kept, run deleted: rebuild
                     rec = make(v, seed)
-                built[v] = built.get(v, 0.0) + rec["seconds"]
-                ctx.log(f"seed {seed}: built {v} ({rec['seconds']:.0f}s)")
+                built[v] = built.get(v, 0.0) + timing(rec, "seconds", 0.0)
+                ctx.log(f"seed {seed}: built {v} ({timing(rec, 'seconds', 0.0):.0f}s)")
 
         # ---- evaluate
         def torch_metrics(v: str, seed: int) -> dict[str, Any]:
@@ -258,7 +258,7 @@ class RobustnessMatrix(Experiment):
             finally:
                 if qat is not None:
                     qat.remove()
-            out["seconds"] = time.perf_counter() - t0
+            out["timings"] = {"seconds": time.perf_counter() - t0}
             return out
 
         def hardened_metrics(seed: int) -> dict[str, Any]:
@@ -292,7 +292,7 @@ class RobustnessMatrix(Experiment):
                 out["macs"] = count_macs(model).total + eng.macs() - base.macs()
                 out["factored_macs"] = out["macs"]
                 out["protected"] = sum(len(st.groups) for st in eng.stages)
-            out["seconds"] = time.perf_counter() - t0
+            out["timings"] = {"seconds": time.perf_counter() - t0}
             return out
 
         rows: list[dict[str, Any]] = []
@@ -309,7 +309,7 @@ class RobustnessMatrix(Experiment):
             sdc = f"{100 * m['sdc']:.2f}%" if "sdc" in m else "n/a"
             ctx.log(f"[{i + 1}/{len(VARIANTS)}] {v:13s} clean {100 * m['clean_accuracy']:.2f}%  "
                     f"PGD {100 * m['pgd_accuracy']:.1f}%  noise {100 * m['noise_accuracy']:.1f}%  SDC {sdc}  "
-                    f"(mean of {len(per_seed)} seed(s); {sum(r['seconds'] for r in per_seed):.0f}s)")
+                    f"(mean of {len(per_seed)} seed(s); {m['seconds']:.0f}s)")
 
         table = [_table_row(r, s) for r in rows]
         figures = _heatmap(ctx, rows, s)
@@ -317,7 +317,10 @@ class RobustnessMatrix(Experiment):
         return Result(self.name, self.paper, ctx.mode, {"settings": asdict(s), "variants": list(VARIANTS)},
                       tables={"robustness matrix": table},
                       claims=matrix_claims(cells, s, stats.min_seeds(ctx.full)), figures=figures,
-                      notes=_notes(rows, s, n_eval, n_sdc, built), metrics=metrics)
+                      notes=_notes(rows, s, n_eval, n_sdc), metrics=metrics,
+                      timings=Timings(tables={"time per variant, all seeds (s)": [
+                          {"variant": r["variant"], "build": round(built[r["variant"]]) if r["variant"] in built
+                           else "-", "evaluate": round(r["seconds"])} for r in rows]}))
 
 
 HEADLINE = ("clean_accuracy", "pgd_accuracy", "noise_accuracy", "int8_accuracy", "sdc", "params", "macs")
@@ -328,7 +331,8 @@ _MEAN = ("clean_accuracy", "pgd_accuracy", "noise_accuracy", "int8_accuracy", "p
 def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """One variant over its seeds: means (and the per-seed values) of the accuracies and counts; the SDC
     pooled over every (image, draw) of every seed, with its Wilson interval."""
-    out: dict[str, Any] = {"seeds": len(per_seed), "seconds": sum(r["seconds"] for r in per_seed)}
+    # seconds: a clock reading (for timings.json), summed over the seeds
+    out: dict[str, Any] = {"seeds": len(per_seed), "seconds": sum(timing(r, "seconds", 0.0) for r in per_seed)}
     for k in _MEAN:
         if k in per_seed[0]:
             vals = [float(r[k]) for r in per_seed]
@@ -402,8 +406,7 @@ def _span(xs: list[float]) -> str:
     return f"{100 * min(xs):.1f}-{100 * max(xs):.1f}%"
 
 
-def _notes(rows: list[dict[str, Any]], s: Settings, n_eval: int, n_sdc: int, built: dict[str, float]
-           ) -> list[str]:
+def _notes(rows: list[dict[str, Any]], s: Settings, n_eval: int, n_sdc: int) -> list[str]:
     by = {r["variant"]: r for r in rows}
     notes = [f"clean accuracy on the 10k test set; PGD ({s.pgd_steps} steps, random start, seed 0) and noise "
              f"({s.draws} draws) on the first {n_eval} test images; SDC on the first {n_sdc} x "
@@ -429,7 +432,6 @@ def _notes(rows: list[dict[str, Any]], s: Settings, n_eval: int, n_sdc: int, bui
             notes.append(f"{v}: MACs as deployed (materialised dense weights); run in its factored PyTorch form it "
                          f"costs {by[v]['factored_macs']:,.0f} MACs per image (the weight is rebuilt per forward): "
                          "these networks compress parameters, not compute, at batch 1.")
-    notes.append(f"Build time, all seeds (s): {', '.join(f'{k} {v:.0f}' for k, v in built.items())}.")
     return notes
 
 

@@ -45,7 +45,7 @@ import numpy as np
 
 from lenetlab.config import DataConfig, HardeningConfig, ModelConfig, RunConfig, TrainConfig
 from lenetlab.experiments import stats
-from lenetlab.experiments.base import Claim, Context, Experiment, Result
+from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, timing
 from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 
@@ -112,7 +112,7 @@ def _train_and_score(cfg: RunConfig, splits, sigmas: list[float], draws: int, va
     model = r["_model"]
     qat = apply_eval_qat(model, cfg.train)
     out: dict[str, Any] = {"clean": r["test_accuracy"], "params": param_count(model),
-                           "train_seconds": r["wall_seconds"], "test": {}, "val": {}}
+                           "timings": {"train_seconds": r["wall_seconds"]}, "test": {}, "val": {}}
     try:
         for j, sg in enumerate(sigmas):
             seed = 1000 * cfg.train.seed + j
@@ -146,9 +146,12 @@ class NoiseStudy(Experiment):
                 splits_cache["s"] = load_splits(run_config(s.archs[0], s, 0).data)
             return splits_cache["s"]
 
+        train_s: dict[str, float | None] = {}
+
         def cell(key: str, cfg: RunConfig, sigmas: list[float], val: bool = False) -> dict[str, Any]:
             rec = ctx.cells.get_or_run(key, lambda: _train_and_score(cfg, splits(), sigmas, s.draws, val))
-            ctx.log(f"{key}: clean {100 * rec['clean']:.2f}% ({rec['train_seconds']:.1f}s training)")
+            train_s[key] = timing(rec, "train_seconds")
+            ctx.log(f"{key}: clean {100 * rec['clean']:.2f}% ({timing(rec, 'train_seconds', 0.0):.1f}s training)")
             return rec
 
         configs = [(b, sc) for b in s.bits for sc in s.scales]
@@ -179,7 +182,10 @@ class NoiseStudy(Experiment):
         return Result(self.name, self.paper, ctx.mode,
                       {"settings": asdict(s), "archs": {k: {"model": n, "options": o} for k, (n, o) in ARCHS.items()},
                        "noise": "absolute, after input/conv/act/pool/linear (logits included)"},
-                      tables=tables, claims=claims, figures=figures, notes=_notes(s, cells))
+                      tables=tables, claims=claims, figures=figures, notes=_notes(s, cells),
+                      timings=Timings(tables={"training time per cell": [
+                          {"cell": k, "train seconds": None if v is None else round(v, 1)}
+                          for k, v in train_s.items()]}))
 
 
 def choose_config(val: dict[str, dict[str, float]]) -> str:

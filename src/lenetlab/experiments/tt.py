@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from lenetlab.experiments import stats
-from lenetlab.experiments.base import Claim, Context, Experiment, Result
+from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, timing
 from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 
@@ -142,7 +142,7 @@ class TensorNetworkStudy(Experiment):
 
             def base_cell(cfg=cfg, base_dir=base_dir) -> dict[str, Any]:
                 r = fit(cfg, out=base_dir, force=True, splits=fit_splits, log=None, progress=False)
-                return {**scored(r["_model"], r), "params": r["params"], "seconds": r["wall_seconds"]}
+                return {**scored(r["_model"], r), "params": r["params"], "timings": {"seconds": r["wall_seconds"]}}
 
             base = ctx.cells.get_or_run(f"base/{seed}", base_cell)
             if not (base_dir / "model.safetensors").exists():   # cells.jsonl kept but the run deleted: retrain
@@ -159,7 +159,7 @@ class TensorNetworkStudy(Experiment):
                                             batch_size=s.finetune_batch)
                 r = fit(dataclasses.replace(base_cfg, train=train), splits=fit_splits, model=model, log=None,
                         progress=False)
-                return {**scored(r["_model"], r), "seconds": r["wall_seconds"]}
+                return {**scored(r["_model"], r), "timings": {"seconds": r["wall_seconds"]}}
 
             ft = ctx.cells.get_or_run(f"dense_ft/{seed}", dense_ft_cell)
             rows.append({"method": "dense_ft", "budget": 0, "seed": seed, **dense, **ft})
@@ -179,13 +179,14 @@ class TensorNetworkStudy(Experiment):
                     errs = r["weight_error_after_init"]
                     return {**scored(load_model(out)[0], r), "layer_params": c["layer_params"],
                             "layer_ratio": c["layer_ratio"], "params": c["params"], "model_ratio": c["model_ratio"],
-                            "weight_error": sum(errs.values()) / len(errs), "seconds": r["compress_wall_seconds"]}
+                            "weight_error": sum(errs.values()) / len(errs),
+                            "timings": {"seconds": r["compress_wall_seconds"]}}
 
                 row = {"method": method, "budget": b, "seed": seed, **ctx.cells.get_or_run(f"tn/{label}/{seed}", cell)}
                 rows.append(row)
                 ctx.log(f"seed {seed} [{i + 1}/{len(grid)}] {label:8s} {row['layer_params']:>6,} params in c5+f6 "
                         f"({row['layer_ratio']:.1f}x)  acc {100 * np.mean(row['correct']):.2f}% "
-                        f"({row['seconds']:.0f}s)")
+                        f"({timing(row, 'seconds', 0.0):.0f}s)")
 
         n_test = len(rows[0]["correct"])
         return Result(self.name, self.paper, ctx.mode, {"settings": dataclasses.asdict(s)},
@@ -206,7 +207,10 @@ class TensorNetworkStudy(Experiment):
                              "least-squares fit steps.",
                              "'init weight error' is the mean relative Frobenius error of the compressed weights "
                              "before fine-tuning; 'model params' counts the whole network (conv layers and the "
-                             "output layer stay dense)."])
+                             "output layer stay dense)."],
+                      timings=Timings(tables={"time per model (s): training, or compression and fine-tuning": [
+                          {"method": r["method"], "budget": r["budget"], "seed": r["seed"],
+                           "seconds": round(timing(r, "seconds", 0.0), 1)} for r in rows]}))
 
 
 def _group(rows: list[dict[str, Any]], method: str, budget: int = 0) -> list[dict[str, Any]]:
