@@ -178,8 +178,14 @@ def test_bad_attack_input(small_run, batch):
         make_attack("cw", t, 0.1)
     with pytest.raises(LenetlabError, match="PGD steps must be a positive integer"):
         make_attack("pgd", t, 0.1, steps=0)
-    with pytest.raises(LenetlabError, match="takes no options"):
+    with pytest.raises(LenetlabError, match="attack 'fgsm' has no option 'steps'; options: norm, targeted"):
         make_attack("fgsm", t, 0.1, steps=3)
+    with pytest.raises(LenetlabError, match="fgsm: norm must be inf or 2, got '1'"):
+        make_attack("fgsm", t, 0.1, norm="1")
+    with pytest.raises(LenetlabError, match=r"eps must be in \[0, 1\]"):
+        make_attack("pgd", t, 1.5)
+    with pytest.raises(LenetlabError, match=r"eps of an L2 attack must be in \[0, 64\]"):
+        make_attack("pgd", t, 65.0, norm="2")
     with pytest.raises(LenetlabError, match="attack 'pgd' has no option 'stepz'; options: steps, step_size"):
         make_attack("pgd", t, 0.1, stepz=3)
     with pytest.raises(LenetlabError, match="'attack.hybrid.lam' must be float"):

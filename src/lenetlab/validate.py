@@ -28,6 +28,7 @@ from lenetlab.errors import LenetlabError
 MAX_COUNT = 2**31 - 1      # images, trials, top-k ...: beyond this numpy/torch indices overflow
 MAX_SEED = 2**32 - 1       # every seed is usable by numpy, torch and random alike
 MAX_STEPS = 100_000        # iterations of one attack / fit (each is a full pass over the images)
+L2_EPS_MAX = 64.0   # an L2 attack radius above every [0, 1] image's diameter here (1x28x28: 28; 3x32x32: 55.4)
 MAX_SIGMA = 1e6            # noise std in activation units: far past "all noise", still finite in float32
 
 

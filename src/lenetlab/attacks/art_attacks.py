@@ -50,13 +50,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from lenetlab.attacks.base import Attack, Target
+from lenetlab.attacks.base import (
+    NORMS,
+    Attack,
+    Target,
+    norm_field,
+    project_l2,
+    target_class_field,
+    target_labels,
+    targeted_field,
+)
 from lenetlab.errors import LenetlabError
 from lenetlab.registry import register
 from lenetlab.validate import MAX_STEPS
 
-NORMS = {"inf": math.inf, "2": 2}
-TARGET_CLASSES = ("next", "random")
 INSTALL = "pip install 'lenetlab[art]'"
 
 
@@ -105,20 +112,6 @@ def seeded_globals(seed: int):
         random.setstate(py_state)
 
 
-def norm_name(value: Any) -> Any:
-    """``inf``, ``Linf``, ``2``, ``L2`` (also as the numbers a CLI value parses to) -> ``inf`` / ``2``;
-    anything else unchanged, for the option check to refuse."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return "inf" if value == math.inf else "2" if value == 2 else str(value)
-    if isinstance(value, str):
-        v = value.strip().lower()
-        v = v[1:] if v.startswith("l") else v
-        return {"inf": "inf", "infinity": "inf", "2": "2"}.get(v, value)
-    return value
-
-
 def _positive_int(name: str, what: str, value: int, hi: int = MAX_STEPS) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= hi:
         raise LenetlabError(f"{name}: {what} must be a positive integer <= {hi}, got {value!r}")
@@ -131,28 +124,11 @@ def _positive_real(name: str, what: str, value: float, hi: float | None = None) 
         raise LenetlabError(f"{name}: {what} must be a finite number > 0{bound}, got {value!r}")
 
 
-def _project_l2(x_adv: torch.Tensor, x01: torch.Tensor, eps: float) -> torch.Tensor:
-    d = (x_adv - x01).double()
-    n = d.flatten(1).norm(dim=1).view(-1, *([1] * (d.ndim - 1)))
-    scale = torch.where(n > eps, eps / n.clamp_min(1e-300), torch.ones_like(n))
-    return (x01.double() + d * scale).clamp(0.0, 1.0).to(x01.dtype)
-
-
 class ARTAttack(Attack):
     """An ART evasion attack behind lenetlab's :class:`Attack`: subclasses build it in :meth:`make_art`."""
 
-    def check_options(self, **options: Any) -> dict[str, Any]:
-        if "norm" in options:
-            options["norm"] = norm_name(options["norm"])
-        return super().check_options(**options)
-
     def validate(self, options: dict[str, Any]) -> dict[str, Any]:
-        o = dict(options)
-        if o["norm"] not in NORMS:
-            raise LenetlabError(f"{self.name}: norm must be inf or 2, got {o['norm']!r}")
-        if "target_class" in o and o["target_class"] not in TARGET_CLASSES:
-            raise LenetlabError(f"{self.name}: target_class must be one of {', '.join(TARGET_CLASSES)}, "
-                                f"got {o['target_class']!r}")
+        o = dict(options)   # norm and target_class: checked by Attack.check_options
         for key in ("steps", "restarts", "queries", "search_steps"):
             if key in o:
                 _positive_int(self.name, key, o[key])
@@ -170,11 +146,7 @@ class ARTAttack(Attack):
         """What ART is given as ``y``: the true labels, or the target classes of a targeted attack."""
         if not self.options.get("targeted") or "target_class" not in self.options:
             return y.cpu().numpy()
-        if self.options["target_class"] == "next":
-            t = (y.cpu() + 1) % nb_classes
-        else:
-            t = (y.cpu() + torch.randint(1, nb_classes, y.shape, generator=gen)) % nb_classes
-        return t.numpy()
+        return target_labels(y, nb_classes, self.options["target_class"], gen).numpy()
 
     def make_art(self, clf, norm: float | int, n: int):
         """The ART attack on ``clf`` for ``norm``; ``n``: its batch size (the whole batch it is given)."""
@@ -182,7 +154,7 @@ class ARTAttack(Attack):
 
     def bound(self, x_adv: torch.Tensor, x01: torch.Tensor) -> torch.Tensor:
         """The result kept inside the budget (the L-inf ball is enforced by :meth:`Attack.__call__`)."""
-        return _project_l2(x_adv, x01, self.eps) if self.options["norm"] == "2" else x_adv
+        return project_l2(x_adv, x01, self.eps) if self.options["norm"] == "2" else x_adv
 
     def forward(self, x01: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         if self.eps == 0 or len(x01) == 0:
@@ -203,24 +175,11 @@ STEPS_HELP = "iterations (art:autoattack: of each APGD; art:cw: per binary-searc
 RESTARTS_HELP = "random restarts (art:autoattack: of each APGD and Square)"
 
 
-def _norm(default: str = "inf"):
-    return field(default=default, metadata={"help": "perturbation norm of the eps ball: inf or 2"})
-
-
-def _targeted():
-    return field(default=False, metadata={"help": "targeted: aim at --target-class instead of any wrong class"})
-
-
-def _target_class():
-    return field(default="next", metadata={
-        "help": "class a targeted attack aims at: next ((y+1) mod classes) or random (seeded, never y)"})
-
-
 @dataclass(frozen=True)
 class APGDOptions:
-    norm: str = _norm()
-    targeted: bool = _targeted()
-    target_class: str = _target_class()
+    norm: str = norm_field()
+    targeted: bool = targeted_field()
+    target_class: str = target_class_field()
     steps: int = field(default=100, metadata={"help": STEPS_HELP})
     step_size: float | None = field(default=None, metadata={"help": "(initial) step size (art:apgd: default 2 eps)"})
     restarts: int = field(default=1, metadata={"help": RESTARTS_HELP})
@@ -255,7 +214,7 @@ class ARTAutoPGD(ARTAttack):
 
 @dataclass(frozen=True)
 class AutoAttackOptions:
-    norm: str = _norm()
+    norm: str = norm_field()
     targeted: bool = field(default=False, metadata={
         "help": "art:autoattack: also run ART's targeted attacks against every other class"})
     steps: int = field(default=100, metadata={"help": STEPS_HELP})
@@ -296,9 +255,9 @@ def require_multiprocess() -> None:
 
 @dataclass(frozen=True)
 class CWOptions:
-    norm: str = _norm("2")
-    targeted: bool = _targeted()
-    target_class: str = _target_class()
+    norm: str = norm_field("2")
+    targeted: bool = targeted_field()
+    target_class: str = target_class_field()
     steps: int = field(default=10, metadata={"help": STEPS_HELP})
     search_steps: int = field(default=10, metadata={"help": "binary-search steps over the constant c (norm 2)"})
     confidence: float = field(default=0.0, metadata={"help": "logit margin wanted past the boundary"})
@@ -338,9 +297,9 @@ class ARTCarliniWagner(ARTAttack):
 
 @dataclass(frozen=True)
 class SquareOptions:
-    norm: str = _norm()
-    targeted: bool = _targeted()
-    target_class: str = _target_class()
+    norm: str = norm_field()
+    targeted: bool = targeted_field()
+    target_class: str = target_class_field()
     steps: int = field(default=1000, metadata={"help": STEPS_HELP})
     restarts: int = field(default=1, metadata={"help": RESTARTS_HELP})
     p_init: float = field(default=0.8, metadata={"help": "initial fraction of pixels per square"})

@@ -4,8 +4,9 @@ Modelled on torchattacks' ``Attack``: the base class puts every model in
 eval mode (and restores it), takes and returns images in [0, 1] pixel units
 (the run's normalisation and padding are applied inside, by :class:`Target`),
 checks epsilon, seeds every random draw (random starts, Poisson encoding)
-without touching the global RNG, and projects the result onto the
-L-inf ball and [0, 1]; a subclass writes only :meth:`Attack.forward`.
+without touching the global RNG, and projects the result onto the eps ball
+(L-inf, or L2 for an attack whose ``norm`` option is ``2``) and [0, 1]; a
+subclass writes only :meth:`Attack.forward`.
 
 Options: an attack declares its options as a dataclass, ``Options`` (field
 name, type, default, ``metadata={"help": ...}``). ``make_attack`` checks the
@@ -35,7 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -45,8 +47,11 @@ from torch import nn
 from lenetlab.config import DataConfig, from_dict
 from lenetlab.data.transforms import from_unit
 from lenetlab.errors import LenetlabError
+from lenetlab.validate import L2_EPS_MAX
 
 GRAD_SOURCES = ("autograd", "rule")
+NORMS = {"inf": math.inf, "2": 2}       # the eps ball's norm, as the ``norm`` option spells it
+TARGET_CLASSES = ("next", "random")     # what a targeted attack aims at
 
 
 class Target:
@@ -109,6 +114,63 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
 
 
+def project_l2(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Each image's perturbation scaled onto the L2 ball of radius eps around x (if outside), then clipped to
+    [0, 1] (clipping moves every pixel toward x, so the result stays in the ball). Computed in float64."""
+    d = (x_adv - x).double()
+    n = d.flatten(1).norm(dim=1).view(-1, *([1] * (d.ndim - 1)))
+    scale = torch.where(n > eps, eps / n.clamp_min(1e-300), torch.ones_like(n))
+    return (x.double() + d * scale).clamp(0.0, 1.0).to(x.dtype)
+
+
+def norm_name(value: Any) -> Any:
+    """``inf``, ``Linf``, ``2``, ``L2`` (also as the numbers a CLI value parses to) -> ``inf`` / ``2``;
+    anything else unchanged, for the option check to refuse."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return "inf" if value == math.inf else "2" if value == 2 else str(value)
+    if isinstance(value, str):
+        v = value.strip().lower()
+        v = v[1:] if v.startswith("l") else v
+        return {"inf": "inf", "infinity": "inf", "2": "2"}.get(v, value)
+    return value
+
+
+def target_labels(y: torch.Tensor, nb_classes: int, target_class: str, gen: torch.Generator) -> torch.Tensor:
+    """The classes a targeted attack aims at: ``next`` ((y + 1) mod classes) or ``random`` (a seeded uniform
+    draw among the other classes, from ``gen``)."""
+    if target_class == "next":
+        return (y.cpu() + 1) % nb_classes
+    return (y.cpu() + torch.randint(1, nb_classes, y.shape, generator=gen)) % nb_classes
+
+
+def norm_field(default: str = "inf"):
+    return field(default=default, metadata={"help": "perturbation norm of the eps ball: inf or 2"})
+
+
+def targeted_field():
+    return field(default=False, metadata={"help": "targeted: aim at --target-class instead of any wrong class"})
+
+
+def target_class_field():
+    return field(default="next", metadata={
+        "help": "class a targeted attack aims at: next ((y+1) mod classes) or random (seeded, never y)"})
+
+
+def check_norm_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``norm`` spelled canonically and known, ``target_class`` known (where the attack has them)."""
+    o = dict(options)
+    if "norm" in o:
+        o["norm"] = norm_name(o["norm"])
+        if o["norm"] not in NORMS:
+            raise LenetlabError(f"{name}: norm must be inf or 2, got {o['norm']!r}")
+    if "target_class" in o and o["target_class"] not in TARGET_CLASSES:
+        raise LenetlabError(f"{name}: target_class must be one of {', '.join(TARGET_CLASSES)}, "
+                            f"got {o['target_class']!r}")
+    return o
+
+
 @dataclass(frozen=True)
 class NoOptions:
     """An attack that takes no options."""
@@ -124,12 +186,30 @@ class Attack:
     Options: type = NoOptions   # dataclass of the attack's options (its fields become `lenetlab attack` flags)
 
     def __init__(self, target: Target, eps: float, seed: int = 0, substitute: Target | None = None, **options: Any):
-        if not 0.0 <= eps <= 1.0:
-            raise LenetlabError(f"eps must be in [0, 1] (pixel units), got {eps}")
         if self.needs_substitute and substitute is None:
             raise LenetlabError(f"attack {self.name!r} needs a substitute model (--substitute RUN_DIR)")
         self.target, self.eps, self.seed, self.substitute = target, float(eps), int(seed), substitute
         self.options = self.check_options(**options)
+        if self.norm == "2":
+            if not (math.isfinite(self.eps) and 0.0 <= self.eps <= L2_EPS_MAX):
+                raise LenetlabError(f"eps of an L2 attack must be in [0, {L2_EPS_MAX:g}] (L2 radius in pixel "
+                                    f"units), got {eps}")
+        elif not 0.0 <= eps <= 1.0:
+            raise LenetlabError(f"eps must be in [0, 1] (pixel units), got {eps}")
+
+    @property
+    def norm(self) -> str:
+        """``inf`` or ``2``: the ball :meth:`__call__` projects onto (an attack without a ``norm`` option: inf)."""
+        return self.options.get("norm", "inf")
+
+    def aims(self, x01: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, bool]:
+        """(labels whose loss the attack works on, ascend?): ``(y, True)``, or for a targeted attack the
+        target classes (:func:`target_labels`) and False - it descends their loss."""
+        if not self.options.get("targeted"):
+            return y, True
+        with torch.no_grad():
+            nb_classes = int(self.source.logits(x01[:1]).shape[1])
+        return target_labels(y, nb_classes, self.options["target_class"], gen).to(y.device), False
 
     @property
     def source(self) -> Target:
@@ -138,13 +218,16 @@ class Attack:
 
     def check_options(self, **options: Any) -> dict[str, Any]:
         """``options`` parsed against :attr:`Options` (unknown names, wrong types: errors), then :meth:`validate`."""
+        if "norm" in options:
+            options["norm"] = norm_name(options["norm"])
         known = [f.name for f in dataclasses.fields(self.Options)]
         if options and not known:
             raise LenetlabError(f"attack {self.name!r} takes no options {sorted(options)}")
         unknown = sorted(set(options) - set(known))
         if unknown:
             raise LenetlabError(f"attack {self.name!r} has no option {unknown[0]!r}; options: {', '.join(known)}")
-        return self.validate(dataclasses.asdict(from_dict(self.Options, options, where=f"attack.{self.name}")))
+        parsed = dataclasses.asdict(from_dict(self.Options, options, where=f"attack.{self.name}"))
+        return self.validate(check_norm_options(self.name, parsed))
 
     def validate(self, options: dict[str, Any]) -> dict[str, Any]:
         """Check values beyond their types and fill derived ones; returns what :meth:`forward` reads."""
@@ -181,6 +264,8 @@ class Attack:
         finally:
             for m, was in zip(models, modes):
                 m.train(was)
+        if self.norm == "2":
+            return project_l2(x_adv.detach(), x01, self.eps)
         return project(x_adv.detach(), x01, self.eps)
 
     def forward(self, x01: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -26,8 +26,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("attack", help="adversarial attacks: FGSM, PGD, black-box, hybrid (Lin & Sengupta 2025)")
     p.add_argument("run_dir")
     p.add_argument("--attack", default="fgsm", help="lenetlab list attacks (fgsm, pgd, bb-fgsm, bb-pgd, hybrid, ...)")
-    p.add_argument("--eps", type=V.real("--eps", lo=0.0, hi=1.0), nargs="+", default=[0.1],
-                   help="budget(s) in [0,1] pixel units: the L-inf radius (the L2 radius with --norm 2)")
+    p.add_argument("--eps", type=V.real("--eps", lo=0.0, hi=V.L2_EPS_MAX), nargs="+", default=[0.1],
+                   help="budget(s) in pixel units: the L-inf radius in [0, 1] (with --norm 2 the L2 radius, "
+                        f"in [0, {V.L2_EPS_MAX:g}])")
     p.add_argument("--substitute", metavar="RUN_DIR", help="substitute model for bb-* and hybrid")
     p.add_argument("--grad-source", default="autograd", choices=("autograd", "rule"),
                    help="target gradient: autograd (surrogate) or the run's learning-rule pathway")
@@ -96,14 +97,19 @@ def cmd_attack(a: argparse.Namespace) -> int:
     import torch
 
     from lenetlab.attacks import Target, make_attack, run_attack
+    from lenetlab.attacks.base import norm_name
     from lenetlab.data.datasets import load_raw
     from lenetlab.errors import LenetlabError
     from lenetlab.registry import get
+    from lenetlab.validate import L2_EPS_MAX
 
     # every argument is checked before anything is loaded or written
     cls = get("attack", a.attack)
+    l2 = norm_name(_options(a).get("norm", "inf")) == "2"
     for e in a.eps:
-        if not 0.0 <= e <= 1.0:
+        if l2 and not 0.0 <= e <= L2_EPS_MAX:
+            raise LenetlabError(f"--eps with --norm 2 must be in [0, {L2_EPS_MAX:g}] (an L2 radius), got {e}")
+        if not l2 and not 0.0 <= e <= 1.0:
             raise LenetlabError(f"--eps must be in [0, 1] (pixel units), got {e}")
     if a.limit is not None and a.limit <= 0:
         raise LenetlabError(f"--limit must be positive, got {a.limit}")

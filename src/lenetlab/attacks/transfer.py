@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lenetlab.attacks.base import Attack
-from lenetlab.attacks.gradient import FGSM, PGD, PGDOptions, pgd, pgd_options
+from lenetlab.attacks.gradient import FGSM, PGD, PGDSteps, pgd, pgd_options
 from lenetlab.errors import LenetlabError
 from lenetlab.registry import register
 from lenetlab.validate import MAX_STEPS
@@ -53,7 +53,7 @@ def _unit(g: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class HybridOptions(PGDOptions):
+class HybridOptions(PGDSteps):
     lam: float = field(default=1.0, metadata={"help": "hybrid: weight of the substitute gradient"})
     transfer_steps: int = field(default=10, metadata={"help": "hybrid: PGD steps on the substitute for the start"})
 
