@@ -11,17 +11,22 @@ Right after the kill nothing half-written is in place: every file is whole (JSON
 files load, PNGs end in IEND, journals are whole records but for a cut last line, which readers skip), and a
 file that the uninterrupted run writes once (model.safetensors, result.json, report.md, ...) is either absent
 or already equal to the uninterrupted run's. Only the cut atomic write's temporary file
-(``.NAME.XXXXXXXX.tmp``) may stay behind; nothing reads it.
+(``.NAME.XXXXXXXX.tmp``) may stay behind; nothing reads it, and the continued command's next write of that file
+deletes it (none is left at the end).
 
 Then the command continues as a user would continue it: ``train --resume`` (the plain command when the kill
 came before config.json), ``compress ... --force`` (it has no --resume and refuses a non-empty --out), and every
 other command is simply run again (``reproduce`` and ``sweep`` continue from their journals; ``export``,
 ``quantize`` and ``faults campaign`` write their outputs again). It must succeed, and every output must equal
 the uninterrupted run's byte for byte - except the values in :data:`MEASURED`, which record wall times, dates
-or the fact of resuming; files holding them are compared with those values masked.
+or the fact of resuming; files holding them are compared with those values masked. A reproduction keeps its
+clock readings in files of their own (:data:`CLOCK_FILES`: timings.json, timings.jsonl, timings.md, timings.html),
+which are only checked for being whole and present (and a timings.jsonl for naming the same cells).
 
-Cost: the fast tier runs the hook's own checks (no torch) and one train kill (~10 s CPU); the other commands
-and kill points are ``slow`` (``make test-slow``)."""
+Cost: the fast tier runs the hook's own checks (no torch) and one train kill (~6 s CPU: only the killed run is
+a process of its own; the uninterrupted run and the resume call the same CLI entry point, ``lenetlab.cli.main``,
+in the test's process, on one thread like the processes); the other commands and kill points are ``slow``
+(``make test-slow``)."""
 
 from __future__ import annotations
 
@@ -48,23 +53,26 @@ ENV = {"OMP_NUM_THREADS": "1"}   # one thread per process: same numbers in every
 # Values that legitimately differ between an interrupted-and-continued run and an uninterrupted one. JSON keys
 # (anywhere in a .json/.jsonl file or a safetensors file's JSON metadata: a checkpoint carries its epoch's
 # metrics line) and table columns (in report.md / report.html) of these names are masked.
+# (A reproduction's own clock readings are not here: they live in CLOCK_FILES.)
 MEASURED = {
-    "wall_seconds": "wall time of a run, of the epochs so far, of an experiment (summary.json, metrics.jsonl, "
-                    "result.json, manifest.json)",
+    "wall_seconds": "wall time of a training run and of the epochs so far (its summary.json, metrics.jsonl; "
+                    "faults campaign's JSON)",
     "epoch_seconds": "metrics.jsonl: wall time of one epoch",
     "unix_time": "metrics.jsonl: when the epoch ended",
-    "seconds": "cells.jsonl / trials.jsonl: wall time of one cell or trial",
+    "seconds": "trials.jsonl: wall time of one trial",
     "finished": "trials.jsonl: the date the trial finished",
     "compress_wall_seconds": "compress's summary.json: its wall time",
     "faults_per_second": "faults campaign: throughput",
-    "train seconds": "lenet5 experiment, table 'test error per seed': a cell's training time",
-    "wall time (s)": "reproduce all's report: each experiment's wall time",
     "resumed_from_epoch": "summary.json: whether (and after which epoch) the run was resumed - differs by design",
     "status": "reproduce all's manifest and report: 'skipped' for an experiment the interrupted run had "
               "finished, 'ran' in one go - differs by design",
 }
-WALL_TIME = re.compile(rb"Wall time: \d+ s\.")     # report.md / report.html prose
 STATUS = re.compile(rb"Status: (?:<b>)?(?:ran|skipped)(?:</b>)?\.")
+
+# Files of clock readings, by name: a reproduction's (and reproduce all's) wall times, per-cell times, latencies
+# and what is computed from them - measured, so never equal between two runs. Checked for being whole, present
+# in both runs, and (timings.jsonl) naming the same cells.
+CLOCK_FILES = {"timings.json", "timings.jsonl", "timings.md", "timings.html"}
 
 # Files a command legitimately writes more than once, with different content (only checked for being whole
 # right after a kill).
@@ -166,18 +174,34 @@ def _needs(name: str, src: Path) -> None:
         assert r.returncode == 0, r.stderr
 
 
-def reference(name: str, src: Path, tmp_path_factory) -> Reference:
-    """The uninterrupted run of ``name`` (once per module) and how many writes it made."""
-    if name not in _references:
+def cli_in_process(args: list[str]) -> int:
+    """``lenetlab ARGS`` through the CLI's entry point in this process, on one torch and BLAS thread like the
+    processes of :func:`cli` (``OMP_NUM_THREADS=1``): the same files, without a second's worth of imports."""
+    from lenetlab.cli import main
+    from lenetlab.determinism import pinned_threads
+
+    with pinned_threads(1, deterministic=False):
+        return main(args)
+
+
+def reference(name: str, src: Path, tmp_path_factory, in_process: bool = False) -> Reference:
+    """The uninterrupted run of ``name`` (once per module) and how many writes it made (``in_process``: through
+    :func:`cli_in_process`, the write count unknown: 0)."""
+    key = f"{name}@in-process" if in_process else name
+    if key not in _references:
         _needs(name, src)
         base = tmp_path_factory.mktemp(f"ref-{name}")
         out, count = base / "out", base / "writes"
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-c", COUNTING, str(count), *COMMANDS[name](out, src)],
-                           capture_output=True, text=True, env=_env(), timeout=HANG_S)
-        assert r.returncode == 0, f"{name}: {r.stdout}\n{r.stderr}"
-        _references[name] = Reference(out, int(count.read_text()), time.perf_counter() - t0)
-    return _references[name]
+        if in_process:
+            assert cli_in_process(COMMANDS[name](out, src)) == 0, name
+            count.write_text("0")
+        else:
+            r = subprocess.run([sys.executable, "-c", COUNTING, str(count), *COMMANDS[name](out, src)],
+                               capture_output=True, text=True, env=_env(), timeout=HANG_S)
+            assert r.returncode == 0, f"{name}: {r.stdout}\n{r.stderr}"
+        _references[key] = Reference(out, int(count.read_text()), time.perf_counter() - t0)
+    return _references[key]
 
 
 def kill_points(name: str, writes: int, seed: int, n: int = 3) -> list[int]:
@@ -236,8 +260,15 @@ def _mask_html_columns(text: bytes, measured=MEASURED) -> bytes:
     return re.sub(rb"<table>.*?</table>", table, text, flags=re.S)
 
 
+def is_clock_file(rel: str) -> bool:
+    return rel.rsplit("/", 1)[-1] in CLOCK_FILES
+
+
 def normal(path: Path, root: Path, measured=MEASURED):
-    """``path``'s content with the ``measured`` values masked and ``root`` (the output folder) spelled <OUT>."""
+    """``path``'s content with the ``measured`` values masked and ``root`` (the output folder) spelled <OUT>;
+    of a file of clock readings (:data:`CLOCK_FILES`) only what is not measured: a timings.jsonl's cell keys."""
+    if is_clock_file(path.name):
+        return sorted({r.get("key") for r in _jsonl(path)}) if path.suffix == ".jsonl" else "(clock readings)"
     data = path.read_bytes()
     for r in {str(root), str(root.resolve())}:
         data = data.replace(r.encode(), b"<OUT>")
@@ -252,9 +283,13 @@ def normal(path: Path, root: Path, measured=MEASURED):
                 for k, v in header.pop("__metadata__", {}).items()}
         return header, meta, data[8 + n:]
     if path.suffix in (".md", ".html"):
-        data = STATUS.sub(b"Status: *.", WALL_TIME.sub(b"Wall time: * s.", data))
+        data = STATUS.sub(b"Status: *.", data)
         return _mask_html_columns(data, measured) if path.suffix == ".html" else _mask_md_columns(data, measured)
     return data
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(ln) for ln in path.read_bytes().splitlines(keepends=True) if ln.endswith(b"\n")]
 
 
 def files(root: Path) -> dict[str, Path]:
@@ -300,6 +335,10 @@ def check_after_kill(name: str, cut: Path, ref: Path) -> list[str]:
         if rewritten(name, rel):
             continue
         got, want = normal(p, cut), normal(ref_files[rel], ref)
+        if is_clock_file(rel):
+            if p.suffix == ".jsonl":   # the cells timed so far (a cell may be timed twice: killed between appends)
+                assert set(got) <= set(want), f"{name}: {rel} names cells the uninterrupted run did not time"
+            continue
         if p.suffix == ".jsonl":
             assert got == want[:len(got)], f"{name}: {rel} is not a prefix of the uninterrupted run's journal"
         else:
@@ -318,10 +357,12 @@ def assert_same_outputs(name: str, got: Path, ref: Path) -> None:
 
 # ------------------------------------------------------------------ the cut
 def cut_and_continue(name: str, src: Path, tmp_path: Path, tmp_path_factory, *, at_write: int | None = None,
-                     after: float | None = None) -> dict:
+                     after: float | None = None, in_process: bool = False) -> dict:
     """Run ``name`` into a fresh folder, SIGKILL it (at write ``at_write`` or ``after`` seconds), check what it
-    left, continue it, compare with the uninterrupted run. Returns what happened, for the report."""
-    ref = reference(name, src, tmp_path_factory)
+    left, continue it, compare with the uninterrupted run. Returns what happened, for the report.
+    ``in_process``: the uninterrupted run and the continuation call ``lenetlab.cli.main`` in this process
+    (:func:`cli_in_process`); the cut run is always a process of its own."""
+    ref = reference(name, src, tmp_path_factory, in_process=in_process)
     out = tmp_path / "out"
     args = COMMANDS[name](out, src)
     env = _env(LENETLAB_KILL_AFTER_WRITES=str(at_write)) if at_write else _env()
@@ -345,9 +386,14 @@ def cut_and_continue(name: str, src: Path, tmp_path: Path, tmp_path_factory, *, 
     else:
         assert p.returncode in (0, -signal.SIGKILL), err.decode()
     left = check_after_kill(name, out, ref.out) if out.exists() else []
-    r = cli(continue_args(name, out, args))
-    assert r.returncode == 0, f"{name}: continuing after the kill failed:\n{r.stdout}\n{r.stderr}"
+    if in_process:
+        assert cli_in_process(continue_args(name, out, args)) == 0, f"{name}: continuing after the kill failed"
+    else:
+        r = cli(continue_args(name, out, args))
+        assert r.returncode == 0, f"{name}: continuing after the kill failed:\n{r.stdout}\n{r.stderr}"
     assert_same_outputs(name, out, ref.out)
+    # the continued command wrote again every file whose write the kill cut: that deleted the leftover
+    assert not [rel for rel, p in files(out).items() if is_leftover(p)], f"{name}: temporary files left behind"
     return {"killed": p.returncode == -signal.SIGKILL, "left": left}
 
 
@@ -402,8 +448,9 @@ def test_children_do_not_inherit_the_kill_hook(tmp_path):
 def test_train_killed_in_a_metrics_line_resumes_to_the_same_files(src, tmp_path, tmp_path_factory):
     """Fast tier. Write 3 of train's 7 (config, then per epoch checkpoint + metrics line, then model and
     summary) is epoch 1's metrics line, cut halfway after its checkpoint: ``--resume`` continues after
-    epoch 1, replaces the cut line and ends with the uninterrupted run's files."""
-    cut_and_continue("train", src, tmp_path, tmp_path_factory, at_write=3)
+    epoch 1, replaces the cut line and ends with the uninterrupted run's files. The uninterrupted run and the
+    resume run in this process (``in_process``: two fewer interpreters importing torch)."""
+    cut_and_continue("train", src, tmp_path, tmp_path_factory, at_write=3, in_process=True)
 
 
 @pytest.mark.slow
