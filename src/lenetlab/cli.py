@@ -67,7 +67,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     status = "FAILED"
     try:
         summary = fit(cfg or RunConfig(), out=out, resume=a.resume, force=a.force, log=log, callbacks=tracking,
-                      device=a.device)
+                      device=a.device, progress=False if a.quiet else None)
     except KeyboardInterrupt:
         status = "KILLED"
         print(f"\ninterrupted; the last finished epoch is saved. Continue with:\n"
@@ -224,13 +224,15 @@ def cmd_info(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- export / serve
 def cmd_export(a: argparse.Namespace) -> int:
     from lenetlab.deploy.export import export, parity
+    from lenetlab.progress import progress_bar
 
     out = Path(a.out) if a.out else Path(a.run_dir) / "export"
     files = export(a.run_dir, a.format, int8=a.int8, out=out)
     for f in files:
         print(f"wrote {f} ({f.stat().st_size:,} bytes)")
     if not a.no_check:
-        r = parity(a.run_dir, int8=a.int8, limit=a.check_images)
+        with progress_bar("parity check images", quiet=a.quiet) as bar:
+            r = parity(a.run_dir, int8=a.int8, limit=a.check_images, progress=bar, on_total=bar.set_total)
         print(f"check on {r['images']} test images: NumPy runtime ({r['dtype']}) accuracy "
               f"{100 * r['runtime_accuracy']:.2f}%, PyTorch {100 * r['torch_accuracy']:.2f}%, "
               f"same top-1 on {r['same_top1']}/{r['images']}")
@@ -250,6 +252,7 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 
     from lenetlab.experiments import reproduce
     from lenetlab.experiments.report import fmt
+    from lenetlab.progress import progress_bar
 
     # wide tables stay readable when the output is piped to a file
     con = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -259,7 +262,9 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
     if a.only:
         raise LenetlabError("--only goes with `reproduce all`")
     try:
-        r = reproduce(a.name, out, full=a.full, force=a.force, log=None if a.quiet else con.print, tiny=a.tiny)
+        with progress_bar(f"{a.name} cells", quiet=a.quiet) as bar:
+            r = reproduce(a.name, out, full=a.full, force=a.force, log=None if a.quiet else con.print, tiny=a.tiny,
+                          progress=bar)
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished cells are kept in {out / 'cells.jsonl'}. Run the same command again "
               "to continue.", file=sys.stderr)
@@ -301,12 +306,14 @@ def _flushed(con):
 
 def _reproduce_all(a: argparse.Namespace, con) -> int:
     from lenetlab.experiments.suite import reproduce_all
+    from lenetlab.progress import progress_bar
 
     out = Path(a.out)
     only = [n.strip() for n in a.only.split(",") if n.strip()] if a.only else None
     try:
-        outcomes = reproduce_all(out, full=a.full, force=a.force, only=only, tiny=a.tiny,
-                                 log=(lambda s: None) if a.quiet else _flushed(con))
+        with progress_bar("cells", quiet=a.quiet) as bar:
+            outcomes = reproduce_all(out, full=a.full, force=a.force, only=only, tiny=a.tiny,
+                                     log=(lambda s: None) if a.quiet else _flushed(con), progress=bar)
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished experiments and cells are kept in {out}. Run the same command again "
               "to continue.", file=sys.stderr)
@@ -431,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-check", action="store_true", help="skip the NumPy-runtime parity check")
     x.add_argument("--check-images", type=V.count("--check-images"), default=None, metavar="N",
                    help="check on the first N test images")
+    x.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     x.set_defaults(func=cmd_export)
 
     sv = sub.add_parser("serve", help="serve the in-browser demo page for a run")

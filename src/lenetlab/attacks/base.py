@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -285,8 +286,11 @@ class AttackResult:
 
 
 def run_attack(attack: Attack, x01: torch.Tensor, y: torch.Tensor, batch_size: int = 500,
-               keep: bool = False) -> tuple[AttackResult, torch.Tensor | None]:
-    """Attack (x01, y) in batches; clean/adversarial accuracy on the target and success rate."""
+               keep: bool = False, progress: Callable[[int], None] | None = None
+               ) -> tuple[AttackResult, torch.Tensor | None]:
+    """Attack (x01, y) in batches; clean/adversarial accuracy on the target and success rate.
+
+    ``progress(n)`` after each batch, with its n images (the calls add up to ``len(x01)``)."""
     clean_ok, adv_ok, kept = [], [], []
     for i in range(0, len(x01), batch_size):
         xb, yb = x01[i:i + batch_size], y[i:i + batch_size]
@@ -296,6 +300,8 @@ def run_attack(attack: Attack, x01: torch.Tensor, y: torch.Tensor, batch_size: i
             adv_ok.append(attack.target.predict(xa) == yb)
         if keep:
             kept.append(xa)
+        if progress:
+            progress(len(xb))
     c, a = torch.cat(clean_ok), torch.cat(adv_ok)
     n = len(c)
     flipped = int((c & ~a).sum())

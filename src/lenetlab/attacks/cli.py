@@ -37,6 +37,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=V.seed(), default=0)
     p.add_argument("--save-examples", metavar="DIR", help="write adversarial images (IDX) and a PNG grid here")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     from lenetlab.devices import add_flag
 
     add_flag(p, "where the target and substitute run (random draws stay on the CPU)")
@@ -100,6 +101,7 @@ def cmd_attack(a: argparse.Namespace) -> int:
     from lenetlab.attacks.base import norm_name
     from lenetlab.data.datasets import load_raw
     from lenetlab.errors import LenetlabError
+    from lenetlab.progress import progress_bar
     from lenetlab.registry import get
     from lenetlab.validate import L2_EPS_MAX
 
@@ -133,10 +135,12 @@ def cmd_attack(a: argparse.Namespace) -> int:
     y = torch.from_numpy(ys[:n].astype("int64")).to(dev)
     opts = _options(a)
     rows, kept = [], None
-    for e in a.eps:
-        atk = make_attack(a.attack, target, e, seed=a.seed, substitute=substitute, **opts)
-        res, kept = run_attack(atk, x01, y, keep=bool(a.save_examples))
-        rows.append({"eps": e, **res.as_dict()})
+    label = f"{a.attack} images" + (f" x {len(a.eps)} budgets" if len(a.eps) > 1 else "")
+    with progress_bar(label, total=n * len(a.eps), quiet=a.quiet) as bar:
+        for e in a.eps:
+            atk = make_attack(a.attack, target, e, seed=a.seed, substitute=substitute, **opts)
+            res, kept = run_attack(atk, x01, y, keep=bool(a.save_examples), progress=bar)
+            rows.append({"eps": e, **res.as_dict()})
     if a.save_examples:
         _save(Path(a.save_examples), x01.cpu(), kept.cpu(), y.cpu(), target)
     if a.json:

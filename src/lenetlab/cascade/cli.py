@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
 from lenetlab.errors import LenetlabError
@@ -29,18 +30,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--data-dir", help="folder with dataset IDX files")
     c.add_argument("--limit", type=V.count("--limit"), metavar="N", help="only the first N test images")
     c.add_argument("--json", action="store_true", help="print the rows as JSON")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_cascade)
 
 
 def cmd_cascade(a: argparse.Namespace) -> int:
     from lenetlab.cascade.core import check_threshold
     from lenetlab.cascade.resolution import parse_ladder
+    from lenetlab.progress import progress_bar
 
     threshold = check_threshold(a.threshold)     # check every argument before any model is loaded
     ladder = parse_ladder(a.ladder)
     if a.limit is not None and a.limit <= 0:
         raise LenetlabError(f"--limit must be positive, got {a.limit}")
-    rows, notes = cascade_rows(a.run_dirs, ladder, threshold, a.rule, a.dataset, a.data_dir, a.limit)
+    with progress_bar("cascade passes over the test set", total=passes(len(a.run_dirs), ladder),
+                      quiet=a.quiet) as bar:
+        rows, notes = cascade_rows(a.run_dirs, ladder, threshold, a.rule, a.dataset, a.data_dir, a.limit,
+                                   progress=bar)
     if a.json:
         print(json.dumps({"threshold": threshold, "ladder": list(ladder), "rows": rows, "notes": notes}))
         return 0
@@ -48,9 +54,16 @@ def cmd_cascade(a: argparse.Namespace) -> int:
     return 0
 
 
+def passes(runs: int, ladder: tuple[int, ...]) -> int:
+    """The passes over the test set :func:`cascade_rows` makes: each run at full resolution and at each level."""
+    return runs * (1 + len(ladder))
+
+
 def cascade_rows(run_dirs: list[str], ladder: tuple[int, ...], threshold: float, rule: str = "both",
-                 dataset: str | None = None, data_dir: str | None = None, limit: int | None = None
-                 ) -> tuple[list[dict[str, Any]], list[str]]:
+                 dataset: str | None = None, data_dir: str | None = None, limit: int | None = None,
+                 progress: Callable[[int], None] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The table's rows and notes; ``progress(n)`` as n more passes of a model over the test set are done (the
+    calls add up to :func:`passes`)."""
     import torch
 
     from lenetlab.cascade.core import RULES, run_cascade
@@ -78,10 +91,14 @@ def cascade_rows(run_dirs: list[str], ladder: tuple[int, ...], threshold: float,
     notes = [f"{dataset} test set, {len(x)} images; data used is relative to one {x.shape[-1]}x{x.shape[-1]} "
              f"image (sum of s^2 over the levels read); MACs per image by lenetlab.models.macs"]
     full = member_probs(members, x)
+    if progress:
+        progress(len(members))
     for m, cfg, p in zip(members, cfgs, full):
         acc = float((p.argmax(1) == labels).double().mean())
         rows.append(_row(m.name, "full resolution", "-", acc, 1.0, m.macs, None))
         probs = resolution_probs(m.model, x, m.data, ladder)
+        if progress:
+            progress(len(ladder))
         for r in rules:
             out = run_cascade(probs, costs, threshold, r)
             levels_read = float((out.stop_level + 1).double().mean())

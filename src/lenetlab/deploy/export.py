@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,8 +108,15 @@ def export(run_dir: str | Path, fmt: str, int8: bool = False, out: str | Path | 
     return cls().write(ExportContext(model, cfg, fm, int8, run), out_dir)
 
 
-def parity(run_dir: str | Path, int8: bool = False, limit: int | None = None) -> dict:
-    """Accuracy of the NumPy runtime vs PyTorch on the test set, and top-1 agreement."""
+PARITY_BATCH = 1000   # images per NumPy-runtime call in :func:`parity` (run()'s own batch: the same logits)
+
+
+def parity(run_dir: str | Path, int8: bool = False, limit: int | None = None,
+           progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None) -> dict:
+    """Accuracy of the NumPy runtime vs PyTorch on the test set, and top-1 agreement.
+
+    ``on_total(n)`` once the n test images are known, then ``progress(k)`` as the NumPy runtime has run k more
+    (the calls add up to n)."""
     import torch
 
     from lenetlab.data.datasets import load_raw
@@ -120,11 +128,18 @@ def parity(run_dir: str | Path, int8: bool = False, limit: int | None = None) ->
     model.eval()
     _, _, test_x, test_y = load_raw(cfg.data.dataset, cfg.data.data_dir)
     test_x, test_y = test_x[:limit], test_y[:limit]
+    if on_total:
+        on_total(len(test_x))
     with torch.no_grad():
         ref = torch.cat([model(to_model_input(torch.from_numpy(test_x[i:i + 2000]), cfg.data))
                          for i in range(0, len(test_x), 2000)]).numpy()
     fm = build_flat(model, cfg, int8)
-    got = run(fm, test_x)
+    parts = []
+    for i in range(0, len(test_x), PARITY_BATCH):
+        parts.append(run(fm, test_x[i:i + PARITY_BATCH], batch_size=PARITY_BATCH))
+        if progress:
+            progress(len(parts[-1]))
+    got = np.concatenate(parts) if parts else run(fm, test_x)
     return {"images": len(test_x), "dtype": fm.dtype,
             "runtime_accuracy": float((got.argmax(1) == test_y).mean()),
             "torch_accuracy": float((ref.argmax(1) == test_y).mean()),

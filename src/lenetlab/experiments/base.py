@@ -191,8 +191,10 @@ class Cells:
     :meth:`get_or_run` returns the value with its readings put back under ``"timings"``; :attr:`rows` holds the
     values as ``cells.jsonl`` has them, :attr:`timings` the readings by key."""
 
-    def __init__(self, path: Path, timings_path: Path | None = None):
+    def __init__(self, path: Path, timings_path: Path | None = None,
+                 on_cell: Callable[[str], None] | None = None):
         self.path = Path(path)
+        self.on_cell = on_cell      # called with the key of each cell run and recorded (not those read back)
         self.timings_path = Path(timings_path) if timings_path else self.path.with_name(f"{TIMINGS}.jsonl")
         # the journal drops a line cut short by a kill, and never glues the next cell onto it
         self._journal = JsonlJournal(self.path)
@@ -215,6 +217,8 @@ class Cells:
                 self.timings[key] = clock
             self._journal.append({"key": key, "value": value})
             self.rows[key] = value
+            if self.on_cell:
+                self.on_cell(key)
         value = self.rows[key]
         return {**value, TIMINGS: self.timings[key]} if key in self.timings else value
 
@@ -227,6 +231,13 @@ class Context:
     log: Callable[[str], None]
     tiny: bool = False        # tests only: the smallest grid that runs every code path
     options: dict[str, Any] = field(default_factory=dict)   # setting overrides (sweeps); see resolve_settings
+    progress: Any = None      # the cells' progress bar (a lenetlab.progress.Bar), where reproduce was given one
+
+    def expect_cells(self, n: int) -> None:
+        """The number of cells this run records in all (those already on record included), for an experiment
+        that knows it: the progress bar then shows done/total and an ETA instead of cells done and the time."""
+        if self.progress is not None:
+            self.progress.set_total(n)
 
     @property
     def mode(self) -> str:
@@ -291,11 +302,14 @@ def config_hash(name: str, full: bool = False, tiny: bool = False, options: dict
 
 def reproduce(name: str, out: str | Path, full: bool = False, force: bool = False,
               log: Callable[[str], None] | None = None, tiny: bool = False,
-              options: dict[str, Any] | None = None) -> Result:
+              options: dict[str, Any] | None = None, progress: Any = None) -> Result:
     """Run experiment ``name`` into ``out``; writes result.json and report.md (+ figures), and the clock readings
     apart: timings.json and timings.md (with the cells' timings.jsonl).
 
-    ``options`` override settings of the mode's grid (only for experiments with ``accepts_options``)."""
+    ``options`` override settings of the mode's grid (only for experiments with ``accepts_options``).
+    ``progress``: a :class:`lenetlab.progress.Bar` (or an object with its ``start``, ``set_total`` and call)
+    told about the cells: ``start`` with the cells already on record, a call per cell run and recorded, and
+    the total where the experiment knows it (:meth:`Context.expect_cells`)."""
     from lenetlab.experiments.report import write_report
     from lenetlab.registry import get
 
@@ -326,7 +340,11 @@ def reproduce(name: str, out: str | Path, full: bool = False, force: bool = Fals
                 p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "run.json", run)
-    ctx = Context(out, full, Cells(cells_path, timings_path), log, tiny, dict(options or {}))
+    cells = Cells(cells_path, timings_path)
+    if progress is not None:
+        progress.start(f"{name} cells", total=None, done=len(cells.rows))
+        cells.on_cell = lambda key: progress(1)
+    ctx = Context(out, full, cells, log, tiny, dict(options or {}), progress)
     t0 = time.perf_counter()
     with pinned_threads(REPRODUCE_THREADS) as pinned:
         result = cls().run(ctx)

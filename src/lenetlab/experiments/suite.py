@@ -32,6 +32,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lenetlab.errors import LenetlabError
 from lenetlab.experiments.base import Result, config_hash, reproduce
@@ -71,8 +72,10 @@ def stored_result(out: Path, expected_hash: str) -> Result | None:
 
 def reproduce_all(out: str | Path, full: bool = False, force: bool = False, only: Sequence[str] | None = None,
                   tiny: bool = False, log: Callable[[str], None] | None = None,
-                  sections: Sequence[Section] = ()) -> list[Outcome]:
-    """Run (or reuse) every registered experiment (or those in ``only``) and write the suite report."""
+                  sections: Sequence[Section] = (), progress: Any = None) -> list[Outcome]:
+    """Run (or reuse) every registered experiment (or those in ``only``) and write the suite report.
+
+    ``progress``: passed to each :func:`~lenetlab.experiments.base.reproduce` (its cells' progress bar)."""
     from lenetlab.registry import get, names
 
     log = log or (lambda s: None)
@@ -100,7 +103,7 @@ def reproduce_all(out: str | Path, full: bool = False, force: bool = False, only
         t0 = time.perf_counter()
         try:
             r = reproduce(name, out / name, full=full, force=force, tiny=tiny,
-                          log=lambda s, tag=tag: log(f"  {tag}: {s}"))
+                          log=lambda s, tag=tag: log(f"  {tag}: {s}"), progress=progress)
         except KeyboardInterrupt:
             raise
         except Exception as e:   # one broken experiment must not cost the others

@@ -32,6 +32,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--seed", type=V.seed(), default=0)
     c.add_argument("--out", help="output directory (default QRUN/faults)")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_campaign)
 
     n = fsub.add_parser("nvf", help="analytic neuron vulnerability factor of every neuron (DeepVigor-style)")
@@ -42,6 +43,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    "with N sampled accumulator positions per bit and report the Spearman rank correlation")
     n.add_argument("--seed", type=V.seed(), default=0)
     n.add_argument("--out", help="output directory (default QRUN/faults)")
+    n.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     n.set_defaults(func=cmd_nvf)
 
 
@@ -52,18 +54,12 @@ def _out(a: argparse.Namespace) -> Path:
     return out
 
 
-def _progress(total_label: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn(total_label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    transient=True)
-
-
 def cmd_campaign(a: argparse.Namespace) -> int:
     from lenetlab.faults.campaign import parse_bits, run_campaign
     from lenetlab.faults.models import fault_model
     from lenetlab.faults.report import heatmap
     from lenetlab.fileio import atomic_write_json
+    from lenetlab.progress import progress_bar
     from lenetlab.quant.engine import IntEngine, blas_threads
     from lenetlab.quant.run import load_qrun, test_images
 
@@ -78,11 +74,10 @@ def cmd_campaign(a: argparse.Namespace) -> int:
     out = _out(a)
     engine = IntEngine(fm)
     t0 = time.perf_counter()
-    with blas_threads(1), _progress(f"{a.target} faults") as bar:
-        task = bar.add_task("faults", total=None)
+    with blas_threads(1), progress_bar(f"{a.target} faults", quiet=a.quiet) as bar:
         faults, sdc, summary = run_campaign(
             engine, images, a.target, bits, a.samples, a.layer, a.exhaustive, a.fault_model, a.seed, a.engine,
-            progress=lambda k: bar.advance(task, k), on_total=lambda t: bar.update(task, total=t))
+            progress=bar, on_total=bar.set_total)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
     summary["faults_per_second"] = round(len(faults) / max(summary["wall_seconds"], 1e-9), 1)
     summary["qrun"] = str(a.qrun)
@@ -108,6 +103,7 @@ def cmd_campaign(a: argparse.Namespace) -> int:
 def cmd_nvf(a: argparse.Namespace) -> int:
     from lenetlab.faults.nvf import nvf_report
     from lenetlab.fileio import atomic_write_json
+    from lenetlab.progress import progress_bar
     from lenetlab.quant.engine import IntEngine, blas_threads
     from lenetlab.quant.run import load_qrun, test_images
 
@@ -117,8 +113,10 @@ def cmd_nvf(a: argparse.Namespace) -> int:
     images, _ = test_images(meta, a.images)
     out = _out(a)
     t0 = time.perf_counter()
-    with blas_threads(1):
-        rep = nvf_report(IntEngine(fm), images, validate=a.validate, seed=a.seed)
+    label = "NVF analysis" + (" + validation" if a.validate else "")
+    with blas_threads(1), progress_bar(label, quiet=a.quiet) as bar:
+        rep = nvf_report(IntEngine(fm), images, validate=a.validate, seed=a.seed, progress=bar,
+                         on_total=bar.set_total)
     rep["wall_seconds"] = round(time.perf_counter() - t0, 2)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "nvf.json", rep)

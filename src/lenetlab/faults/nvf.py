@@ -32,6 +32,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -68,9 +69,15 @@ def _lut(luts: list[np.ndarray], x: np.ndarray) -> np.ndarray:
     return x
 
 
-def critical_ranges(camp: Campaign, s: int, grid: int = GRID) -> tuple[np.ndarray, np.ndarray]:
+RANGE_PARTS = 32   # with a progress callback, each stage's critical ranges are found in this many parts
+
+
+def critical_ranges(camp: Campaign, s: int, grid: int = GRID, progress: Callable[[int], None] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """(lo, hi) of shape (D_in, M): nearest critical values of every input unit of stage ``s`` below / above
-    its fault-free value (-1000 / 1000 when none on the grid)."""
+    its fault-free value (-1000 / 1000 when none on the grid). ``progress(n)`` as the ranges of n more input
+    units are found (the calls add up to D_in; each unit's outcome depends on that unit alone, so the parts
+    give the same ranges as one pass)."""
     x = camp.inputs[s]
     d_in = x.shape[1]
     prev = [i for i in camp.engine.post[s - 1] if camp.engine.fm.layers[i].op == "act"] if s > 0 else []
@@ -79,9 +86,15 @@ def critical_ranges(camp: Campaign, s: int, grid: int = GRID) -> tuple[np.ndarra
     else:
         values = np.arange(-128, 128)
     g = values[np.unique(np.linspace(0, len(values) - 1, min(grid, len(values))).round().astype(int))]
-    u = np.repeat(np.arange(d_in), len(g))
-    v = np.broadcast_to(np.tile(g, d_in)[:, None], (len(u), camp.m))
-    crit = camp.replace_input(s, u, v).reshape(d_in, len(g), camp.m)
+    step = max(1, d_in if progress is None else -(-d_in // RANGE_PARTS))
+    crit = np.zeros((d_in, len(g), camp.m), bool)
+    for a in range(0, d_in, step):
+        b = min(d_in, a + step)
+        u = np.repeat(np.arange(a, b), len(g))
+        v = np.broadcast_to(np.tile(g, b - a)[:, None], (len(u), camp.m))
+        crit[a:b] = camp.replace_input(s, u, v).reshape(b - a, len(g), camp.m)
+        if progress:
+            progress(b - a)
     v0 = x.T[:, None, :]                                          # (D_in, 1, M)
     gg = g[None, :, None]
     hi = np.where(crit & (gg > v0), gg, 1000).min(axis=1)
@@ -94,8 +107,9 @@ def _flips(acc: np.ndarray) -> np.ndarray:
     return BitFlip().corrupt(acc[..., None], np.arange(BITS), 32)
 
 
-def stage_nvf(camp: Campaign, j: int, ranges: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
-    """NVF of every channel of stage ``j`` (accumulator bit flips)."""
+def stage_nvf(camp: Campaign, j: int, ranges: tuple[np.ndarray, np.ndarray] | None,
+              progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """NVF of every channel of stage ``j`` (accumulator bit flips); ``progress(1)`` after each channel."""
     eng = camp.engine
     st = eng.stages[j]
     acc = eng.merge(st, camp.accs[j])                              # (M, C, P)
@@ -112,6 +126,8 @@ def stage_nvf(camp: Campaign, j: int, ranges: tuple[np.ndarray, np.ndarray] | No
             lg = np.broadcast_to(camp.logits[:, None, None, :], q.shape + (camp.logits.shape[1],)).copy()
             lg[..., c] = q
             out[c] = (np.argmax(lg, -1) != camp.pred[:, None, None]).mean()
+            if progress:
+                progress(1)
             continue
         before, pool, after = _post_ops(eng, j)
         lo, hi = ranges
@@ -144,19 +160,33 @@ def stage_nvf(camp: Campaign, j: int, ranges: tuple[np.ndarray, np.ndarray] | No
         lo_u, hi_u = lo[units].T[:, :, None], hi[units].T[:, :, None]    # (M, P, 1)
         crit = ((v >= hi_u) | (v <= lo_u)) & valid[None, :, None]
         out[c] = crit.mean()
+        if progress:
+            progress(1)
     return out
 
 
-def neuron_nvf(engine: IntEngine, images: np.ndarray, grid: int = GRID, camp: Campaign | None = None
-               ) -> list[dict[str, Any]]:
-    """Analytic NVF of every neuron (conv channel / dense unit) of every layer with weights."""
+def neuron_count(engine: IntEngine) -> int:
+    """Neurons (conv channels and dense units) of every layer with weights: the rows of :func:`neuron_nvf`."""
+    return sum(st.channels for st in engine.stages)
+
+
+def analysis_steps(engine: IntEngine) -> int:
+    """The steps :func:`neuron_nvf` reports: one per input unit of a layer after the first (its critical range,
+    most of the time) and one per neuron."""
+    return sum(st.d_in for st in engine.stages[1:]) + neuron_count(engine)
+
+
+def neuron_nvf(engine: IntEngine, images: np.ndarray, grid: int = GRID, camp: Campaign | None = None,
+               progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """Analytic NVF of every neuron (conv channel / dense unit) of every layer with weights; ``progress(n)`` as
+    n more steps are done (the calls add up to :func:`analysis_steps`)."""
     camp = camp or Campaign(engine, images)
     names = engine.stage_names()
     rows = []
     for j in range(len(engine.stages)):
-        ranges = critical_ranges(camp, j + 1, grid) if j + 1 < len(engine.stages) else None
+        ranges = critical_ranges(camp, j + 1, grid, progress) if j + 1 < len(engine.stages) else None
         cost = protection_cost(engine, j)
-        for c, v in enumerate(stage_nvf(camp, j, ranges)):
+        for c, v in enumerate(stage_nvf(camp, j, ranges, progress)):
             rows.append({"stage": j, "layer": names[j], "channel": c, "nvf": float(v),
                          "macs": int(cost[c, 0]), "param_bytes": int(cost[c, 1])})
     return rows
@@ -172,9 +202,11 @@ def protection_cost(engine: IntEngine, j: int) -> np.ndarray:
     return np.stack([macs, st.fan_in + 4 * (st.op != "rbf") + np.zeros(c, np.int64)], axis=1)
 
 
-def measured_criticality(camp: Campaign, per_bit: int, rng: np.random.Generator) -> np.ndarray:
+def measured_criticality(camp: Campaign, per_bit: int, rng: np.random.Generator,
+                         progress: Callable[[int], None] | None = None) -> np.ndarray:
     """SDC rate per neuron (in :func:`neuron_nvf` order) from an accumulator campaign: ``per_bit`` random
-    positions of the neuron at each of the 32 bits, every image."""
+    positions of the neuron at each of the 32 bits, every image. ``progress(n)`` as the faults of n more neurons
+    are injected (the calls add up to the number of neurons)."""
     eng = camp.engine
     st_, ix, bt = [], [], []
     for j, st in enumerate(eng.stages):
@@ -184,8 +216,22 @@ def measured_criticality(camp: Campaign, per_bit: int, rng: np.random.Generator)
             ix.append((c * st.positions + pos).reshape(-1))
             bt.append(np.tile(np.arange(BITS), per_bit))
     faults = FaultList("accumulators", np.concatenate(st_), np.concatenate(ix), np.concatenate(bt))
-    sdc = camp.fast(faults).mean(axis=1).reshape(-1, per_bit * BITS)
-    return sdc.mean(axis=1)
+    sdc = camp.fast(faults, _per_neuron(progress, per_bit * BITS) if progress else None)
+    return sdc.mean(axis=1).reshape(-1, per_bit * BITS).mean(axis=1)
+
+
+def _per_neuron(progress: Callable[[int], None], faults_per_neuron: int) -> Callable[[int], None]:
+    """A fault-count callback that reports whole neurons (the fault list runs neuron by neuron)."""
+    done = 0
+
+    def step(k: int) -> None:
+        nonlocal done
+        n = (done + k) // faults_per_neuron - done // faults_per_neuron
+        done += k
+        if n:
+            progress(n)
+
+    return step
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -205,15 +251,21 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def nvf_report(engine: IntEngine, images: np.ndarray, validate: int = 0, seed: int = 0, grid: int = GRID
+def nvf_report(engine: IntEngine, images: np.ndarray, validate: int = 0, seed: int = 0, grid: int = GRID,
+               progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None
                ) -> dict[str, Any]:
-    """NVF of every neuron, per-layer summaries, and (``validate`` > 0) the campaign check."""
+    """NVF of every neuron, per-layer summaries, and (``validate`` > 0) the campaign check.
+
+    Progress is counted in steps: ``on_total(n)`` first, then ``progress(k)`` as k more are done; the calls add
+    up to n = :func:`analysis_steps` (+ :func:`neuron_count` with ``validate``: one step per neuron measured)."""
+    if on_total:
+        on_total(analysis_steps(engine) + (neuron_count(engine) if validate else 0))
     camp = Campaign(engine, images)
-    rows = neuron_nvf(engine, images, grid, camp)
+    rows = neuron_nvf(engine, images, grid, camp, progress)
     rep: dict[str, Any] = {"target": "accumulators", "bits": BITS, "images": len(images), "grid": grid,
                            "neurons": rows}
     if validate:
-        meas = measured_criticality(camp, validate, np.random.default_rng(seed))
+        meas = measured_criticality(camp, validate, np.random.default_rng(seed), progress)
         for r, v in zip(rows, meas):
             r["measured_sdc"] = float(v)
         rep["spearman"] = spearman([r["nvf"] for r in rows], meas)

@@ -26,6 +26,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--seed", type=V.seed(), default=0)
     e.add_argument("--limit", type=V.count("--limit"), metavar="N", help="only the first N test images")
     e.add_argument("--json", action="store_true", help="print the rows as JSON")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     from lenetlab.devices import add_flag
 
     add_flag(e, "where the model runs (the noise is drawn on the CPU)")
@@ -38,6 +39,7 @@ def cmd_noise_eval(a: argparse.Namespace) -> int:
     from lenetlab.data import load_splits
     from lenetlab.noise.inject import noisy_accuracy
     from lenetlab.noise.training import apply_eval_qat
+    from lenetlab.progress import progress_bar
     from lenetlab.rundir import load_model
 
     # every argument is checked before the model and the data are loaded
@@ -58,9 +60,11 @@ def cmd_noise_eval(a: argparse.Namespace) -> int:
     splits = load_splits(data)
     x, y = splits.test_x.to(dev), splits.test_y.to(dev)
     rows = []
-    for s in sigmas:
-        r = noisy_accuracy(model, x, y, s, a.draws, a.relative, sites, a.weight_sigma, a.seed)
-        rows.append({"sigma": s, "accuracy_mean": r["mean"], "accuracy_std": r["std"], "draws": a.draws})
+    with progress_bar("noise sigmas", total=len(sigmas), quiet=a.quiet) as bar:
+        for s in sigmas:
+            r = noisy_accuracy(model, x, y, s, a.draws, a.relative, sites, a.weight_sigma, a.seed)
+            rows.append({"sigma": s, "accuracy_mean": r["mean"], "accuracy_std": r["std"], "draws": a.draws})
+            bar()
     if qat is not None:
         qat.remove()
     if a.json:

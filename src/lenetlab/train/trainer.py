@@ -22,7 +22,6 @@ import dataclasses
 import math
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -36,6 +35,7 @@ from lenetlab.config import RunConfig, TrainConfig, to_dict
 from lenetlab.data import Splits, load_splits
 from lenetlab.errors import LenetlabError
 from lenetlab.models import create_model, param_count
+from lenetlab.progress import progress_bar
 from lenetlab.registry import get
 from lenetlab.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from lenetlab.train.diagnostics import GradNorms
@@ -81,14 +81,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     if loss_fn is not None:
         out["loss"] = loss_sum / n
     return out
-
-
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-                    disable=not enabled, transient=True)
 
 
 def _batches(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[torch.Tensor]:
@@ -212,15 +204,15 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
         if callable(getattr(cb, "on_train_begin", None)):
             cb.on_train_begin(copy.deepcopy(begin))
 
-    show = sys.stderr.isatty() if progress is None else progress
     history: list[dict[str, Any]] = [last_row] if last_row else []   # resumed after the last epoch: its line
     last_eval: dict[str, float] = {}
     stopped_early = False
     grad_norms = GradNorms(model) if tc.grad_norms else None
     model.train()
-    with _progress(show) as bar:
+    # the batch bar: on stderr, only when it is a terminal (lenetlab.progress); progress=False: never
+    with progress_bar("training", quiet=progress is False) as bar:
         for epoch in range(start_epoch, tc.epochs):
-            task = bar.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=per_epoch, info="")
+            bar.start(f"epoch {epoch + 1}/{tc.epochs}", total=per_epoch)
             te = time.perf_counter()
             loss_sum = torch.zeros((), device=dev)
             correct = torch.zeros((), dtype=torch.long, device=dev)
@@ -250,9 +242,9 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
                 with torch.no_grad():
                     loss_sum += loss.detach() * len(idx)
                     correct += (logits.argmax(1) == yb).sum()
-                if show:
-                    bar.update(task, advance=1, info=f"loss {float(loss):.4f}")
-            bar.remove_task(task)
+                if bar.enabled:   # float(loss) waits for the device: only for the bar
+                    bar.info(f"loss {float(loss.detach()):.4f}")
+                    bar()
             row: dict[str, Any] = {
                 "epoch": epoch + 1, "step": step, "lr": lr,
                 "train_loss": float(loss_sum) / n, "train_accuracy": int(correct) / n,
