@@ -245,21 +245,27 @@ def tiny_run(tmp_path_factory):
 
 
 # The one tiny run of each experiment that the whole suite shares: the contract (tests/test_experiments.py)
-# checks it and resumes it, and each experiment's own tests read it. Every entry overrides one setting that
-# shrinks the tiny grid (or changes a visible value), so the same run also shows that overrides reach it; a
-# newly registered experiment without an entry here fails the contract test.
+# checks it and resumes it, and each experiment's own tests read it. Every entry overrides settings of the tiny
+# grid: its first setting visibly changes the result (test_experiments.TOOK_EFFECT), so the same run also shows
+# that overrides reach it; the others shrink the data (fewer training / test images, draws, fit steps) below the
+# built-in tiny grid, which every code path still runs through (these runs check the plumbing, not the numbers).
+# A newly registered experiment without an entry here fails the contract test.
 TINY_OPTIONS: dict[str, dict] = {
-    "abs": {"widths": [1.0]},
-    "cascade": {"ladders": [[7, 28]]},        # lists, as a sweep file gives them (the study keys on tuples)
+    "abs": {"widths": [1.0], "train_subset": 200, "val_size": 200, "test_subset": 200, "grad_seeds": [0, 1],
+            "grad_batch": 8},
+    "cascade": {"ladders": [[7, 28]],          # lists, as a sweep file gives them (the study keys on tuples)
+                "train_subset": 500, "val_size": 300, "test_subset": 300, "pca_samples": 500, "lbfgs_iterations": 10},
     "deploy": {"test_images": 200},
-    "faults": {"ks": [50]},
-    "fused": {"images": 16},
+    "faults": {"ks": [50], "train": {"data": {"train_subset": 300, "test_subset": 100}, "train": {"epochs": 1}},
+               "images": 16, "nvf_images": 1},
+    "fused": {"images": 16, "train_subset": 200},
     "lenet5": {"test_subset": 300},
-    "matrix": {"eps": 0.05},
-    "noise": {"sigmas": [0.01, 1.0]},
-    "snn-attacks": {"eps": [0.3]},
-    "tn": {"depths": [1]},
-    "zo": {"seeds": [1]},
+    "matrix": {"eps": 0.05, "train_subset": 200, "val_size": 100, "test_images": 100, "eval_images": 16,
+               "sdc_images": 8, "nvf_images": 1, "fit_steps": 2, "pgd_steps": 1},
+    "noise": {"sigmas": [0.01, 1.0], "train_subset": 128, "val_size": 64, "test_subset": 64},
+    "snn-attacks": {"eps": [0.3], "train_subset": 128, "val_size": 64, "test_subset": 8},
+    "tn": {"depths": [1], "train_subset": 300, "val_size": 100, "test_subset": 100, "fit_steps": 2},
+    "zo": {"seeds": [1], "train_subset": 160, "test_subset": 100, "batch": 16, "steps": 10, "eval_every": 5},
 }
 
 

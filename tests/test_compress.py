@@ -210,17 +210,17 @@ def test_cli_compress_eval_export(small_run, tmp_path, mnist_test):
     assert c["layer_params"] == 960 + 536 + 204 and c["dense_layer_params"] == 58_284 and s["params"] == param_count(
         create_model("lenet5_tt", rank=4))
     assert s["model"] == "lenet5_tt" and s["epochs"] == 1 and 0.5 < s["test_accuracy"] <= 1
-    ev = run_cli("eval", str(out), "--limit", "1000", check=True)     # the summary used the run's 2k
+    ev = run_cli("eval", str(out), "--limit", "500", check=True)      # the summary used the run's 2k
     from lenetlab.data.transforms import to_model_input
     from lenetlab.rundir import load_model
 
     model, cfg = load_model(out)
-    tx, ty = mnist_test[0][:1000], mnist_test[1][:1000]
+    tx, ty = mnist_test[0][:500], mnist_test[1][:500]
     with torch.no_grad():
         acc = float((model(to_model_input(torch.from_numpy(tx), cfg.data)).argmax(1).numpy() == ty).mean())
-    assert f"lenet5_tt on mnist test (1000 images): accuracy {100 * acc:.2f}%" in ev.stdout
-    ex = run_cli("export", str(out), "--out", str(tmp_path / "exp"), "--check-images", "1000", check=True)
-    assert f"PyTorch {100 * acc:.2f}%, same top-1 on 1000/1000" in ex.stdout, ex.stdout
+    assert f"lenet5_tt on mnist test (500 images): accuracy {100 * acc:.2f}%" in ev.stdout
+    ex = run_cli("export", str(out), "--out", str(tmp_path / "exp"), "--check-images", "500", check=True)
+    assert f"PyTorch {100 * acc:.2f}%, same top-1 on 500/500" in ex.stdout, ex.stdout
 
     # the flat runtime against PyTorch logits
     from lenetlab.deploy import flat

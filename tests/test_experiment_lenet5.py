@@ -11,6 +11,16 @@ from lenetlab.experiments import reproduce, stats
 from lenetlab.experiments.lenet5 import PAPER_LAYERS, layer_counts, lenet5_claims
 
 
+@pytest.fixture(autouse=True)
+def _claims_on_synthetic_cells_use_fewer_bootstrap_replicates(request, monkeypatch):
+    """As for tests/test_claims_*.py (conftest.CLAIM_TEST_N_BOOT): the verdicts below have wide margins; never for
+    a test that builds (or reads) the shared tiny run, which keeps the library's replicates."""
+    from conftest import CLAIM_TEST_N_BOOT
+
+    if "tiny" not in request.fixturenames:
+        monkeypatch.setattr(stats, "N_BOOT", CLAIM_TEST_N_BOOT)
+
+
 def cells(errors: list[int], n: int = 10000, seed: int = 0) -> dict[int, dict]:
     """One cell per seed with ``errors[i]`` misclassified images out of ``n``."""
     rng = np.random.default_rng(seed)

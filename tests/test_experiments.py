@@ -80,12 +80,20 @@ def _builtin_experiments() -> list[str]:
     return [n for n in names("experiment") if get("experiment", n).__module__.startswith("lenetlab.")]
 
 
+# Resuming re-runs an experiment's run(): every cell comes from cells.jsonl, but what is not a cell is done again -
+# the figures are drawn again (~1-2 s of CPU each of these), and deploy starts Chromium and the C compiler again
+# before it looks at its cells (~6 s). Their resumes are checked in the slow tier; the fast tier resumes the
+# experiments whose second run costs well under a second (lenet5, matrix - every kind of cell: trained, compressed,
+# evaluated -, noise, zo) and checks the machinery they share (base.reproduce's cells and run.json) in
+# test_cells_survive_a_cut_line and test_report.py::test_cells_recorded_under_other_settings_are_not_reused.
+RESUME_IS_SLOW = {"abs", "cascade", "deploy", "faults", "fused", "snn-attacks", "tn"}
+
+
 @pytest.mark.parametrize("name", _builtin_experiments())
 def test_experiment_contract(name, tiny, tmp_path):
     """Every registered experiment, on its one shared tiny run: ``reproduce(..., options=...)`` (what
     ``lenetlab sweep`` kind = "experiment" calls) changes the run, an unknown setting is refused before anything
-    is written; claims, result.json, report and figures are written; and a second run reuses every finished
-    cell (resume): the same tables, no cell computed again."""
+    is written; claims, result.json, report and figures are written (the resume: the test below)."""
     from conftest import TINY_OPTIONS
 
     assert name in TINY_OPTIONS and name in TOOK_EFFECT, f"{name}: give it a tiny override in conftest.py"
@@ -94,14 +102,15 @@ def test_experiment_contract(name, tiny, tmp_path):
     with pytest.raises(LenetlabError, match="unknown experiment setting 'no_such_setting'"):
         reproduce(name, tmp_path / "bad", tiny=True, options={"no_such_setting": 1})
     assert not (tmp_path / "bad").exists()
-    (key, value), = options.items()
-    default = get("experiment", name)().settings(False, tiny=True)[key]
-    assert json.loads(json.dumps(default)) != value          # the override is a change
+    default = get("experiment", name)().settings(False, tiny=True)
     out, r = tiny(name)
-    assert json.loads((out / "run.json").read_text())["settings"][key] == value
+    recorded = json.loads((out / "run.json").read_text())["settings"]
     data = json.loads((out / "result.json").read_text())
     config = data["config"]
-    assert config.get("settings", config)[key] == value     # cascade records its settings at the top level
+    config = config.get("settings", config)                 # cascade records its settings at the top level
+    for key, value in options.items():
+        assert json.loads(json.dumps(default[key])) != value, f"{name}: {key} = {value!r} is no change"
+        assert recorded[key] == value and config[key] == value, f"{name}: {key} not recorded"
     assert TOOK_EFFECT[name](r), f"{name}: {options} did not reach the run"
     # the contract every experiment keeps
     assert data["experiment"] == name and data["mode"] == "tiny"
@@ -110,12 +119,22 @@ def test_experiment_contract(name, tiny, tmp_path):
     assert "## Claims" in (out / "report.md").read_text()
     for f in r.figures:
         assert (out / f).stat().st_size > 1000
-    # resume, on a copy (the shared run is read by other tests, maybe at this moment on another worker)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in RESUME_IS_SLOW else n
+                                  for n in _builtin_experiments()])
+def test_experiment_resumes(name, tiny, tmp_path):
+    """A second run of the shared tiny run (same options) reuses every finished cell: the same tables, no cell
+    computed again."""
+    from conftest import TINY_OPTIONS
+
+    out, r = tiny(name)
+    # on a copy: the shared run is read by other tests, maybe at this moment on another worker
     again = tmp_path / "again" / name
     shutil.copytree(out, again)
     cells = again / "cells.jsonl"
     before = cells.read_bytes() if cells.exists() else None
-    resumed = reproduce(name, again, tiny=True, options=options)
+    resumed = reproduce(name, again, tiny=True, options=TINY_OPTIONS[name])
     assert json.loads(json.dumps(resumed.tables)) == r.tables
     if before is not None:
         assert cells.read_bytes() == before, f"{name}: the second run computed cells again"

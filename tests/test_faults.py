@@ -20,8 +20,10 @@ from lenetlab.registry import names
 
 @pytest.fixture(scope="module")
 def qrun(small_run, tmp_path_factory):
+    """The trained small run quantised to int8: calibrated on 200 training images (the engines are compared bit
+    for bit with each other, so any real calibration does), its accuracy scored on 100 test images."""
     out = tmp_path_factory.mktemp("fq") / "q"
-    quantize_run(small_run, out, calibration=1000, limit=500)
+    quantize_run(small_run, out, calibration=200, limit=100)
     return out
 
 
@@ -32,6 +34,9 @@ def engine(qrun):
 
 @pytest.fixture(scope="module")
 def images(mnist_test):
+    """24 real test images. The naive oracle runs the whole network once per fault, so its cost is faults x
+    images: the tests that compare many faults bit for bit take the first 12 (every layer and bit is still
+    sampled); all 24 where a rare SDC must occur (activation faults)."""
     return np.ascontiguousarray(mnist_test[0][:24])
 
 
@@ -78,6 +83,7 @@ def test_wilson_interval_and_bits_parsing():
 @pytest.mark.parametrize("target", ["weights", "activations", "accumulators"])
 def test_fast_engine_matches_naive_oracle(engine, images, target):
     faults = sample_faults(engine, target, 2, np.random.default_rng(1))   # every layer x every bit
+    images = images if target == "activations" else images[:12]
     camp = Campaign(engine, images)
     fast, naive = camp.fast(faults), camp.naive(faults)
     assert fast.shape == (len(faults), len(images))
@@ -92,7 +98,7 @@ def test_every_registered_fault_model_fast_equals_naive(engine, images, model, t
     """Contract over the registry: a fault model added anywhere (an outside plugin too) is checked
     bit for bit, fast engine against the naive oracle, on every target."""
     faults = sample_faults(engine, target, 2, np.random.default_rng(7), model=model)
-    camp = Campaign(engine, images[:12])
+    camp = Campaign(engine, images[:3])      # 40 to 320 faults, each a whole naive forward per image
     np.testing.assert_array_equal(camp.fast(faults), camp.naive(faults))
 
 
@@ -126,9 +132,9 @@ def test_fast_matches_naive_on_classic_lenet(mnist_test):
     torch.manual_seed(0)
     model = create_model("lenet5_classic").eval()
     fm8 = flat.decode(flat.encode(quantize(to_flat(model, DataConfig(normalize="lecun", pad=2)),
-                                           mnist_test[0][:200])))
+                                           mnist_test[0][:64])))
     eng = IntEngine(fm8)
-    camp = Campaign(eng, mnist_test[0][200:208])
+    camp = Campaign(eng, mnist_test[0][200:204])
     for target in ("weights", "activations", "accumulators"):
         f = sample_faults(eng, target, 1, np.random.default_rng(4))
         np.testing.assert_array_equal(camp.fast(f), camp.naive(f), err_msg=target)
@@ -173,6 +179,7 @@ def test_nvf_ranks_neurons_like_the_campaign(engine, images):
 # ---------------------------------------------------------------- hardening
 @pytest.mark.parametrize("mode", ["split", "tmr"])
 def test_hardened_model_is_fault_free_identical_and_corrects(engine, images, mode):
+    images = images[:12]
     protect = [(0, 2), (2, 5), (3, 1), (4, 3)]
     hard = harden(engine, protect, mode)
     np.testing.assert_array_equal(hard.run(images), engine.run(images))
@@ -195,6 +202,7 @@ def test_hardened_model_is_fault_free_identical_and_corrects(engine, images, mod
         rows = [3] + next(g[2] for g in st.groups if g[1] == 3)
         f = FaultList("accumulators", np.full(3, 4), np.array(rows), np.full(3, 31))
         assert not camp_h.fast(f).any()
+    camp_h = Campaign(hard, images[:4])      # every layer x bit of every target (~400 faults): 4 images will do
     for target in ("accumulators", "weights", "activations"):   # copies merged before requantisation
         faults = sample_faults(hard, target, 1 + (target == "accumulators"), np.random.default_rng(3))
         np.testing.assert_array_equal(camp_h.fast(faults), camp_h.naive(faults), err_msg=target)
@@ -269,7 +277,7 @@ def test_top_neurons_and_hardening_errors(engine):
 def test_campaign_and_nvf_cli(qrun, tmp_path, capsys):
     out = tmp_path / "c"
     r = run_cli("faults", "campaign", str(qrun), "--target", "accumulators", "--bits", "28-31", "--samples", "3",
-                "--images", "16", "--out", str(out), check=True)
+                "--images", "8", "--out", str(out), check=True)
     assert "overall  SDC" in r.stdout
     data = json.loads((out / "campaign_accumulators.json").read_text())
     assert data["faults"] == 5 * 4 * 3 and len(data["layers"]) == 5
@@ -278,9 +286,9 @@ def test_campaign_and_nvf_cli(qrun, tmp_path, capsys):
     from lenetlab.cli import main  # in-process from here on (a subprocess costs seconds of imports)
 
     assert main(["faults", "campaign", str(qrun), "--target", "weights", "--layer", "0", "--exhaustive",
-                 "--bits", "7", "--images", "4", "--out", str(out), "--json"]) == 0
+                 "--bits", "7", "--images", "2", "--out", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["faults"] == 150
-    assert main(["faults", "nvf", str(qrun), "--images", "4", "--out", str(out)]) == 0
+    assert main(["faults", "nvf", str(qrun), "--images", "1", "--out", str(out)]) == 0
     assert "conv1" in capsys.readouterr().out and (out / "nvf.json").is_file()
 
 

@@ -25,7 +25,8 @@ from lenetlab.models import create_model
 from lenetlab.rundir import load_model
 
 GROUP = "conv1,pool1,conv2,pool2"
-N_IMAGES = 200
+N_IMAGES = 48       # int8 schedules are compared bit for bit: every tile of every image is one more check
+CALIBRATION = 256   # training images that calibrate the trained models' int8 scales (export: 2,000)
 
 
 # ---------------------------------------------------------------- fixtures
@@ -46,12 +47,18 @@ def untrained(mnist_test):
 
 @pytest.fixture(scope="module")
 def trained(deploy_runs):
-    """(model, cfg, {dtype: flat model}) of the trained lenet5 and lenet5_classic runs."""
+    """(model, cfg, {dtype: flat model}) of the trained lenet5 and lenet5_classic runs: float32 as the exporters
+    build it (:func:`build_flat`), int8 the same way on fewer calibration images (any calibration gives a model
+    the fused schedules must reproduce exactly; `lenetlab fused` in test_cli_table_and_errors runs build_flat's)."""
+    from lenetlab.data.datasets import load_raw
+
     out = {}
     for name, run in deploy_runs.items():
         model, cfg = load_model(run)
         model.eval()
-        out[name] = (model, cfg, {dt: build_flat(model, cfg, dt == "int8") for dt in ("int8", "float32")})
+        fm32 = build_flat(model, cfg, False)
+        calib = np.ascontiguousarray(load_raw(cfg.data.dataset, cfg.data.data_dir)[0][:CALIBRATION])
+        out[name] = (model, cfg, {"float32": fm32, "int8": flat.decode(flat.encode(quantize(fm32, calib)))})
     return out
 
 

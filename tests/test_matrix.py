@@ -33,11 +33,13 @@ def test_every_variant_gets_every_column(tiny_matrix):
     cells = Cells(out / "cells.jsonl").rows
     ev = {v: cells[f"metrics/{v}/s0"] for v in VARIANTS}       # tiny: one seed
     table = r.tables["robustness matrix"]
+    s = r.config["settings"]
     assert [row["variant"] for row in table] == list(VARIANTS)
+    assert s["draws"] == 2
     for v, m in ev.items():
         for key in ("clean_accuracy", "pgd_accuracy", "noise_accuracy"):
             assert 0.0 <= m[key] <= 1.0, (v, key)
-        assert len(m["noise_per_draw"]) == 2 and len(m["noise_per_image"]) == 48
+        assert len(m["noise_per_draw"]) == 2 and len(m["noise_per_image"]) == s["eval_images"]
         assert set(m["noise_per_image"]) <= {0.0, 0.5, 1.0}          # fraction of 2 draws correct
     # exact parameter / MAC counts
     assert ev["float"]["params"] == ev["qat_int8"]["params"] == ev["abs"]["params"] == 61_706
@@ -91,12 +93,19 @@ def test_seeds_are_averaged_and_the_sdc_pooled():
 
 @pytest.fixture(scope="module")
 def trained_int8(deploy_runs):
+    """The trained lenet5, and its int8 engine calibrated on 256 training images (export: 2,000; the noise hooks
+    are checked against the engine itself, so any real calibration does)."""
+    from lenetlab.data.datasets import load_raw
+    from lenetlab.deploy import flat
     from lenetlab.deploy.export import build_flat
+    from lenetlab.deploy.quantize import quantize
     from lenetlab.quant.engine import IntEngine
     from lenetlab.rundir import load_model
 
     model, cfg = load_model(deploy_runs["lenet5"])
-    return model.eval(), cfg, IntEngine(build_flat(model, cfg, int8=True))
+    calib = np.ascontiguousarray(load_raw(cfg.data.dataset, cfg.data.data_dir)[0][:256])
+    fm8 = flat.decode(flat.encode(quantize(build_flat(model.eval(), cfg, int8=False), calib)))
+    return model, cfg, IntEngine(fm8)
 
 
 def test_int8_noise_at_sigma_zero_is_exact(trained_int8, mnist_test):

@@ -75,7 +75,8 @@ def test_engine_rejects_float_models(small_run):
 
 
 def test_quantize_cli_and_bad_input(small_run, tmp_path):
-    r = run_cli("quantize", str(small_run), "--out", str(tmp_path / "q"), "--limit", "500", check=True)
+    r = run_cli("quantize", str(small_run), "--out", str(tmp_path / "q"), "--calibration", "200", "--limit", "200",
+                check=True)
     assert "int8" in r.stdout and (tmp_path / "q" / "quant.json").is_file()
     r = run_cli("quantize", str(tmp_path / "nope"), "--out", str(tmp_path / "q2"))
     assert r.returncode == 2 and "no such run directory" in r.stderr and "Traceback" not in r.stderr

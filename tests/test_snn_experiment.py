@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from lenetlab.experiments.snn import ATTACKS, BP_ATTACKS, settings
+from lenetlab.experiments.snn import ATTACKS, BP_ATTACKS
 
 
 def test_snn_attacks_tiny(tiny):
@@ -16,12 +16,13 @@ def test_snn_attacks_tiny(tiny):
     assert sorted(names) == sorted(expect)
     # tiny mode trains one seed: every verdict is inconclusive, and says why
     assert all(c.verdict == "inconclusive" and "a verdict needs >= 3" in c.measured for c in r.claims)
-    assert all(c.seeds == 1 and c.test_images == 16 and c.rule.startswith("each of") for c in r.claims)
     data = json.loads((out / "result.json").read_text())
+    s = data["config"]["settings"]
+    assert all(c.seeds == 1 and c.test_images == s["test_subset"] and c.rule.startswith("each of") for c in r.claims)
     assert data["experiment"] == "snn-attacks" and data["mode"] == "tiny"
     table = next(v for k, v in r.tables.items() if k.startswith("adversarial"))
     assert len(table) == 2 * (len(BP_ATTACKS) + 3 * len(ATTACKS))
-    budget = settings(False, tiny=True)["budget"]
+    budget = s["budget"]
     for row in table:
         assert 0 <= row["mean_%"] <= 100
         single = row["attack"] in ("fgsm", "fgsm-rule", "bb-fgsm")

@@ -34,10 +34,11 @@ def _cos(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 
 def test_spsa_average_matches_autograd():
-    """Oracle: the mean of 2000 SPSA estimates points along autograd's gradient (cosine > 0.9)."""
+    """Oracle: the mean of 400 SPSA estimates points along autograd's gradient (cosine > 0.9). With d = 51
+    parameters the mean of q Gaussian probes has cosine about 1 / sqrt(1 + d / q) ~ 0.94 with the gradient."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 4)).double()
-    x, y = torch.randn(32, 16, dtype=torch.float64), torch.randint(0, 4, (32,))
+    model = nn.Sequential(nn.Linear(8, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    x, y = torch.randn(32, 8, dtype=torch.float64), torch.randint(0, 3, (32,))
     params = list(model.parameters())
     F.cross_entropy(model(x), y).backward()
     exact = [p.grad.clone() for p in params]
@@ -47,7 +48,7 @@ def test_spsa_average_matches_autograd():
         with torch.no_grad():
             return float(F.cross_entropy(model(x), y))
 
-    est = spsa_estimate(params, loss, eps=1e-4, q=2000, seed=123)
+    est = spsa_estimate(params, loss, eps=1e-4, q=400, seed=123)
     assert _cos(est, exact) > 0.9
     assert _cos(spsa_estimate(params, loss, eps=1e-4, q=1, seed=7), exact) < 0.6   # one probe is noisy
     # every probe restores the parameters (to rounding)
@@ -144,14 +145,14 @@ def test_pure_bp_cutoff_equals_ordinary_trainer(tmp_path):
 
 
 def test_elasticzo_beats_vanilla_zo_at_equal_steps():
-    """100 steps on 2k real MNIST images: conv by ZO + FC by BP >> everything by ZO (the reproduce run
-    quotes the full comparison)."""
+    """50 steps (one epoch of 1.6k real MNIST images): conv by ZO + FC by BP >> everything by ZO (the
+    reproduce run quotes the full comparison)."""
     from lenetlab.data import load_splits
     from lenetlab.experiments.zo import train_float
 
-    splits = load_splits(DataConfig(val_size=0, train_subset=2000, test_subset=500))
-    zo = train_float(splits, cutoff=5, steps=100, batch=32, lr=1e-3, zo_lr=2e-4, eps=1e-3, q=1, seed=0)
-    ezo = train_float(splits, cutoff=2, steps=100, batch=32, lr=1e-3, zo_lr=2e-4, eps=1e-3, q=1, seed=0)
+    splits = load_splits(DataConfig(val_size=0, train_subset=1600, test_subset=300))
+    zo = train_float(splits, cutoff=5, steps=50, batch=32, lr=1e-3, zo_lr=2e-4, eps=1e-3, q=1, seed=0)
+    ezo = train_float(splits, cutoff=2, steps=50, batch=32, lr=1e-3, zo_lr=2e-4, eps=1e-3, q=1, seed=0)
     assert ezo["test_accuracy"] > zo["test_accuracy"] + 0.3, (zo["test_accuracy"], ezo["test_accuracy"])
 
 
