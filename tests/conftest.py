@@ -142,7 +142,7 @@ DEPLOY = {"lenet5": {"data": {"train_subset": 6000, "test_subset": 1000}},
 
 @pytest.fixture(scope="session")
 def deploy_runs(tmp_path_factory) -> dict[str, Path]:
-    """``lenet5`` (fast preset, 1 epoch) and ``lenet5_classic`` (1998 model, RBF output, 2 epochs), each trained
+    """``lenet5`` (fast preset, 2 epochs) and ``lenet5_classic`` (1998 model, RBF output, 2 epochs), each trained
     on 6k real MNIST images for the deployment parity tests (both well below their full-data accuracy, which
     these tests do not need: they check that runtimes reproduce the network's logits); once per session."""
     from lenetlab.train import fit
@@ -154,6 +154,107 @@ def deploy_runs(tmp_path_factory) -> dict[str, Path]:
 
     root = build_once(tmp_path_factory, "deploy", build)
     return {"lenet5": root / "lenet5", "lenet5_classic": root / "lenet5_classic"}
+
+
+# The fast tier's parity tests run the first 300 MNIST test images (all 10k in the slow tier).
+DEPLOY_IMAGES = 300
+
+# NumPy's BLAS (OpenBLAS) runs a thread per core, and its idle threads spin: on the deployment tests' many small
+# matrix products (the NumPy runtime, int8 calibration) two BLAS threads cost ~2x the CPU of one (measured:
+# test_deploy_flat.py 10 s -> 5 s of CPU, the deployment files 93 s -> 77 s), and under `make test` they take the
+# other xdist worker's core. The values do not change (each thread computes whole blocks of the output);
+# lenetlab.quant limits its integer executor the same way.
+DEPLOY_TEST_MODULES = frozenset({
+    "test_deploy_c", "test_deploy_c_threads", "test_deploy_flat", "test_deploy_fuzz", "test_deploy_onnx",
+    "test_deploy_web", "test_web_fast", "test_exporters_contract", "test_experiment_deploy", "test_serve_load"})
+
+
+def one_blas_thread() -> contextlib.AbstractContextManager:
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+@pytest.fixture(autouse=True)
+def _deployment_tests_use_one_blas_thread(request):
+    if request.module.__name__.rpartition(".")[2] not in DEPLOY_TEST_MODULES:
+        yield
+        return
+    with one_blas_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def deploy_flats(deploy_runs, mnist_test, tmp_path_factory) -> dict[str, dict]:
+    """For each of :func:`deploy_runs`: ``float`` / ``int8`` (paths of its flat files, as
+    ``lenetlab.deploy.export.build_flat`` makes them for every exporter), ``torch`` (PyTorch's float32 logits) and
+    ``int8_ref`` (the NumPy runtime's int8 logits in ``mode="reference"``, the readable oracle the fast path, C
+    and JavaScript runtimes are held to bit for bit) on the first :data:`DEPLOY_IMAGES` test images. Built once
+    per session: int8 calibration (~2 s a model) and the reference runtime (~1.5 s per 1k images) were repeated
+    by every deployment test module (on 1,000 images; 300 check the same properties). Read only (copy a file
+    before changing it)."""
+    from lenetlab.data.transforms import to_model_input
+    from lenetlab.deploy import flat, runtime
+    from lenetlab.deploy.export import build_flat
+    from lenetlab.rundir import load_model
+
+    x = mnist_test[0][:DEPLOY_IMAGES]
+
+    def build(root: Path) -> None:
+        for name, run in deploy_runs.items():
+            model, cfg = load_model(run)
+            model.eval()
+            with torch.no_grad():
+                np.save(root / f"{name}_torch.npy", model(to_model_input(torch.from_numpy(x), cfg.data)).numpy())
+            fm8 = build_flat(model, cfg, int8=True)
+            (root / f"{name}.flat").write_bytes(flat.encode(build_flat(model, cfg, int8=False)))
+            (root / f"{name}_int8.flat").write_bytes(flat.encode(fm8))
+            np.save(root / f"{name}_int8_ref.npy", runtime.run(fm8, x, mode="reference"))
+
+    with one_blas_thread():
+        root = build_once(tmp_path_factory, "deploy_flats", build)
+    return {name: {"float": root / f"{name}.flat", "int8": root / f"{name}_int8.flat",
+                   "torch": np.load(root / f"{name}_torch.npy"), "int8_ref": np.load(root / f"{name}_int8_ref.npy")}
+            for name in deploy_runs}
+
+
+@pytest.fixture(scope="session")
+def deploy_export(deploy_runs, deploy_flats, tmp_path_factory) -> Callable[..., tuple[Path, list[Path] | str]]:
+    """``deploy_export(name, fmt, int8=False)`` -> ``(out, files)``: ``lenetlab.deploy.export.export(
+    deploy_runs[name], fmt, int8=int8, out=out)`` run once per session for each (name, fmt, int8), whichever
+    worker asks first; ``files`` is the list it returned, or the message of the LenetlabError it raised (a
+    format that refuses a dtype). The exporter contract and the ONNX parity tests share one export each (an ONNX
+    export traces the model with torch.export: ~7 s of CPU). The flat model export() builds is the one of
+    :func:`deploy_flats` (the same ``build_flat`` call on the same run, so the int8 model is calibrated once, not
+    once per format); the CLI export tests (test_deploy_flat.py, test_deploy_c.py, test_deploy_web.py) run the
+    whole path, calibration included. Read only."""
+    from lenetlab.deploy import export as export_mod
+    from lenetlab.deploy import flat
+    from lenetlab.errors import LenetlabError
+
+    def get(name: str, fmt: str, int8: bool = False):
+        key = f"export-{name}-{fmt}-{'int8' if int8 else 'float32'}"
+
+        def build(d: Path) -> None:
+            def shared_flat(model, cfg, int8_: bool):
+                assert cfg.model.name == name, (cfg.model.name, name)
+                return flat.load(str(deploy_flats[name]["int8" if int8_ else "float"]))
+
+            try:
+                with pytest.MonkeyPatch.context() as m, one_blas_thread():
+                    m.setattr(export_mod, "build_flat", shared_flat)
+                    files = export_mod.export(deploy_runs[name], fmt, int8=int8, out=d / "out")
+            except LenetlabError as e:
+                (d / "error.txt").write_text(str(e))
+            else:
+                (d / "files.json").write_text(json.dumps([str(f) for f in files]))
+
+        d = build_once(tmp_path_factory, key, build)
+        if (d / "error.txt").exists():
+            return d / "out", (d / "error.txt").read_text()
+        return d / "out", [Path(f) for f in json.loads((d / "files.json").read_text())]
+
+    return get
 
 
 @pytest.fixture(scope="session")
@@ -291,7 +392,9 @@ def mnist_test() -> tuple:
 @pytest.fixture(scope="module")
 def browser():
     """One headless Chromium for the module (skipped, with the reason, where it is not installed): the
-    library's own launcher (lenetlab.deploy.browser), so tests and ``reproduce deploy`` start it alike."""
+    library's own launcher (lenetlab.deploy.browser), so tests and ``reproduce deploy`` start it alike. Not one
+    per session: an idle Chromium burns ~0.07 s of CPU per second (measured), more than a new launch (~2.3 s)
+    costs once a worker has other modules to run."""
     from lenetlab.deploy.browser import BrowserUnavailable, open_browser
 
     try:

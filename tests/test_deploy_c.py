@@ -13,7 +13,8 @@
 - ``lenet5_eval`` rejects bad input cleanly; ``lenetlab export --format c`` + ``make`` builds and the binary
   reproduces the NumPy runtime's accuracy.
 
-The binaries are compiled once per module with ``gcc -std=c99 -Wall -Wextra -Werror -O2``.
+The binaries are compiled once per test session (conftest.c_program): ``lenet5_eval`` with ``gcc -std=c99
+-Wall -Wextra -Werror -O2 -DLENET5_THREADS -pthread``, the loader harness with ASan + UBSan.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_logits_match, run_cli
+from conftest import DEPLOY_IMAGES, assert_logits_match, run_cli
 from lenetlab.config import DataConfig
 from lenetlab.data.idx import write_idx
 from lenetlab.data.transforms import to_model_input
 from lenetlab.deploy import flat, runtime
-from lenetlab.deploy.c_runtime import STRICT_FLAGS, compile_program, model_source
+from lenetlab.deploy.c_eval import MAKEFILE_FLAGS
+from lenetlab.deploy.c_runtime import STRICT_FLAGS, THREAD_FLAGS, compile_program, model_source
 from lenetlab.deploy.export import build_flat
 from lenetlab.deploy.graph import to_flat
 from lenetlab.deploy.quantize import quantize
@@ -45,6 +47,11 @@ pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not 
 
 SANITIZE = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-fsanitize=address,undefined",
             "-fno-sanitize-recover=all"]
+# The fast tier's sanitizer builds use -O0: ASan and UBSan instrument every access at any optimisation level (at
+# -O0 none is optimised away) and gcc takes ~1.5 s instead of ~8.5 s; the warnings that need the optimiser are
+# kept by the -O2 -Werror build (STRICT_FLAGS). The slow loader fuzz, which runs 2,400 files through the
+# interpreter, keeps -O1.
+SANITIZE_FAST = [flag if flag != "-O1" else "-O0" for flag in SANITIZE]
 SAN_ENV = {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0", "UBSAN_OPTIONS": "print_stacktrace=1"}
 NAMES = ["lenet5", "lenet5_classic"]
 LINE_KEYS = ("accuracy", "images", "seconds", "images_per_s")
@@ -60,21 +67,24 @@ def cdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def eval_bin(c_program) -> Path:
-    return c_program("lenet5_eval", STRICT_FLAGS)
+    """``lenet5_eval`` -O2 -Werror with the threaded entry points, as the exported Makefile builds it by default
+    (runs here use one thread: the single-threaded interpreter); the same build as test_deploy_c_threads.py's,
+    so the fast tier compiles it once. A build without threads: test_deploy_c_threads.py (slow)."""
+    return c_program("lenet5_eval", (*STRICT_FLAGS, *THREAD_FLAGS))
 
 
 @pytest.fixture(scope="module")
 def check_san(c_program) -> Path:
-    return c_program("lenet5_check", SANITIZE)
+    return c_program("lenet5_check", SANITIZE_FAST)
 
 
 @pytest.fixture(scope="module")
 def idx(tmp_path_factory, mnist_test) -> dict[str, Path]:
-    """Plain (uncompressed) IDX files of the 10k test set and of its first 1,000 and 100 images."""
+    """Plain (uncompressed) IDX files of the 10k test set and of its first DEPLOY_IMAGES and 100 images."""
     d = tmp_path_factory.mktemp("idx")
     x, y = mnist_test
     files = {}
-    for tag, n in (("", len(x)), ("1000", 1000), ("100", 100)):
+    for tag, n in (("", len(x)), (str(DEPLOY_IMAGES), DEPLOY_IMAGES), ("100", 100)):
         files[f"images{tag}"], files[f"labels{tag}"] = d / f"images{tag}.idx", d / f"labels{tag}.idx"
         write_idx(files[f"images{tag}"], x[:n], compress=False)
         write_idx(files[f"labels{tag}"], y[:n].astype(np.uint8), compress=False)
@@ -84,20 +94,21 @@ def idx(tmp_path_factory, mnist_test) -> dict[str, Path]:
 _TRAINED: dict[tuple[str, int], dict] = {}
 
 
-def trained(name: str, deploy_runs, mnist_test, tmp_dir: Path, n: int = 1000) -> dict:
-    """PyTorch logits, float and int8 flat files and the NumPy reference int8 logits of a trained run on the
-    first ``n`` test images (cached; the fast tests use 1,000 images, the slow ones all 10k)."""
+def trained(name: str, deploy_runs, deploy_flats, mnist_test, n: int = DEPLOY_IMAGES) -> dict:
+    """``float`` / ``int8`` flat files of a trained run, its PyTorch logits (``torch``) and the NumPy reference
+    int8 logits (``int8_ref``) on the first ``n`` test images: the session's shared ones (conftest.deploy_flats,
+    DEPLOY_IMAGES images) in the fast tier, computed here (cached) for all 10k in the slow one."""
+    if n == DEPLOY_IMAGES:
+        return deploy_flats[name]
     if (name, n) not in _TRAINED:
         x = mnist_test[0][:n]
         model, cfg = load_model(deploy_runs[name])
         with torch.no_grad():
             ref = torch.cat([model(to_model_input(torch.from_numpy(x[i:i + 2000]), cfg.data))
                              for i in range(0, len(x), 2000)]).numpy()
-        fm32, fm8 = build_flat(model, cfg, int8=False), build_flat(model, cfg, int8=True)
-        paths = {"float": tmp_dir / f"{name}.flat", "int8": tmp_dir / f"{name}_int8.flat"}
-        paths["float"].write_bytes(flat.encode(fm32))
-        paths["int8"].write_bytes(flat.encode(fm8))
-        _TRAINED[name, n] = {"torch": ref, "paths": paths, "int8_ref": runtime.run(fm8, x, mode="reference")}
+        f = deploy_flats[name]
+        _TRAINED[name, n] = {"float": f["float"], "int8": f["int8"], "torch": ref,
+                             "int8_ref": runtime.run(flat.load(str(f["int8"])), x, mode="reference")}
     return _TRAINED[name, n]
 
 
@@ -120,7 +131,8 @@ def parse_line(stdout: str) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- parity on the test set (all 10k: slow tier)
-SIZES = pytest.mark.parametrize("n", [1000, pytest.param(10000, marks=pytest.mark.slow)], ids=["1k", "10k"])
+SIZES = pytest.mark.parametrize("n", [DEPLOY_IMAGES, pytest.param(10000, marks=pytest.mark.slow)],
+                                ids=[str(DEPLOY_IMAGES), "10k"])
 
 
 def _tag(n: int) -> str:
@@ -129,10 +141,10 @@ def _tag(n: int) -> str:
 
 @SIZES
 @pytest.mark.parametrize("name", NAMES)
-def test_float_parity_with_pytorch(name, n, deploy_runs, mnist_test, eval_bin, idx, tmp_path_factory):
-    t = trained(name, deploy_runs, mnist_test, tmp_path_factory.mktemp(name), n)
-    out = tmp_path_factory.mktemp("logits") / "float.bin"
-    r = run_eval(eval_bin, idx[f"images{_tag(n)}"], idx[f"labels{_tag(n)}"], "--model", t["paths"]["float"],
+def test_float_parity_with_pytorch(name, n, deploy_runs, deploy_flats, mnist_test, eval_bin, idx, tmp_path):
+    t = trained(name, deploy_runs, deploy_flats, mnist_test, n)
+    out = tmp_path / "float.bin"
+    r = run_eval(eval_bin, idx[f"images{_tag(n)}"], idx[f"labels{_tag(n)}"], "--model", t["float"],
                  "--logits", out)
     got = np.fromfile(out, "<f4").reshape(n, -1)
     ref = t["torch"]
@@ -144,11 +156,12 @@ def test_float_parity_with_pytorch(name, n, deploy_runs, mnist_test, eval_bin, i
 
 @SIZES
 @pytest.mark.parametrize("name", NAMES)
-def test_int8_bit_exact_with_numpy_reference(name, n, deploy_runs, mnist_test, eval_bin, idx, tmp_path_factory):
-    t = trained(name, deploy_runs, mnist_test, tmp_path_factory.mktemp(name), n)
+def test_int8_bit_exact_with_numpy_reference(name, n, deploy_runs, deploy_flats, mnist_test, eval_bin, idx,
+                                            tmp_path):
+    t = trained(name, deploy_runs, deploy_flats, mnist_test, n)
     y = mnist_test[1][:n]
-    out = tmp_path_factory.mktemp("logits") / "int8.bin"
-    r = run_eval(eval_bin, idx[f"images{_tag(n)}"], idx[f"labels{_tag(n)}"], "--model", t["paths"]["int8"],
+    out = tmp_path / "int8.bin"
+    r = run_eval(eval_bin, idx[f"images{_tag(n)}"], idx[f"labels{_tag(n)}"], "--model", t["int8"],
                  "--logits", out)
     got = np.fromfile(out, "<i4").reshape(len(y), -1)
     want = t["int8_ref"]
@@ -177,13 +190,13 @@ def test_int8_accuracy_within_0_3_points_of_float_full_data(name, full_deploy_ru
 
 
 @pytest.mark.parametrize("kind", ["float", "int8"])
-def test_batch_and_repeat_do_not_change_logits(kind, deploy_runs, mnist_test, eval_bin, idx, tmp_path):
-    t = trained("lenet5_classic", deploy_runs, mnist_test, tmp_path)
+def test_batch_and_repeat_do_not_change_logits(kind, deploy_flats, eval_bin, idx, tmp_path):
+    t = deploy_flats["lenet5_classic"]
     dt = "<f4" if kind == "float" else "<i4"
     logits = []
     for extra in ([], ["--batch", "1"], ["--batch", "7", "--repeat", "3"]):
         out = tmp_path / f"l{len(logits)}.bin"
-        r = run_eval(eval_bin, idx["images100"], idx["labels100"], "--model", t["paths"][kind], "--logits", out,
+        r = run_eval(eval_bin, idx["images100"], idx["labels100"], "--model", t[kind], "--logits", out,
                      *extra)
         line = parse_line(r.stdout)
         assert line["images"] == 100 and line["images_per_s"] > 0
@@ -191,16 +204,16 @@ def test_batch_and_repeat_do_not_change_logits(kind, deploy_runs, mnist_test, ev
     assert all(np.array_equal(logits[0], other) for other in logits[1:])
 
 
-@pytest.mark.slow   # a sanitizer build; the loader fuzz under sanitizers stays fast
-def test_sanitized_inference_matches(deploy_runs, mnist_test, cdir, idx, tmp_path):
+@pytest.mark.slow   # a sanitizer build of the interpreter; the fast tier's are the loader harness's (-O0)
+def test_sanitized_inference_matches(deploy_flats, cdir, idx, tmp_path):
     """The interpreter itself under ASan + UBSan on real images: no report, same logits as the -O2 build."""
     exe = compile_program("lenet5_eval", cdir / "lenet5_eval_san", SANITIZE, model_c=cdir / "no_model.c")
     env = {**os.environ, **SAN_ENV}
     for name in NAMES:
-        t = trained(name, deploy_runs, mnist_test, tmp_path)
+        t = deploy_flats[name]
         for kind in ("float", "int8"):
             out = tmp_path / f"{name}_{kind}.bin"
-            run_eval(exe, idx["images100"], idx["labels100"], "--model", t["paths"][kind], "--logits", out, env=env)
+            run_eval(exe, idx["images100"], idx["labels100"], "--model", t[kind], "--logits", out, env=env)
             if kind == "int8":
                 want = t["int8_ref"][:100]
                 assert np.array_equal(np.fromfile(out, "<i4").reshape(100, -1), want)
@@ -382,24 +395,26 @@ def decode_ok(data: bytes) -> bool:
     return True
 
 
-_CORPUS: list = []
+_CORPUS: dict[int, list] = {}
 
 
-def fuzz_corpus(images: np.ndarray) -> list[tuple[str, bytes, bool]]:
-    """(kind, file, flat.decode accepts it) for the unmodified bases and 2,400 mutants (seeded, cached)."""
-    if not _CORPUS:
+def fuzz_corpus(images: np.ndarray, per_kind: int = CASES_PER_KIND) -> list[tuple[str, bytes, bool]]:
+    """(kind, file, flat.decode accepts it) for the unmodified bases and ``per_kind`` mutants of each kind
+    (2,400 by default; seeded, cached)."""
+    if per_kind not in _CORPUS:
         rng = np.random.default_rng(20240613)
         bases = fuzz_bases(images)
-        _CORPUS.extend(("base", b, decode_ok(b)) for b in bases)
+        corpus = _CORPUS[per_kind] = [("base", b, decode_ok(b)) for b in bases]
         for kind in KINDS:
-            for j in range(CASES_PER_KIND):
+            for j in range(per_kind):
                 data = mutate(rng, kind, bases[j % len(bases)])
-                _CORPUS.append((kind, data, decode_ok(data)))
-    return _CORPUS
+                corpus.append((kind, data, decode_ok(data)))
+    return _CORPUS[per_kind]
 
 
 @pytest.mark.slow   # a sanitizer build; test_loader_rejects_crafted_files_and_reports_build_limits is fast
-def test_fuzz_loader_agrees_with_decode_under_sanitizers(check_san, mnist_test, tmp_path):
+def test_fuzz_loader_agrees_with_decode_under_sanitizers(c_program, mnist_test, tmp_path):
+    check_san = c_program("lenet5_check", SANITIZE)     # -O1: 2,400 files through the interpreter
     corpus = fuzz_corpus(mnist_test[0][:200])
     assert len(corpus) >= 2000 and all(ok for kind, _, ok in corpus if kind == "base")
     files = []
@@ -424,15 +439,20 @@ def test_fuzz_loader_agrees_with_decode_under_sanitizers(check_san, mnist_test, 
     assert len(errors) > 40, sorted(errors)
 
 
-def test_fuzz_survivors_int8_run_bit_exact(eval_bin, mnist_test, tmp_path):
+# the fast tier runs the int8 survivors of 800 mutants (100 of each kind), the slow tier those of the 2,400 of
+# the sanitizer fuzz (decoding the corpus is most of this test's cost)
+@pytest.mark.parametrize("per_kind,runs", [(100, 40), pytest.param(CASES_PER_KIND, 120, marks=pytest.mark.slow)],
+                         ids=["800", "2400"])
+def test_fuzz_survivors_int8_run_bit_exact(per_kind, runs, eval_bin, mnist_test, tmp_path):
     """int8 mutants that decode accepts (odd shifts, multipliers, biases, weights, LUT entries, extended
     blobs) give the NumPy runtime's logits exactly."""
     x = mnist_test[0][:4]
     write_idx(tmp_path / "x.idx", x, compress=False)
     write_idx(tmp_path / "y.idx", mnist_test[1][:4].astype(np.uint8), compress=False)
-    survivors = [d for kind, d, ok in fuzz_corpus(mnist_test[0][:200]) if ok and kind != "base" and d[11] == 1]
-    assert len(survivors) > 100
-    for i, data in enumerate(survivors[:120]):
+    survivors = [d for kind, d, ok in fuzz_corpus(mnist_test[0][:200], per_kind) if ok and kind != "base"
+                 and d[11] == 1]
+    assert len(survivors) > runs
+    for i, data in enumerate(survivors[::len(survivors) // runs][:runs]):    # spread over the mutation kinds
         (tmp_path / "m.flat").write_bytes(data)
         run_eval(eval_bin, tmp_path / "x.idx", tmp_path / "y.idx", "--model", tmp_path / "m.flat",
                  "--logits", tmp_path / "l.bin")
@@ -478,7 +498,7 @@ def test_loader_rejects_crafted_files_and_reports_build_limits(check_san, cdir, 
         assert line.startswith("error: ") and message in line, (message, line)
     # a valid model that does not fit this build's static buffers is refused, not overrun
     small = compile_program("lenet5_check", cdir / "lenet5_check_small",
-                            [*SANITIZE, "-DLENET5_MAX_ACT=2048", "-DLENET5_MAX_FILE_BYTES=100000"])
+                            [*SANITIZE_FAST, "-DLENET5_MAX_ACT=2048", "-DLENET5_MAX_FILE_BYTES=100000"])
     for i, b in enumerate(bases):
         (tmp_path / f"b{i}.flat").write_bytes(b)
     r = subprocess.run([str(small), "--run", *(str(tmp_path / f"b{i}.flat") for i in range(len(bases)))],
@@ -490,9 +510,9 @@ def test_loader_rejects_crafted_files_and_reports_build_limits(check_san, cdir, 
 
 
 # ---------------------------------------------------------------- lenet5_eval on bad input
-def test_eval_rejects_bad_input(eval_bin, idx, deploy_runs, mnist_test, tmp_path):
-    t = trained("lenet5", deploy_runs, mnist_test, tmp_path)
-    model = ["--model", t["paths"]["int8"]]
+def test_eval_rejects_bad_input(eval_bin, idx, deploy_flats, mnist_test, tmp_path):
+    t = deploy_flats["lenet5"]
+    model = ["--model", t["int8"]]
     img, lab = idx["images100"], idx["labels100"]
 
     def fails(*args, code: int = 1, message: str) -> None:
@@ -512,7 +532,7 @@ def test_eval_rejects_bad_input(eval_bin, idx, deploy_runs, mnist_test, tmp_path
     fails(tmp_path / "big.idx", lab, *model, message="images are 32x32, the model takes 28x28")
     write_idx(tmp_path / "gz.idx", mnist_test[0][:2], compress=True)
     fails(tmp_path / "gz.idx", lab, *model, message="gzip-compressed")
-    (tmp_path / "bad.flat").write_bytes(t["paths"]["int8"].read_bytes()[:-1])
+    (tmp_path / "bad.flat").write_bytes(t["int8"].read_bytes()[:-1])
     fails(img, lab, "--model", tmp_path / "bad.flat", message="file_bytes says")
     fails(img, lab, message="embedded model: file is 0 bytes")                   # this build embeds nothing
     fails(img, code=2, message="usage:")
@@ -521,11 +541,11 @@ def test_eval_rejects_bad_input(eval_bin, idx, deploy_runs, mnist_test, tmp_path
     fails(img, lab, *model, "--frobnicate", code=2, message="unknown option")
 
 
-def test_check_tool_prints_one_verdict_per_file(check_san, deploy_runs, mnist_test, tmp_path):
-    t = trained("lenet5_classic", deploy_runs, mnist_test, tmp_path)
+def test_check_tool_prints_one_verdict_per_file(check_san, deploy_flats, tmp_path):
+    t = deploy_flats["lenet5_classic"]
     (tmp_path / "empty.flat").write_bytes(b"")
-    r = subprocess.run([str(check_san), t["paths"]["float"], tmp_path / "empty.flat", tmp_path / "none.flat",
-                        t["paths"]["int8"]], capture_output=True, text=True, env={**os.environ, **SAN_ENV})
+    r = subprocess.run([str(check_san), t["float"], tmp_path / "empty.flat", tmp_path / "none.flat",
+                        t["int8"]], capture_output=True, text=True, env={**os.environ, **SAN_ENV})
     assert r.returncode == 0 and r.stderr == ""
     assert r.stdout.splitlines() == ["ok", "error: file is 0 bytes, shorter than the 64-byte header",
                                      r.stdout.splitlines()[2], "ok"]
@@ -534,8 +554,16 @@ def test_check_tool_prints_one_verdict_per_file(check_san, deploy_runs, mnist_te
 
 
 # ---------------------------------------------------------------- the exporter + Makefile
-@pytest.mark.parametrize("int8", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["float", "int8"])
-def test_cli_export_make_and_eval(int8, deploy_runs, mnist_test, idx, tmp_path):
+# `make` with the Makefile's default flags (-O3 -march=native: ~5 s of gcc) runs in the slow tier (int8); the fast
+# tier builds the same Makefile with a quick override (make CFLAGS=..., as its header documents) and checks that the
+# defaults are c_eval.MAKEFILE_FLAGS, which the deploy experiment's C evaluator compiles in the fast tier too
+# (tests/test_experiment_deploy.py::test_tiny_run_end_to_end)
+QUICK_CFLAGS = "-std=c99 -O0 -Wall -Wextra -Werror"
+
+
+@pytest.mark.parametrize("int8,cflags", [(False, QUICK_CFLAGS), pytest.param(True, None, marks=pytest.mark.slow)],
+                         ids=["float-quick", "int8-default"])
+def test_cli_export_make_and_eval(int8, cflags, deploy_runs, deploy_flats, mnist_test, idx, tmp_path):
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     name = "lenet5"
@@ -545,13 +573,20 @@ def test_cli_export_make_and_eval(int8, deploy_runs, mnist_test, idx, tmp_path):
     flat_name = "model_int8.flat" if int8 else "model.flat"
     for f in (flat_name, "lenet5.c", "lenet5.h", "lenet5_eval.c", "lenet5_check.c", "lenet5_model.c", "Makefile"):
         assert (out / f).is_file() and f in r.stdout, f
-    m = subprocess.run(["make", "-C", str(out)], capture_output=True, text=True, timeout=300)
+    defaults = dict(re.findall(r"^(\w+) \?= (.*)$", (out / "Makefile").read_text(), re.M))
+    assert [f for f in defaults["CFLAGS"].split() if not f.startswith("-W")] + defaults["THREAD_FLAGS"].split() \
+        == list(MAKEFILE_FLAGS), defaults
+    m = subprocess.run(["make", "-C", str(out), *([f"CFLAGS={cflags}"] if cflags else [])], capture_output=True,
+                       text=True, timeout=300)
     assert m.returncode == 0, m.stdout + m.stderr
+    if cflags:
+        assert cflags in m.stdout, m.stdout                                       # the override reached gcc
     # the embedded model is the exported flat file: no --model needed
-    line = parse_line(run_eval(out / "lenet5_eval", idx["images1000"], idx["labels1000"]).stdout)
-    x, y = mnist_test[0][:1000], mnist_test[1][:1000]
+    n = DEPLOY_IMAGES
+    line = parse_line(run_eval(out / "lenet5_eval", idx[f"images{n}"], idx[f"labels{n}"]).stdout)
+    x, y = mnist_test[0][:n], mnist_test[1][:n]
     if int8:
-        logits = trained(name, deploy_runs, mnist_test, tmp_path)["int8_ref"]
+        logits = deploy_flats[name]["int8_ref"]
     else:
         logits = runtime.run(flat.load(str(out / flat_name)), x)
     assert f"{line['accuracy']:.4f}" == f"{(logits.argmax(1) == y).mean():.4f}"

@@ -1,7 +1,7 @@
 """The C runtime's multi-threaded batch path (``-DLENET5_THREADS``: ``lenet5_run_*_mt``, ``lenet5_eval --threads``).
 
 - every image is computed by one thread with the single-threaded code, so the logits are bit-identical for
-  every thread count and batch size, on real MNIST test images (1,000; all 10k in the slow tier), for
+  every thread count and batch size, on real MNIST test images (300; all 10k in the slow tier), for
   float32 and int8 flat files, in the portable build (-O2) and in the exported Makefile's
   (-O3 -march=native); float32 still matches PyTorch and int8 the NumPy reference runtime bit for bit;
 - the helper threads' buffers come from the caller's workspace (sized by ``lenet5_workspace_bytes``):
@@ -24,19 +24,21 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_logits_match
+from conftest import DEPLOY_IMAGES, assert_logits_match
 from lenetlab.data.idx import write_idx
 from lenetlab.data.transforms import to_model_input
 from lenetlab.deploy import flat, runtime
 from lenetlab.deploy.c_eval import MAKEFILE_FLAGS
 from lenetlab.deploy.c_runtime import C_DIR, STRICT_FLAGS, THREAD_FLAGS, compile_program, model_source
-from lenetlab.deploy.export import build_flat
 from lenetlab.rundir import load_model
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
 
 SANITIZE = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-fsanitize=address,undefined",
             "-fno-sanitize-recover=all")
+# the C API harness (fast tier) is built at -O0: the sanitizers instrument every access at any level and gcc
+# takes ~1.5 s instead of ~8.5 s (tests/test_deploy_c.py, SANITIZE_FAST)
+SANITIZE_FAST = tuple(flag if flag != "-O1" else "-O0" for flag in SANITIZE)
 SAN_ENV = {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0", "UBSAN_OPTIONS": "print_stacktrace=1"}
 
 
@@ -51,19 +53,31 @@ def build(cdir: Path, name: str, flags) -> Path:
     return compile_program("lenet5_eval", cdir / name, tuple(flags), model_c=cdir / "no_model.c")
 
 
+BUILDS = {"strict": (*STRICT_FLAGS, *THREAD_FLAGS),                         # the portable build
+          "native": (*MAKEFILE_FLAGS, "-Wall", "-Wextra", "-Werror")}        # the exported Makefile's (slow)
+
+
 @pytest.fixture(scope="module")
-def bins(c_program) -> dict[str, Path]:
-    """The portable strict build and the exported Makefile's native build, both with threads."""
-    return {"strict": c_program("lenet5_eval", (*STRICT_FLAGS, *THREAD_FLAGS)),
-            "native": c_program("lenet5_eval", (*MAKEFILE_FLAGS, "-Wall", "-Wextra", "-Werror"))}
+def bins(c_program):
+    """``bins[name]``: the threaded ``lenet5_eval`` of :data:`BUILDS`, compiled when a test first asks for it
+    (the native -O3 build, ~5 s of gcc, is only needed by the slow tier)."""
+    class Builds(dict):
+        def __missing__(self, name: str) -> Path:
+            self[name] = c_program("lenet5_eval", BUILDS[name])
+            return self[name]
+
+    return Builds()
 
 
 _MODELS: dict[int, dict] = {}
 
 
-def flat_models(deploy_runs, mnist_test, d: Path, n: int) -> dict:
+def flat_models(deploy_runs, deploy_flats, mnist_test, n: int) -> dict:
     """float32 / int8 flat files of both trained models, PyTorch logits and the int8 reference logits on the
-    first ``n`` test images (cached per ``n``)."""
+    first ``n`` test images: the session's shared ones (conftest.deploy_flats) up to its DEPLOY_IMAGES, computed
+    here (cached) for the slow tier's 10k."""
+    if n <= DEPLOY_IMAGES:
+        return {name: {**f, "torch": f["torch"][:n], "int8_ref": f["int8_ref"][:n]} for name, f in deploy_flats.items()}
     if n not in _MODELS:
         x = mnist_test[0][:n]
         out = {}
@@ -72,19 +86,17 @@ def flat_models(deploy_runs, mnist_test, d: Path, n: int) -> dict:
             with torch.no_grad():
                 ref = torch.cat([model(to_model_input(torch.from_numpy(x[i:i + 2000]), cfg.data))
                                  for i in range(0, len(x), 2000)]).numpy()
-            fm32, fm8 = build_flat(model, cfg, int8=False), build_flat(model, cfg, int8=True)
-            (d / f"{name}.flat").write_bytes(flat.encode(fm32))
-            (d / f"{name}_int8.flat").write_bytes(flat.encode(fm8))
-            out[name] = {"float": d / f"{name}.flat", "int8": d / f"{name}_int8.flat", "torch": ref,
-                         "int8_ref": runtime.run(fm8, x, mode="reference")}
+            f = deploy_flats[name]
+            out[name] = {"float": f["float"], "int8": f["int8"], "torch": ref,
+                         "int8_ref": runtime.run(flat.load(str(f["int8"])), x, mode="reference")}
         _MODELS[n] = out
     return _MODELS[n]
 
 
 @pytest.fixture(scope="module")
-def models(deploy_runs, mnist_test, tmp_path_factory) -> dict:
-    """The flat files and references on the first 1,000 test images."""
-    return flat_models(deploy_runs, mnist_test, tmp_path_factory.mktemp("flat"), 1000)
+def models(deploy_flats) -> dict:
+    """The flat files and references on the first DEPLOY_IMAGES (300) test images."""
+    return deploy_flats
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +104,7 @@ def idx(tmp_path_factory, mnist_test) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("idx")
     x, y = mnist_test
     files = {}
-    for tag, n in (("10000", len(x)), ("1000", 1000), ("100", 100), ("3", 3)):
+    for tag, n in (("10000", len(x)), (str(DEPLOY_IMAGES), DEPLOY_IMAGES), ("100", 100), ("3", 3)):
         files[f"images{tag}"], files[f"labels{tag}"] = d / f"images{tag}.idx", d / f"labels{tag}.idx"
         write_idx(files[f"images{tag}"], x[:n], compress=False)
         write_idx(files[f"labels{tag}"], y[:n].astype(np.uint8), compress=False)
@@ -120,16 +132,18 @@ def logits_of(exe: Path, model: Path, images: Path, labels: Path, out: Path, *ex
 
 
 # ---------------------------------------------------------------- bit-identical across thread counts
-@pytest.mark.parametrize("n", [1000, pytest.param(10000, marks=pytest.mark.slow)], ids=["1k", "10k"])
+# 300 images (a full batch of 256 and a partial one) in the fast tier, all 10k in the slow tier
+@pytest.mark.parametrize("n", [DEPLOY_IMAGES, pytest.param(10000, marks=pytest.mark.slow)],
+                         ids=[str(DEPLOY_IMAGES), "10k"])
 @pytest.mark.parametrize("build_name", ["strict", pytest.param("native", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("kind", ["float", "int8"])
-def test_threads_bit_identical_on_mnist(build_name, kind, n, bins, deploy_runs, idx, mnist_test, tmp_path_factory,
+def test_threads_bit_identical_on_mnist(build_name, kind, n, bins, deploy_runs, deploy_flats, idx, mnist_test,
                                         tmp_path):
-    """The first 1,000 (slow tier: all 10k) test images at batch 256 with 1, 2 and 3 threads, plus batch 1 and
+    """The first 300 (slow tier: all 10k) test images at batch 256 with 1, 2 and 3 threads, plus batch 1 and
     odd batch/thread mixes: the same bits every time, and the right answers (PyTorch within tolerance / the int8
     reference exactly)."""
     exe = bins[build_name]
-    models = flat_models(deploy_runs, mnist_test, tmp_path_factory.mktemp("flat"), n)
+    models = flat_models(deploy_runs, deploy_flats, mnist_test, n)
     images, labels = idx[f"images{n}"], idx[f"labels{n}"]
     for name in ("lenet5", "lenet5_classic"):
         m = models[name]
@@ -188,7 +202,7 @@ def test_plain_c_float_kernels_agree(cdir, models, idx, tmp_path):
 
 
 # ---------------------------------------------------------------- bad thread counts, the C API
-def test_eval_rejects_bad_thread_counts(bins, c_program, idx, models):
+def test_eval_rejects_bad_thread_counts(bins, idx, models):
     model = models["lenet5"]["float"]
     for bad in ("0", "-1", "65", "1.5", "two", "", "2x"):
         r = run_eval(bins["strict"], idx["images3"], idx["labels3"], "--model", model, "--threads", bad, check=False)
@@ -196,7 +210,12 @@ def test_eval_rejects_bad_thread_counts(bins, c_program, idx, models):
         assert "--threads takes a whole number 1..64" in r.stderr, r.stderr
     r = run_eval(bins["strict"], idx["images3"], idx["labels3"], "--model", model, "--threads", check=False)
     assert r.returncode == 2 and "missing value after --threads" in r.stderr
-    # a build without LENET5_THREADS: --threads 1 runs, 2 is refused with the reason
+
+
+@pytest.mark.slow   # one more build: the fast tier builds lenet5_eval with threads only (the Makefile's default)
+def test_plain_build_refuses_threads(c_program, idx, models):
+    """A build without LENET5_THREADS: --threads 1 runs, 2 is refused with the reason."""
+    model = models["lenet5"]["float"]
     plain = c_program("lenet5_eval", STRICT_FLAGS)
     assert "threads 1" in run_eval(plain, idx["images3"], idx["labels3"], "--model", model, "--threads", "1").stdout
     r = run_eval(plain, idx["images3"], idx["labels3"], "--model", model, "--threads", "2", check=False)
@@ -286,8 +305,8 @@ def test_c_api_refuses_bad_arguments(cdir, models, mnist_test, tmp_path):
     src = tmp_path / "api.c"
     src.write_text(API_HARNESS)
     exe = tmp_path / "api"
-    subprocess.run(["gcc", *SANITIZE, *THREAD_FLAGS, f"-I{C_DIR}", "-o", str(exe), str(src), str(C_DIR / "lenet5.c"),
-                    "-lm"], check=True, capture_output=True)
+    subprocess.run(["gcc", *SANITIZE_FAST, *THREAD_FLAGS, f"-I{C_DIR}", "-o", str(exe), str(src),
+                    str(C_DIR / "lenet5.c"), "-lm"], check=True, capture_output=True)
     raw = tmp_path / "x.raw"
     raw.write_bytes(np.ascontiguousarray(mnist_test[0][:37]).tobytes())
     r = subprocess.run([str(exe), str(models["lenet5"]["float"]), str(raw)], capture_output=True, text=True,

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_logits_match, run_cli
+from conftest import DEPLOY_IMAGES, assert_logits_match, run_cli
 from lenetlab.config import DataConfig
 from lenetlab.data.transforms import to_model_input
 from lenetlab.deploy import flat, runtime
-from lenetlab.deploy.export import build_flat
 from lenetlab.deploy.graph import to_flat
 from lenetlab.deploy.quantize import fixed_point, quantize
 from lenetlab.errors import LenetlabError
@@ -21,6 +20,9 @@ from lenetlab.quant import int8
 from lenetlab.rundir import load_model
 
 ACTS = ["relu", "tanh", "sigmoid", "selu", "scaled_tanh", "abs", "identity"]
+# untrained variants on the first 100 test images (300 before: 3x the reference runtime's work for the same
+# check); the trained models run 300 (10k: slow) in test_trained_parity_on_the_test_set
+VARIANT_IMAGES = 100
 
 
 def _torch_logits(model, images: np.ndarray, data: DataConfig) -> np.ndarray:
@@ -39,7 +41,7 @@ def test_every_lenet5_variant_matches_torch(act, pool, mnist_test):
     torch.manual_seed(0)
     model = create_model("lenet5", activation=act, pool=pool, width=0.5 if act == "abs" else 1.0)
     data = _data_cfg("lenet5")
-    x = mnist_test[0][:300]
+    x = mnist_test[0][:VARIANT_IMAGES]
     ref = _torch_logits(model, x, data)
     fm = flat.decode(flat.encode(to_flat(model, data)))
     for mode in ("fast", "reference"):
@@ -52,7 +54,7 @@ def test_classic_untrained_matches_torch(mnist_test):
     torch.manual_seed(1)
     model = create_model("lenet5_classic")
     data = _data_cfg("lenet5_classic")
-    x = mnist_test[0][:300]
+    x = mnist_test[0][:VARIANT_IMAGES]
     fm = flat.decode(flat.encode(to_flat(model, data)))
     conv3 = [layer for layer in fm.layers if layer.op == "conv"][1]
     assert conv3.arrays["t"].sum() == 60          # the C3 table survives the round trip
@@ -60,21 +62,26 @@ def test_classic_untrained_matches_torch(mnist_test):
     assert np.abs(got - _torch_logits(model, x, data)).max() <= 1e-4
 
 
-@pytest.mark.parametrize("n", [1000, pytest.param(10000, marks=pytest.mark.slow)], ids=["1k", "10k"])
+@pytest.mark.parametrize("n", [DEPLOY_IMAGES, pytest.param(10000, marks=pytest.mark.slow)],
+                         ids=[str(DEPLOY_IMAGES), "10k"])
 @pytest.mark.parametrize("name", ["lenet5", "lenet5_classic"])
-def test_trained_parity_on_the_test_set(name, n, deploy_runs, mnist_test):
+def test_trained_parity_on_the_test_set(name, n, deploy_runs, deploy_flats, mnist_test):
     """Acceptance 1 for the NumPy runtimes: the same logits as PyTorch up to float32 summation order (hence
     the same top-1 wherever that is not a float32 tie) on the first ``n`` test images (all 10k: slow); the int8
     model's reference and fast paths agree bit for bit, and its file is about 4x smaller. (int8 accuracy
-    within 0.3 points of float is a claim about fully trained models: tests/test_deploy_c.py, slow.)"""
+    within 0.3 points of float is a claim about fully trained models: tests/test_deploy_c.py, slow.) The flat
+    files are build_flat's (conftest.deploy_flats, which also holds PyTorch's logits and the reference int8
+    logits on the first DEPLOY_IMAGES (300) images, shared with the C tests)."""
     x = mnist_test[0][:n]
-    model, cfg = load_model(deploy_runs[name])
-    ref = _torch_logits(model, x, cfg.data)
-    fm = build_flat(model, cfg, int8=False)
+    shared = deploy_flats[name]
+    fm, fq = flat.load(str(shared["float"])), flat.load(str(shared["int8"]))
+    if n == DEPLOY_IMAGES:
+        ref, q_ref = shared["torch"], shared["int8_ref"]
+    else:
+        model, cfg = load_model(deploy_runs[name])
+        ref, q_ref = _torch_logits(model, x, cfg.data), runtime.run(fq, x, "reference")
     for mode in ("fast", "reference"):
         assert_logits_match(runtime.run(fm, x, mode), ref, f"{name} {mode}")
-    fq = build_flat(model, cfg, int8=True)
-    q_ref = runtime.run(fq, x, "reference")
     q_fast = runtime.run(fq, x, "fast")
     assert q_ref.dtype == np.int64 and np.array_equal(q_ref, q_fast)
     assert len(flat.encode(fq)) * 3.5 < len(flat.encode(fm))   # ~4x smaller
@@ -153,13 +160,14 @@ def test_runtime_rejects_wrong_images(good_bytes):
         runtime.run(fm, np.zeros((2, 28, 28), np.float32))
 
 
-def test_cli_export_flat_and_errors(small_run, tmp_path):
+def test_cli_export_flat_and_errors(deploy_runs, tmp_path):
+    run = deploy_runs["lenet5"]       # a trained lenet5 run (the deployment tests' own)
     out = tmp_path / "ex"
-    r = run_cli("export", str(small_run), "--int8", "--out", str(out), "--check-images", "500", check=True)
+    r = run_cli("export", str(run), "--int8", "--out", str(out), "--check-images", "200", check=True)
     assert "model_int8.flat" in r.stdout and "same top-1 on" in r.stdout
     fm = flat.load(str(out / "model_int8.flat"))
     assert fm.dtype == "int8" and fm.num_classes == 10
-    r = run_cli("export", str(small_run), "--format", "nope", "--out", str(tmp_path / "x"))
+    r = run_cli("export", str(run), "--format", "nope", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "unknown exporter 'nope'" in r.stderr and "flat" in r.stderr
     r = run_cli("export", str(tmp_path / "missing"))
     assert r.returncode == 2 and "lenetlab: error:" in r.stderr

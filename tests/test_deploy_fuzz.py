@@ -19,12 +19,15 @@ Properties (for every mutated file):
    another exception. For float files NaN/inf logits are legitimate only when the mutated weights can
    overflow float32: if interval arithmetic over the decoded weights bounds every intermediate value
    below 1e30 (float32 overflows at 3.4e38), every logit must be finite.
+
+Each fuzzer runs a fifth of its examples in the fast tier and all of them as its ``_full`` twin (slow tier).
 """
 
 from __future__ import annotations
 
 import math
 import struct
+import sys
 from functools import lru_cache
 
 import numpy as np
@@ -257,11 +260,26 @@ def same_model(a: flat.FlatModel, b: flat.FlatModel) -> bool:
 FUZZ = dict(derandomize=True, deadline=None, database=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 bases = st.sampled_from(BASES)
+FAST_SHARE = 5      # the fast tier runs a fifth of each fuzzer's examples; its ``_full`` twin (slow) runs all
+
+
+def fuzz(max_examples: int):
+    """``@fuzz(N)`` on ``test_X(name, data)``: ``test_X`` draws ``N // FAST_SHARE`` examples (at least 25: every
+    base file and mutation kind still comes up) in the fast tier, and ``test_X_full``, added to the module, the
+    same property with all ``N`` in the slow tier (``pytest -m slow``). Both are derandomized (seeded)."""
+    def wrap(body):
+        def fuzzer(n: int):
+            return settings(max_examples=n, **FUZZ)(given(name=bases, data=st.data())(body))
+
+        module = sys.modules[body.__module__]
+        setattr(module, f"{body.__name__}_full", pytest.mark.slow(fuzzer(max_examples)))
+        return fuzzer(max(25, max_examples // FAST_SHARE))
+
+    return wrap
 
 
 # ---------------------------------------------------------------- the fuzz tests
-@settings(max_examples=150, **FUZZ)
-@given(name=bases, data=st.data())
+@fuzz(150)
 def test_truncated_or_extended_files_are_rejected(name, data):
     """Any change of length under the original header is a clean error (the header states the length)."""
     raw = base(name)
@@ -273,8 +291,7 @@ def test_truncated_or_extended_files_are_rejected(name, data):
     assert decode(mutated) is None
 
 
-@settings(max_examples=150, **FUZZ)
-@given(name=bases, data=st.data())
+@fuzz(150)
 def test_consistent_resize(name, data):
     """Truncations and appended bytes with file_bytes, blob_bytes and the CRC patched to match.
 
@@ -298,8 +315,7 @@ def test_consistent_resize(name, data):
         check_runtime(fm)
 
 
-@settings(max_examples=200, **FUZZ)
-@given(name=bases, data=st.data())
+@fuzz(200)
 def test_bit_flips_stale_crc(name, data):
     """Bit flips anywhere with the CRC left as it was: 1 or 2 flips are always caught (CRC-32 has Hamming
     distance >= 3 at these lengths); more flips must still end in a model or a clean error."""
@@ -317,8 +333,7 @@ def test_bit_flips_stale_crc(name, data):
         check_runtime(fm)
 
 
-@settings(max_examples=250, **FUZZ)
-@given(name=bases, data=st.data())
+@fuzz(250)
 def test_bit_flips_with_crc_recomputed(name, data):
     """Bit flips in the header, the layer records or the blob, CRC patched: decode validates the rest."""
     raw = base(name)
@@ -335,8 +350,7 @@ def test_bit_flips_with_crc_recomputed(name, data):
         check_runtime(fm)
 
 
-@settings(max_examples=250, **FUZZ)
-@given(name=bases, data=st.data())
+@fuzz(250)
 def test_header_field_overwritten(name, data):
     """One header field set to a boundary/garbage value (CRC patched, or stale), or a magic byte changed."""
     raw = base(name)
@@ -359,8 +373,7 @@ def test_header_field_overwritten(name, data):
         check_runtime(fm)
 
 
-@settings(max_examples=300, **FUZZ)
-@given(name=bases, data=st.data())
+@fuzz(300)
 def test_layer_record_field_overwritten(name, data):
     """One field of one layer record (op, act code, out_bits, flags, shapes, k, pad, offsets, counts,
     out_scale) set to a boundary/garbage value, CRC patched; occasionally two fields at once."""
@@ -398,8 +411,7 @@ def _valid_value(dtype: str, op: str, arr: str, value) -> bool:
     return True
 
 
-@settings(max_examples=250, **FUZZ)
-@given(name=bases, data=st.data())
+@fuzz(250)
 def test_weight_overwritten(name, data):
     """One element of one array (weights, biases, C3 table, LUTs, multipliers, shifts) replaced, CRC patched:
     decode accepts exactly the values the spec allows, and the runtime copes with whatever it accepts."""
@@ -427,8 +439,7 @@ def test_weight_overwritten(name, data):
         check_runtime(fm)
 
 
-@settings(max_examples=100, **FUZZ)
-@given(name=bases, data=st.data())
+@fuzz(100)
 def test_valid_rewirings(name, data):
     """Record/header edits that keep the file well-formed, with an exact oracle, CRC patched: another
     activation code, max <-> avg pooling, an int8 last layer narrowed to 8-bit output, or an array (or the

@@ -9,17 +9,18 @@ import copy
 import importlib.util
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import assert_logits_match, logit_tolerance, run_cli
+from conftest import DEPLOY_IMAGES, assert_logits_match, logit_tolerance, run_cli
 from lenetlab.config import DataConfig, ModelConfig, RunConfig
 from lenetlab.data.transforms import to_model_input
 from lenetlab.deploy import onnx_export
-from lenetlab.deploy.export import ExportContext, build_flat, export
+from lenetlab.deploy.export import ExportContext, build_flat
 from lenetlab.errors import LenetlabError
 from lenetlab.models import create_model
 from lenetlab.models.base import model_entry
@@ -34,7 +35,10 @@ pytestmark = pytest.mark.skipif(
 def session(path: Path):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # one thread: onnxruntime's pool spins a thread per core between runs (CPU, not speed, on these small batches)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def torch_logits(model: torch.nn.Module, images: np.ndarray, data: DataConfig) -> np.ndarray:
@@ -46,31 +50,37 @@ def torch_logits(model: torch.nn.Module, images: np.ndarray, data: DataConfig) -
 
 
 @pytest.fixture(scope="module")
-def exported(deploy_runs, tmp_path_factory) -> dict[str, Path]:
-    """Both trained runs exported to ONNX once (in-process, the same path as the CLI)."""
-    out = {}
-    for name, run in deploy_runs.items():
-        d = tmp_path_factory.mktemp(f"onnx_{name}")
-        files = export(run, "onnx", out=d)
+def exported(deploy_export) -> Callable[[str], Path]:
+    """``exported(name)``: the folder of the trained run's ONNX export (in-process, the same path as the CLI),
+    made once per session and shared with the exporter contract (conftest.deploy_export)."""
+    def get(name: str) -> Path:
+        out, files = deploy_export(name, "onnx")
+        assert not isinstance(files, str), files
         assert [f.name for f in files] == ["model.onnx", "model_uint8.onnx", "model.onnx.json"]
-        out[name] = d
-    return out
+        return out
+
+    return get
 
 
-@pytest.mark.parametrize("n", [1000, pytest.param(10000, marks=pytest.mark.slow)], ids=["1k", "10k"])
-@pytest.mark.parametrize("name", ["lenet5", "lenet5_classic"])
+# Each model's export traces it with torch.export (~7 s of CPU). The fast tier exports the 1998 model (connection
+# table, trainable subsampling, scaled tanh, the float64 RBF output: the exporter's own graph code), the export the
+# exporter contract (tests/test_exporters_contract.py) checks too; the modern lenet5 (max pooling, relu: standard
+# ops) and all 10k images are in the slow tier, with the seven activation/pooling exports below.
+@pytest.mark.parametrize("n", [DEPLOY_IMAGES, pytest.param(10000, marks=pytest.mark.slow)],
+                         ids=[str(DEPLOY_IMAGES), "10k"])
+@pytest.mark.parametrize("name", [pytest.param("lenet5", marks=pytest.mark.slow), "lenet5_classic"])
 def test_parity_on_the_mnist_test_set(name, n, deploy_runs, exported, mnist_test):
     """onnxruntime vs PyTorch on the first ``n`` test images (all 10k: slow), both graphs (float input, uint8 pixels):
     every logit within 64 float32 eps of the logit scale of PyTorch's (conftest.logit_tolerance; measured ~2e-6
     for lenet5, ~1e-4 for lenet5_classic, whose RBF logits reach ~200), which fixes the top-1 class on every
     image that is not a float32 tie. Both float32 evaluations are held to the same bound against a float64
-    evaluation of the same weights (on 1k images: float64 convolutions are slow), so neither is the one that is
+    evaluation of the same weights (on at most 1k images: float64 convolutions are slow), so neither is the one that is
     off."""
     x, y = mnist_test[0][:n], mnist_test[1][:n]
     model, cfg = load_model(deploy_runs[name])
     model.eval()
     ref = torch_logits(model, x, cfg.data)
-    d = exported[name]
+    d = exported(name)
 
     float_sess = session(d / "model.onnx")
     (inp,) = float_sess.get_inputs()
@@ -112,8 +122,8 @@ def _ctx(name: str, opts: dict, tmp_path: Path, int8: bool = False) -> ExportCon
     return ExportContext(model, cfg, build_flat(model, cfg, False), int8, tmp_path)
 
 
-# each export traces the model with torch.export (seconds): the fast tier's trained runs export max pooling with
-# relu and the 1998 model's subsampling (test_parity_on_the_mnist_test_set); these seven are slow
+# each export traces the model with torch.export (seconds): the fast tier exports the trained 1998 model
+# (test_parity_on_the_mnist_test_set); these seven are slow
 @pytest.mark.parametrize("act,pool", [pytest.param("tanh", "avg", marks=pytest.mark.slow),
                                       pytest.param("relu", "max", marks=pytest.mark.slow),
                                       *(pytest.param(a, p, marks=pytest.mark.slow) for a, p in [
@@ -149,7 +159,14 @@ def test_int8_is_refused_cleanly(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_int8_cli_error(deploy_runs, tmp_path):
+def test_int8_cli_error(deploy_runs, deploy_flats, tmp_path, monkeypatch):
+    # the refusal comes after export() has built the int8 flat model: the session's shared one stands in for a
+    # second calibration of the same run (~2 s); test_deploy_flat.py's CLI export calibrates for real
+    from lenetlab.deploy import export as export_mod
+    from lenetlab.deploy import flat
+
+    monkeypatch.setattr(export_mod, "build_flat",
+                        lambda model, cfg, int8: flat.load(str(deploy_flats["lenet5"]["int8" if int8 else "float"])))
     r = run_cli("export", str(deploy_runs["lenet5"]), "--format", "onnx", "--int8", "--out", str(tmp_path),
                 "--no-check")
     assert r.returncode == 2

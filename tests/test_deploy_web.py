@@ -24,9 +24,11 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
+from lenetlab.data.idx import write_idx
 from lenetlab.deploy import flat, runtime
-from lenetlab.deploy.web import make_server, run_site_files, site_files, static_files
+from lenetlab.deploy.web import DATA_DIR, TEST_FILES, make_server, run_site_files, site_files, static_files
 from lenetlab.errors import LenetlabError
+from lenetlab.rundir import load_config
 
 HANG_S = 600   # waits end when the page/server answers; this only keeps a hang from hanging the suite
 
@@ -46,11 +48,34 @@ def serving(files: dict[str, bytes]):
 _SITES: dict[tuple[str, bool], dict[str, bytes]] = {}
 
 
-def site(run: Path, int8: bool) -> dict[str, bytes]:
+def site(run: Path, int8: bool, flat_file: Path | None = None) -> dict[str, bytes]:
+    """The page of a trained run (cached): ``run_site_files(run, int8)``, the library's path (``serve`` runs it
+    too). With ``flat_file`` (the run's own flat file, conftest.deploy_flats: the same build_flat output) the same
+    files around that model, so the int8 model is not calibrated again (~2 s) for every page."""
     key = (str(run), int8)
     if key not in _SITES:
-        _SITES[key] = run_site_files(run, int8)
+        if flat_file is None:
+            _SITES[key] = run_site_files(run, int8)
+        else:
+            cfg = load_config(Path(run))
+            _SITES[key] = site_files(flat_file.read_bytes(), int8=int8, arch=cfg.model.name, run_name=Path(run).name,
+                                     dataset=cfg.data.dataset, data_dir=cfg.data.data_dir)
     return _SITES[key]
+
+
+def shared_site(deploy_runs, deploy_flats, name: str, int8: bool) -> dict[str, bytes]:
+    """:func:`site` of deploy run ``name`` around its shared flat file."""
+    return site(deploy_runs[name], int8, deploy_flats[name]["int8" if int8 else "float"])
+
+
+def with_test_set(files: dict[str, bytes], images: np.ndarray, labels: np.ndarray, tmp: Path) -> dict[str, bytes]:
+    """``files`` with the page's test set (the gzip IDX files under data/) replaced by ``images`` / ``labels``:
+    the page evaluates whatever test set it is given."""
+    out = dict(files)
+    for name, array in zip(TEST_FILES, (images, labels.astype(np.uint8))):
+        write_idx(tmp / name, np.ascontiguousarray(array), compress=True)
+        out[f"{DATA_DIR}/{name}"] = (tmp / name).read_bytes()
+    return out
 
 
 def model_of(files: dict[str, bytes]) -> flat.FlatModel:
@@ -119,16 +144,20 @@ def wait_prediction(driver) -> int:
     return int(driver.find_element(By.ID, "prediction").get_attribute("data-class"))
 
 
-# the page's own test-set button runs all 10k images: float32 here, int8 in the slow tier (the int8 page is
-# checked on 1k images, logits bit for bit, by test_browser_runs_classic_lenet5_like_numpy)
-@pytest.mark.parametrize("int8", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["float32", "int8"])
-def test_browser_test_set_accuracy_equals_numpy(browser, deploy_runs, mnist_test, int8, tmp_path):
+# the page's own test-set button: float32 on the first 1,000 test images (served as the page's test set) in the
+# fast tier; the whole 10k set, float32 and int8, in the slow tier (the int8 page is checked on 1k images, logits
+# bit for bit, by test_browser_runs_classic_lenet5_like_numpy; the NumPy reference on 10k images alone costs ~8 s)
+@pytest.mark.parametrize("int8,n", [(False, 1000), pytest.param(False, 10000, marks=pytest.mark.slow),
+                                    pytest.param(True, 10000, marks=pytest.mark.slow)],
+                         ids=["float32-1k", "float32-10k", "int8-10k"])
+def test_browser_test_set_accuracy_equals_numpy(browser, deploy_runs, deploy_flats, mnist_test, int8, n, tmp_path):
     from PIL import Image
     from selenium.webdriver.common.by import By
 
-    images, labels = mnist_test
-    run = deploy_runs["lenet5"]
-    files = site(run, int8)
+    images, labels = mnist_test[0][:n], mnist_test[1][:n]
+    files = shared_site(deploy_runs, deploy_flats, "lenet5", int8)
+    if n < len(mnist_test[0]):
+        files = with_test_set(files, images, labels, tmp_path)
     fm = model_of(files)
     numpy_out: dict[str, np.ndarray] = {}
     # the NumPy reference runs on one core while the browser evaluates on the other
@@ -144,7 +173,7 @@ def test_browser_test_set_accuracy_equals_numpy(browser, deploy_runs, mnist_test
         worker.join()
         ref_logits = numpy_out["logits"]
         ref = ref_logits.argmax(1)
-        assert got["total"] == len(images) == 10000
+        assert got["total"] == len(images) == n
         assert got["correct"] == int((ref == labels).sum())                 # the same accuracy, exactly
         assert got["accuracy"] == pytest.approx(float((ref == labels).mean()), abs=1e-12)
         assert got["ips"] > 0
@@ -168,10 +197,10 @@ def test_browser_test_set_accuracy_equals_numpy(browser, deploy_runs, mnist_test
 
 
 @pytest.mark.parametrize("int8", [False, True], ids=["float32", "int8"])
-def test_browser_runs_classic_lenet5_like_numpy(browser, deploy_runs, mnist_test, int8):
+def test_browser_runs_classic_lenet5_like_numpy(browser, deploy_runs, deploy_flats, mnist_test, int8):
     """LeNet-5 1998: C3 connection table, trainable subsampling, scaled tanh, RBF output."""
     images = mnist_test[0][:1000]
-    files = site(deploy_runs["lenet5_classic"], int8)
+    files = shared_site(deploy_runs, deploy_flats, "lenet5_classic", int8)
     fm = model_of(files)
     assert {layer.op for layer in fm.layers} >= {"conv", "subsample", "act", "dense", "rbf"}
     ref = runtime.run(fm, images)
@@ -272,10 +301,10 @@ def _corruptions(good: bytes, good_int8: bytes) -> dict[str, tuple[bytes, str]]:
     }
 
 
-def test_js_validator_rejects_what_flat_py_rejects(browser, deploy_runs):
+def test_js_validator_rejects_what_flat_py_rejects(browser, deploy_runs, deploy_flats):
     files = site(deploy_runs["lenet5"], False)
     good = files["model.flat"]
-    good_int8 = site(deploy_runs["lenet5"], True)["model_int8.flat"]
+    good_int8 = shared_site(deploy_runs, deploy_flats, "lenet5", True)["model_int8.flat"]
     cases = {"good": (good, ""), "good int8": (good_int8, ""), **_corruptions(good, good_int8)}
     with serving(files) as srv:
         assert open_page(browser, srv.url) == "ready"
@@ -449,14 +478,13 @@ def test_export_web_writes_a_static_site(deploy_runs, tmp_path, request):
         srv.server_close()
 
 
-def test_export_web_int8(deploy_runs, tmp_path):
-    from lenetlab.deploy.export import export
-
-    paths = export(deploy_runs["lenet5"], "web", int8=True, out=tmp_path)
-    assert tmp_path / "model_int8.flat" in paths and tmp_path / "index.html" in paths
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
+def test_export_web_int8(deploy_export):
+    """The int8 site through the export API (the exporter contract's export, shared: conftest.deploy_export)."""
+    out, paths = deploy_export("lenet5_classic", "web", True)
+    assert out / "model_int8.flat" in paths and out / "index.html" in paths
+    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"] == "model_int8.flat" and manifest["dtype"] == "int8"
-    assert flat.load(str(tmp_path / "model_int8.flat")).dtype == "int8"
+    assert flat.load(str(out / "model_int8.flat")).dtype == "int8"
 
 
 def test_site_files_refuse_a_broken_model():

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import CLAIM_TEST_N_BOOT
 from lenetlab.deploy.latency import interleaved, paired_ratios
 from lenetlab.experiments import Result, reproduce, stats
 from lenetlab.experiments.deploy import LATENCY_CLAIMS, RUNTIMES, deploy_claims
@@ -69,6 +70,14 @@ def test_tiny_run_end_to_end(tiny):
 N = 2000
 
 
+@pytest.fixture
+def fewer_bootstrap_replicates(monkeypatch):
+    """400 bootstrap replicates instead of 2000, as for every claim-rule test (conftest.CLAIM_TEST_N_BOOT): the
+    synthetic cells put each interval well clear of (or across) its line, so the verdicts do not hinge on the
+    interval's Monte Carlo precision; reproductions keep 2000."""
+    monkeypatch.setattr(stats, "N_BOOT", CLAIM_TEST_N_BOOT)
+
+
 def _wrong(rng, k: int) -> list[int]:
     return sorted(rng.choice(N, k, replace=False).tolist())
 
@@ -103,7 +112,7 @@ def timings(seeds=(0, 1, 2), ratio: float = 0.5, spread: float = 0.05, reps: int
     return out
 
 
-def test_claims_supported_when_everything_holds():
+def test_claims_supported_when_everything_holds(fewer_bootstrap_replicates):
     c = by_name(deploy_claims(synthetic(), timings(), [0, 1, 2]))
     for name in ("numpy_same_top1", "c_same_top1", "browser_same_top1", "int8_runtimes_bit_exact",
                  "accuracy_about_98", "same_as_pc", "int8_cost", "int8_smaller", "numpy_vs_torch_latency",
@@ -113,7 +122,7 @@ def test_claims_supported_when_everything_holds():
     assert "0 of 6000" in c["c_same_top1"].measured
 
 
-def test_claims_not_supported_when_they_fail():
+def test_claims_not_supported_when_they_fail(fewer_bootstrap_replicates):
     c = by_name(deploy_claims(synthetic(differ=4, acc=0.95, int8_extra=60, int8_differ=1),
                               timings(ratio=40.0, spread=1.0), [0, 1, 2]))
     for name in ("numpy_same_top1", "c_same_top1", "browser_same_top1", "int8_runtimes_bit_exact",
@@ -123,7 +132,7 @@ def test_claims_not_supported_when_they_fail():
     assert "12 of 6000" in c["numpy_same_top1"].measured
 
 
-def test_claims_inconclusive_on_straddling_intervals_few_seeds_or_no_browser():
+def test_claims_inconclusive_on_straddling_intervals_few_seeds_or_no_browser(fewer_bootstrap_replicates):
     # accuracy at the "about 98%" line, int8 costing about the allowance, latency ratios around 1
     c = by_name(deploy_claims(synthetic(acc=0.975, int8_extra=10, n=N), timings(ratio=1.0, spread=0.3), [0, 1, 2]))
     for name in ("accuracy_about_98", "int8_cost", "numpy_vs_torch_latency", "c_vs_torch_latency"):
@@ -158,20 +167,20 @@ def test_interleaved_rotates_the_order_and_pairs_repetitions():
         interleaved({}, repetitions=1)
 
 
-def test_c_evaluator_matches_numpy_runtime(small_run, mnist_test, tmp_path):
+def test_c_evaluator_matches_numpy_runtime(deploy_flats, mnist_test, tmp_path):
+    """CEvaluator (build, IDX files, logits, timing lines, errors) on a trained lenet5's flat files
+    (conftest.deploy_flats). Built at -O0 (gcc ~0.6 s instead of ~5 s): the experiment's own build flags
+    (MAKEFILE_FLAGS) are used by the shared tiny run (test_tiny_run_end_to_end)."""
     from lenetlab.deploy import flat, runtime
     from lenetlab.deploy.c_eval import CEvaluator
-    from lenetlab.deploy.export import build_flat
+    from lenetlab.deploy.c_runtime import THREAD_FLAGS
     from lenetlab.errors import LenetlabError
-    from lenetlab.rundir import load_model
 
-    model, cfg = load_model(small_run)
     x = mnist_test[0][:200]
-    c = CEvaluator(tmp_path / "c")
+    c = CEvaluator(tmp_path / "c", flags=("-std=c99", "-O0", *THREAD_FLAGS))
     for int8 in (False, True):
-        fm = build_flat(model, cfg, int8)
-        path = tmp_path / f"m{int(int8)}.flat"
-        path.write_bytes(flat.encode(fm))
+        path = deploy_flats["lenet5"]["int8" if int8 else "float"]
+        fm = flat.load(str(path))
         got, ref = c.logits(path, x), runtime.run(fm, x)
         if int8:
             assert got.dtype == np.int32 and np.array_equal(got.astype(np.int64), ref)
