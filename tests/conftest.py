@@ -1,9 +1,9 @@
 """Shared fixtures: small real-MNIST runs, trained once per test session.
 
-``make test`` runs the suite on two pytest-xdist workers (``-n 2 --dist loadfile``: a file's tests stay on one
+``make test`` runs the suite on three pytest-xdist workers (``-n 3 --dist loadfile``: a file's tests stay on one
 worker). What several files share - the trained runs and each experiment's tiny reproduction - is built once
 for the whole session by whichever worker needs it first (:func:`build_once`, a file lock), and the others
-read it from disk. Each worker uses one torch thread, so two workers fill the two cores."""
+read it from disk. Each worker uses one torch thread and one BLAS thread; the third fills the time others wait."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ from pathlib import Path
 # workers, a reproduction's pinned 2 threads, CI neighbours) spinning threads burned up to 5x the CPU the work
 # needs. Set before torch loads its OpenMP runtime; results do not change (it only decides how idle threads wait).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# NumPy's OpenBLAS starts one spinning thread per core in every worker and every CLI subprocess; two workers
+# already fill the cores, so extra BLAS threads only burn CPU (reproduce pins BLAS to 1 thread anyway).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -47,10 +50,13 @@ if _CPU_LOG:
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(item, nextitem):
-        t0 = _cpu()
+        import time
+
+        t0, w0 = _cpu(), time.time()
         yield
         with open(_CPU_LOG, "a") as f:
-            f.write(json.dumps({"test": item.nodeid, "cpu": round(_cpu() - t0, 3)}) + "\n")
+            f.write(json.dumps({"test": item.nodeid, "cpu": round(_cpu() - t0, 3), "worker": WORKER,
+                                "start": round(w0, 3), "wall": round(time.time() - w0, 3)}) + "\n")
 
 
 # The claim-rule tests (tests/test_claims_*.py) feed synthetic cells with wide margins to each experiment's

@@ -22,14 +22,15 @@ TINY = {"model": "lenet5", "data": {"train_subset": 1500, "test_subset": 300, "v
         "train": {"epochs": 1, "batch_size": 100}}
 
 
-def _tiny(**train):
-    return {**TINY, "train": {**TINY["train"], **train}}
+# the callback tests count calls, not accuracy: two steps on 200 images
+CALLBACK_RUN = {"model": "lenet5", "data": {"train_subset": 200, "test_subset": 100, "val_size": 100},
+                "train": {"epochs": 1, "batch_size": 100}}
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("api") / "run"
-    lenetlab.fit(_tiny(), out=out, log=None, progress=False)
+    lenetlab.fit(TINY, out=out, log=None, progress=False)
     return out
 
 
@@ -53,7 +54,8 @@ def _python_blocks(path: Path) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", path.read_text(), re.S | re.M)
 
 
-def test_tutorial_code_blocks_run_in_order(tmp_path, monkeypatch, capsys):
+@pytest.mark.slow   # trains two models and runs every API function on them; the fast tests below call each
+def test_tutorial_code_blocks_run_in_order(tmp_path, monkeypatch, capsys):   # of those functions on a tiny run
     blocks = _python_blocks(ROOT / "docs" / "tutorial.md")
     assert len(blocks) >= 6
     monkeypatch.chdir(tmp_path)
@@ -142,8 +144,7 @@ class Recorder:
 
 
 def test_callbacks_see_every_epoch_and_change_nothing(tmp_path):
-    cfg = {"model": "lenet5", "data": {"train_subset": 600, "test_subset": 200, "val_size": 200},
-           "train": {"epochs": 2, "batch_size": 100}}
+    cfg = {**CALLBACK_RUN, "train": {"epochs": 2, "batch_size": 100}}
     plain = lenetlab.fit(cfg, out=tmp_path / "plain", log=None, progress=False)
     rec, seen = Recorder(), []
     watched = lenetlab.fit(cfg, out=tmp_path / "watched", log=None, progress=False, callbacks=[rec, seen.append])
@@ -166,11 +167,11 @@ def test_callbacks_see_every_epoch_and_change_nothing(tmp_path):
 
 def test_a_single_callback_and_bad_callbacks(tmp_path):
     seen = []
-    lenetlab.fit(_tiny(), log=None, progress=False, callbacks=seen.append)
+    lenetlab.fit(CALLBACK_RUN, log=None, progress=False, callbacks=seen.append)
     assert len(seen) == 1
     for bad in ([42], ["not callable"], [object()], 42):
         with pytest.raises(LenetlabError, match="callback"):
-            lenetlab.fit(_tiny(), out=tmp_path / "bad", log=None, progress=False, callbacks=bad)
+            lenetlab.fit(CALLBACK_RUN, out=tmp_path / "bad", log=None, progress=False, callbacks=bad)
     assert not (tmp_path / "bad").exists()
 
 
@@ -179,7 +180,7 @@ def test_callbacks_on_the_trainer_directly():
     from lenetlab.train.presets import resolve
 
     seen = []
-    cfg = resolve("fast", overrides={k: v for k, v in _tiny().items() if k != "model"})
+    cfg = resolve("fast", overrides={k: v for k, v in CALLBACK_RUN.items() if k != "model"})
     fit(cfg, log=None, progress=False, callbacks=[lambda m: seen.append(m["epoch"])])
     assert seen == [1]
 
@@ -371,19 +372,19 @@ def test_noisy_accuracy(run, mnist_test):
 
 def test_fault_campaign(run, run_dir, mnist_test, tmp_path):
     x, _ = mnist_test
-    kw = dict(images=10, bits=[7], samples=4, calibration=300)
+    kw = dict(images=10, bits=[7], samples=4, calibration=50)     # few calibration images: each call quantises
     a = lenetlab.fault_campaign(run, "weights", **kw)
     assert a["target"] == "weights" and a["images"] == 10 and a["faults"] == 4 * len(a["layers"])
     assert 0 <= a["rate"] <= 1 and a["ci95"][0] <= a["rate"] <= a["ci95"][1]
     assert lenetlab.fault_campaign(run_dir, "weights", **kw) == a        # a run directory: the same
     assert lenetlab.fault_campaign(run, "weights", **{**kw, "images": x[:10]}) == a   # the same first 10 images
     acc = lenetlab.fault_campaign(run, "accumulators", images=5, bits="30-31", samples=2, layers=[4],
-                                  calibration=300)
+                                  calibration=50)
     assert [la["stage"] for la in acc["layers"]] == [4] and {b["bit"] for b in acc["layers"][0]["bits"]} == {30, 31}
     # a quantised run directory and its .flat file
     from lenetlab.quant.run import quantize_run
 
-    quantize_run(run_dir, tmp_path / "q", calibration=300, limit=50)
+    quantize_run(run_dir, tmp_path / "q", calibration=50, limit=50)
     q = lenetlab.fault_campaign(tmp_path / "q", "weights", images=10, bits=[7], samples=4)
     assert q == a
     assert lenetlab.fault_campaign(tmp_path / "q" / "model_int8.flat", "weights", images=10, bits=[7], samples=4) == a

@@ -1,4 +1,5 @@
-"""Adversarial attacks (lenetlab.attacks): invariants on every attack, ART oracle, CLI."""
+"""Adversarial attacks (lenetlab.attacks): invariants on every attack, CLI. (The ART oracle for fgsm/pgd and the
+art:* attacks are checked in tests/test_attacks_art.py, the one fast test module that imports ART.)"""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def substitute_run(tmp_path_factory):
     from lenetlab.train.presets import resolve
 
     out = tmp_path_factory.mktemp("attack") / "sub"
-    fit(resolve("fast", "lenet5", overrides={"data": {"train_subset": 3000, "test_subset": 200},
+    fit(resolve("fast", "lenet5", overrides={"data": {"train_subset": 1000, "test_subset": 200},
                                              "train": {"epochs": 1, "batch_size": 64, "seed": 1}}),
         out=out, log=None, progress=False)
     return out
@@ -62,7 +63,10 @@ def tiny(name: str) -> dict:
     return {k: v for k, v in small.items() if k in option_names(name)}
 
 
-@pytest.mark.parametrize("name", names("attack"))
+# The art:* attacks run here in the slow tier only: ART's import and its attacks cost seconds each, and
+# tests/test_attacks_art.py checks every art:* attack's ball, seed repeatability and model mode in the fast tier.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("art:") else n
+                                  for n in names("attack")])
 def test_attack_invariants(name, small_run, substitute_run, batch):
     if name.startswith("art:"):
         pytest.importorskip("art")              # the optional extra (tests/test_attacks_art.py)
@@ -108,7 +112,7 @@ def test_rule_pathway_gradient_is_the_rules(tmp_path, batch):
     from lenetlab.train import fit
     from lenetlab.train.presets import resolve
 
-    fit(resolve("fast", "lenet5", overrides={"data": {"train_subset": 1000, "test_subset": 100},
+    fit(resolve("fast", "lenet5", overrides={"data": {"train_subset": 256, "test_subset": 64, "val_size": 64},
                                              "train": {"epochs": 1, "rule": "dfa", "seed": 9}}),
         out=tmp_path / "dfa", log=None, progress=False)
     x, y = batch
@@ -129,31 +133,6 @@ def test_rule_pathway_gradient_is_the_rules(tmp_path, batch):
     out.backward((e @ b1).reshape(out.shape))
     assert torch.allclose(g_rule, xr.grad, atol=1e-7, rtol=1e-4)
     assert not torch.allclose(g_rule, g_auto)
-
-
-def test_matches_art(small_run, batch):
-    art = pytest.importorskip("art")
-    from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
-    from art.estimators.classification import PyTorchClassifier
-
-    x, y = batch
-    target = Target.from_run(small_run)
-    cfg = target.data
-    clf = PyTorchClassifier(model=target.model, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 28, 28),
-                            nb_classes=10, clip_values=(0.0, 1.0),
-                            preprocessing=(np.float32(cfg.mean), np.float32(cfg.std)))
-    xn = x.numpy()
-    ours = make_attack("fgsm", target, EPS)(x, y).numpy()
-    theirs = FastGradientMethod(clf, norm=np.inf, eps=EPS, batch_size=64).generate(xn, y=y.numpy())
-    assert np.abs(ours - theirs).max() < 1e-6
-    ours = make_attack("pgd", target, EPS, steps=5, step_size=0.03, random_start=False, keep_best=False)(x, y)
-    theirs = ProjectedGradientDescent(clf, norm=np.inf, eps=EPS, eps_step=0.03, max_iter=5, num_random_init=0,
-                                      batch_size=64, verbose=False).generate(xn, y=y.numpy())
-    same = np.isclose(ours.numpy(), theirs, atol=1e-5).mean()
-    assert same > 0.999, same
-    assert abs(float((target.predict(ours) == y).float().mean())
-               - float((target.predict(torch.from_numpy(theirs)) == y).float().mean())) <= 1 / 64
-    assert art.__version__
 
 
 def test_run_attack_counts(small_run, batch):

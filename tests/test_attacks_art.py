@@ -1,4 +1,9 @@
-"""The art:* attacks (lenetlab.attacks.art_attacks): ART behind lenetlab's Attack, checked against ART itself."""
+"""The art:* attacks (lenetlab.attacks.art_attacks): ART behind lenetlab's Attack, checked against ART itself;
+and ART as the oracle for lenetlab's own fgsm and pgd. The one fast test module that imports ART (seconds).
+
+Fast tier: one run of each art:* family (apgd: the CLI against ART called directly, the L2 ball, a targeted
+run; square: seed repeatability; cw: the L2 ball; autoattack: the budget). The other norm/targeted
+variants of square and cw are in the slow tier."""
 
 from __future__ import annotations
 
@@ -40,6 +45,33 @@ class Normalised(nn.Module):
         return self.model(from_unit(x, self.data))
 
 
+def test_fgsm_and_pgd_match_art(small_run, batch):
+    """lenetlab's own fgsm and pgd against ART's FastGradientMethod and ProjectedGradientDescent."""
+    import art
+    from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
+    from art.estimators.classification import PyTorchClassifier
+
+    x, y = batch
+    eps = 0.1
+    target = Target.from_run(small_run)
+    cfg = target.data
+    clf = PyTorchClassifier(model=target.model, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 28, 28),
+                            nb_classes=10, clip_values=(0.0, 1.0),
+                            preprocessing=(np.float32(cfg.mean), np.float32(cfg.std)))
+    xn = x.numpy()
+    ours = make_attack("fgsm", target, eps)(x, y).numpy()
+    theirs = FastGradientMethod(clf, norm=np.inf, eps=eps, batch_size=64).generate(xn, y=y.numpy())
+    assert np.abs(ours - theirs).max() < 1e-6
+    ours = make_attack("pgd", target, eps, steps=5, step_size=0.03, random_start=False, keep_best=False)(x, y)
+    theirs = ProjectedGradientDescent(clf, norm=np.inf, eps=eps, eps_step=0.03, max_iter=5, num_random_init=0,
+                                      batch_size=64, verbose=False).generate(xn, y=y.numpy())
+    same = np.isclose(ours.numpy(), theirs, atol=1e-5).mean()
+    assert same > 0.999, same
+    assert abs(float((target.predict(ours) == y).float().mean())
+               - float((target.predict(torch.from_numpy(theirs)) == y).float().mean())) <= 1 / 64
+    assert art.__version__
+
+
 def test_cli_apgd_matches_art_called_directly(small_run, batch):
     """`lenetlab attack --attack art:apgd` = ART's AutoProjectedGradientDescent on the same model, inputs and seed:
     the same adversarial examples (up to our projection onto the eps ball, a float rounding), so the same accuracy."""
@@ -47,8 +79,9 @@ def test_cli_apgd_matches_art_called_directly(small_run, batch):
     from art.estimators.classification import PyTorchClassifier
 
     x, y = batch
-    eps, seed, steps = 0.1, 5, 20
-    r = run_cli("attack", str(small_run), "--attack", "art:apgd", "--eps", str(eps), "--limit", "64",
+    x, y = x[:32], y[:32]
+    eps, seed, steps = 0.1, 5, 10
+    r = run_cli("attack", str(small_run), "--attack", "art:apgd", "--eps", str(eps), "--limit", "32",
                 "--steps", str(steps), "--seed", str(seed), "--json", check=True)
     cli = json.loads(r.stdout)["rows"][0]
 
@@ -65,7 +98,7 @@ def test_cli_apgd_matches_art_called_directly(small_run, batch):
     ours = make_attack("art:apgd", target, eps, seed=seed, steps=steps)(x, y)
     assert torch.equal(ours, projected)
     acc = float((target.predict(projected) == y).float().mean())
-    assert cli["adv_accuracy"] == acc and cli["n"] == 64
+    assert cli["adv_accuracy"] == acc and cli["n"] == 32
     assert cli["clean_accuracy"] == float((target.predict(x) == y).float().mean())
     assert acc < cli["clean_accuracy"]
 
@@ -76,8 +109,9 @@ def _l2(d: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("name,options", [
     ("art:apgd", {"steps": 10}),
-    ("art:square", {"steps": 40}),
-    ("art:cw", {"steps": 5, "search_steps": 2, "learning_rate": 0.1}),
+    pytest.param("art:square", {"steps": 40}, marks=pytest.mark.slow),   # square: seed test below (L-inf)
+    ("art:cw", {"steps": 3, "search_steps": 1, "learning_rate": 0.1}),
+    pytest.param("art:cw", {"steps": 5, "search_steps": 2, "learning_rate": 0.1}, marks=pytest.mark.slow),
 ])
 def test_l2_variants_stay_in_the_l2_ball(name, options, small_run, batch):
     x, y = batch[0][:16], batch[1][:16]
@@ -92,10 +126,12 @@ def test_l2_variants_stay_in_the_l2_ball(name, options, small_run, batch):
         assert target.losses(xa, y).mean() > target.losses(x, y).mean()
 
 
+# square and cw targeted: slow tier. Fast: apgd here, and the target classes each draws (test below).
 @pytest.mark.parametrize("name,options", [
     ("art:apgd", {"steps": 10, "norm": "inf"}),
-    ("art:square", {"steps": 100, "norm": "inf"}),
-    ("art:cw", {"steps": 5, "search_steps": 2, "learning_rate": 0.1}),     # CW is L2 only
+    pytest.param("art:square", {"steps": 100, "norm": "inf"}, marks=pytest.mark.slow),
+    pytest.param("art:cw", {"steps": 5, "search_steps": 2, "learning_rate": 0.1},     # CW is L2 only
+                 marks=pytest.mark.slow),
 ])
 def test_targeted_variants_stay_in_the_ball(name, options, small_run, batch):
     x, y = batch[0][:16], batch[1][:16]

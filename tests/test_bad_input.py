@@ -14,24 +14,47 @@ from lenetlab.data.images import MAX_PIXELS, load_gray
 from lenetlab.errors import LenetlabError
 
 
-def _png_bomb(path, side: int) -> None:
-    """A valid grayscale PNG of side x side black pixels: a few KB compressed, side^2 bytes decoded."""
+def _png_bomb(path, side: int, rows_per_block: int = 100) -> None:
+    """A valid grayscale PNG of side x side black pixels: a few KB compressed per million pixels, side^2 bytes
+    decoded. Its zlib stream is one deflate block of ``rows_per_block`` rows, compressed once and repeated:
+    after a full flush the compressor starts afresh, so every such block compresses to the same bytes (and a
+    decoder reads them one after another). The stream's Adler-32 of n zero bytes is (n mod 65521) << 16 | 1."""
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
-    row = b"\x00" + b"\x00" * side
+    assert side % rows_per_block == 0
+    rows = (b"\x00" + b"\x00" * side) * rows_per_block          # filter byte 0, then the row's black pixels
     comp = zlib.compressobj(9)
-    body = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    first = comp.compress(rows) + comp.flush(zlib.Z_FULL_FLUSH)    # the 2-byte zlib header, then the block
+    block = comp.compress(rows) + comp.flush(zlib.Z_FULL_FLUSH)
+    assert first[2:] == block
+    last = comp.flush()[:-4]                                       # the final (empty) block, without its checksum
+    n = side * (side + 1)
+    body = first + block * (side // rows_per_block - 1) + last + struct.pack(">I", (n % 65521) << 16 | 1)
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
 
 
 @pytest.fixture(scope="module")
 def bomb(tmp_path_factory) -> Path:
-    """900 megapixels in ~1 MB (compressing them takes seconds: made once for the module)."""
+    """900 megapixels in ~1 MB."""
     p = tmp_path_factory.mktemp("bomb") / "huge.png"
     _png_bomb(p, 30000)
     return p
+
+
+def test_png_bomb_is_a_valid_png(tmp_path):
+    """The bomb's construction, checked on a small one: its zlib stream (checksum included) inflates to the
+    filtered rows, and PIL decodes it to all-black pixels."""
+    from PIL import Image
+
+    p = tmp_path / "small.png"
+    _png_bomb(p, 3000)
+    data = p.read_bytes()
+    (n,) = struct.unpack(">I", data[33:37])                       # the IDAT chunk follows the 25-byte IHDR
+    assert data[37:41] == b"IDAT" and zlib.decompress(data[41:41 + n]) == bytes(3000 * 3001)
+    with Image.open(p) as im:
+        assert im.size == (3000, 3000) and im.mode == "L" and im.getextrema() == (0, 0)
 
 
 def test_huge_png_is_refused_before_decoding(bomb):

@@ -175,11 +175,40 @@ def test_logger_objects_as_fit_callbacks(tmp_path):
         loggers.make(["tensorboard", "comet"], out)
 
 
-def test_sweep_logs_each_trial_as_its_own_run(tmp_path):
-    """A function sweep on the local pool (the payload plumbing), each trial one TensorBoard dir and one MLflow
-    run named by its id, holding the trial's metrics."""
+def _trials_in_this_process(trials, workers):
+    """The local backend's contract (``(trial, outcome)`` per trial) without its pool: each trial's payload,
+    pickled as it is to reach a worker process, run here by the same run_trial (which sets one torch thread,
+    as in a worker: this process's count is restored)."""
+    import pickle
+
+    import torch
+
+    from lenetlab.sweep.trials import run_trial
+
+    threads = torch.get_num_threads()
+    try:
+        for t in trials:
+            try:
+                yield t, run_trial(pickle.loads(pickle.dumps(t.payload)))
+            except Exception as e:  # noqa: BLE001  (reported per trial, as the pool does)
+                yield t, e
+    finally:
+        torch.set_num_threads(threads)
+
+
+# The local pool's worker process (spawned: a fresh interpreter and torch import, seconds) in the slow tier;
+# the fast tier runs the same payloads in this process. tests/test_sweep.py's
+# test_a_failing_trial_is_reported_and_retried runs the real pool in the fast tier.
+@pytest.mark.parametrize("pool", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["in-process", "pool"])
+def test_sweep_logs_each_trial_as_its_own_run(tmp_path, monkeypatch, pool):
+    """A function sweep's trials (the payload plumbing), each trial one TensorBoard dir and one MLflow run named
+    by its id, holding the trial's metrics."""
     if not HAVE:
         pytest.skip("neither tensorboard nor mlflow is installed")
+    if not pool:
+        import lenetlab.sweep
+
+        monkeypatch.setattr(lenetlab.sweep, "run_local", _trials_in_this_process)
     sweep = tmp_path / "toy.toml"
     sweep.write_text('[sweep]\nkind = "function"\nname = "toy-sweep"\nfunction = "lenetlab.sweep.trials:toy"\n'
                      'metric = "value"\ngoal = "min"\n[grid]\nx = [0.5, 1.0]\n')

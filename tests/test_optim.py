@@ -56,7 +56,8 @@ def test_state_dict_resume_is_exact():
         assert torch.equal(a, b)
 
 
-def test_no_dynamo_import():
+@pytest.mark.slow   # a fresh process (a torch import); the fast tier checks the same on a whole `lenetlab train`
+def test_no_dynamo_import():   # process: tests/test_cli.py::test_train_cli_small
     """The point of FusedAdam: training never imports torch._dynamo (1.2 s)."""
     import subprocess
 

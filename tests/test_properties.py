@@ -17,7 +17,8 @@ refusal is again checked through ``main``.
 
 TOML configs (``from_dict`` / ``resolve`` / ``load_toml``) and sweep files (``lenetlab.sweep.parse`` /
 ``load``): generated documents give a config / a sweep or a :class:`LenetlabError`, never anything else.
-All examples are derandomised (the same on every run) and the whole file takes a few seconds.
+All examples are derandomised (the same on every run). Each property runs a few examples in the fast tier
+and a ``_full`` twin with four times as many (or more) in the slow tier.
 """
 
 from __future__ import annotations
@@ -155,10 +156,7 @@ NUMBERS = st.one_of(
 FLAGS = numeric_flags()
 
 
-@pytest.mark.parametrize("path, flag, checker", FLAGS, ids=[f"{' '.join(p)} {f}" for p, f, _ in FLAGS])
-@FAST
-@given(text=NUMBERS)
-def test_numeric_flag_is_accepted_in_range_or_refused_in_one_line(tiny_runs, path, flag, checker, text):
+def _check_numeric_flag(tiny_runs, path, flag, checker, text):
     out = tiny_runs["root"] / "never"
     argv = [*base_argv(path, tiny_runs, out), f"{flag}={text}"]
     try:
@@ -175,6 +173,24 @@ def test_numeric_flag_is_accepted_in_range_or_refused_in_one_line(tiny_runs, pat
     assert b["hi"] is None or (value < b["hi"] if b["hi_open"] else value <= b["hi"])
 
 
+EVERY_FLAG = pytest.mark.parametrize("path, flag, checker", FLAGS, ids=[f"{' '.join(p)} {f}" for p, f, _ in FLAGS])
+
+
+@EVERY_FLAG
+@fast(3)
+@given(text=NUMBERS)
+def test_numeric_flag_is_accepted_in_range_or_refused_in_one_line(tiny_runs, path, flag, checker, text):
+    _check_numeric_flag(tiny_runs, path, flag, checker, text)
+
+
+@pytest.mark.slow   # the same, 10 numbers a flag (the fast tier: 3)
+@EVERY_FLAG
+@FAST
+@given(text=NUMBERS)
+def test_numeric_flag_is_accepted_in_range_or_refused_in_one_line_full(tiny_runs, path, flag, checker, text):
+    _check_numeric_flag(tiny_runs, path, flag, checker, text)
+
+
 def _actions(path: tuple[str, ...]):
     return dict(_subcommands(_parser()))[path]._actions
 
@@ -187,10 +203,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------- train: the config ranges
-@pytest.mark.parametrize("flag", sorted(f for c, f in CONFIG_CHECKED))
-@FAST
-@given(text=NUMBERS)
-def test_train_numbers_resolve_or_are_refused_before_the_run_exists(tiny_runs, flag, text):
+def _check_train_number(tiny_runs, flag, text):
     from lenetlab.cli import _train_overrides, build_parser
     from lenetlab.train.presets import resolve
 
@@ -208,6 +221,24 @@ def test_train_numbers_resolve_or_are_refused_before_the_run_exists(tiny_runs, f
     assert all(math.isfinite(v) for v in (cfg.train.lr, cfg.train.epochs, cfg.train.batch_size))
 
 
+TRAIN_FLAGS = pytest.mark.parametrize("flag", sorted(f for c, f in CONFIG_CHECKED))
+
+
+@TRAIN_FLAGS
+@fast(5)
+@given(text=NUMBERS)
+def test_train_numbers_resolve_or_are_refused_before_the_run_exists(tiny_runs, flag, text):
+    _check_train_number(tiny_runs, flag, text)
+
+
+@pytest.mark.slow   # the same, 10 numbers a flag (the fast tier: 5)
+@TRAIN_FLAGS
+@FAST
+@given(text=NUMBERS)
+def test_train_numbers_resolve_or_are_refused_before_the_run_exists_full(tiny_runs, flag, text):
+    _check_train_number(tiny_runs, flag, text)
+
+
 # ---------------------------------------------------------------- attack options (each attack's Options)
 @pytest.fixture(scope="module")
 def target(tiny_runs):
@@ -216,11 +247,7 @@ def target(tiny_runs):
     return Target.from_run(tiny_runs["run"])
 
 
-@pytest.mark.parametrize("attack, flag", [("pgd", "--steps"), ("pgd", "--step-size"), ("hybrid", "--lam"),
-                                          ("hybrid", "--transfer-steps"), ("hybrid", "--steps")])
-@fast(10)
-@given(text=NUMBERS)
-def test_attack_options_build_or_are_refused(tiny_runs, target, attack, flag, text):
+def _check_attack_option(tiny_runs, target, attack, flag, text):
     from lenetlab.attacks import make_attack
     from lenetlab.attacks.cli import _options
     from lenetlab.cli import build_parser
@@ -238,6 +265,25 @@ def test_attack_options_build_or_are_refused(tiny_runs, target, attack, flag, te
         return
     for v in atk.options.values():
         assert not isinstance(v, float) or math.isfinite(v)
+
+
+ATTACK_FLAGS = pytest.mark.parametrize("attack, flag", [("pgd", "--steps"), ("pgd", "--step-size"), ("hybrid", "--lam"),
+                                                         ("hybrid", "--transfer-steps"), ("hybrid", "--steps")])
+
+
+@ATTACK_FLAGS
+@fast(3)
+@given(text=NUMBERS)
+def test_attack_options_build_or_are_refused(tiny_runs, target, attack, flag, text):
+    _check_attack_option(tiny_runs, target, attack, flag, text)
+
+
+@pytest.mark.slow   # the same, 10 numbers an option (the fast tier: 3)
+@ATTACK_FLAGS
+@fast(10)
+@given(text=NUMBERS)
+def test_attack_options_build_or_are_refused_full(tiny_runs, target, attack, flag, text):
+    _check_attack_option(tiny_runs, target, attack, flag, text)
 
 
 def test_accepted_edge_values_run(tiny_runs, tmp_path):
@@ -267,9 +313,7 @@ TREES = st.recursive(SCALARS | st.lists(SCALARS, max_size=3),
 CONFIG_DOCS = st.dictionaries(st.sampled_from(["preset", "model", "data", "train", "other"]), TREES, max_size=4)
 
 
-@fast(80)
-@given(doc=CONFIG_DOCS)
-def test_config_dicts_give_a_config_or_one_error(doc):
+def _check_config_dicts_give_a_config_or_one_error(doc):
     from lenetlab.config import RunConfig, from_dict
     from lenetlab.train.presets import resolve
 
@@ -278,6 +322,19 @@ def test_config_dicts_give_a_config_or_one_error(doc):
             build()
         except LenetlabError as e:
             assert "\n" not in str(e).strip()
+
+
+@fast(20)
+@given(doc=CONFIG_DOCS)
+def test_config_dicts_give_a_config_or_one_error(doc):
+    _check_config_dicts_give_a_config_or_one_error(doc)
+
+
+@pytest.mark.slow   # the same, 80 documents (the fast tier: 20)
+@fast(80)
+@given(doc=CONFIG_DOCS)
+def test_config_dicts_give_a_config_or_one_error_full(doc):
+    _check_config_dicts_give_a_config_or_one_error(doc)
 
 
 def _toml_value(v) -> str:
@@ -296,9 +353,7 @@ def _toml_value(v) -> str:
     raise TypeError(v)
 
 
-@fast(60)
-@given(doc=CONFIG_DOCS, junk=st.sampled_from(["", "\n[[", "\nx = ", "\n\x00", "\n[train]\nlr = 1\nlr = 2"]))
-def test_toml_config_files_load_or_fail_in_one_line(tmp_path, doc, junk):
+def _check_toml_config_files_load_or_fail_in_one_line(tmp_path, doc, junk):
     from lenetlab.config import load_toml
     from lenetlab.train.presets import resolve
 
@@ -310,6 +365,19 @@ def test_toml_config_files_load_or_fail_in_one_line(tmp_path, doc, junk):
         resolve(file_data=load_toml(str(path)))
     except LenetlabError as e:
         assert "\n" not in str(e).strip() or "invalid TOML" in str(e)
+
+
+@fast(15)
+@given(doc=CONFIG_DOCS, junk=st.sampled_from(["", "\n[[", "\nx = ", "\n\x00", "\n[train]\nlr = 1\nlr = 2"]))
+def test_toml_config_files_load_or_fail_in_one_line(tmp_path, doc, junk):
+    _check_toml_config_files_load_or_fail_in_one_line(tmp_path, doc, junk)
+
+
+@pytest.mark.slow   # the same, 60 files (the fast tier: 15)
+@fast(60)
+@given(doc=CONFIG_DOCS, junk=st.sampled_from(["", "\n[[", "\nx = ", "\n\x00", "\n[train]\nlr = 1\nlr = 2"]))
+def test_toml_config_files_load_or_fail_in_one_line_full(tmp_path, doc, junk):
+    _check_toml_config_files_load_or_fail_in_one_line(tmp_path, doc, junk)
 
 
 def _has_none(v) -> bool:
@@ -346,9 +414,7 @@ SWEEPS = st.fixed_dictionaries({}, optional={
 })
 
 
-@fast(200)
-@given(doc=SWEEPS)
-def test_sweep_documents_parse_or_fail_in_one_line(doc):
+def _check_sweep_documents_parse_or_fail_in_one_line(doc):
     from lenetlab.sweep import parse
 
     try:
@@ -359,9 +425,20 @@ def test_sweep_documents_parse_or_fail_in_one_line(doc):
     assert sw.kind in ("train", "experiment", "function")
 
 
-@fast(40)
+@fast(50)
 @given(doc=SWEEPS)
-def test_sweep_files_load_or_fail_in_one_line(tmp_path, doc):
+def test_sweep_documents_parse_or_fail_in_one_line(doc):
+    _check_sweep_documents_parse_or_fail_in_one_line(doc)
+
+
+@pytest.mark.slow   # the same, 200 documents (the fast tier: 50)
+@fast(200)
+@given(doc=SWEEPS)
+def test_sweep_documents_parse_or_fail_in_one_line_full(doc):
+    _check_sweep_documents_parse_or_fail_in_one_line(doc)
+
+
+def _check_sweep_files_load_or_fail_in_one_line(tmp_path, doc):
     from lenetlab.sweep import load
 
     lines = []
@@ -377,3 +454,16 @@ def test_sweep_files_load_or_fail_in_one_line(tmp_path, doc):
         load(path)
     except LenetlabError as e:
         assert "\n" not in str(e).strip() or "invalid TOML" in str(e)
+
+
+@fast(10)
+@given(doc=SWEEPS)
+def test_sweep_files_load_or_fail_in_one_line(tmp_path, doc):
+    _check_sweep_files_load_or_fail_in_one_line(tmp_path, doc)
+
+
+@pytest.mark.slow   # the same, 40 files (the fast tier: 10)
+@fast(40)
+@given(doc=SWEEPS)
+def test_sweep_files_load_or_fail_in_one_line_full(tmp_path, doc):
+    _check_sweep_files_load_or_fail_in_one_line(tmp_path, doc)
