@@ -1,6 +1,5 @@
 """Model tests, including the registry contract (every model, every option)."""
 
-import contextlib
 import json
 
 import pytest
@@ -142,12 +141,7 @@ def test_contract_run_dir_roundtrip(tmp_path, name):
 
     cfg = resolve("fast", name, overrides={"data": {"train_subset": 256, "test_subset": 128, "val_size": 64},
                                           "train": {"epochs": 1, "batch_size": 64}})
-    from threadpoolctl import threadpool_limits
-
-    # pca_logreg fits its PCA with NumPy: one BLAS thread, as in a reproduction (idle OpenBLAS threads spin on a
-    # busy machine, several times the CPU of the fit); the others need no BLAS (and the limit's scan costs)
-    with threadpool_limits(limits=1, user_api="blas") if name == "pca_logreg" else contextlib.nullcontext():
-        s = fit(cfg, out=tmp_path / "r", log=None, progress=False)
+    s = fit(cfg, out=tmp_path / "r", log=None, progress=False)
     model = s.pop("_model")
     summary = read_summary(tmp_path / "r")
     assert summary == json.loads(json.dumps(s))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from pathlib import Path
@@ -10,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from threadpoolctl import threadpool_limits
 
 from lenetlab.config import RunConfig, from_dict
 from lenetlab.registry import names
@@ -73,10 +71,7 @@ PLUGIN_RUNS = {
 @pytest.mark.parametrize("plugin", sorted(PLUGIN_RUNS))
 def test_kill_and_resume_is_bit_identical(plugin, tmp_path):
     model = "pca_logreg" if plugin == "lbfgs" else "lenet5"
-    # pca_logreg fits its PCA with NumPy: one BLAS thread, as in a reproduction (lenetlab.determinism); OpenBLAS's
-    # idle threads spin, and on a busy 2-core machine that cost 5x the CPU of the fit itself
-    with threadpool_limits(limits=1, user_api="blas") if plugin == "lbfgs" else contextlib.nullcontext():
-        full, cut = _resume_matches(tmp_path, PLUGIN_RUNS[plugin], model=model)
+    full, cut = _resume_matches(tmp_path, PLUGIN_RUNS[plugin], model=model)
     if plugin == "zo-int8":
         a, b = load_file(str(full / "model_int8.safetensors")), load_file(str(cut / "model_int8.safetensors"))
         assert all(torch.equal(a[k], b[k]) for k in a)
