@@ -132,14 +132,7 @@ def render(result) -> str:
              "## Claims\n",
              CLAIMS_LEGEND + "\n",
              markdown_table(_claim_rows(result.claims))]
-    for name, rows in result.tables.items():
-        parts += [f"\n## {name}\n", markdown_table(rows)]
-    if result.figures:
-        parts.append("\n## Figures\n")
-        parts += [f"![{Path(f).stem}]({f})\n" for f in result.figures]
-    if result.notes:
-        parts.append("\n## Notes\n")
-        parts += [f"- {n}\n" for n in result.notes]
+    parts += _sections(result.tables, result.figures, result.notes)
     parts.append(f"\n## Config\n\n```\n{result.config}\n```\n")
     return "\n".join(parts)
 
@@ -154,15 +147,22 @@ def render_timings(result) -> str:
     if t.claims:
         parts += ["## Claims decided from clock readings\n", CLAIMS_LEGEND + "\n",
                   markdown_table(_claim_rows(t.claims))]
-    for name, rows in t.tables.items():
-        parts += [f"\n## {name}\n", markdown_table(rows)]
-    if t.figures:
-        parts.append("\n## Figures\n")
-        parts += [f"![{Path(f).stem}]({f})\n" for f in t.figures]
-    if t.notes:
-        parts.append("\n## Notes\n")
-        parts += [f"- {n}\n" for n in t.notes]
+    parts += _sections(t.tables, t.figures, t.notes)
     return "\n".join(parts)
+
+
+def _sections(tables: dict, figures: list, notes: list) -> list[str]:
+    """The tables, figures and notes sections shared by report.md and timings.md."""
+    parts: list[str] = []
+    for name, rows in tables.items():
+        parts += [f"\n## {name}\n", markdown_table(rows)]
+    if figures:
+        parts.append("\n## Figures\n")
+        parts += [f"![{Path(f).stem}]({f})\n" for f in figures]
+    if notes:
+        parts.append("\n## Notes\n")
+        parts += [f"- {n}\n" for n in notes]
+    return parts
 
 
 def write_report(result, out: Path) -> Path:
