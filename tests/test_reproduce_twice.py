@@ -6,9 +6,10 @@ start with). Every file both write must be byte-identical - each experiment's re
 report.md, run.json, figures and trained models, and the suite's report.md, report.html and manifest.json -
 except the files below, each excluded for the reason next to it. Clock readings (wall times, per-cell times,
 the deploy experiment's latencies and the claims decided from them, ZO's time per step) are kept in files of
-their own, :data:`CLOCK` (checked for being whole, and a timings.jsonl for timing the same cells); a training
-run's own files record its epochs' times (``lenetlab train``'s run format), :data:`TRAIN_RUN`, and are compared
-with those times masked. Any other difference is a bug. Slow: two tiny reproductions of every experiment (~3 min
+their own, :data:`CLOCK` (checked for being whole, and a timings.jsonl for timing the same cells or epochs); a
+training run inside an experiment keeps its epochs' times in its own timings.jsonl, not in its metrics.jsonl,
+summary.json or checkpoint (:func:`lenetlab.train.trainer.clock_apart`), so those are compared byte for byte
+like everything else. Any other difference is a bug. Slow: two tiny reproductions of every experiment (~3 min
 CPU each)."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from test_kill_anywhere import HANG_S, _env, files, normal
+from test_kill_anywhere import HANG_S, _env, files
 
 # files of clock readings, by name (anywhere) or by path: measured on the machine, they vary run to run
 CLOCK = {
@@ -31,22 +32,11 @@ CLOCK = {
     "timings.html": "reproduce all's clock readings as a self-contained page (embeds deploy/latency.png)",
     "deploy/latency.png": "a plot of the measured per-image latencies (listed in deploy/timings.json)",
 }
-# the files of a training run inside an experiment (beside its config.json), compared with its times masked
-TRAIN_RUN = {
-    "summary.json": "a training run's summary records its wall_seconds",
-    "metrics.jsonl": "a training run's metrics line per epoch records epoch_seconds, wall_seconds and unix_time",
-    "checkpoint.safetensors": "a training run's checkpoint carries its last metrics line (with those times) in "
-                              "its metadata",
-}
-
-
 def excluded(rel: str, root: Path) -> str | None:
     """Why ``rel`` may differ between the two runs (None: it must not)."""
     name = rel.rsplit("/", 1)[-1]
     if rel in CLOCK or name in CLOCK:
         return CLOCK.get(rel) or CLOCK[name]
-    if name in TRAIN_RUN and (root / rel).parent.joinpath("config.json").is_file():
-        return TRAIN_RUN[name]
     return None
 
 
@@ -56,6 +46,12 @@ def _whole(path: Path) -> None:
     elif path.suffix == ".jsonl":
         for ln in path.read_bytes().splitlines():
             json.loads(ln)
+
+
+def _timed(path: Path) -> list[str]:
+    """What a timings.jsonl times: an experiment's cell keys, or a training run's epochs (and the run)."""
+    rows = [json.loads(ln) for ln in path.read_bytes().splitlines()]
+    return sorted({str(r.get("key", r.get("epoch", "run"))) for r in rows})
 
 
 @pytest.mark.slow   # two tiny reproductions of every experiment
@@ -76,7 +72,7 @@ def test_reproduce_all_tiny_twice_gives_the_same_files(tmp_path):
         must = {f"{name}/{f}" for f in ("result.json", "cells.jsonl", "report.md", "run.json")}
         assert must <= set(a) and not any(excluded(rel, outs[0]) for rel in must)
         assert {f"{name}/{f}" for f in ("timings.json", "timings.md")} <= set(a)
-    same, clock, masked, differ = [], [], [], []
+    same, clock, differ = [], [], []
     for rel in a:
         if a[rel].read_bytes() == b[rel].read_bytes():
             same.append(rel)
@@ -84,20 +80,27 @@ def test_reproduce_all_tiny_twice_gives_the_same_files(tmp_path):
         why = excluded(rel, outs[0])
         if why is None:
             differ.append(rel)
-        elif rel.rsplit("/", 1)[-1] in TRAIN_RUN:     # a training run's file: equal once its times are masked
-            (masked if normal(a[rel], outs[0]) == normal(b[rel], outs[1]) else differ).append(rel)
         else:                                         # clock readings: whole, and timing the same cells
             _whole(a[rel])
             _whole(b[rel])
             if a[rel].suffix == ".jsonl":
-                keys = [sorted({json.loads(ln)["key"] for ln in p.read_bytes().splitlines()}) for p in (a[rel], b[rel])]
-                assert keys[0] == keys[1], f"{rel}: not the same cells timed"
+                keys = [_timed(p) for p in (a[rel], b[rel])]
+                assert keys[0] == keys[1], f"{rel}: not the same cells (or epochs) timed"
             clock.append(rel)
-    print(f"{len(a)} files: {len(same)} byte-identical, {len(masked)} training-run files equal with their times "
-          f"masked, {len(clock)} files of clock readings not compared ({', '.join(sorted(clock))})")
+    runs = [rel for rel in a if rel.endswith("/metrics.jsonl")]
+    print(f"{len(a)} files: {len(same)} byte-identical (with {len(runs)} training runs), {len(clock)} files of "
+          f"clock readings not compared ({len({r.rsplit('/', 1)[-1] for r in clock})} names)")
     assert not differ, f"differ beyond the excluded files of clock readings: {differ}"
     # the result files proper are all byte-identical
     for rel in a:
         if rel.rsplit("/", 1)[-1] in ("result.json", "cells.jsonl", "report.md", "report.html", "manifest.json",
                                       "run.json") or (rel.endswith(".png") and rel not in CLOCK):
             assert rel in same, rel
+    # and so are the training runs' own files; their clock readings are in the timings.jsonl beside them
+    assert runs
+    for m in runs:
+        d = m.rsplit("/", 1)[0]
+        assert f"{d}/timings.jsonl" in a, d
+        for f in ("metrics.jsonl", "summary.json", "checkpoint.safetensors", "model.safetensors"):
+            assert f"{d}/{f}" not in a or f"{d}/{f}" in same, f"{d}/{f}"
+        assert not any(k in a[m].read_text() for k in ('"epoch_seconds"', '"unix_time"', '"wall_seconds"')), m

@@ -183,3 +183,42 @@ def test_deep_family_rejects_bad_depth(depth):
 
     with pytest.raises(LenetlabError, match="depth"):
         create_model("lenet_deep", depth=depth)
+
+
+class _Cut(Exception):
+    pass
+
+
+def _cut_after_first_epoch(line: str) -> None:
+    if line.startswith("epoch  1/"):
+        raise _Cut   # after epoch 1's checkpoint, metrics and timings lines were written, like a kill
+
+
+def test_clock_apart_keeps_a_runs_files_byte_identical(tmp_path):
+    """Under ``clock_apart`` (what ``lenetlab reproduce`` trains under) the epoch times go to timings.jsonl, so a
+    run and a run cut after epoch 1 then resumed write the same bytes; outside it the run format keeps them."""
+    from lenetlab.train.trainer import CLOCK_KEYS, clock_apart
+
+    cfg = resolve("fast", overrides=BITS)
+    with clock_apart():
+        a = fit(cfg, out=tmp_path / "a", log=None, progress=False)
+        with pytest.raises(_Cut):
+            fit(cfg, out=tmp_path / "b", log=_cut_after_first_epoch, progress=False)
+        assert [json.loads(x)["epoch"] for x in (tmp_path / "b" / "timings.jsonl").open()] == [1]
+        b = fit(cfg, out=tmp_path / "b", resume=True, log=None, progress=False)
+    assert a["wall_seconds"] > 0 and b["wall_seconds"] > 0      # the returned summaries keep their readings
+    for f in ("metrics.jsonl", "checkpoint.safetensors", "model.safetensors", "config.json"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    sa, sb = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("a", "b"))
+    assert (sa.pop("resumed_from_epoch"), sb.pop("resumed_from_epoch")) == (None, 1) and sa == sb
+    text = (tmp_path / "a" / "metrics.jsonl").read_text() + (tmp_path / "a" / "summary.json").read_text()
+    assert not any(f'"{k}"' in text for k in CLOCK_KEYS)
+    for run in ("a", "b"):
+        clock = [json.loads(x) for x in (tmp_path / run / "timings.jsonl").open()]
+        assert [r.get("epoch") for r in clock] == [1, 2, None]
+        assert all(r["epoch_seconds"] >= 0 and r["unix_time"] > 0 for r in clock[:2]) and "wall_seconds" in clock[2]["run"]
+    # the plain run format (lenetlab train) is unchanged: times in metrics.jsonl and summary.json, no timings file
+    fit(cfg, out=tmp_path / "plain", log=None, progress=False)
+    assert all(k in json.loads((tmp_path / "plain" / "metrics.jsonl").open().readline()) for k in CLOCK_KEYS)
+    assert "wall_seconds" in json.loads((tmp_path / "plain" / "summary.json").read_text())
+    assert not (tmp_path / "plain" / "timings.jsonl").exists()

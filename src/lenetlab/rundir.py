@@ -7,6 +7,10 @@ Every command that produces results writes a run directory::
     model.safetensors  final weights (+ model name/options in its metadata)
     summary.json       {"model", "params", "epochs", "test_accuracy", "wall_seconds", ...}
     checkpoint.safetensors  last complete epoch, for --resume
+    timings.jsonl      only for runs trained inside ``lenetlab reproduce``: the clock readings
+                       (epoch_seconds, wall_seconds, unix_time per epoch; the run's wall_seconds), which
+                       there are kept out of metrics.jsonl, summary.json and the checkpoint so that two
+                       equal runs give byte-identical files (:func:`lenetlab.train.trainer.clock_apart`)
 
 All files are written atomically, so an interrupted run never leaves a
 half-written file behind.
@@ -26,7 +30,8 @@ from lenetlab.errors import LenetlabError
 from lenetlab.fileio import JsonlJournal, atomic_write_json, is_leftover
 
 CONFIG, METRICS, MODEL, SUMMARY = "config.json", "metrics.jsonl", "model.safetensors", "summary.json"
-OWNED = (CONFIG, METRICS, MODEL, SUMMARY, "checkpoint.safetensors")
+TIMINGS = "timings.jsonl"
+OWNED = (CONFIG, METRICS, MODEL, SUMMARY, "checkpoint.safetensors", TIMINGS)
 
 
 def prepare(out: Path, resume: bool, force: bool) -> None:
@@ -112,6 +117,10 @@ def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
     JsonlJournal(Path(run_dir) / METRICS).append(row)
 
 
+def append_timings(run_dir: Path, row: dict[str, Any]) -> None:
+    JsonlJournal(Path(run_dir) / TIMINGS).append(row)
+
+
 def truncate_metrics(run_dir: Path, last_epoch: int, last_row: dict[str, Any] | None = None) -> None:
     """Drop metric lines past the checkpointed epoch (they will be recomputed), and any cut-short line.
 
@@ -124,3 +133,6 @@ def truncate_metrics(run_dir: Path, last_epoch: int, last_row: dict[str, Any] | 
         rows.append(last_row)
     if journal.path.exists() or rows:
         journal.rewrite(rows)
+    clock = JsonlJournal(Path(run_dir) / TIMINGS)
+    if clock.path.exists():   # the readings of the epochs to be recomputed go too (and the run's total)
+        clock.rewrite([row for row in clock.read() if 0 < row.get("epoch", 0) <= last_epoch])

@@ -17,12 +17,14 @@ Example::
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import dataclasses
 import math
 import os
 import platform
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -88,6 +90,34 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[torch.T
     perm = torch.randperm(n, generator=g)
     for i in range(0, n, batch_size):
         yield perm[i:i + batch_size]
+
+
+#: the clock readings of a training run: its metrics.jsonl rows' and summary's keys that vary run to run
+CLOCK_KEYS = ("epoch_seconds", "wall_seconds", "unix_time")
+_CLOCK_APART: contextvars.ContextVar[bool] = contextvars.ContextVar("lenetlab_clock_apart", default=False)
+
+
+@contextmanager
+def clock_apart() -> Iterator[None]:
+    """Within the block, :func:`fit` keeps the clock readings (:data:`CLOCK_KEYS`) out of a run directory's
+    metrics.jsonl, summary.json and checkpoint and journals them in its ``timings.jsonl`` instead, so two
+    runs of the same config give byte-identical files. ``lenetlab reproduce`` trains under it; ``lenetlab
+    train``'s run format is unchanged. The summary and the metrics ``fit`` returns or hands to callbacks
+    and plugins still hold the readings."""
+    token = _CLOCK_APART.set(True)
+    try:
+        yield
+    finally:
+        _CLOCK_APART.reset(token)
+
+
+def _off_clock(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``row`` split into (what the run's files keep, its clock readings), under :func:`clock_apart`;
+    else (``row``, {})."""
+    if not _CLOCK_APART.get():
+        return row, {}
+    return ({k: v for k, v in row.items() if k not in CLOCK_KEYS},
+            {k: row[k] for k in CLOCK_KEYS if k in row})
 
 
 def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, force: bool = False,
@@ -269,10 +299,13 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
             if out_dir is not None:
                 # checkpoint first: a metrics line always has its checkpoint on disk; the checkpoint carries
                 # its line, put back on resume if a kill lost it
+                kept, clock = _off_clock(row)
                 save_checkpoint(out_dir / CHECKPOINT, model, ctx.opt, {"epoch": epoch + 1, "step": step,
-                                                                       "metrics": row},
+                                                                       "metrics": kept},
                                 {p.name: p.state_dict() for p in plugins})
-                rundir.append_metrics(out_dir, row)
+                rundir.append_metrics(out_dir, kept)
+                if clock:
+                    rundir.append_timings(out_dir, {"epoch": row["epoch"], **clock})
             if log:
                 log(_epoch_line(row, tc.epochs, [p.epoch_note(row) for p in plugins]))
             for cb in callbacks:
@@ -313,7 +346,10 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
         p.finish(ctx, out_dir, summary)
     if out_dir is not None:
         rundir.save_model(out_dir, model, cfg)
-        rundir.write_summary(out_dir, summary)
+        kept, clock = _off_clock(summary)
+        if clock:
+            rundir.append_timings(out_dir, {"run": clock})
+        rundir.write_summary(out_dir, kept)
     summary["_model"] = model
     for cb in callbacks:
         if callable(getattr(cb, "on_train_end", None)):
@@ -365,7 +401,8 @@ def _epoch_line(row: dict[str, Any], epochs: int, notes: list[str] = ()) -> str:
         parts.append(f"val {100 * row['val_accuracy']:.2f}%")
     if "test_accuracy" in row:
         parts.append(f"test {100 * row['test_accuracy']:.2f}%")
-    parts.append(f"{row['epoch_seconds']:.1f}s")
+    if "epoch_seconds" in row:
+        parts.append(f"{row['epoch_seconds']:.1f}s")
     parts += [n for n in notes if n]
     return "  ".join(parts)
 
@@ -383,4 +420,4 @@ def environment(device: torch.device | None = None) -> dict[str, Any]:
 
 
 
-__all__ = ["fit", "evaluate", "make_loss"]
+__all__ = ["CLOCK_KEYS", "clock_apart", "fit", "evaluate", "make_loss"]
