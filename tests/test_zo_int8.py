@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -12,7 +13,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from lenetlab.errors import LenetlabError
 from lenetlab.models import create_model
-from lenetlab.train.zo_int8 import Int8Config, Int8ElasticZO, conv_int, int_cross_entropy, quantize_input
+from lenetlab.train.zo_int8 import (Int8Config, Int8ElasticZO, conv_int, int8_matmul, int_cross_entropy,
+                                    integer_matmul, quantize_input)
 
 
 class DtypeRecorder(TorchDispatchMode):
@@ -46,13 +48,56 @@ def _batch(n: int = 16) -> tuple[torch.Tensor, int, torch.Tensor]:
 def test_int8_step_creates_no_floating_point_tensor(cutoff):
     net = _net(cutoff)
     xq, e, y = _batch()
-    with DtypeRecorder() as rec:
+    with integer_matmul(), DtypeRecorder() as rec:
         net.train_step(xq, e, y, step=0)
     floats = sorted({op for op, dt in rec.seen if dt.is_floating_point or dt.is_complex})
     assert not floats, floats
     ops = {op for op, _ in rec.seen}
     assert len(rec.seen) > 100 and any("_int_mm" in op for op in ops) and any("randint" in op for op in ops)
     assert {dt for _, dt in rec.seen} <= {torch.int8, torch.int16, torch.int32, torch.int64, torch.bool}
+
+
+@pytest.mark.parametrize("cutoff", [2, 4, 5])
+def test_float32_exact_matmul_trains_the_same_bits_as_int_mm(cutoff, mnist_test):
+    """The default engine multiplies int8 by int8 on float32 GEMM: the same int32 products, so the same training,
+    bit for bit, as torch._int_mm's; its only floating-point tensors are the GEMM's operands, product and pooling
+    (no float in the loss, the perturbations or the updates)."""
+    from lenetlab.config import DataConfig
+    from lenetlab.data.transforms import to_model_input
+
+    x, y = mnist_test
+    xq, e = quantize_input(to_model_input(torch.from_numpy(x[:64]), DataConfig()))
+    y = torch.from_numpy(y[:64]).long()
+    nets = [_net(cutoff, seed=3), _net(cutoff, seed=3)]
+    losses = []
+    for k, net in enumerate(nets):
+        ctx = integer_matmul() if k else contextlib.nullcontext()
+        with ctx:
+            losses.append([repr(net.train_step(xq, e, y, step=i)) for i in range(4)])
+    assert losses[0] == losses[1]
+    for a, b in zip(nets[0].int8_tensors().items(), nets[1].int8_tensors().items()):
+        assert a[0] == b[0] and torch.equal(a[1], b[1]), a[0]
+    with DtypeRecorder() as rec:
+        nets[0].train_step(xq, e, y, step=9)
+    floats = {op for op, dt in rec.seen if dt.is_floating_point}
+    # float32 only for the GEMM: its operands (conversion, im2col views and copy), product and max-pool
+    gemm = {"aten._to_copy.default", "aten.mm.default", "aten.unfold.default", "aten.permute.default",
+            "aten.view.default", "aten._unsafe_view.default", "aten.clone.default", "aten.slice.Tensor",
+            "aten.max_pool2d_with_indices.default"}
+    assert "aten.mm.default" in floats and floats <= gemm, floats - gemm
+
+
+def test_int8_matmul_is_exact_at_the_extremes():
+    g = torch.Generator().manual_seed(0)
+    for k in (1, 25, 150, 400, 1023):   # up to the largest K float32 holds exactly
+        a = torch.randint(-128, 128, (40, k), dtype=torch.int8, generator=g)
+        b = torch.randint(-128, 128, (k, 24), dtype=torch.int8, generator=g)
+        a[0], b[:, 0] = -128, -128          # the largest sum: K * 2**14
+        a[1], b[:, 1] = 127, -128
+        want = (a.to(torch.int64) @ b.to(torch.int64)).to(torch.int32)
+        assert torch.equal(int8_matmul(a, b), want) and int(want[0, 0]) == k << 14
+        with integer_matmul():
+            assert torch.equal(int8_matmul(a, b), want)
 
 
 def test_conv_int_equals_float_conv_exactly():

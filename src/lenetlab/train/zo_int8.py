@@ -6,9 +6,16 @@ of it (NITI-style integer training, Wang et al. 2022, plus integer SPSA):
 
 - **Tensors**: weights, biases and activations are int8 with one power-of-two
   scale per tensor (value = q * 2**exp, ``exp`` a Python int). Convolutions
-  and linear layers multiply int8 by int8 into int32 (``torch._int_mm``; the
+  and linear layers multiply int8 by int8 into int32 (:func:`int8_matmul`; the
   convolution on an int8 im2col buffer, a few samples at a time, each slice
-  max-pooled at once).
+  max-pooled at once). The int8 x int8 -> int32 product itself runs on
+  float32 GEMM by default: every product is an integer of magnitude <= 2**14
+  and every partial sum of at most K = 1023 of them stays below 2**24, so
+  float32 holds each one exactly and the int32 result is the same, bit for
+  bit, as ``torch._int_mm``'s (tested) - which on x86 CPUs without an int8
+  GEMM path is 15-30x slower. ``with integer_matmul():`` uses
+  ``torch._int_mm`` (the strictly integer-only engine, what the tests check
+  op by op).
 - **Requantisation**: an int32 accumulator goes back to int8 by an arithmetic
   right shift k = bitlen(max|acc|) - 7 with stochastic rounding
   ``(acc + r) >> k``, r uniform in [0, 2**k) (unbiased); k is added to the
@@ -160,11 +167,37 @@ def bitlen(x: torch.Tensor) -> torch.Tensor:
     return n + (x > 0)
 
 
+#: ``"float32-exact"``: int8 x int8 -> int32 products on float32 GEMM (exact, see the module doc); ``"int"``:
+#: ``torch._int_mm``. Switch with :func:`integer_matmul`; both give the same int32 results.
+_MATMUL = ["float32-exact"]
+FLOAT_CHUNK = 32   # samples per slice of the float32 path (its memory is not what the INT8 claims measure)
+_EXACT_K = (1 << 24) // (128 * 128)    # 1024: K products of |q| <= 128 sum below 2**24, exact in float32
+
+
+def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """int8 (M, K) @ int8 (K, N) -> int32 (M, N), exactly."""
+    if _MATMUL[0] == "float32-exact" and a.shape[1] < _EXACT_K:
+        return torch.mm(a.to(torch.float32), b.to(torch.float32)).to(torch.int32)
+    return torch._int_mm(a, b)
+
+
+class integer_matmul:
+    """``with integer_matmul():`` the engine multiplies with ``torch._int_mm`` (no float tensor at all)."""
+
+    def __enter__(self) -> "integer_matmul":
+        self._before = _MATMUL[0]
+        _MATMUL[0] = "int"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _MATMUL[0] = self._before
+
+
 def conv_pool_int(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, padding: int, chunk: int = 8
                   ) -> torch.Tensor:
     """int8 (N,C,H,W) conv int8 (O,C,kh,kw) + int32 bias, then 2x2 max-pool -> int32 (N,O,Ho/2,Wo/2).
 
-    ``torch._int_mm`` (int8 x int8 -> int32) on an int8 im2col buffer, ``chunk`` samples at a time, each
+    :func:`int8_matmul` (int8 x int8 -> int32) on an int8 im2col buffer, ``chunk`` samples at a time, each
     slice pooled at once: the full-resolution int32 accumulator never exists for the whole batch (a
     tiled integer engine; torch's float path materialises the whole conv output instead).
     """
@@ -173,11 +206,20 @@ def conv_pool_int(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, padding:
     n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
     ho, wo = h - kh + 1, wd - kw + 1
-    wi = w.reshape(o, -1).t().contiguous()
     out = torch.empty((n, o, ho // 2, wo // 2), dtype=torch.int32)
+    if _MATMUL[0] == "float32-exact" and c * kh * kw < _EXACT_K:
+        # int8_matmul's exact float32 products, with the im2col done once in float32 and the pooling before the
+        # conversion back (max commutes with the exact int32 <-> float32 map, and the per-channel bias with max)
+        xf, wf = x.to(torch.float32), w.reshape(o, -1).t().to(torch.float32)
+        for s in range(0, n, FLOAT_CHUNK):
+            cols = xf[s:s + FLOAT_CHUNK].unfold(2, kh, 1).unfold(3, kw, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, c * kh * kw)
+            acc = torch.mm(cols, wf).view(-1, ho, wo, o).permute(0, 3, 1, 2)
+            out[s:s + FLOAT_CHUNK] = F.max_pool2d(acc, 2).to(torch.int32).add_(bias.view(1, o, 1, 1))
+        return out
+    wi = w.reshape(o, -1).t().contiguous()
     for s in range(0, n, chunk):
         cols = x[s:s + chunk].unfold(2, kh, 1).unfold(3, kw, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, c * kh * kw)
-        acc = torch._int_mm(cols, wi).add_(bias).view(-1, ho, wo, o).permute(0, 3, 1, 2)
+        acc = int8_matmul(cols, wi).add_(bias).view(-1, ho, wo, o).permute(0, 3, 1, 2)
         out[s:s + chunk] = F.max_pool2d(acc, 2)
     return out
 
@@ -189,7 +231,7 @@ def conv_int(x: torch.Tensor, w: torch.Tensor, padding: int) -> torch.Tensor:
     n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
     cols = x.unfold(2, kh, 1).unfold(3, kw, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, c * kh * kw)
-    return torch._int_mm(cols, w.reshape(o, -1).t().contiguous()).view(n, h - kh + 1, wd - kw + 1, o
+    return int8_matmul(cols, w.reshape(o, -1).t().contiguous()).view(n, h - kh + 1, wd - kw + 1, o
                                                                        ).permute(0, 3, 1, 2)
 
 
@@ -287,7 +329,7 @@ class Int8ElasticZO:
         bias = _shift(ly.b.to(torch.int32), max(-31, min(20, ly.b_exp - exp)))
         if ly.kind == "conv":
             return conv_pool_int(x, ly.w, bias, ly.padding), exp
-        return torch._int_mm(x, ly.w.t().contiguous()).add_(bias), exp
+        return int8_matmul(x, ly.w.t().contiguous()).add_(bias), exp
 
     def forward(self, x: torch.Tensor, x_exp: int, gen: torch.Generator | None = None, keep: bool = False
                 ) -> tuple[torch.Tensor, int, list[tuple[torch.Tensor, int]]]:
