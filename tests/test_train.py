@@ -219,6 +219,7 @@ def test_clock_apart_keeps_a_runs_files_byte_identical(tmp_path):
         assert all(r["epoch_seconds"] >= 0 and r["unix_time"] > 0 for r in clock[:2]) and "wall_seconds" in clock[2]["run"]
     # the plain run format (lenetlab train) is unchanged: times in metrics.jsonl and summary.json, no timings file
     fit(cfg, out=tmp_path / "plain", log=None, progress=False)
-    assert all(k in json.loads((tmp_path / "plain" / "metrics.jsonl").open().readline()) for k in CLOCK_KEYS)
+    assert all(k in json.loads((tmp_path / "plain" / "metrics.jsonl").open().readline())
+               for k in ("epoch_seconds", "wall_seconds", "unix_time"))
     assert "wall_seconds" in json.loads((tmp_path / "plain" / "summary.json").read_text())
     assert not (tmp_path / "plain" / "timings.jsonl").exists()

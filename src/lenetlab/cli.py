@@ -261,6 +261,8 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
         return _reproduce_all(a, con)
     if a.only:
         raise LenetlabError("--only goes with `reproduce all`")
+    if a.jobs != 1:
+        raise LenetlabError("--jobs goes with `reproduce all` (one experiment runs its cells in order)")
     try:
         with progress_bar(f"{a.name} cells", quiet=a.quiet) as bar:
             r = reproduce(a.name, out, full=a.full, force=a.force, log=None if a.quiet else con.print, tiny=a.tiny,
@@ -311,9 +313,10 @@ def _reproduce_all(a: argparse.Namespace, con) -> int:
     out = Path(a.out)
     only = [n.strip() for n in a.only.split(",") if n.strip()] if a.only else None
     try:
-        with progress_bar("cells", quiet=a.quiet) as bar:
+        with progress_bar("cells" if a.jobs == 1 else "experiments", quiet=a.quiet) as bar:
             outcomes = reproduce_all(out, full=a.full, force=a.force, only=only, tiny=a.tiny,
-                                     log=(lambda s: None) if a.quiet else _flushed(con), progress=bar)
+                                     log=(lambda s: None) if a.quiet else _flushed(con), progress=bar,
+                                     jobs=a.jobs, quiet_workers=a.quiet)
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished experiments and cells are kept in {out}. Run the same command again "
               "to continue.", file=sys.stderr)
@@ -456,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--force", action="store_true", help="discard finished cells (and, for all, finished "
                                                          "experiments) and start over")
     rp.add_argument("--only", metavar="A,B", help="with `all`: just these experiments")
+    rp.add_argument("--jobs", type=V.count("--jobs", hi=64), default=1, metavar="N",
+                    help="with `all`: run N experiments at once, each in its own process (default 1); the "
+                         "result files are the same as with 1")
     rp.add_argument("--tiny", action="store_true", help="tests only: the smallest grid that runs every code "
                                                         "path (meaningless numbers)")
     rp.add_argument("-q", "--quiet", action="store_true")

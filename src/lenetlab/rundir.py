@@ -18,7 +18,10 @@ half-written file behind.
 
 from __future__ import annotations
 
+import contextvars
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +108,39 @@ def load_model(run_dir: str | Path) -> tuple[nn.Module, RunConfig]:
     return model, cfg
 
 
+#: the clock readings of a run: its metrics.jsonl rows' and summary's keys that vary run to run
+CLOCK_KEYS = ("epoch_seconds", "wall_seconds", "unix_time", "compress_wall_seconds")
+_CLOCK_APART: contextvars.ContextVar[bool] = contextvars.ContextVar("lenetlab_clock_apart", default=False)
+
+
+@contextmanager
+def clock_apart() -> Iterator[None]:
+    """Within the block, run directories keep their clock readings (:data:`CLOCK_KEYS`) out of metrics.jsonl,
+    summary.json and the checkpoint and journal them in :data:`TIMINGS` instead, so two runs of the same config
+    give byte-identical files. ``lenetlab reproduce`` trains under it; ``lenetlab train``'s run format is
+    unchanged. The summaries and metrics that ``fit`` returns or hands to callbacks still hold the readings."""
+    token = _CLOCK_APART.set(True)
+    try:
+        yield
+    finally:
+        _CLOCK_APART.reset(token)
+
+
+def off_clock(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``row`` split into (what the run's files keep, its clock readings) under :func:`clock_apart`; else
+    (``row``, {})."""
+    if not _CLOCK_APART.get():
+        return row, {}
+    return ({k: v for k, v in row.items() if k not in CLOCK_KEYS},
+            {k: row[k] for k in CLOCK_KEYS if k in row})
+
+
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    atomic_write_json(run_dir / SUMMARY, summary)
+    """summary.json (under :func:`clock_apart`, its clock readings go to timings.jsonl as ``{"run": ...}``)."""
+    kept, clock = off_clock(summary)
+    if clock:
+        append_timings(run_dir, {"run": clock})
+    atomic_write_json(run_dir / SUMMARY, kept)
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:

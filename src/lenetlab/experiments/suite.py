@@ -17,6 +17,12 @@ verdicts of the claims decided from clock readings), ``DIR/timings.md`` and ``DI
 (measured on this machine, they vary run to run). More report content (a robustness matrix, ...)
 plugs in through ``sections``.
 
+``jobs`` > 1 runs that many experiments at once, each in a fresh process (``spawn``), longest first
+(:func:`_longest_first`). Every experiment still pins its own thread counts
+(:mod:`lenetlab.determinism`), so the result files are the same as a serial run's, byte for byte (tested);
+only the clock readings differ. On a 2-core machine two at a time wins where an experiment leaves a core
+idle (ZO's single-threaded races, compilers, the browser, Python-bound evaluation).
+
 Example::
 
     from lenetlab.experiments.suite import reproduce_all
@@ -70,12 +76,98 @@ def stored_result(out: Path, expected_hash: str) -> Result | None:
     return Result.load(out)     # with its clock readings (timings.json)
 
 
+def _failed(out: Path, name: str, e: BaseException) -> str:
+    """Record experiment ``name``'s exception (traceback in ``out/name/error.txt``); its one-line message."""
+    msg = f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
+    try:
+        atomic_write_bytes(out / name / "error.txt",
+                           "".join(traceback.format_exception(type(e), e, e.__traceback__)).encode())
+    except OSError as w:
+        if w.errno in DISK_FULL:
+            raise
+        msg += f" (no traceback file: {w.strerror or w})"   # e.g. a file stands where its folder should be
+    return msg
+
+
+def _in_worker(name: str, out: str, full: bool, force: bool, tiny: bool, quiet: bool) -> tuple[str, str | None]:
+    """One experiment of a ``jobs`` > 1 run, in its own process: ("ran", None) or ("failed", message)."""
+    log = (lambda s: None) if quiet else (lambda s: print(f"  [{name}] {s}", flush=True))
+    try:
+        reproduce(name, Path(out) / name, full=full, force=force, tiny=tiny, log=log)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
+            raise
+        return "failed", _failed(Path(out), name, e)
+    return "ran", None
+
+
+def _longest_first(names: Sequence[str], out: Path) -> list[str]:
+    """``names`` in the order a pool should start them: by the wall time ``out/<name>/timings.json`` recorded
+    (a previous run), else the later experiments of ``reproduce all``'s order (the summaries, ZO) first."""
+    from lenetlab.registry import get
+
+    def recorded(n: str) -> float:
+        try:
+            return float(json.loads((out / n / "timings.json").read_text())["wall_seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return -1.0
+
+    return sorted(names, key=lambda n: (-recorded(n), -get("experiment", n).order, n))
+
+
+def _run_pool(todo: list[str], out: Path, full: bool, force: bool, tiny: bool, jobs: int,
+              log: Callable[[str], None], quiet: bool, progress: Any) -> dict[str, Outcome]:
+    """Run ``todo`` ``jobs`` at a time in spawned processes; the outcome of each."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    done: dict[str, Outcome] = {}
+    if progress is not None:
+        progress.start("experiments", total=len(todo), done=0)
+    queue = _longest_first(todo, out)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        running: dict[Any, tuple[str, float]] = {}
+        try:
+            while queue or running:
+                while queue and len(running) < jobs:
+                    name = queue.pop(0)
+                    log(f"[{len(done) + len(running) + 1}/{len(todo)}] {name}: started "
+                        f"({'tiny' if tiny else 'full' if full else 'quick'} mode, config "
+                        f"{config_hash(name, full, tiny)})")
+                    fut = pool.submit(_in_worker, name, str(out), full, force, tiny, quiet)
+                    running[fut] = (name, time.perf_counter())
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    name, t0 = running.pop(fut)
+                    dt = time.perf_counter() - t0
+                    status, msg = fut.result()    # a full disk or an interrupt comes out of here
+                    if status == "failed":
+                        log(f"{name}: FAILED after {dt:.0f} s: {msg} (traceback in {out / name / 'error.txt'})")
+                        done[name] = Outcome(name, "failed", None, msg, dt)
+                    else:
+                        r = Result.load(out / name)
+                        log(f"{name}: done in {r.wall_seconds:.0f} s, {verdict_counts(r)}")
+                        done[name] = Outcome(name, "ran", r, None, r.wall_seconds)
+                    if progress is not None:
+                        progress(1)
+        except BaseException:
+            for fut in running:
+                fut.cancel()
+            raise
+    return done
+
+
 def reproduce_all(out: str | Path, full: bool = False, force: bool = False, only: Sequence[str] | None = None,
                   tiny: bool = False, log: Callable[[str], None] | None = None,
-                  sections: Sequence[Section] = (), progress: Any = None) -> list[Outcome]:
+                  sections: Sequence[Section] = (), progress: Any = None, jobs: int = 1,
+                  quiet_workers: bool = False) -> list[Outcome]:
     """Run (or reuse) every registered experiment (or those in ``only``) and write the suite report.
 
-    ``progress``: passed to each :func:`~lenetlab.experiments.base.reproduce` (its cells' progress bar)."""
+    ``progress``: passed to each :func:`~lenetlab.experiments.base.reproduce` (its cells' progress bar); with
+    ``jobs`` > 1, a bar of finished experiments. ``jobs``: experiments run at once, each in its own process
+    (``quiet_workers``: they print nothing; else their log lines, tagged with the experiment)."""
     from lenetlab.registry import get, names
 
     log = log or (lambda s: None)
@@ -89,8 +181,23 @@ def reproduce_all(out: str | Path, full: bool = False, force: bool = False, only
         raise LenetlabError(f"unknown experiment {', '.join(map(repr, unknown))}; "
                             f"choose from: {', '.join(registered)}")
     todo = sorted(dict.fromkeys(todo), key=lambda n: (get("experiment", n).order, n))   # summaries last
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or not 1 <= jobs <= 64:
+        raise LenetlabError(f"jobs must be an integer from 1 to 64, got {jobs!r}")
     out.mkdir(parents=True, exist_ok=True)
     outcomes: list[Outcome] = []
+    if jobs > 1:
+        to_run = []
+        for name in todo:
+            h = config_hash(name, full, tiny)
+            if (None if force else stored_result(out / name, h)) is None:
+                to_run.append(name)
+            else:
+                log(f"{name}: skipped, result for config {h} exists ({out / name / 'result.json'})")
+        ran = _run_pool(to_run, out, full, force, tiny, min(jobs, max(1, len(to_run))), log, quiet_workers,
+                        progress) if to_run else {}
+        outcomes = [ran[n] if n in ran else Outcome(n, "skipped", stored_result(out / n, config_hash(n, full, tiny)))
+                    for n in todo]
+        return _finish(outcomes, out, tiny, full, sections)
     for i, name in enumerate(todo):
         tag = f"[{i + 1}/{len(todo)}] {name}"
         h = config_hash(name, full, tiny)
@@ -110,13 +217,16 @@ def reproduce_all(out: str | Path, full: bool = False, force: bool = False, only
             if isinstance(e, OSError) and e.errno in DISK_FULL:
                 raise   # but a full disk is no experiment's fault, and the next one could not write either
             dt = time.perf_counter() - t0
-            msg = f"{type(e).__name__}: {e}".splitlines()[0]
-            atomic_write_bytes(out / name / "error.txt", traceback.format_exc().encode())
+            msg = _failed(out, name, e)
             log(f"{tag}: FAILED after {dt:.0f} s: {msg} (traceback in {out / name / 'error.txt'})")
             outcomes.append(Outcome(name, "failed", None, msg, dt))
             continue
         log(f"{tag}: done in {r.wall_seconds:.0f} s, {verdict_counts(r)}")
         outcomes.append(Outcome(name, "ran", r, None, r.wall_seconds))
+    return _finish(outcomes, out, tiny, full, sections)
+
+
+def _finish(outcomes: list[Outcome], out: Path, tiny: bool, full: bool, sections: Sequence[Section]) -> list[Outcome]:
     write_suite_report(outcomes, out, list(sections))
     atomic_write_json(out / "manifest.json", {
         "mode": "tiny" if tiny else ("full" if full else "quick"),

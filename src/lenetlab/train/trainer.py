@@ -17,14 +17,12 @@ Example::
 
 from __future__ import annotations
 
-import contextvars
 import copy
 import dataclasses
 import math
 import os
 import platform
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -33,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenetlab import devices, rundir
+from lenetlab.rundir import CLOCK_KEYS, clock_apart, off_clock
 from lenetlab.config import RunConfig, TrainConfig, to_dict
 from lenetlab.data import Splits, load_splits
 from lenetlab.errors import LenetlabError
@@ -90,34 +89,6 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[torch.T
     perm = torch.randperm(n, generator=g)
     for i in range(0, n, batch_size):
         yield perm[i:i + batch_size]
-
-
-#: the clock readings of a training run: its metrics.jsonl rows' and summary's keys that vary run to run
-CLOCK_KEYS = ("epoch_seconds", "wall_seconds", "unix_time")
-_CLOCK_APART: contextvars.ContextVar[bool] = contextvars.ContextVar("lenetlab_clock_apart", default=False)
-
-
-@contextmanager
-def clock_apart() -> Iterator[None]:
-    """Within the block, :func:`fit` keeps the clock readings (:data:`CLOCK_KEYS`) out of a run directory's
-    metrics.jsonl, summary.json and checkpoint and journals them in its ``timings.jsonl`` instead, so two
-    runs of the same config give byte-identical files. ``lenetlab reproduce`` trains under it; ``lenetlab
-    train``'s run format is unchanged. The summary and the metrics ``fit`` returns or hands to callbacks
-    and plugins still hold the readings."""
-    token = _CLOCK_APART.set(True)
-    try:
-        yield
-    finally:
-        _CLOCK_APART.reset(token)
-
-
-def _off_clock(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``row`` split into (what the run's files keep, its clock readings), under :func:`clock_apart`;
-    else (``row``, {})."""
-    if not _CLOCK_APART.get():
-        return row, {}
-    return ({k: v for k, v in row.items() if k not in CLOCK_KEYS},
-            {k: row[k] for k in CLOCK_KEYS if k in row})
 
 
 def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, force: bool = False,
@@ -299,7 +270,7 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
             if out_dir is not None:
                 # checkpoint first: a metrics line always has its checkpoint on disk; the checkpoint carries
                 # its line, put back on resume if a kill lost it
-                kept, clock = _off_clock(row)
+                kept, clock = off_clock(row)
                 save_checkpoint(out_dir / CHECKPOINT, model, ctx.opt, {"epoch": epoch + 1, "step": step,
                                                                        "metrics": kept},
                                 {p.name: p.state_dict() for p in plugins})
@@ -346,10 +317,7 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
         p.finish(ctx, out_dir, summary)
     if out_dir is not None:
         rundir.save_model(out_dir, model, cfg)
-        kept, clock = _off_clock(summary)
-        if clock:
-            rundir.append_timings(out_dir, {"run": clock})
-        rundir.write_summary(out_dir, kept)
+        rundir.write_summary(out_dir, summary)
     summary["_model"] = model
     for cb in callbacks:
         if callable(getattr(cb, "on_train_end", None)):

@@ -1,0 +1,65 @@
+"""``reproduce all --jobs N``: experiments in parallel processes give the same result files as a serial run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from test_kill_anywhere import HANG_S, _env, files
+from test_reproduce_twice import excluded
+
+ONLY = "fused,lenet5,tn"     # three cheap tiny experiments, one of which trains and one that compresses
+
+
+def _run(out, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lenetlab", "reproduce", "all", "--tiny", "--only", ONLY,
+                           "--out", str(out), *extra], capture_output=True, text=True, env=_env(), timeout=HANG_S)
+
+
+def test_jobs_give_the_result_files_of_a_serial_run(tmp_path):
+    serial, pooled = tmp_path / "serial", tmp_path / "jobs2"
+    r1 = _run(serial, "-q")
+    r2 = _run(pooled, "--jobs", "2")
+    assert r1.returncode == 0 and r2.returncode == 0, r1.stderr[-2000:] + r2.stderr[-2000:]
+    assert "[tn] " in r2.stdout and "started" in r2.stdout      # the workers' log lines, tagged
+    a, b = files(serial), files(pooled)
+    assert sorted(a) == sorted(b)
+    differ = [rel for rel in a if a[rel].read_bytes() != b[rel].read_bytes() and not excluded(rel, serial)]
+    assert not differ, differ
+    manifest = json.loads(a["manifest.json"].read_text())
+    assert [e["name"] for e in manifest["experiments"]] == ["lenet5", "fused", "tn"]   # the report's order
+    assert all(e["status"] == "ran" for e in manifest["experiments"])
+    # a second pooled run reuses all three
+    r3 = _run(pooled, "--jobs", "2", "-q")
+    assert r3.returncode == 0 and json.loads((pooled / "manifest.json").read_text())["experiments"][0]["status"] \
+        == "skipped"
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "65", "two", "1.5"])
+def test_bad_jobs_are_refused_before_anything_is_written(tmp_path, bad):
+    from conftest import run_cli
+
+    r = run_cli("reproduce", "all", "--tiny", "--jobs", bad, "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "--jobs" in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_jobs_only_with_all(tmp_path):
+    from conftest import run_cli
+
+    r = run_cli("reproduce", "fused", "--tiny", "--jobs", "2", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "--jobs goes with `reproduce all`" in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_a_failing_experiment_in_a_worker_is_reported_and_the_others_finish(tmp_path, monkeypatch):
+    from lenetlab.experiments import suite
+
+    # a worker cannot see a monkeypatch (fresh process), so feed the parent's pool an experiment whose
+    # setting is broken on disk: a file where its output folder should be
+    (tmp_path / "fused").write_text("not a folder")
+    outcomes = suite.reproduce_all(tmp_path, tiny=True, only=["fused", "lenet5"], jobs=2, quiet_workers=True)
+    st = {o.name: o.status for o in outcomes}
+    assert st == {"lenet5": "ran", "fused": "failed"}
+    assert "not a directory" in next(o.error for o in outcomes if o.name == "fused")
