@@ -148,7 +148,7 @@ def test_a_failing_experiment_is_reported_and_the_rest_still_run(tmp_path, monke
 
     calls: list = []
     monkeypatch.setattr(suite, "reproduce", _fake_reproduce(calls, fail={"abs"}))
-    rc = main(["reproduce", "all", "--only", "abs,noise", "--out", str(tmp_path)])
+    rc = main(["reproduce", "all", "--only", "abs,noise", "--jobs", "1", "--out", str(tmp_path)])   # in-process fakes
     out = capsys.readouterr().out
     assert rc == 1 and [c[0] for c in calls] == ["abs", "noise"]
     assert "abs: FAILED" in out and "1 of 2 experiments failed: abs" in out

@@ -7,6 +7,7 @@ Ctrl-C exits 130 after the last complete epoch's checkpoint is safe on disk.
 from __future__ import annotations
 
 import argparse
+import os
 import errno
 import json
 import sys
@@ -261,7 +262,7 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
         return _reproduce_all(a, con)
     if a.only:
         raise LenetlabError("--only goes with `reproduce all`")
-    if a.jobs != 1:
+    if a.jobs is not None:
         raise LenetlabError("--jobs goes with `reproduce all` (one experiment runs its cells in order)")
     try:
         with progress_bar(f"{a.name} cells", quiet=a.quiet) as bar:
@@ -306,17 +307,27 @@ def _flushed(con):
     return log
 
 
+def _cores() -> int:
+    """The cores this process may run on (its affinity where the OS tells), 1 to 64."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(64, n))
+
+
 def _reproduce_all(a: argparse.Namespace, con) -> int:
     from lenetlab.experiments.suite import reproduce_all
     from lenetlab.progress import progress_bar
 
     out = Path(a.out)
     only = [n.strip() for n in a.only.split(",") if n.strip()] if a.only else None
+    jobs = a.jobs or _cores()
     try:
-        with progress_bar("cells" if a.jobs == 1 else "experiments", quiet=a.quiet) as bar:
+        with progress_bar("cells" if jobs == 1 else "experiments", quiet=a.quiet) as bar:
             outcomes = reproduce_all(out, full=a.full, force=a.force, only=only, tiny=a.tiny,
                                      log=(lambda s: None) if a.quiet else _flushed(con), progress=bar,
-                                     jobs=a.jobs, quiet_workers=a.quiet)
+                                     jobs=jobs, quiet_workers=a.quiet)
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished experiments and cells are kept in {out}. Run the same command again "
               "to continue.", file=sys.stderr)
@@ -459,9 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--force", action="store_true", help="discard finished cells (and, for all, finished "
                                                          "experiments) and start over")
     rp.add_argument("--only", metavar="A,B", help="with `all`: just these experiments")
-    rp.add_argument("--jobs", type=V.count("--jobs", hi=64), default=1, metavar="N",
-                    help="with `all`: run N experiments at once, each in its own process (default 1); the "
-                         "result files are the same as with 1")
+    rp.add_argument("--jobs", type=V.count("--jobs", hi=64), default=None, metavar="N",
+                    help="with `all`: run N experiments at once, each in its own process (default: the "
+                         "machine's cores; 1 runs them in turn); the result files are the same whatever N")
     rp.add_argument("--tiny", action="store_true", help="tests only: the smallest grid that runs every code "
                                                         "path (meaningless numbers)")
     rp.add_argument("-q", "--quiet", action="store_true")

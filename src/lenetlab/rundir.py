@@ -126,6 +126,11 @@ def clock_apart() -> Iterator[None]:
         _CLOCK_APART.reset(token)
 
 
+def clock_is_apart() -> bool:
+    """Whether :func:`clock_apart` is in force (a reproduction is running)."""
+    return _CLOCK_APART.get()
+
+
 def off_clock(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``row`` split into (what the run's files keep, its clock readings) under :func:`clock_apart`; else
     (``row``, {})."""

@@ -82,8 +82,10 @@ def compress_run(run_dir: str | Path, out: str | Path, method: str, layers: str,
         rundir.save_model(out, small, new_cfg)
         s = {"model": new_cfg.model.name, "params": param_count(small), "epochs": 0, "test_accuracy": init_acc,
              "test_error_percent": round(100 * (1 - init_acc), 4), "test_images": len(splits.test_x)}
-    # relative to this run's folder: the pair moves together (and two reproductions write the same bytes)
-    s.update({"compressed_from": os.path.relpath(Path(run_dir).resolve(), out.resolve()), "compression": info, "weight_error_after_init": errors,
+    # inside a reproduction (clock_apart) relative to this run's folder: both live in the reproduction's folder,
+    # and two reproductions into two folders write the same bytes
+    src = os.path.relpath(Path(run_dir).resolve(), out.resolve()) if rundir.clock_is_apart() else str(run_dir)
+    s.update({"compressed_from": src, "compression": info, "weight_error_after_init": errors,
               "uncompressed_test_accuracy": base_acc, "test_accuracy_before_finetune": init_acc,
               "accuracy_change_points": round(100 * (s["test_accuracy"] - base_acc), 4),
               "compress_wall_seconds": round(time.perf_counter() - t0, 3)})

@@ -58,7 +58,7 @@ of the SDC rate difference, each seed's (SDC, trials) count resampled).
 
 Every variant is built from several training seeds (the table shows means
 +- sd; the claims compare trained models, so one lucky seed cannot decide
-them). Quick mode (default): 3 seeds, 30k training images x 2 epochs per
+them). Quick mode (default): 3 seeds, 15k training images x 2 epochs per
 trained variant, PGD and noise on 1,000 test images (10 PGD steps, 5 noise
 draws), SDC on 500 images x 8 draws per seed. ``--full``: 5 seeds, all 60k
 images x 5 epochs, the 10k test set, 40 PGD steps, 10 draws, SDC on 2,000
@@ -123,7 +123,7 @@ def settings(full: bool, tiny: bool = False) -> dict[str, Any]:
         s = Settings(seeds=[0, 1, 2, 3, 4], train_subset=None, epochs=5, eval_images=10000, pgd_steps=40, draws=10,
                      sdc_images=2000, sdc_draws=20, nvf_images=64, fit_steps=1000, finetune_epochs=2)
     else:
-        s = Settings(seeds=[0, 1, 2], train_subset=30000, epochs=2, eval_images=1000, pgd_steps=10, draws=5,
+        s = Settings(seeds=[0, 1, 2], train_subset=15000, epochs=2, eval_images=1000, pgd_steps=10, draws=5,
                      sdc_images=500, sdc_draws=8, nvf_images=16, fit_steps=500, finetune_epochs=1)
     return asdict(s)
 

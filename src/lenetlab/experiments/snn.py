@@ -42,7 +42,7 @@ by its weakest comparison (docs/papers/snn-attacks.md).
 
 Training: the ``fast`` preset plus each rule's recommended settings
 (``Rule.recommended``: FA and DFA take smaller batches and a lower peak lr).
-Quick mode (default): 3 seeds, 20k training images x 2 epochs, 1000 test
+Quick mode (default): 3 seeds, 10k training images x 2 epochs, 1000 test
 images, eps {0.1, 0.2}, 6 gradient evaluations per attack. ``--full``: 5 seeds,
 60k x 3 epochs, 1000 test images, eps 0.05..0.3, 20 gradient evaluations.
 
@@ -99,7 +99,7 @@ def settings(full: bool, tiny: bool = False) -> dict[str, Any]:
     elif full:
         s = Settings([0, 1, 2, 3, 4], None, 3, 4, 1000, [0.05, 0.1, 0.15, 0.2, 0.25, 0.3], 20)
     else:
-        s = Settings([0, 1, 2], 20000, 2, 4, 1000, [0.1, 0.2], 6)
+        s = Settings([0, 1, 2], 10000, 2, 4, 1000, [0.1, 0.2], 6)   # 10k: its share of a 45-min reproduce all
     return dataclasses.asdict(s)
 
 

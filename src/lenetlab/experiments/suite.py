@@ -91,6 +91,7 @@ def _failed(out: Path, name: str, e: BaseException) -> str:
 
 def _in_worker(name: str, out: str, full: bool, force: bool, tiny: bool, quiet: bool) -> tuple[str, str | None]:
     """One experiment of a ``jobs`` > 1 run, in its own process: ("ran", None) or ("failed", message)."""
+    _exit_with_parent()
     log = (lambda s: None) if quiet else (lambda s: print(f"  [{name}] {s}", flush=True))
     try:
         reproduce(name, Path(out) / name, full=full, force=force, tiny=tiny, log=log)
@@ -101,6 +102,23 @@ def _in_worker(name: str, out: str, full: bool, force: bool, tiny: bool, quiet: 
             raise
         return "failed", _failed(Path(out), name, e)
     return "ran", None
+
+
+def _exit_with_parent() -> None:
+    """End this worker at once when the process that started it is gone (killed with SIGKILL, say): an orphan
+    would go on writing the experiment's folder while a re-run continues it."""
+    import os
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="lenetlab-parent-watch").start()
 
 
 def _longest_first(names: Sequence[str], out: Path) -> list[str]:
@@ -186,18 +204,16 @@ def reproduce_all(out: str | Path, full: bool = False, force: bool = False, only
     out.mkdir(parents=True, exist_ok=True)
     outcomes: list[Outcome] = []
     if jobs > 1:
-        to_run = []
-        for name in todo:
-            h = config_hash(name, full, tiny)
-            if (None if force else stored_result(out / name, h)) is None:
-                to_run.append(name)
-            else:
-                log(f"{name}: skipped, result for config {h} exists ({out / name / 'result.json'})")
-        ran = _run_pool(to_run, out, full, force, tiny, min(jobs, max(1, len(to_run))), log, quiet_workers,
-                        progress) if to_run else {}
-        outcomes = [ran[n] if n in ran else Outcome(n, "skipped", stored_result(out / n, config_hash(n, full, tiny)))
-                    for n in todo]
-        return _finish(outcomes, out, tiny, full, sections)
+        to_run = [n for n in todo if force or stored_result(out / n, config_hash(n, full, tiny)) is None]
+        if len(to_run) > 1:      # else the serial loop below (same files; no process to start)
+            for n in todo:
+                if n not in to_run:
+                    log(f"{n}: skipped, result for config {config_hash(n, full, tiny)} exists "
+                        f"({out / n / 'result.json'})")
+            ran = _run_pool(to_run, out, full, force, tiny, min(jobs, len(to_run)), log, quiet_workers, progress)
+            outcomes = [ran[n] if n in ran else
+                        Outcome(n, "skipped", stored_result(out / n, config_hash(n, full, tiny))) for n in todo]
+            return _finish(outcomes, out, tiny, full, sections)
     for i, name in enumerate(todo):
         tag = f"[{i + 1}/{len(todo)}] {name}"
         h = config_hash(name, full, tiny)
