@@ -131,6 +131,7 @@ class AbsStudy(Experiment):
     """Berngardt 2023: |x| activation + lower-bound restarts on LeNet-5 and slimmer variants."""
 
     name = "abs"
+    cost = 2   # scheduling hint for reproduce all --jobs (rough quick-mode CPU share)
     paper = "Berngardt 2023, absolute activation function (docs/papers/abs.md)"
     accepts_options = True
 

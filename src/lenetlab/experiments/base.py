@@ -265,6 +265,8 @@ class Experiment:
     description = ""
     accepts_options = False   # True once run() reads its settings through ctx.resolve_settings
     order = 0                 # ``reproduce all`` runs (and reports) experiments by (order, name)
+    cost = 1.0                # quick mode's rough share of CPU time: ``reproduce all --jobs`` starts the costliest
+                              # first where no earlier run's wall time is on record (scheduling only)
 
     def run(self, ctx: Context) -> Result:
         raise NotImplementedError

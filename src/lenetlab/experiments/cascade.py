@@ -132,6 +132,7 @@ class CascadeStudy(Experiment):
     """Rohlfs 2022/23: resolution and model cascades, data and compute vs accuracy."""
 
     name = "cascade"
+    cost = 2   # scheduling hint for reproduce all --jobs (rough quick-mode CPU share)
     paper = ("Rohlfs 2022/23, Problem-dependent attention and effort in neural networks with applications "
              "to image resolution and model selection (docs/papers/cascade.md)")
     description = "data-usage and compute vs accuracy of resolution and model cascades (MNIST)"

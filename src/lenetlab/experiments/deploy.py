@@ -219,6 +219,7 @@ class DeployStudy(Experiment):
     """The HoloLens deployment work: a flat 1-D LeNet-5 in NumPy, C and the browser, against PyTorch."""
 
     name = "deploy"
+    cost = 2.5   # scheduling hint for reproduce all --jobs (rough quick-mode CPU share)
     paper = ("Methodology to deploy CNN-based computer vision models on immersive wearable devices (HoloLens, "
              "2024; docs/papers/deploy.md)")
     description = "flat 1-D LeNet-5 in NumPy, C and browser runtimes: top-1 parity, bytes, latency, int8"

@@ -85,6 +85,7 @@ class FaultStudy(Experiment):
     """Ahmadilivani et al. 2023: int8 LeNet-5 under bit flips, NVF, neuron splitting vs selective TMR."""
 
     name = "faults"
+    cost = 4   # scheduling hint for reproduce all --jobs (rough quick-mode CPU share)
     paper = "Ahmadilivani et al. 2023, fault resilience of QNNs by selective neuron splitting"
     accepts_options = True
 

@@ -109,6 +109,7 @@ class LeNet5Study(Experiment):
     """LeCun et al. 1998: LeNet-5 as published, trained with its recipe on several seeds, against 0.95%."""
 
     name = "lenet5"
+    cost = 2.5   # scheduling hint for reproduce all --jobs (rough quick-mode CPU share)
     paper = "LeCun, Bottou, Bengio, Haffner 1998, Gradient-based learning applied to document recognition"
     description = "the 1998 LeNet-5 (C3 table, subsampling, RBF output) against its 0.95% MNIST test error"
     accepts_options = True

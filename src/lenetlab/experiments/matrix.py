@@ -165,6 +165,7 @@ class RobustnessMatrix(Experiment):
     """Eight LeNet-5 variants x four threats (PGD, analog noise, bit flips, int8 deployment) + cost."""
 
     name = "matrix"
+    cost = 6   # scheduling hint for reproduce all --jobs (rough quick-mode CPU share)
     paper = ("lenetlab robustness matrix (no single paper: re-checks Wang et al. 2025 and Ahmadilivani et al. 2023 "
              "across variants)")
     accepts_options = True

@@ -132,6 +132,7 @@ class NoiseStudy(Experiment):
     """Wang et al. 2025: noise injection, constant-scale QAT and noisy training on LeNet-5 and a 4x wider LeNet."""
 
     name = "noise"
+    cost = 4   # scheduling hint for reproduce all --jobs (rough quick-mode CPU share)
     paper = "Wang, Borras, Klein, Froening 2025, hardening DNNs against noisy computations (docs/papers/noise.md)"
     accepts_options = True
 

@@ -127,6 +127,7 @@ class SNNAttacks(Experiment):
     """Lin & Sengupta 2025: BP/FA/DFA/LE spiking and non-spiking LeNet-5 under FGSM, PGD, black-box, hybrid."""
 
     name = "snn-attacks"
+    cost = 7   # scheduling hint for reproduce all --jobs (rough quick-mode CPU share)
     paper = ("Lin, Sengupta 2025, on the adversarial robustness of spiking neural networks trained by local "
              "learning")
     accepts_options = True

@@ -123,7 +123,7 @@ def _exit_with_parent() -> None:
 
 def _longest_first(names: Sequence[str], out: Path) -> list[str]:
     """``names`` in the order a pool should start them: by the wall time ``out/<name>/timings.json`` recorded
-    (a previous run), else the later experiments of ``reproduce all``'s order (the summaries, ZO) first."""
+    (a previous run), else by the experiments' ``cost`` hints."""
     from lenetlab.registry import get
 
     def recorded(n: str) -> float:
@@ -132,7 +132,7 @@ def _longest_first(names: Sequence[str], out: Path) -> list[str]:
         except (OSError, ValueError, KeyError, TypeError):
             return -1.0
 
-    return sorted(names, key=lambda n: (-recorded(n), -get("experiment", n).order, n))
+    return sorted(names, key=lambda n: (-recorded(n), -get("experiment", n).cost, n))
 
 
 def _run_pool(todo: list[str], out: Path, full: bool, force: bool, tiny: bool, jobs: int,

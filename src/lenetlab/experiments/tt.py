@@ -107,6 +107,7 @@ class TensorNetworkStudy(Experiment):
     """Qing et al. 2023: deep brick-wall TN (ADTN) vs tensor-train layers, accuracy vs parameters on LeNet-5."""
 
     name = "tn"
+    cost = 2   # scheduling hint for reproduce all --jobs (rough quick-mode CPU share)
     paper = ("Qing, Zhou, Li, Ran 2023, compressing neural networks by tensor networks with exponentially fewer "
              "variational parameters (docs/papers/tn.md)")
     accepts_options = True

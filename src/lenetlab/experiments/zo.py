@@ -263,6 +263,7 @@ class ZOStudy(Experiment):
     """ElasticZO: ZO / BP hybrid training of LeNet-5, float and integer-only, with memory accounting."""
 
     name = "zo"
+    cost = 7   # scheduling hint for reproduce all --jobs (rough quick-mode CPU share)
     paper = "Sugiura, Matsutani 2025, ElasticZO: memory-efficient on-device learning (docs/papers/zo.md)"
     accepts_options = True
 
