@@ -122,7 +122,7 @@ def test_every_numeric_flag_is_checked():
                  ("noise eval", "--sigma"), ("noise eval", "--draws"), ("faults campaign", "--samples"),
                  ("faults nvf", "--validate"), ("compress", "--rank"), ("compress", "--depth"),
                  ("compress", "--fit-steps"), ("cascade", "--threshold"), ("quantize", "--calibration"),
-                 ("fused", "--images"), ("sweep", "--workers"), ("predict", "--top")]:
+                 ("fused", "--images"), ("sweep", "--workers"), ("predict", "--top"), ("reproduce", "--jobs")]:
         assert want in found, want
 
 
@@ -139,6 +139,7 @@ def base_argv(path: tuple[str, ...], runs: dict[str, Path], out: Path) -> list[s
         ("faults", "campaign"): ["faults", "campaign", qrun, "--target", "weights", "--out", str(out)],
         ("faults", "nvf"): ["faults", "nvf", qrun, "--out", str(out)],
         ("attack",): ["attack", run], ("compress",): ["compress", run, "--method", "tt", "--out", str(out)],
+        ("reproduce",): ["reproduce", "all", "--out", str(out)],
     }[path]
 
 
