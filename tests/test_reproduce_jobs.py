@@ -11,7 +11,7 @@ import pytest
 from test_kill_anywhere import HANG_S, _env, files
 from test_reproduce_twice import excluded
 
-ONLY = "lenet5,tn"     # two cheap tiny experiments: one trains, one compresses
+ONLY = "fused,lenet5,tn"     # three cheap tiny experiments, one of which trains and one that compresses
 
 
 def _run(out, *extra: str) -> subprocess.CompletedProcess:
@@ -19,6 +19,7 @@ def _run(out, *extra: str) -> subprocess.CompletedProcess:
                            "--out", str(out), *extra], capture_output=True, text=True, env=_env(), timeout=HANG_S)
 
 
+@pytest.mark.slow   # 3 command lines of 3 processes each (~50 s beside the other tests); the fast tier: below
 def test_jobs_give_the_result_files_of_a_serial_run(tmp_path):
     serial, pooled = tmp_path / "serial", tmp_path / "jobs2"
     r1 = _run(serial, "-q")
@@ -30,9 +31,9 @@ def test_jobs_give_the_result_files_of_a_serial_run(tmp_path):
     differ = [rel for rel in a if a[rel].read_bytes() != b[rel].read_bytes() and not excluded(rel, serial)]
     assert not differ, differ
     manifest = json.loads(a["manifest.json"].read_text())
-    assert [e["name"] for e in manifest["experiments"]] == ["lenet5", "tn"]   # the report's order
+    assert [e["name"] for e in manifest["experiments"]] == ["lenet5", "fused", "tn"]   # the report's order
     assert all(e["status"] == "ran" for e in manifest["experiments"])
-    # a second pooled run reuses both
+    # a second pooled run reuses all three
     r3 = _run(pooled, "--jobs", "2", "-q")
     assert r3.returncode == 0 and json.loads((pooled / "manifest.json").read_text())["experiments"][0]["status"] \
         == "skipped"
@@ -53,13 +54,21 @@ def test_jobs_only_with_all(tmp_path):
     assert r.returncode == 2 and "--jobs goes with `reproduce all`" in r.stderr and not (tmp_path / "o").exists()
 
 
-def test_a_failing_experiment_in_a_worker_is_reported_and_the_others_finish(tmp_path, monkeypatch):
+def test_a_failing_experiment_in_a_worker_is_reported_and_the_others_finish(tmp_path):
     from lenetlab.experiments import suite
 
     # a worker cannot see a monkeypatch (fresh process), so feed the parent's pool an experiment whose
     # setting is broken on disk: a file where its output folder should be
-    (tmp_path / "fused").write_text("not a folder")
-    outcomes = suite.reproduce_all(tmp_path, tiny=True, only=["fused", "lenet5"], jobs=2, quiet_workers=True)
+    pooled, serial = tmp_path / "jobs2", tmp_path / "serial"
+    pooled.mkdir()
+    (pooled / "fused").write_text("not a folder")
+    outcomes = suite.reproduce_all(pooled, tiny=True, only=["fused", "lenet5"], jobs=2, quiet_workers=True)
     st = {o.name: o.status for o in outcomes}
     assert st == {"lenet5": "ran", "fused": "failed"}
     assert "not a directory" in next(o.error for o in outcomes if o.name == "fused")
+    # the experiment that ran in a worker wrote what a serial run in this process writes, byte for byte
+    suite.reproduce_all(serial, tiny=True, only=["lenet5"], jobs=1)
+    a, b = files(serial / "lenet5"), files(pooled / "lenet5")
+    assert sorted(a) == sorted(b) and a
+    differ = [rel for rel in a if a[rel].read_bytes() != b[rel].read_bytes() and not excluded(rel, serial)]
+    assert not differ, differ
