@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import random
 import signal
 import socket
@@ -114,8 +115,10 @@ def _expected(site: dict[str, bytes], path: str) -> bytes:
     return site["index.html" if path == "/" else path[1:]]
 
 
-def _client(port: int, site: dict[str, bytes], n: int, seed: int, errors: list[str], counts: list[int]) -> None:
-    """``n`` requests: most on one keep-alive connection, some on fresh ones, some HEAD, some 404s."""
+def _client(port: int, site: dict[str, bytes], n: int, seed: int, errors: list[str], counts: list[int],
+            latencies: list[float]) -> None:
+    """``n`` requests: most on one keep-alive connection, some on fresh ones, some HEAD, some 404s.
+    ``latencies``: each request's seconds from send to the whole reply read (for the record, not a bound)."""
     rng = random.Random(seed)
     paths = _paths(site)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=IO_TIMEOUT_S)
@@ -132,9 +135,11 @@ def _client(port: int, site: dict[str, bytes], n: int, seed: int, errors: list[s
                 path = rng.choice(paths)
                 method = "HEAD" if r > 0.95 else "GET"
                 want = _expected(site, path)
+            t0 = time.perf_counter()
             conn.request(method, path)
             resp = conn.getresponse()
             body = resp.read()
+            latencies.append(time.perf_counter() - t0)
             if want is None:
                 ok = resp.status == 404
             elif method == "HEAD":
@@ -198,6 +203,12 @@ MALFORMED = [
 ]
 
 
+def _ms(latencies: list[float], q: float) -> str:
+    """The q-quantile (nearest rank) of the request latencies, in milliseconds."""
+    xs = sorted(latencies)
+    return f"{xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))] * 1e3:.1f}"
+
+
 def _status(reply: bytes) -> int | None:
     try:
         return int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/") else None
@@ -212,8 +223,9 @@ def _load(port: int, site: dict[str, bytes]) -> None:
         t.start()
     errors: list[str] = []
     counts: list[int] = []
+    latencies: list[float] = []
     per = REQUESTS // THREADS
-    clients = [threading.Thread(target=_client, args=(port, site, per, k, errors, counts), daemon=True)
+    clients = [threading.Thread(target=_client, args=(port, site, per, k, errors, counts, latencies), daemon=True)
                for k in range(THREADS)]
     t0 = time.perf_counter()
     for t in clients:
@@ -228,7 +240,9 @@ def _load(port: int, site: dict[str, bytes]) -> None:
     assert not errors, errors[:10]
     assert sum(counts) == REQUESTS, counts
     print(f"\n{REQUESTS} requests from {THREADS} threads in {seconds:.2f} s "
-          f"({REQUESTS / seconds:.0f}/s) with 10 slow clients and {len(MALFORMED)} malformed requests")
+          f"({REQUESTS / seconds:.0f}/s) with 10 slow clients and {len(MALFORMED)} malformed requests; "
+          f"errors {len(errors)}; latency p50 {_ms(latencies, 0.5)} ms, p99 {_ms(latencies, 0.99)} ms, "
+          f"max {_ms(latencies, 1.0)} ms")
     # malformed requests: an error status or a closed connection. A 200 is only ever the page itself (an
     # absolute-form target "GET http://host/" is legal HTTP/1.1 and means "/"), never a file off the whitelist
     for m, reply in zip(MALFORMED, replies):
