@@ -14,8 +14,8 @@ from test_reproduce_twice import excluded
 ONLY = "fused,lenet5,tn"     # three cheap tiny experiments, one of which trains and one that compresses
 
 
-def _run(out, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lenetlab", "reproduce", "all", "--tiny", "--only", ONLY,
+def _run(out, *extra: str, only: str = ONLY) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lenetlab", "reproduce", "all", "--tiny", "--only", only,
                            "--out", str(out), *extra], capture_output=True, text=True, env=_env(), timeout=HANG_S)
 
 
@@ -72,3 +72,29 @@ def test_a_failing_experiment_in_a_worker_is_reported_and_the_others_finish(tmp_
     assert sorted(a) == sorted(b) and a
     differ = [rel for rel in a if a[rel].read_bytes() != b[rel].read_bytes() and not excluded(rel, serial)]
     assert not differ, differ
+
+
+@pytest.mark.slow   # a local Ray instance (~10 s to start) running two tiny experiments
+def test_ray_backend_gives_the_result_files_of_a_serial_run(tmp_path):
+    pytest.importorskip("ray")
+    serial, on_ray = tmp_path / "serial", tmp_path / "ray"
+    r1 = _run(serial, "-q", only="lenet5,tn")
+    r2 = _run(on_ray, "--backend", "ray", "--jobs", "2", only="lenet5,tn")
+    assert r1.returncode == 0 and r2.returncode == 0, r1.stderr[-2000:] + r2.stderr[-2000:]
+    assert "tn: done in" in r2.stdout and "lenet5: done in" in r2.stdout
+    a, b = files(serial), files(on_ray)
+    assert sorted(a) == sorted(b)
+    differ = [rel for rel in a if a[rel].read_bytes() != b[rel].read_bytes() and not excluded(rel, serial)]
+    assert not differ, differ
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["reproduce", "fused", "--tiny", "--backend", "ray"], "--backend and --address go with `reproduce all`"),
+    (["reproduce", "all", "--tiny", "--address", "auto"], "an address goes with the ray backend"),
+    (["reproduce", "all", "--tiny", "--backend", "spark"], "--backend"),
+])
+def test_backend_options_are_checked_before_anything_is_written(tmp_path, argv, says):
+    from conftest import run_cli
+
+    r = run_cli(*argv, "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and says in r.stderr and not (tmp_path / "o").exists(), r.stderr

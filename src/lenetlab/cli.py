@@ -7,9 +7,9 @@ Ctrl-C exits 130 after the last complete epoch's checkpoint is safe on disk.
 from __future__ import annotations
 
 import argparse
-import os
 import errno
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -264,6 +264,8 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
         raise LenetlabError("--only goes with `reproduce all`")
     if a.jobs is not None:
         raise LenetlabError("--jobs goes with `reproduce all` (one experiment runs its cells in order)")
+    if a.backend != "local" or a.address:
+        raise LenetlabError("--backend and --address go with `reproduce all` (experiments are the unit of work)")
     try:
         with progress_bar(f"{a.name} cells", quiet=a.quiet) as bar:
             r = reproduce(a.name, out, full=a.full, force=a.force, log=None if a.quiet else con.print, tiny=a.tiny,
@@ -327,7 +329,7 @@ def _reproduce_all(a: argparse.Namespace, con) -> int:
         with progress_bar("cells" if jobs == 1 else "experiments", quiet=a.quiet) as bar:
             outcomes = reproduce_all(out, full=a.full, force=a.force, only=only, tiny=a.tiny,
                                      log=(lambda s: None) if a.quiet else _flushed(con), progress=bar,
-                                     jobs=jobs, quiet_workers=a.quiet)
+                                     jobs=jobs, quiet_workers=a.quiet, backend=a.backend, address=a.address)
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished experiments and cells are kept in {out}. Run the same command again "
               "to continue.", file=sys.stderr)
@@ -473,6 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--jobs", type=V.count("--jobs", hi=64), default=None, metavar="N",
                     help="with `all`: run N experiments at once, each in its own process (default: the "
                          "machine's cores; 1 runs them in turn); the result files are the same whatever N")
+    rp.add_argument("--backend", choices=["local", "ray"], default="local",
+                    help="with `all`: local processes (default) or Ray tasks, one experiment each")
+    rp.add_argument("--address", help="with --backend ray: the cluster's address (auto, HOST:6379, "
+                                      "ray://HEAD:10001; default: a local Ray instance with --jobs CPUs); "
+                                      "--out must then be on a filesystem every node shares")
     rp.add_argument("--tiny", action="store_true", help="tests only: the smallest grid that runs every code "
                                                         "path (meaningless numbers)")
     rp.add_argument("-q", "--quiet", action="store_true")

@@ -21,7 +21,9 @@ plugs in through ``sections``.
 (:func:`_longest_first`). Every experiment still pins its own thread counts
 (:mod:`lenetlab.determinism`), so the result files are the same as a serial run's, byte for byte (tested);
 only the clock readings differ. On a 2-core machine two at a time wins where an experiment leaves a core
-idle (ZO's single-threaded races, compilers, the browser, Python-bound evaluation).
+idle (ZO's single-threaded races, compilers, the browser, Python-bound evaluation). ``backend="ray"`` runs
+the same experiments as Ray tasks, on a local Ray instance or a cluster (``address``), with the same files
+(tested); the unit of work is the experiment (each one's cells run in order inside its task).
 
 Example::
 
@@ -135,57 +137,114 @@ def _longest_first(names: Sequence[str], out: Path) -> list[str]:
     return sorted(names, key=lambda n: (-recorded(n), -get("experiment", n).cost, n))
 
 
-def _run_pool(todo: list[str], out: Path, full: bool, force: bool, tiny: bool, jobs: int,
-              log: Callable[[str], None], quiet: bool, progress: Any) -> dict[str, Outcome]:
-    """Run ``todo`` ``jobs`` at a time in spawned processes; the outcome of each."""
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+class _LocalPool:
+    """``jobs`` spawned processes (concurrent.futures)."""
 
+    def __init__(self, jobs: int) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, *args: Any) -> Any:
+        return self.pool.submit(_in_worker, *args)
+
+    def wait_one(self, running: dict[Any, Any]) -> list[Any]:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        return list(wait(running, return_when=FIRST_COMPLETED)[0])
+
+    def result(self, fut: Any) -> tuple[str, str | None]:
+        return fut.result()     # a full disk or an interrupt comes out of here
+
+    def close(self, running: dict[Any, Any]) -> None:
+        for fut in running:
+            fut.cancel()
+        self.pool.shutdown(wait=not running, cancel_futures=True)
+
+
+class _RayPool:
+    """Ray tasks of one CPU each, on the cluster at ``address`` or a local instance with ``jobs`` CPUs. Every
+    task writes into ``out/<name>/`` itself: on a cluster ``out`` must be a folder every node sees at the same
+    path (a shared filesystem)."""
+
+    def __init__(self, jobs: int, address: str | None) -> None:
+        from lenetlab.sweep.backends import ray_init
+
+        self.ray, self.started = ray_init(jobs, address)
+        self.task = self.ray.remote(num_cpus=1, max_retries=0)(_in_worker)
+
+    def submit(self, *args: Any) -> Any:
+        return self.task.remote(*args)
+
+    def wait_one(self, running: dict[Any, Any]) -> list[Any]:
+        return self.ray.wait(list(running), num_returns=1)[0]
+
+    def result(self, ref: Any) -> tuple[str, str | None]:
+        try:
+            return self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as e:     # a full disk, say: the worker's own error
+            raise e.as_instanceof_cause() from None
+        except self.ray.exceptions.RayError as e:         # a worker or node died
+            return "failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+    def close(self, running: dict[Any, Any]) -> None:
+        for ref in running:
+            self.ray.cancel(ref, force=True)
+        if self.started:
+            self.ray.shutdown()
+
+
+def _run_pool(todo: list[str], out: Path, full: bool, force: bool, tiny: bool, jobs: int,
+              log: Callable[[str], None], quiet: bool, progress: Any, backend: str = "local",
+              address: str | None = None) -> dict[str, Outcome]:
+    """Run ``todo`` ``jobs`` at a time in spawned processes (``backend`` "local") or as Ray tasks ("ray");
+    the outcome of each."""
     done: dict[str, Outcome] = {}
+    pool = _RayPool(jobs, address) if backend == "ray" else _LocalPool(jobs)
     if progress is not None:
         progress.start("experiments", total=len(todo), done=0)
     queue = _longest_first(todo, out)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        running: dict[Any, tuple[str, float]] = {}
-        try:
-            while queue or running:
-                while queue and len(running) < jobs:
-                    name = queue.pop(0)
-                    log(f"[{len(done) + len(running) + 1}/{len(todo)}] {name}: started "
-                        f"({'tiny' if tiny else 'full' if full else 'quick'} mode, config "
-                        f"{config_hash(name, full, tiny)})")
-                    fut = pool.submit(_in_worker, name, str(out), full, force, tiny, quiet)
-                    running[fut] = (name, time.perf_counter())
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    name, t0 = running.pop(fut)
-                    dt = time.perf_counter() - t0
-                    status, msg = fut.result()    # a full disk or an interrupt comes out of here
-                    if status == "failed":
-                        log(f"{name}: FAILED after {dt:.0f} s: {msg} (traceback in {out / name / 'error.txt'})")
-                        done[name] = Outcome(name, "failed", None, msg, dt)
-                    else:
-                        r = Result.load(out / name)
-                        log(f"{name}: done in {r.wall_seconds:.0f} s, {verdict_counts(r)}")
-                        done[name] = Outcome(name, "ran", r, None, r.wall_seconds)
-                    if progress is not None:
-                        progress(1)
-        except BaseException:
-            for fut in running:
-                fut.cancel()
-            raise
+    running: dict[Any, tuple[str, float]] = {}
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                name = queue.pop(0)
+                log(f"[{len(done) + len(running) + 1}/{len(todo)}] {name}: started "
+                    f"({'tiny' if tiny else 'full' if full else 'quick'} mode, config "
+                    f"{config_hash(name, full, tiny)})")
+                fut = pool.submit(name, str(out), full, force, tiny, quiet or backend == "ray")
+                running[fut] = (name, time.perf_counter())
+            for fut in pool.wait_one(running):
+                name, t0 = running.pop(fut)
+                dt = time.perf_counter() - t0
+                status, msg = pool.result(fut)
+                if status == "failed":
+                    log(f"{name}: FAILED after {dt:.0f} s: {msg} (traceback in {out / name / 'error.txt'})")
+                    done[name] = Outcome(name, "failed", None, msg, dt)
+                else:
+                    r = Result.load(out / name)
+                    log(f"{name}: done in {r.wall_seconds:.0f} s, {verdict_counts(r)}")
+                    done[name] = Outcome(name, "ran", r, None, r.wall_seconds)
+                if progress is not None:
+                    progress(1)
+    finally:
+        pool.close(running)
     return done
 
 
 def reproduce_all(out: str | Path, full: bool = False, force: bool = False, only: Sequence[str] | None = None,
                   tiny: bool = False, log: Callable[[str], None] | None = None,
                   sections: Sequence[Section] = (), progress: Any = None, jobs: int = 1,
-                  quiet_workers: bool = False) -> list[Outcome]:
+                  quiet_workers: bool = False, backend: str = "local", address: str | None = None) -> list[Outcome]:
     """Run (or reuse) every registered experiment (or those in ``only``) and write the suite report.
 
     ``progress``: passed to each :func:`~lenetlab.experiments.base.reproduce` (its cells' progress bar); with
     ``jobs`` > 1, a bar of finished experiments. ``jobs``: experiments run at once, each in its own process
-    (``quiet_workers``: they print nothing; else their log lines, tagged with the experiment)."""
+    (``quiet_workers``: they print nothing; else their log lines, tagged with the experiment). ``backend``
+    "ray": each experiment is a Ray task (one CPU) on the cluster at ``address`` (None: a local Ray instance
+    with ``jobs`` CPUs), ``jobs`` of them at once; the tasks write into ``out`` themselves, so on a cluster
+    ``out`` must be on a filesystem every node shares. Ray workers print nothing."""
     from lenetlab.registry import get, names
 
     log = log or (lambda s: None)
@@ -201,16 +260,22 @@ def reproduce_all(out: str | Path, full: bool = False, force: bool = False, only
     todo = sorted(dict.fromkeys(todo), key=lambda n: (get("experiment", n).order, n))   # summaries last
     if not isinstance(jobs, int) or isinstance(jobs, bool) or not 1 <= jobs <= 64:
         raise LenetlabError(f"jobs must be an integer from 1 to 64, got {jobs!r}")
+    if backend not in ("local", "ray"):
+        raise LenetlabError(f"backend must be local or ray, got {backend!r}")
+    if address is not None and backend != "ray":
+        raise LenetlabError("an address goes with the ray backend")
     out.mkdir(parents=True, exist_ok=True)
     outcomes: list[Outcome] = []
-    if jobs > 1:
+    if jobs > 1 or backend == "ray":
         to_run = [n for n in todo if force or stored_result(out / n, config_hash(n, full, tiny)) is None]
-        if len(to_run) > 1:      # else the serial loop below (same files; no process to start)
+        # local: one experiment to run goes to the serial loop below (same files; no process to start)
+        if len(to_run) > 1 or (backend == "ray" and to_run):
             for n in todo:
                 if n not in to_run:
                     log(f"{n}: skipped, result for config {config_hash(n, full, tiny)} exists "
                         f"({out / n / 'result.json'})")
-            ran = _run_pool(to_run, out, full, force, tiny, min(jobs, len(to_run)), log, quiet_workers, progress)
+            ran = _run_pool(to_run, out, full, force, tiny, min(jobs, len(to_run)), log, quiet_workers, progress,
+                            backend, address)
             outcomes = [ran[n] if n in ran else
                         Outcome(n, "skipped", stored_result(out / n, config_hash(n, full, tiny))) for n in todo]
             return _finish(outcomes, out, tiny, full, sections)

@@ -55,9 +55,9 @@ def run_local(trials: list[Trial], workers: int) -> Iterator[tuple[Trial, Any]]:
                 p.terminate()
 
 
-def run_ray(trials: list[Trial], workers: int | None, address: str | None) -> Iterator[tuple[Trial, Any]]:
-    """The same trials as Ray tasks (one CPU each) on the cluster at ``address`` (``auto``: the one this
-    machine belongs to), or on a fresh local instance with ``workers`` CPUs when no address is given."""
+def ray_init(workers: int | None, address: str | None) -> tuple[Any, bool]:
+    """Ray, connected to the cluster at ``address`` (``auto``: the one this machine belongs to) or to a fresh
+    local instance with ``workers`` CPUs; and whether this call started it (then the caller shuts it down)."""
     try:
         import ray
     except ImportError:
@@ -75,6 +75,13 @@ def run_ray(trials: list[Trial], workers: int | None, address: str | None) -> It
             ray.init(**kw)
         except ConnectionError as e:
             raise LenetlabError(f"cannot connect to the Ray cluster at {address}: {e}") from None
+    return ray, started
+
+
+def run_ray(trials: list[Trial], workers: int | None, address: str | None) -> Iterator[tuple[Trial, Any]]:
+    """The same trials as Ray tasks (one CPU each) on the cluster at ``address`` (``auto``: the one this
+    machine belongs to), or on a fresh local instance with ``workers`` CPUs when no address is given."""
+    ray, started = ray_init(workers, address)
     task = ray.remote(num_cpus=1, max_retries=0)(run_trial)
     pending: dict[Any, Trial] = {}
     queue = list(trials)

@@ -31,13 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenetlab import devices, rundir
-from lenetlab.rundir import CLOCK_KEYS, clock_apart, off_clock
 from lenetlab.config import RunConfig, TrainConfig, to_dict
 from lenetlab.data import Splits, load_splits
 from lenetlab.errors import LenetlabError
 from lenetlab.models import create_model, param_count
 from lenetlab.progress import progress_bar
 from lenetlab.registry import get
+from lenetlab.rundir import CLOCK_KEYS, clock_apart, off_clock
 from lenetlab.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from lenetlab.train.diagnostics import GradNorms
 from lenetlab.train.plugins import TrainContext, TrainerPlugin, active_plugins

@@ -212,7 +212,8 @@ def conv_pool_int(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, padding:
         # conversion back (max commutes with the exact int32 <-> float32 map, and the per-channel bias with max)
         xf, wf = x.to(torch.float32), w.reshape(o, -1).t().to(torch.float32)
         for s in range(0, n, FLOAT_CHUNK):
-            cols = xf[s:s + FLOAT_CHUNK].unfold(2, kh, 1).unfold(3, kw, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, c * kh * kw)
+            cols = (xf[s:s + FLOAT_CHUNK].unfold(2, kh, 1).unfold(3, kw, 1).permute(0, 2, 3, 1, 4, 5)
+                    .reshape(-1, c * kh * kw))
             acc = torch.mm(cols, wf).view(-1, ho, wo, o).permute(0, 3, 1, 2)
             out[s:s + FLOAT_CHUNK] = F.max_pool2d(acc, 2).to(torch.int32).add_(bias.view(1, o, 1, 1))
         return out
