@@ -13,8 +13,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from lenetlab.errors import LenetlabError
 from lenetlab.models import create_model
-from lenetlab.train.zo_int8 import (Int8Config, Int8ElasticZO, conv_int, int8_matmul, int_cross_entropy,
-                                    integer_matmul, quantize_input)
+from lenetlab.train.zo_int8 import (
+    Int8Config,
+    Int8ElasticZO,
+    conv_int,
+    int8_matmul,
+    int_cross_entropy,
+    integer_matmul,
+    quantize_input,
+)
 
 
 class DtypeRecorder(TorchDispatchMode):
