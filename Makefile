@@ -32,9 +32,10 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
+# Every benchmark in one run; the ratios and goals they measured go to benchmarks/results.json (format: the
+# docstring of benchmarks/run_all.py). `run_all.py --only NAME,NAME` / `--quick` for a part / a smoke run.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/train_to_99.py
-	$(BIN)/python benchmarks/runtime_throughput.py
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

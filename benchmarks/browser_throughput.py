@@ -14,6 +14,10 @@ change: ``--compare HEAD`` on an uncommitted change, ``--compare 8eb3170``.
 Goal (issue 21, item 5): >= 10,000 images/s for float32 and int8.
 
     python benchmarks/browser_throughput.py [--run RUN_DIR] [--rounds 3] [--compare REV] [--model lenet5]
+                                            [--json PATH]
+
+Without Chromium + chromedriver (or selenium) it prints ``skipped: REASON`` and exits 0 (the JSON record
+says ``"skipped": REASON``), so ``make bench`` goes on.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+from _record import Record, add_json_option
 from lenetlab.data.datasets import load_raw
 from lenetlab.deploy import flat, runtime
-from lenetlab.deploy.browser import BrowserPage, open_browser
+from lenetlab.deploy.browser import BrowserPage, BrowserUnavailable, open_browser
 from lenetlab.deploy.web import STATIC, run_site_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,22 +72,30 @@ def main() -> int:
     p.add_argument("--model", default="lenet5", help="model to train when --run is not given (default lenet5)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--compare", metavar="REV", help="also time the page files of this git revision")
+    add_json_option(p)
     a = p.parse_args()
-    if a.run:
-        run = Path(a.run)
-    else:
-        from lenetlab.train import fit
-        from lenetlab.train.presets import resolve
-
-        run = Path(tempfile.mkdtemp(prefix="lenetlab_web_")) / "run"
-        print(f"training {a.model} (fast preset, 6k images, 1 epoch) ...", flush=True)
-        fit(resolve("fast", a.model, overrides={"data": {"train_subset": 6000}, "train": {"epochs": 1}}), out=run,
-            log=None, progress=False)
-    _, _, test_x, test_y = load_raw("mnist")
+    rec = Record("browser_throughput")
     old = static_at(a.compare) if a.compare else None
-    driver = open_browser(script_timeout=600)
+    try:                                        # before training: no browser here means nothing to time
+        driver = open_browser(script_timeout=600)
+    except BrowserUnavailable as e:
+        print(f"skipped: {e}")
+        rec.skip(str(e))
+        rec.write(a.json)
+        return 0
     rows = []
     try:
+        if a.run:
+            run = Path(a.run)
+        else:
+            from lenetlab.train import fit
+            from lenetlab.train.presets import resolve
+
+            run = Path(tempfile.mkdtemp(prefix="lenetlab_web_")) / "run"
+            print(f"training {a.model} (fast preset, 6k images, 1 epoch) ...", flush=True)
+            fit(resolve("fast", a.model, overrides={"data": {"train_subset": 6000}, "train": {"epochs": 1}}),
+                out=run, log=None, progress=False)
+        _, _, test_x, test_y = load_raw("mnist")
         version = driver.capabilities.get("browserVersion", "?")
         for int8 in (False, True):
             files = run_site_files(run, int8)
@@ -105,6 +118,20 @@ def main() -> int:
         print("load average (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
     slow = [name for name, ips, _ in rows if name.startswith("now") and ips < 10_000]
     print("goal >= 10,000 images/s: " + ("met" if not slow else f"NOT met by {', '.join(slow)}"))
+    rec.value("browser", f"headless Chromium {version}")
+    rec.value("rounds", a.rounds)
+    rec.value("rows", [{"runtime": name, "images_per_s": ips, "accuracy": acc} for name, ips, acc in rows])
+    rec.check("top1_equals_numpy_runtime", True)      # page_ips exits non-zero on any difference
+    by_name = {name: v for name, v, _ in rows}
+    for name, v in by_name.items():
+        if name.startswith("now "):
+            dtype = name[4:]
+            rec.goal(f"in-browser {dtype} >= 10,000 images/s", v, 10_000)
+            if a.compare:
+                rec.ratio(f"now_vs_{a.compare}_{dtype}", v / by_name[f"{a.compare} {dtype}"])
+    if not a.compare:
+        rec.note("no --compare REV: no ratios, only the goals (images/s)")
+    rec.write(a.json)
     return 0
 
 

@@ -12,7 +12,7 @@ sampled fault list (every layer with weights x every bit, seed 0) on the same
 images; their per-fault outcomes are checked identical, then the ratio of
 faults/s is printed per target and overall. Goal >= 10x (aim 30x).
 
-    python benchmarks/fault_campaign.py [--qrun QRUN | --run RUN_DIR] [--samples 4] [--images 100]
+    python benchmarks/fault_campaign.py [--qrun QRUN | --run RUN_DIR] [--samples 4] [--images 100] [--json PATH]
 
 Without --qrun/--run it quantises runs/demo (or trains a fast-preset run in a temp dir).
 """
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _record import Record, add_json_option
 from lenetlab.faults.campaign import Campaign, sample_faults
 from lenetlab.faults.models import TARGETS
 from lenetlab.quant.engine import IntEngine, blas_threads
@@ -46,14 +47,16 @@ def qrun_dir(a: argparse.Namespace, tmp: Path) -> Path:
     return tmp / "q"
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--qrun")
     p.add_argument("--run")
     p.add_argument("--samples", type=int, default=4, help="faults per layer and bit (default 4)")
     p.add_argument("--images", type=int, default=100)
     p.add_argument("--targets", default=",".join(TARGETS))
+    add_json_option(p)
     a = p.parse_args()
+    rec = Record("fault_campaign")
     with tempfile.TemporaryDirectory() as tmp:
         fm, meta = load_qrun(qrun_dir(a, Path(tmp)))
     images, _ = test_images(meta, a.images)
@@ -68,7 +71,11 @@ def main() -> None:
             t1 = time.perf_counter()
             naive = Campaign(eng, images).naive(faults)
             t2 = time.perf_counter()
-            if not np.array_equal(fast, naive):
+            same = bool(np.array_equal(fast, naive))
+            rec.check(f"identical_outcomes_{target}", same)
+            if not same:
+                rec.note(f"{target}: fast and naive outcomes differ")
+                rec.write(a.json)
                 raise SystemExit(f"{target}: fast and naive outcomes differ")
             f_fast, f_naive = len(faults) / (t1 - t0), len(faults) / (t2 - t1)
             tot["fast"] += t1 - t0
@@ -77,10 +84,21 @@ def main() -> None:
             print(f"{target:13s} {len(faults):5d} faults  SDC {100 * fast.mean():6.3f}%  "
                   f"fast {f_fast:9.1f} faults/s  naive {f_naive:7.1f} faults/s  ratio {f_fast / f_naive:6.1f}x  "
                   f"(identical outcomes)")
+            rec.ratio(f"fast_vs_naive_{target}", f_fast / f_naive)
+            rec.goal(f"fast campaign >= 30x the naive one on {target} (faults/s)", f_fast / f_naive, 30.0)
+            rec.value(target, {"faults": len(faults), "sdc_rate": float(fast.mean()), "fast_faults_per_s": f_fast,
+                               "naive_faults_per_s": f_naive})
     n = tot["faults"]
     print(f"{'all':13s} {n:5d} faults  fast {n / tot['fast']:9.1f} faults/s  naive {n / tot['naive']:7.1f} "
           f"faults/s  ratio {tot['naive'] / tot['fast']:6.1f}x  (goal >= 10x)")
+    rec.ratio("fast_vs_naive_all", tot["naive"] / tot["fast"])
+    rec.goal("fast campaign >= 10x the naive one (faults/s, all targets)", tot["naive"] / tot["fast"], 10.0)
+    rec.note("the fast engine's time includes building its caches (small campaigns understate it)")
+    rec.value("all", {"faults": n, "images": a.images, "samples": a.samples, "fast_faults_per_s": n / tot["fast"],
+                      "naive_faults_per_s": n / tot["naive"]})
+    rec.write(a.json)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

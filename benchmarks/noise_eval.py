@@ -8,7 +8,9 @@ Prints image-draws per second (images x draws / seconds) for each path, their ra
 return exactly the same result dict (the fast path keeps the generator, the stream and the float
 operations, so the same seed gives the same numbers).
 
-    .venv/bin/python benchmarks/noise_eval.py [--images 1000] [--draws 5] [--sigmas 17]
+    .venv/bin/python benchmarks/noise_eval.py [--images 1000] [--draws 5] [--sigmas 17] [--json PATH]
+
+Goal: the default path >= 10x the reference's image-draws/s over all calls.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 import numpy as np
 import torch
 
+from _record import Record, add_json_option
 from lenetlab.config import DataConfig
 from lenetlab.data.datasets import load_raw
 from lenetlab.data.transforms import to_model_input
@@ -45,7 +48,9 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--sigmas", type=int, default=17, help="absolute sigmas (geometric, 0.01 .. 3)")
+    add_json_option(ap)
     a = ap.parse_args()
+    rec = Record("noise_eval")
 
     model = trained_lenet5()
     _, _, test_x, test_y = load_raw("mnist")
@@ -81,10 +86,24 @@ def main() -> int:
             print(f"  reference (old) : {n / t['reference']:9.0f} image-draws/s  ({t['reference']:.2f} s)")
             print(f"  fast (new)      : {n / t['fast']:9.0f} image-draws/s  ({t['fast']:.2f} s)")
             print(f"  ratio new/old   : {t['reference'] / t['fast']:9.2f}x")
+            key = "absolute" if name.startswith("absolute") else "relative"
+            rec.ratio(f"fast_vs_reference_{key}", t["reference"] / t["fast"])
+            rec.value(key, {"workload": name, "calls": len(calls), "image_draws": n,
+                            "reference_per_s": n / t["reference"], "fast_per_s": n / t["fast"],
+                            "reference_s": t["reference"], "fast_s": t["fast"]})
     print(f"\nall: reference {n_total / totals['reference']:.0f}/s, fast {n_total / totals['fast']:.0f}/s, "
           f"ratio new/old {totals['reference'] / totals['fast']:.2f}x")
     print(f"results identical (mean, std, per_draw, per_image) for every call: {all_equal}")
     print(f"end: {load()}")
+    ratio = totals["reference"] / totals["fast"]
+    rec.ratio("fast_vs_reference_all", ratio)
+    rec.goal("noisy_accuracy default path >= 10x the reference (image-draws/s, all calls)", ratio, 10.0)
+    rec.check("results_identical", all_equal)
+    rec.value("images", a.images)
+    rec.value("draws", a.draws)
+    if not all_equal:
+        rec.note("the default path's results differ from the reference's (exit status 1)")
+    rec.write(a.json)
     return 0 if all_equal else 1
 
 

@@ -15,7 +15,7 @@ Goals: C float32 single-image latency <= ONNX Runtime's; C float32 at batch
 throughput >= 1.5x C float32; the int8 flat file about 4x smaller than the
 float32 one.
 
-    python benchmarks/runtime_throughput.py [--run RUN_DIR] [--rounds 3]
+    python benchmarks/runtime_throughput.py [--run RUN_DIR] [--rounds 3] [--json PATH]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _record import Record, add_json_option
 from lenetlab.data.datasets import load_raw
 from lenetlab.data.idx import write_idx
 from lenetlab.data.transforms import to_model_input
@@ -60,7 +61,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", help="a trained lenet5 run dir (default: train one with --preset fast)")
     p.add_argument("--rounds", type=int, default=3)
+    add_json_option(p)
     a = p.parse_args()
+    rec = Record("runtime_throughput")
     work = Path(tempfile.mkdtemp(prefix="lenetlab_rt_"))
     run = Path(a.run) if a.run else work / "run"
     if not a.run:
@@ -117,6 +120,7 @@ def main() -> int:
                            "b256": best_of(a.rounds, lambda f=ort_bb: timed(nb, f))}
     except ImportError:
         print("onnxruntime not installed: ONNX rows skipped (pip install 'lenetlab[onnx]')")
+        rec.note("onnxruntime not installed: ONNX rows and the goals against it skipped")
 
     # NumPy runtime (fast path)
     fm = build_flat(model, cfg, int8=False)
@@ -148,6 +152,9 @@ def main() -> int:
         print(f"{label:24s} {b1} {r['b256']:16,.0f}")
     f32, i8 = sizes["C float32"], sizes["C int8"]
     print(f"\nmodel bytes: float32 {f32:,}  int8 {i8:,}  ratio {f32 / i8:.2f}x")
+    rec.value("images_per_s", {label: dict(r) for label, r in rows.items()})
+    rec.value("model_bytes", {"float32": f32, "int8": i8})
+    rec.value("rounds", a.rounds)
     ort_keys = [k for k in rows if k.startswith("ONNX")]
     if ort_keys:
         best_ort = max(rows[k]["b1"] for k in ort_keys)
@@ -155,18 +162,29 @@ def main() -> int:
         print(f"goal C float32 latency <= ONNX Runtime's (best of its thread settings): "
               f"{1e6 / rows['C float32']['b1']:.1f} us vs {1e6 / best_ort:.1f} us -> C is {ratio:.2f}x faster "
               f"[{'met' if ratio >= 1 else 'NOT met'}]")
+        rec.ratio("c_f32_vs_ort_b1", ratio)
+        rec.goal("C float32 latency <= ONNX Runtime's (best of its thread settings), as ONNX/C latency", ratio, 1.0)
         for threads, c_key, ort_key in ((1, "C float32", "ONNX Runtime 1 thread"),
                                         (2, "C float32 2 threads", "ONNX Runtime 2 threads")):
             c, o = rows[c_key]["b256"], rows[ort_key]["b256"]
             print(f"goal C float32 batch 256 >= ONNX Runtime, {threads} thread{'s' if threads > 1 else ''} each: "
                   f"{c:,.0f} vs {o:,.0f} img/s -> {c / o:.2f}x [{'met' if c >= o else 'NOT met'}]")
+            rec.ratio(f"c_f32_vs_ort_b256_{threads}t", c / o)
+            rec.goal(f"C float32 batch 256 >= ONNX Runtime, {threads} thread{'s' if threads > 1 else ''} each",
+                     c / o, 1.0)
     for label in ("C float32", "C int8"):
         speedup = rows[label + " 2 threads"]["b256"] / rows[label]["b256"]
         print(f"{label} 2 threads / 1 thread at batch 256: {speedup:.2f}x")
+        rec.ratio(f"{'c_f32' if label == 'C float32' else 'c_int8'}_2t_vs_1t_b256", speedup)
     for b in ("b256", "b1"):
         ratio = rows["C int8"][b] / rows["C float32"][b]
         print(f"goal C int8 >= 1.5x C float32 throughput ({b}): {ratio:.2f}x [{'met' if ratio >= 1.5 else 'NOT met'}]")
+        rec.ratio(f"c_int8_vs_f32_{b}", ratio)
+        rec.goal(f"C int8 >= 1.5x C float32 throughput ({b})", ratio, 1.5)
     print(f"goal int8 file ~4x smaller: {f32 / i8:.2f}x [{'met' if f32 / i8 >= 3.5 else 'NOT met'}]")
+    rec.ratio("f32_vs_int8_file_bytes", f32 / i8)
+    rec.goal("int8 file ~4x smaller (met at >= 3.5x)", f32 / i8, 3.5)
+    rec.write(a.json)
     return 0
 
 

@@ -6,7 +6,7 @@ moment its process is launched (imports and data loading included) to the
 wall-clock time at which its first evaluation on the 10k test set reaching
 >= 99.0% finished. Prints both times and the ratio reference/lenetlab.
 
-    python benchmarks/train_to_99.py [--repeats 3] [--target 0.99]
+    python benchmarks/train_to_99.py [--repeats 3] [--target 0.99] [--json PATH]
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _record import Record, add_json_option
 
 HERE = Path(__file__).resolve().parent
 
@@ -56,12 +58,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--target", type=float, default=0.99)
+    add_json_option(ap)
     a = ap.parse_args()
+    rec = Record("train_to_99")
     import torch
 
     print(f"machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; target test accuracy {a.target:.3f}")
     res: dict[str, list[float]] = {"reference": [], "lenetlab": []}
+    rounds: list[dict] = []
+    rec.value("rounds", rounds)
     for i in range(a.repeats):
         for name, fn in (("reference", time_reference), ("lenetlab", time_lenetlab)):
             t, ep, acc = fn(a.target, i)
@@ -70,13 +76,26 @@ def main() -> int:
                   flush=True)
             if t is not None:
                 res[name].append(t)
+            rounds.append({"round": i + 1, "contender": name, "seed": i, "seconds": t, "epoch": ep,
+                           "test_accuracy": acc})
+    rec.value("target", a.target)
+    rec.value("repeats", a.repeats)
+    rec.value("reached", {k: len(v) for k, v in res.items()})
     if not res["reference"] or not res["lenetlab"]:
         print("a contender never reached the target; no ratio")
+        rec.note("a contender never reached the target; no ratio")
+        rec.write(a.json)
         return 1
     ref, ours = statistics.median(res["reference"]), statistics.median(res["lenetlab"])
+    rec.ratio("speed_up", ref / ours)
+    rec.goal("time to the target >= 4x faster than the reference (median over rounds)", ref / ours, 4.0)
+    rec.value("median_seconds", {"reference": ref, "lenetlab": ours})
+    rec.note(f"speed_up: median time to {100 * a.target:.1f}% test accuracy, reference / lenetlab, over the "
+             "rounds that reached it")
     print(f"median time to {100 * a.target:.1f}%: reference {ref:.2f}s  lenetlab {ours:.2f}s  "
           f"speed-up {ref / ours:.2f}x  (reached: reference {len(res['reference'])}/{a.repeats}, "
           f"lenetlab {len(res['lenetlab'])}/{a.repeats})")
+    rec.write(a.json)
     return 0
 
 

@@ -2,9 +2,10 @@
 
 Measured with lenetlab.train.memory.PeakTracker (every ATen result's storage, freed
 when its C++ storage dies) on the second step of each method (Adam state exists),
-beside the analytic account. Prints KiB and the ratios the ElasticZO paper quotes.
+beside the analytic account. Prints KiB and the ratios the ElasticZO paper quotes; with --json, the
+paper's ranges are recorded as goals (ElasticZO's overhead over ZO <= 1.7%, float/INT8 peak >= 1.46x).
 
-    .venv/bin/python benchmarks/zo_memory.py [--batch 64]
+    .venv/bin/python benchmarks/zo_memory.py [--batch 64] [--json PATH]
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from _record import Record, add_json_option
 from lenetlab.models import create_model
 from lenetlab.train.memory import analytic_bytes, measure_step, optimizer_tensors
 from lenetlab.train.optim import FusedAdam
@@ -40,10 +42,12 @@ def int8_peak(cutoff: int, batch: int) -> dict[str, int]:
     return measure_step(lambda: net.train_step(xq, e, y, 1), [t for ly in net.layers for t in (ly.w, ly.b)] + [xq, y])
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=64)
+    add_json_option(ap)
     a = ap.parse_args()
+    rec = Record("zo_memory")
     torch.set_num_threads(1)
     model = create_model("lenet5")
     rows = {"bp": (float_peak(0, a.batch), analytic_bytes(model, "bp", 0, a.batch))}
@@ -59,10 +63,22 @@ def main() -> None:
     for c in (4, 3, 2):
         print(f"ElasticZO C={c} overhead over ZO: {100 * (rows[f'ezo-{c}'][0]['peak_bytes'] / zo - 1):+.2f}% "
               "(paper: 0.072-1.7%)")
+        rec.ratio(f"ezo_c{c}_over_zo_peak", rows[f"ezo-{c}"][0]["peak_bytes"] / zo)
+        rec.goal(f"ElasticZO C={c} peak overhead over ZO <= 1.7% (paper: 0.072-1.7%)",
+                 100 * (rows[f"ezo-{c}"][0]["peak_bytes"] / zo - 1), 1.7, "<=")
     for c in (5, 4, 2):
         f = rows["zo" if c == 5 else f"ezo-{c}"][0]["peak_bytes"]
         print(f"float/INT8 peak at C={c}: {f / rows[f'int8-{c}'][0]['peak_bytes']:.2f}x (paper: 1.46-1.60x)")
+        rec.ratio(f"float_over_int8_c{c}_peak", f / rows[f"int8-{c}"][0]["peak_bytes"])
+        rec.goal(f"float/INT8 peak at C={c} >= 1.46x (paper: 1.46-1.60x)", f / rows[f"int8-{c}"][0]["peak_bytes"],
+                 1.46)
+    rec.note("goal values: overhead in percent, float/INT8 as x times")
+    rec.value("batch", a.batch)
+    rec.value("bytes", {k: {"peak": m["peak_bytes"], "resident": m["resident_bytes"], "analytic": an["total"]}
+                        for k, (m, an) in rows.items()})
+    rec.write(a.json)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
