@@ -56,9 +56,13 @@ def load_gray(path: str | Path) -> np.ndarray:
                 bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(bg, im)
             g = np.asarray(im.convert("L"), dtype=np.float64) / 255.0
-    except Image.DecompressionBombError as e:
-        raise LenetlabError(f"{p}: image is too large to decode safely; the limit is {MAX_PIXELS:,} pixels "
-                           f"({str(e).split(',')[0]})") from None
+    except Image.DecompressionBombError as e:     # raised by Image.open itself for the largest headers
+        import re
+
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(m.group(1)):,} pixels, " if m else ""
+        raise LenetlabError(f"{p}: image is {size}too large to decode safely; the limit is {MAX_PIXELS:,} "
+                            "pixels (resize it first)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise LenetlabError(f"{p}: cannot read image ({why})") from None
