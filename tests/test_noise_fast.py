@@ -156,3 +156,34 @@ def test_injected_noise_is_gaussian_with_the_configured_scale(relative):
         a, b = (n.double() / scale).flatten(1).chunk(draws)
         corr = float((a * b).mean() / (a.std() * b.std()))
         assert abs(corr) < 5 / math.sqrt(a.numel()), site
+
+
+@pytest.mark.parametrize("name,options", [("lenet5", {}), ("lenet_deep", {"depth": 4})])
+@pytest.mark.parametrize("kw", [{}, {"relative": True, "sites": ("conv", "linear")}, {"sites": ("input", "pool")}])
+def test_sweep_returns_exactly_the_separate_calls(name, options, kw):
+    """One seed for every sigma: the sweep's list equals the reference's calls one by one (0 included, in any
+    order); 37 images, 3 draws, batch 39: forwards of 13, 13, 11 images (drawn on demand, prefetched, new size)."""
+    from lenetlab.noise.inject import noisy_accuracy_sweep
+
+    model = _model(name, **options)
+    x, y = _data(37)
+    sigmas = [0.3, 0.0, 2.0, 0.05, 0.3]
+    got = noisy_accuracy_sweep(model, x, y, sigmas, draws=3, seed=4, batch_size=39, **kw)
+    ref = [noisy_accuracy(model, x, y, s, draws=3, seed=4, batch_size=39, reference=True, **kw) for s in sigmas]
+    assert got == ref
+    if name == "lenet5":      # the sigmas do differ, so the check can fail (an untrained deep net answers one
+        assert got[0] != got[2]   # class whatever the noise)
+
+
+def test_sweep_with_many_batches_and_its_bad_input():
+    from lenetlab.noise.inject import noisy_accuracy_sweep
+
+    model = _model()
+    x, y = _data(60)
+    got = noisy_accuracy_sweep(model, x, y, [0.5, 1.5], draws=5, seed=1, batch_size=25)
+    assert got == [noisy_accuracy(model, x, y, s, draws=5, seed=1, batch_size=25, reference=True) for s in (0.5, 1.5)]
+    assert noisy_accuracy_sweep(model, x, y, [], draws=2) == []
+    with pytest.raises(LenetlabError, match="sigma"):
+        noisy_accuracy_sweep(model, x, y, [0.1, float("nan")])
+    with pytest.raises(LenetlabError, match="draws"):
+        noisy_accuracy_sweep(model, x, y, [0.1], draws=0)

@@ -7,7 +7,7 @@
 - :mod:`lenetlab.noise.training`: the step ``fit`` uses to train with QAT and/or noise on.
 """
 
-from lenetlab.noise.inject import SITES, NoiseInjector, noisy_accuracy
+from lenetlab.noise.inject import SITES, NoiseInjector, noisy_accuracy, noisy_accuracy_sweep
 from lenetlab.noise.qat import QATWrapper, apply_qat
 
-__all__ = ["SITES", "NoiseInjector", "noisy_accuracy", "QATWrapper", "apply_qat"]
+__all__ = ["SITES", "NoiseInjector", "noisy_accuracy", "noisy_accuracy_sweep", "QATWrapper", "apply_qat"]

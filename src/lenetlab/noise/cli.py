@@ -37,7 +37,7 @@ def cmd_noise_eval(a: argparse.Namespace) -> int:
     import dataclasses
 
     from lenetlab.data import load_splits
-    from lenetlab.noise.inject import noisy_accuracy
+    from lenetlab.noise.inject import noisy_accuracy, noisy_accuracy_sweep
     from lenetlab.noise.training import apply_eval_qat
     from lenetlab.progress import progress_bar
     from lenetlab.rundir import load_model
@@ -60,9 +60,15 @@ def cmd_noise_eval(a: argparse.Namespace) -> int:
     splits = load_splits(data)
     x, y = splits.test_x.to(dev), splits.test_y.to(dev)
     rows = []
+    if a.weight_sigma == 0 and len(sigmas) > 1:
+        # one seed for every sigma: the same numbers as a call per sigma, each batch's normals drawn once
+        results = noisy_accuracy_sweep(model, x, y, sigmas, a.draws, a.relative, sites, a.seed)
+    else:
+        results = None
     with progress_bar("noise sigmas", total=len(sigmas), quiet=a.quiet) as bar:
-        for s in sigmas:
-            r = noisy_accuracy(model, x, y, s, a.draws, a.relative, sites, a.weight_sigma, a.seed)
+        for j, s in enumerate(sigmas):
+            r = results[j] if results is not None else \
+                noisy_accuracy(model, x, y, s, a.draws, a.relative, sites, a.weight_sigma, a.seed)
             rows.append({"sigma": s, "accuracy_mean": r["mean"], "accuracy_std": r["std"], "draws": a.draws})
             bar()
     if qat is not None:
