@@ -381,50 +381,7 @@ class _PrefetchedNoise:
 def _fast_noisy_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float, draws: int,
                          relative: bool, sites: Sequence[str], seed: int, batch_size: int) -> dict[str, Any]:
     """:func:`noisy_accuracy` without weight noise; the same batches, stream and numbers as the reference."""
-    sigma = check_sigma(sigma)
-    sites = check_sites(sites)
-    was_training = model.training
-    threads = torch.get_num_threads()
-    model.eval()
-    correct = torch.zeros(draws, dtype=torch.long, device=x.device)
-    per_image = torch.zeros(len(x), dtype=torch.long, device=x.device)
-    per = max(1, batch_size // draws)
-    starts = list(range(0, len(x), per))
-    noise = _PrefetchedNoise(model, sigma, relative, sites, seed)
-    plans: dict[int, list[tuple[torch.Size, torch.dtype]]] = {}   # rows of a forward -> its site shapes
-    pending: Future | None = None
-    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenetlab-noise")
-    try:
-        # one intra-op thread for the forwards, the noise thread beside it: two cores busy, no oversubscription
-        torch.set_num_threads(1)
-        with torch.inference_mode(), _fast_pools(model):
-            for k, i in enumerate(starts):
-                xb, yb = x[i:i + per], y[i:i + per]
-                rows = len(xb) * draws
-                if pending is not None:
-                    ready = pending.result()
-                elif rows in plans and noise._handles:
-                    ready = noise.draw(plans[rows])
-                else:
-                    ready = None                         # the first forward of this size: draw as the hooks ask
-                noise.start(ready)
-                pending = None
-                if ready is not None and k + 1 < len(starts):
-                    nxt = min(per, len(x) - starts[k + 1]) * draws
-                    if nxt in plans:
-                        # the generator is only ever used by one thread at a time: this forward has its normals
-                        pending = worker.submit(noise.draw, plans[nxt])
-                logits = model(xb.repeat(draws, *([1] * (xb.dim() - 1))))
-                plans.setdefault(rows, noise.shapes)
-                hit = logits.argmax(1).view(draws, len(xb)) == yb
-                correct += hit.sum(1)
-                per_image[i:i + per] += hit.sum(0)
-    finally:
-        worker.shutdown(wait=True)
-        noise.remove()
-        torch.set_num_threads(threads)
-        model.train(was_training)
-    return _result(correct, per_image, len(x), draws)
+    return _sweep(model, x, y, [check_sigma(sigma)], draws, relative, check_sites(sites), seed, batch_size)[0]
 
 
 def noisy_accuracy_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: Sequence[float],
@@ -450,16 +407,19 @@ def noisy_accuracy_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sig
         clean = _fast_noisy_accuracy(model, x, y, 0.0, draws, relative, sites, seed, batch_size)
         results.update({j: clean for j, s in enumerate(sigmas) if s == 0})
     if live:
-        shared = _shared_sweep(model, x, y, live, draws, relative, sites, seed, batch_size)
+        shared = _sweep(model, x, y, live, draws, relative, sites, seed, batch_size)
         it = iter(shared)
         results.update({j: next(it) for j, s in enumerate(sigmas) if s > 0})
     return [results[j] for j in range(len(sigmas))]
 
 
-def _shared_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[float], draws: int,
-                  relative: bool, sites: tuple[str, ...], seed: int, batch_size: int) -> list[dict[str, Any]]:
-    """:func:`noisy_accuracy_sweep` for sigmas > 0: each batch's normals drawn once (the next batch's on a
-    second thread, as :func:`_fast_noisy_accuracy` does), one forward per sigma."""
+def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[float], draws: int,
+           relative: bool, sites: tuple[str, ...], seed: int, batch_size: int) -> list[dict[str, Any]]:
+    """The fast path, for one sigma or (:func:`noisy_accuracy_sweep`) several > 0 with one seed: each batch's
+    normals are drawn once - on demand in the first forward of a batch size, else from the plan of site shapes
+    that forward recorded, the next batch's on a second thread while this one runs (torch on one intra-op
+    thread meanwhile: two cores busy, no oversubscription; the generator is only ever used by one thread at a
+    time) - and each sigma gets one forward; with several sigmas the normals are kept for the next one."""
     was_training = model.training
     threads = torch.get_num_threads()
     model.eval()
@@ -491,7 +451,7 @@ def _shared_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: li
                 xr = xb.repeat(draws, *([1] * (xb.dim() - 1)))
                 for j, sg in enumerate(sigmas):
                     noise.sigma = sg
-                    noise.start(ready, keep=True)
+                    noise.start(ready, keep=len(sigmas) > 1)
                     logits = model(xr)
                     if ready is None:          # the first forward of this size drew as its hooks asked
                         ready = noise.drawn
