@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,onnx,art,ray,tensorboard,mlflow]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,onnx,art,ray,tensorboard,mlflow,wasm]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -455,8 +455,8 @@ def test_export_web_writes_a_static_site(deploy_runs, tmp_path, request):
     run = deploy_runs["lenet5"]
     out = tmp_path / "site"
     r = run_cli("export", str(run), "--format", "web", "--out", str(out), "--no-check", check=True)
-    names = {"index.html", "app.js", "flat.js", "mnistify.js", "style.css", "manifest.json", "model.flat",
-             "data/t10k-images-idx3-ubyte.gz", "data/t10k-labels-idx1-ubyte.gz", "data/README.md"}
+    names = {"index.html", "app.js", "flat.js", "mnistify.js", "wasm.js", "lenet5.wasm", "style.css", "manifest.json",
+             "model.flat", "data/t10k-images-idx3-ubyte.gz", "data/t10k-labels-idx1-ubyte.gz", "data/README.md"}
     assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == names
     assert r.stdout.count("wrote ") == len(names)
     manifest = json.loads((out / "manifest.json").read_text())

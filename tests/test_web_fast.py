@@ -37,14 +37,15 @@ def check_logits(js: np.ndarray, ref: np.ndarray, int8: bool, what: str) -> None
     pytest.param("lenet5_classic", False, 10000, marks=pytest.mark.slow, id="lenet5_classic-float32-10k"),
     pytest.param("lenet5_classic", True, 10000, marks=pytest.mark.slow, id="lenet5_classic-int8-10k"),
     pytest.param("lenet5_classic", True, 1000, id="lenet5_classic-int8-1k")])
-def test_page_evaluation_matches_numpy(browser, deploy_runs, deploy_flats, mnist_test, arch, int8, n, tmp_path):
+@pytest.mark.parametrize("rt", ["wasm", "js"])   # the C runtime as WebAssembly (the default), flat.js
+def test_page_evaluation_matches_numpy(browser, deploy_runs, deploy_flats, mnist_test, arch, int8, n, tmp_path, rt):
     images, labels = mnist_test[0][:n], mnist_test[1][:n]
     files = shared_site(deploy_runs, deploy_flats, arch, int8)
     if n < len(mnist_test[0]):
         files = with_test_set(files, images, labels, tmp_path)
     fm = model_of(files)
     ref = runtime.run(fm, images)
-    with BrowserPage(browser, files) as page:
+    with BrowserPage(browser, files, runtime=rt) as page:
         preds = page.evaluate_test_set()
         got = browser.execute_script("""
             const a = document.getElementById('test-accuracy');
@@ -125,13 +126,14 @@ def synthetic_model(int8: bool, seed: int = 0) -> flat.FlatModel:
 
 
 @pytest.mark.parametrize("int8", [False, True], ids=["float32", "int8"])
-def test_every_kernel_matches_numpy_on_a_synthetic_model(browser, mnist_test, int8):
+@pytest.mark.parametrize("rt", ["wasm", "js"])
+def test_every_kernel_matches_numpy_on_a_synthetic_model(browser, mnist_test, int8, rt):
     fm = flat.decode(flat.encode(synthetic_model(int8)))
     images = mnist_test[0][:300]
     ref = runtime.run(fm, images)
     assert np.unique(ref.argmax(1)).size > 1      # a network whose outputs depend on the image
     files = site_files(flat.encode(fm), int8=int8, arch="synthetic", run_name="synthetic")
-    with BrowserPage(browser, files) as page:
+    with BrowserPage(browser, files, runtime=rt) as page:
         js = page.logits(images)
     check_logits(js, ref, int8, f"synthetic {fm.dtype}")
     assert (js.argmax(1) == ref.argmax(1)).all()

@@ -87,8 +87,12 @@ class BrowserPage:
     A context manager: entering starts the server and waits for the model to load (a page that reports an
     error raises :class:`LenetlabError` with the page's message); leaving stops the server."""
 
-    def __init__(self, driver: Any, files: dict[str, bytes], timeout: float = 60):
-        self.driver, self.files, self.timeout = driver, files, timeout
+    def __init__(self, driver: Any, files: dict[str, bytes], timeout: float = 60, runtime: str | None = None):
+        """``runtime``: "wasm" (the C runtime as WebAssembly) or "js" (flat.js); None: the page's choice
+        (wasm where the browser runs it)."""
+        if runtime not in (None, "wasm", "js"):
+            raise LenetlabError(f"runtime must be wasm or js, got {runtime!r}")
+        self.driver, self.files, self.timeout, self.runtime = driver, files, timeout, runtime
         self._server = None
 
     def __enter__(self) -> BrowserPage:
@@ -99,16 +103,23 @@ class BrowserPage:
         self._server = make_server(self.files, port=0)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         try:
-            self.driver.get(self._server.url)
+            self.driver.get(self._server.url + (f"?runtime={self.runtime}" if self.runtime else ""))
             WebDriverWait(self.driver, self.timeout).until(
                 lambda d: d.execute_script("return document.body.dataset.state") in ("ready", "error"))
             if self.driver.execute_script("return document.body.dataset.state") != "ready":
                 raise PageError("the web page did not load the model: "
                                     + self.driver.execute_script("return document.getElementById('error').textContent"))
+            if self.runtime is not None and self.runtime_name != self.runtime:
+                raise PageError(f"asked for the {self.runtime} runtime, the page runs {self.runtime_name}")
         except BaseException:
             self.__exit__()
             raise
         return self
+
+    @property
+    def runtime_name(self) -> str:
+        """The runtime the page runs: "wasm" or "js"."""
+        return self.driver.execute_script("return document.body.dataset.runtime") or "js"
 
     def __exit__(self, *exc: object) -> None:
         if self._server is not None:

@@ -42,18 +42,20 @@ from lenetlab.fileio import atomic_write_bytes
 from lenetlab.registry import register
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
-STATIC = ("index.html", "app.js", "flat.js", "mnistify.js", "style.css")
+STATIC = ("index.html", "app.js", "flat.js", "mnistify.js", "wasm.js", "style.css", "lenet5.wasm")
+WASM = "lenet5.wasm"     # the C runtime for WebAssembly (lenetlab.deploy.wasm builds it)
 TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 DATA_DIR = "data"
 TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "kmnist": "Kuzushiji-MNIST"}
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
     ".json": "application/json", ".flat": "application/octet-stream", ".gz": "application/gzip",
-    ".md": "text/markdown; charset=utf-8",
+    ".md": "text/markdown; charset=utf-8", ".wasm": "application/wasm",
 }
 # the page loads only its own files; no inline script, nothing from other origins
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+# ('wasm-unsafe-eval' lets the page compile its own lenet5.wasm; it allows no JavaScript eval)
+CSP = ("default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
 def static_files() -> dict[str, bytes]:
@@ -108,7 +110,7 @@ def site_files(fm_bytes: bytes, *, int8: bool, arch: str, run_name: str, dataset
         "dataset_title": TITLES.get(dataset, dataset), "classes": classes,
         "test_images": f"{DATA_DIR}/{TEST_FILES[0]}" if test else None,
         "test_labels": f"{DATA_DIR}/{TEST_FILES[1]}" if test else None,
-        "test_note": why or None,
+        "test_note": why or None, "wasm": WASM,
     }
     files["manifest.json"] = (json.dumps(manifest, indent=2) + "\n").encode()
     files[model_name] = fm_bytes

@@ -186,7 +186,7 @@ def _browser_eval(seed_data: _Seed, driver, int8_reference: np.ndarray) -> dict[
     d, y = seed_data, seed_data.y
     out: dict[str, Any] = {}
     for dt in ("float32", "int8"):
-        with BrowserPage(driver, d.site(dt)) as page:
+        with BrowserPage(driver, d.site(dt), runtime="js") as page:
             pred = page.evaluate_test_set()
             row = {"wrong": _idx(pred != y), "differs_from_torch": _idx(pred != d.torch_pred)}
             if dt == "int8":   # the page's integer logits against the NumPy runtime's, on the first images
@@ -208,7 +208,7 @@ def _latency(seed_data: _Seed, c, driver, s: dict[str, Any]) -> dict[str, list[f
               "c": lambda: c.seconds_per_image(d.paths["float32"], imgs, repeat=5)}
     if driver is None:
         return interleaved(timers, s["repetitions"])
-    with BrowserPage(driver, d.site("float32")) as page:
+    with BrowserPage(driver, d.site("float32"), runtime="js") as page:
         timers["browser"] = lambda: page.seconds_per_image(imgs)
         return interleaved(timers, s["repetitions"])
 

@@ -3,11 +3,12 @@
 
 import { argmax, paramCount, parseFlat, Runtime } from "./flat.js";
 import { toMnist } from "./mnistify.js";
+import { WasmRuntime } from "./wasm.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { model: null, runtime: null, manifest: null, classes: [], busy: false };
 // read by the browser tests (and handy in the devtools console)
-window.lenetlab = { state, lastEval: null, parseFlat, Runtime };
+window.lenetlab = { state, lastEval: null, parseFlat, Runtime, WasmRuntime };
 
 function setState(s) {
   document.body.dataset.state = s;
@@ -83,6 +84,17 @@ async function loadModel() {
   }
   state.model = model;
   state.runtime = new Runtime(model);
+  // the C runtime as WebAssembly where the browser runs it (?runtime=js: the JavaScript one)
+  const want = new URLSearchParams(location.search).get("runtime");
+  if (manifest.wasm && want !== "js") {
+    try {
+      state.runtime = await WasmRuntime.create(manifest.wasm, bytes, model);
+    } catch (e) {
+      state.wasmError = e.message;
+      if (want === "wasm") throw e;
+    }
+  }
+  document.body.dataset.runtime = state.runtime.name ?? "js";
   state.classes = Array.from({ length: model.numClasses }, (_, i) => manifest.classes?.[i] ?? String(i));
   showModelInfo(model, manifest);
   buildBars();
