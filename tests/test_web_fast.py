@@ -46,6 +46,8 @@ def test_page_evaluation_matches_numpy(browser, deploy_runs, deploy_flats, mnist
     fm = model_of(files)
     ref = runtime.run(fm, images)
     with BrowserPage(browser, files, runtime=rt) as page:
+        shown = browser.execute_script("return document.getElementById('model-info').textContent")
+        assert ("runtime: C as WebAssembly" if rt == "wasm" else "runtime: JavaScript") in shown, shown
         preds = page.evaluate_test_set()
         got = browser.execute_script("""
             const a = document.getElementById('test-accuracy');

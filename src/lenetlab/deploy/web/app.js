@@ -97,6 +97,8 @@ async function loadModel() {
   document.body.dataset.runtime = state.runtime.name ?? "js";
   state.classes = Array.from({ length: model.numClasses }, (_, i) => manifest.classes?.[i] ?? String(i));
   showModelInfo(model, manifest);
+  $("model-info").textContent += state.runtime.name === "wasm" ? " · runtime: C as WebAssembly (?runtime=js: JavaScript)"
+    : ` · runtime: JavaScript${state.wasmError ? ` (WebAssembly unavailable: ${state.wasmError})` : ""}`;
   buildBars();
   $("run-test").disabled = !manifest.test_images;
   if (manifest.test_images) {
