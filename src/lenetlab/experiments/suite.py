@@ -91,9 +91,13 @@ def _failed(out: Path, name: str, e: BaseException) -> str:
     return msg
 
 
-def _in_worker(name: str, out: str, full: bool, force: bool, tiny: bool, quiet: bool) -> tuple[str, str | None]:
-    """One experiment of a ``jobs`` > 1 run, in its own process: ("ran", None) or ("failed", message)."""
-    _exit_with_parent()
+def _in_worker(name: str, out: str, full: bool, force: bool, tiny: bool, quiet: bool,
+               watch_parent: bool = True) -> tuple[str, str | None]:
+    """One experiment of a ``jobs`` > 1 run, in its own process: ("ran", None) or ("failed", message).
+    ``watch_parent``: end with the process that started this one (a pool's spawned worker; a Ray worker is
+    reused across tasks and belongs to Ray)."""
+    if watch_parent:
+        _exit_with_parent()
     log = (lambda s: None) if quiet else (lambda s: print(f"  [{name}] {s}", flush=True))
     try:
         reproduce(name, Path(out) / name, full=full, force=force, tiny=tiny, log=log)
@@ -175,7 +179,7 @@ class _RayPool:
         self.task = self.ray.remote(num_cpus=1, max_retries=0)(_in_worker)
 
     def submit(self, *args: Any) -> Any:
-        return self.task.remote(*args)
+        return self.task.remote(*args, watch_parent=False)
 
     def wait_one(self, running: dict[Any, Any]) -> list[Any]:
         return self.ray.wait(list(running), num_returns=1)[0]

@@ -364,7 +364,7 @@ class _PrefetchedNoise:
         else:
             factor = self.sigma
         # the same product and sum either way; kept normals get a buffer of their own
-        return (torch.mul(z, factor) if getattr(self, "keep", False) else z.mul_(factor)).add_(y)
+        return (torch.mul(z, factor) if self.keep else z.mul_(factor)).add_(y)
 
     def _input_hook(self, module: nn.Module, args: tuple) -> tuple:
         return (self.noisy(args[0]), *args[1:])
@@ -396,7 +396,9 @@ def noisy_accuracy_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sig
     normals are drawn once and every sigma's forward multiplies them into a buffer of its own - common random
     numbers across sigmas, exactly as the separate calls had them. (``lenetlab noise eval`` uses one seed for
     every sigma and runs this; an experiment that wants independent draws per sigma calls
-    :func:`noisy_accuracy` with a seed per sigma.) No weight noise here."""
+    :func:`noisy_accuracy` with a seed per sigma.) No weight noise here. (A model whose site shapes change
+    from forward to forward gets its unforeseen sites' normals from a second generator, as the per-call path
+    does; that stream then runs on across sigmas, so only such models differ from the separate calls.)"""
     if draws < 1:
         raise LenetlabError(f"draws must be >= 1, got {draws}")
     sigmas = [check_sigma(s) for s in sigmas]
