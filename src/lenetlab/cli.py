@@ -264,16 +264,24 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
         raise LenetlabError("--only goes with `reproduce all`")
     if a.jobs is not None:
         raise LenetlabError("--jobs goes with `reproduce all` (one experiment runs its cells in order)")
-    if a.backend != "local" or a.address:
-        raise LenetlabError("--backend and --address go with `reproduce all` (experiments are the unit of work)")
+    if a.address and a.backend != "ray":
+        raise LenetlabError("an address goes with the ray backend")
+    runner = None
+    if a.backend == "ray":     # the experiment here, its cells as Ray tasks
+        from lenetlab.experiments.base import RayCells
+
+        runner = RayCells(a.address)
     try:
         with progress_bar(f"{a.name} cells", quiet=a.quiet) as bar:
             r = reproduce(a.name, out, full=a.full, force=a.force, log=None if a.quiet else con.print, tiny=a.tiny,
-                          progress=bar)
+                          progress=bar, runner=runner)
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished cells are kept in {out / 'cells.jsonl'}. Run the same command again "
               "to continue.", file=sys.stderr)
         return 130
+    finally:
+        if runner is not None:
+            runner.close()
     con.print(f"[bold]{r.experiment}[/bold] ({r.mode}, {r.wall_seconds:.0f} s): {r.paper}")
     for name, rows in r.tables.items():
         if rows and len(rows) <= 40:
@@ -476,9 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with `all`: run N experiments at once, each in its own process (default: the "
                          "machine's cores; 1 runs them in turn); the result files are the same whatever N")
     rp.add_argument("--backend", choices=["local", "ray"], default="local",
-                    help="with `all`: local processes (default) or Ray tasks, one experiment each")
+                    help="local (default) or ray: each experiment's independent cells (seeds x settings) "
+                         "run as Ray tasks side by side (with `all`, every experiment is a Ray task too); "
+                         "the result files are the same")
     rp.add_argument("--address", help="with --backend ray: the cluster's address (auto, HOST:6379, "
-                                      "ray://HEAD:10001; default: a local Ray instance with --jobs CPUs); "
+                                      "ray://HEAD:10001; default: a local Ray instance with --jobs CPUs, or all "
+                                      "cores for one experiment); "
                                       "--out must then be on a filesystem every node shares")
     rp.add_argument("--tiny", action="store_true", help="tests only: the smallest grid that runs every code "
                                                         "path (meaningless numbers)")

@@ -37,7 +37,7 @@ import inspect
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from lenetlab.errors import LenetlabError
 from lenetlab.experiments.stats import supported_of, verdict_of
 from lenetlab.fileio import JsonlJournal, atomic_write_json
 
+READY = "cells.ready.jsonl"    # cells a runner finished that the experiment has not asked for yet (see Cells)
 LEGACY_RULE = "(legacy: single-seed check)"   # the rule of a claim built the old way, not yet on stats
 
 
@@ -181,6 +182,76 @@ def timing(row: dict[str, Any], name: str, default: Any = None) -> Any:
     return (row.get(TIMINGS) or {}).get(name, row.get(name, default))
 
 
+_SPLITS: dict[str, Any] = {}
+
+
+def cached_splits(data: Any) -> Any:
+    """``lenetlab.data.load_splits(data)``, kept for the next cell of this process (one data config at a time;
+    :func:`reproduce` lets it go when the experiment ends). Cells that load their data through this can be
+    plain module-level functions, which is what a :class:`CellRunner` ships to other processes."""
+    from lenetlab.data import load_splits
+
+    key = repr(data)
+    if key not in _SPLITS:
+        _SPLITS.clear()
+        _SPLITS[key] = load_splits(data)
+    return _SPLITS[key]
+
+
+class CellRunner:
+    """Where :meth:`Cells.prefetch` runs cells: ``submit(fn) -> handle``, ``wait(handles) -> finished ones``
+    (at least one), ``result(handle) -> value`` (raising the cell's error). :class:`RayCells` is the one
+    there is: cells as Ray tasks."""
+
+    def submit(self, fn: Callable[[], dict[str, Any]]) -> Any:
+        raise NotImplementedError
+
+    def wait(self, handles: list[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def result(self, handle: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def _cell_task(fn: Callable[[], dict[str, Any]], threads: int, deterministic: bool) -> dict[str, Any]:
+    """One cell in a Ray worker, under the thread count and determinism setting the experiment had where it
+    asked for the cell, and with clock readings kept apart, as in the experiment's own process."""
+    from lenetlab.rundir import clock_apart
+
+    with pinned_threads(threads, deterministic=deterministic), clock_apart():
+        return dict(fn())
+
+
+class RayCells(CellRunner):
+    """Cells as Ray tasks of one CPU each: on the Ray instance this process belongs to (an experiment that is
+    itself a Ray task), on the cluster at ``address``, or on a fresh local instance with every CPU. A task
+    that waits on its cells gives its CPU back to them meanwhile (Ray's rule for a blocked task)."""
+
+    def __init__(self, address: str | None = None) -> None:
+        from lenetlab.sweep.backends import ray_init
+
+        self.ray, self.started = ray_init(None, address)
+        self.task = self.ray.remote(num_cpus=1, max_retries=0)(_cell_task)
+
+    def submit(self, fn: Callable[[], dict[str, Any]]) -> Any:
+        import torch
+
+        return self.task.remote(fn, torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+
+    def wait(self, handles: list[Any]) -> list[Any]:
+        return self.ray.wait(handles, num_returns=1)[0]
+
+    def result(self, handle: Any) -> dict[str, Any]:
+        return self.ray.get(handle)
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
 class Cells:
     """Append-only JSONL of finished work units, keyed by a string; survives interruption.
 
@@ -192,8 +263,9 @@ class Cells:
     values as ``cells.jsonl`` has them, :attr:`timings` the readings by key."""
 
     def __init__(self, path: Path, timings_path: Path | None = None,
-                 on_cell: Callable[[str], None] | None = None):
+                 on_cell: Callable[[str], None] | None = None, runner: CellRunner | None = None):
         self.path = Path(path)
+        self.runner = runner        # None: every cell runs here, when asked for; else prefetched cells run on it
         self.on_cell = on_cell      # called with the key of each cell run and recorded (not those read back)
         self.timings_path = Path(timings_path) if timings_path else self.path.with_name(f"{TIMINGS}.jsonl")
         # the journal drops a line cut short by a kill, and never glues the next cell onto it
@@ -207,10 +279,50 @@ class Cells:
         for row in self._clock.read():
             if "key" in row and isinstance(row.get(TIMINGS), dict):
                 self.timings[row["key"]] = row[TIMINGS]      # the last readings of a key count
+        # cells a runner finished before the experiment asked for them: journalled at once (a kill loses none),
+        # moved to cells.jsonl in the order the experiment asks, so cells.jsonl is the same on every runner
+        self._ready_journal = JsonlJournal(self.path.with_name(READY))
+        self.ready: dict[str, dict[str, Any]] = {}
+        for row in self._ready_journal.read():
+            if "key" in row and isinstance(row.get("value"), dict) and row["key"] not in self.rows:
+                self.ready[row["key"]] = row["value"]
+        self._flight: dict[Any, str] = {}       # runner handle -> key
+        self.remote = 0                          # cells this object had run on the runner
+
+    def prefetch(self, items: Iterable[tuple[str, Callable[[], dict[str, Any]]]]) -> None:
+        """Start the cells ``items`` ((key, fn) pairs, independent of each other) on the runner, if there is
+        one, so that they run side by side; :meth:`get_or_run` then waits for each. Cells on record, finished
+        or already started are skipped. Without a runner this does nothing (each cell runs when asked for).
+        ``fn`` travels to another process: it must not hold the context, only what the cell needs."""
+        if self.runner is None:
+            return
+        started = set(self._flight.values())
+        for key, fn in items:
+            if key in self.rows or key in self.ready or key in started:
+                continue
+            self._flight[self.runner.submit(fn)] = key
+            started.add(key)
+            self.remote += 1
+
+    def _collect(self, key: str) -> None:
+        """Wait until the runner has finished cell ``key``, journalling every cell it finishes meanwhile."""
+        while key in self._flight.values():
+            for handle in self.runner.wait(list(self._flight)):
+                k = self._flight.pop(handle)
+                value = dict(self.runner.result(handle))        # a cell's own error is raised here
+                self._ready_journal.append({"key": k, "value": value})
+                self.ready[k] = value
+
+    def discard_ready(self) -> None:
+        """Forget the finished-but-unasked cells (the experiment is over: they were not part of it)."""
+        self.ready.clear()
+        self._ready_journal.path.unlink(missing_ok=True)
 
     def get_or_run(self, key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         if key not in self.rows:
-            value = dict(fn())
+            if key in self._flight.values():
+                self._collect(key)
+            value = dict(self.ready.pop(key)) if key in self.ready else dict(fn())
             clock = value.pop(TIMINGS, None)
             if clock is not None:
                 self._clock.append({"key": key, TIMINGS: clock})
@@ -304,9 +416,13 @@ def config_hash(name: str, full: bool = False, tiny: bool = False, options: dict
 
 def reproduce(name: str, out: str | Path, full: bool = False, force: bool = False,
               log: Callable[[str], None] | None = None, tiny: bool = False,
-              options: dict[str, Any] | None = None, progress: Any = None) -> Result:
+              options: dict[str, Any] | None = None, progress: Any = None, runner: CellRunner | None = None
+              ) -> Result:
     """Run experiment ``name`` into ``out``; writes result.json and report.md (+ figures), and the clock readings
     apart: timings.json and timings.md (with the cells' timings.jsonl).
+
+    ``runner``: where the cells an experiment prefetches run side by side (:class:`RayCells`: Ray tasks); the
+    files written are the same as without one.
 
     ``options`` override settings of the mode's grid (only for experiments with ``accepts_options``).
     ``progress``: a :class:`lenetlab.progress.Bar` (or an object with its ``start``, ``set_total`` and call)
@@ -337,12 +453,12 @@ def reproduce(name: str, out: str | Path, full: bool = False, force: bool = Fals
             force = True
     timings_path = out / f"{TIMINGS}.jsonl"
     if force:
-        for p in (cells_path, timings_path):
+        for p in (cells_path, timings_path, out / READY):
             if p.exists():
                 p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "run.json", run)
-    cells = Cells(cells_path, timings_path)
+    cells = Cells(cells_path, timings_path, runner=runner)
     if progress is not None:
         progress.start(f"{name} cells", total=None, done=len(cells.rows))
         cells.on_cell = lambda key: progress(1)
@@ -352,7 +468,13 @@ def reproduce(name: str, out: str | Path, full: bool = False, force: bool = Fals
     from lenetlab.train.trainer import clock_apart
     with pinned_threads(REPRODUCE_THREADS) as pinned, clock_apart():
         result = cls().run(ctx)
+    cells.discard_ready()
+    _SPLITS.clear()
     result.wall_seconds = time.perf_counter() - t0
+    if runner is not None:
+        result.timings.metrics = {**result.timings.metrics, "cells_on_runner": cells.remote}
+        result.timings.notes = [*result.timings.notes, f"{cells.remote} cell(s) ran as {type(runner).__name__} "
+                                "tasks side by side; the rest (on record, or not prefetched) here, in turn."]
     result.config = {**result.config, "determinism": pinned}
     result.notes = [*result.notes, f"Ran with {pinned['torch_threads']} torch threads, {pinned['blas_threads']} NumPy "
                     "BLAS thread and deterministic algorithms, whatever the machine's core count, so the numbers do "

@@ -35,6 +35,7 @@ cores are shared).
 from __future__ import annotations
 
 import statistics
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -120,9 +121,11 @@ class LeNet5Study(Experiment):
         if not s["seeds"]:
             raise LenetlabError("lenet5: settings.seeds is empty")
         cells: dict[int, dict[str, Any]] = {}
+        todo = {seed: (f"train/{seed}/{s['epochs']}", partial(_train, seed, s)) for seed in s["seeds"]}
+        ctx.cells.prefetch(todo.values())      # the seeds side by side where there is a runner (Ray)
         for i, seed in enumerate(s["seeds"]):
             ctx.log(f"[{i + 1}/{len(s['seeds'])}] training {MODEL}, seed {seed}, {s['epochs']} epoch(s) ...")
-            cells[seed] = ctx.cells.get_or_run(f"train/{seed}/{s['epochs']}", lambda seed=seed: _train(seed, s))
+            cells[seed] = ctx.cells.get_or_run(*todo[seed])
             c = cells[seed]
             ctx.log(f"  test error {100 * len(c['wrong']) / c['test_images']:.2f}% ({timing(c, 'seconds')} s)")
         counts = layer_counts()

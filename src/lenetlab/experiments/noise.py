@@ -39,13 +39,14 @@ validation images, the 10k test set, 10 draws, bits {4, 8, 16} x scales
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from lenetlab.config import DataConfig, HardeningConfig, ModelConfig, RunConfig, TrainConfig
 from lenetlab.experiments import stats
-from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, timing
+from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, cached_splits, timing
 from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 
@@ -101,13 +102,15 @@ def run_config(arch: str, s: Settings, seed: int, qat: tuple[int, float] | None 
     return RunConfig(model=ModelConfig(name, dict(options)), data=data, train=tc)
 
 
-def _train_and_score(cfg: RunConfig, splits, sigmas: list[float], draws: int, val: bool) -> dict[str, Any]:
-    """Train, then score under noise at each sigma: per-image test scores, and (``val``) validation means."""
+def _train_and_score(cfg: RunConfig, sigmas: list[float], draws: int, val: bool) -> dict[str, Any]:
+    """Train, then score under noise at each sigma: per-image test scores, and (``val``) validation means.
+    One cell (module level, so it can run in a Ray task)."""
     from lenetlab.models import param_count
     from lenetlab.noise.inject import noisy_accuracy
     from lenetlab.noise.training import apply_eval_qat
     from lenetlab.train import fit
 
+    splits = cached_splits(cfg.data)
     r = fit(cfg, splits=splits, log=None, progress=False)
     model = r["_model"]
     qat = apply_eval_qat(model, cfg.train)
@@ -137,20 +140,15 @@ class NoiseStudy(Experiment):
     accepts_options = True
 
     def run(self, ctx: Context) -> Result:
-        from lenetlab.data import load_splits
 
         s = Settings(**ctx.resolve_settings(settings(ctx.full, ctx.tiny)))
-        splits_cache: dict[str, Any] = {}
-
-        def splits():
-            if "s" not in splits_cache:
-                splits_cache["s"] = load_splits(run_config(s.archs[0], s, 0).data)
-            return splits_cache["s"]
-
         train_s: dict[str, float | None] = {}
 
-        def cell(key: str, cfg: RunConfig, sigmas: list[float], val: bool = False) -> dict[str, Any]:
-            rec = ctx.cells.get_or_run(key, lambda: _train_and_score(cfg, splits(), sigmas, s.draws, val))
+        def job(key: str, cfg: RunConfig, sigmas: list[float], val: bool = False):
+            return key, partial(_train_and_score, cfg, sigmas, s.draws, val)
+
+        def cell(key: str, fn) -> dict[str, Any]:
+            rec = ctx.cells.get_or_run(key, fn)
             train_s[key] = timing(rec, "train_seconds")
             ctx.log(f"{key}: clean {100 * rec['clean']:.2f}% ({timing(rec, 'train_seconds', 0.0):.1f}s training)")
             return rec
@@ -158,17 +156,23 @@ class NoiseStudy(Experiment):
         configs = [(b, sc) for b in s.bits for sc in s.scales]
         cells: dict[str, Any] = {}
         for arch in s.archs:
-            # 1. QAT configuration choice: seed 0 of every configuration, on the validation split only
-            cands = {qat_label(*q): cell(f"{arch}/{qat_label(*q)}/s{s.seeds[0]}", run_config(arch, s, s.seeds[0], q),
-                                         s.sigmas, val=True) for q in configs}
+            # 1. QAT configuration choice: seed 0 of every configuration, on the validation split only (the
+            # independent cells are prefetched: side by side where there is a runner, Ray)
+            cand_jobs = {qat_label(*q): job(f"{arch}/{qat_label(*q)}/s{s.seeds[0]}",
+                                            run_config(arch, s, s.seeds[0], q), s.sigmas, val=True) for q in configs}
+            float_jobs = [job(f"{arch}/float/s{sd}", run_config(arch, s, sd), s.sigmas) for sd in s.seeds]
+            noisy_jobs = {f"{sg:g}": [job(f"{arch}/noisy{sg:g}/s{sd}", run_config(arch, s, sd, sigma=sg), [sg])
+                                      for sd in s.seeds] for sg in s.sigmas}
+            ctx.cells.prefetch([*cand_jobs.values(), *float_jobs, *(j for js in noisy_jobs.values() for j in js)])
+            cands = {k: cell(*j) for k, j in cand_jobs.items()}
             chosen = choose_config({k: v["val"] for k, v in cands.items()})
             q = next(c for c in configs if qat_label(*c) == chosen)
-            qat_cells = [cands[chosen]] + [cell(f"{arch}/{chosen}/s{sd}", run_config(arch, s, sd, q), s.sigmas)
-                                           for sd in s.seeds[1:]]
+            qat_jobs = [job(f"{arch}/{chosen}/s{sd}", run_config(arch, s, sd, q), s.sigmas) for sd in s.seeds[1:]]
+            ctx.cells.prefetch(qat_jobs)
+            qat_cells = [cands[chosen]] + [cell(*j) for j in qat_jobs]
             # 2. float on every seed; noisy with sigma_train = sigma_eval, scored at its own sigma
-            float_cells = [cell(f"{arch}/float/s{sd}", run_config(arch, s, sd), s.sigmas) for sd in s.seeds]
-            noisy_cells = {f"{sg:g}": [cell(f"{arch}/noisy{sg:g}/s{sd}", run_config(arch, s, sd, sigma=sg), [sg])
-                                       for sd in s.seeds] for sg in s.sigmas}
+            float_cells = [cell(*j) for j in float_jobs]
+            noisy_cells = {sg: [cell(*j) for j in js] for sg, js in noisy_jobs.items()}
             cells[arch] = {"chosen": chosen, "validation": {k: v["val"] for k, v in cands.items()},
                            "float": float_cells, "qat": qat_cells, "noisy": noisy_cells}
 

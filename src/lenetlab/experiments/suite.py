@@ -92,15 +92,21 @@ def _failed(out: Path, name: str, e: BaseException) -> str:
 
 
 def _in_worker(name: str, out: str, full: bool, force: bool, tiny: bool, quiet: bool,
-               watch_parent: bool = True) -> tuple[str, str | None]:
+               watch_parent: bool = True, cells_on_ray: bool = False) -> tuple[str, str | None]:
     """One experiment of a ``jobs`` > 1 run, in its own process: ("ran", None) or ("failed", message).
     ``watch_parent``: end with the process that started this one (a pool's spawned worker; a Ray worker is
-    reused across tasks and belongs to Ray)."""
+    reused across tasks and belongs to Ray). ``cells_on_ray``: the experiment's prefetched cells become Ray
+    tasks of their own (the experiment is one)."""
     if watch_parent:
         _exit_with_parent()
     log = (lambda s: None) if quiet else (lambda s: print(f"  [{name}] {s}", flush=True))
+    runner = None
+    if cells_on_ray:
+        from lenetlab.experiments.base import RayCells
+
+        runner = RayCells()
     try:
-        reproduce(name, Path(out) / name, full=full, force=force, tiny=tiny, log=log)
+        reproduce(name, Path(out) / name, full=full, force=force, tiny=tiny, log=log, runner=runner)
     except KeyboardInterrupt:
         raise
     except Exception as e:
@@ -179,7 +185,7 @@ class _RayPool:
         self.task = self.ray.remote(num_cpus=1, max_retries=0)(_in_worker)
 
     def submit(self, *args: Any) -> Any:
-        return self.task.remote(*args, watch_parent=False)
+        return self.task.remote(*args, watch_parent=False, cells_on_ray=True)
 
     def wait_one(self, running: dict[Any, Any]) -> list[Any]:
         return self.ray.wait(list(running), num_returns=1)[0]

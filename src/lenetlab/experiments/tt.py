@@ -46,13 +46,14 @@ from __future__ import annotations
 import dataclasses
 import statistics
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
 from lenetlab.experiments import stats
-from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, timing
+from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, cached_splits, timing
 from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 
@@ -102,6 +103,64 @@ def _label(method: str, budget: int) -> str:
     return f"{method}_r{budget}" if method == "tt" else f"{method}_m{budget}"
 
 
+def _base_config(s: Settings, seed: int):
+    from lenetlab.train.presets import resolve
+
+    return resolve(s.preset, "lenet5", overrides={
+        "data": {"train_subset": s.train_subset, "val_size": s.val_size, "test_subset": s.test_subset},
+        "train": {"epochs": s.base_epochs, "seed": seed, "grad_norms": False, "eval_test_every_epoch": False}})
+
+
+def _splits(s: Settings) -> tuple[Any, Any]:
+    """The split (it does not depend on the training seed), and the one training and compress_run get: they
+    score the test set at every stage, so they get one test image, and every test image is scored once per
+    model here, image by image (the fine-tuning's own validation accuracy is kept)."""
+    splits = cached_splits(_base_config(s, s.seeds[0]).data)
+    return splits, dataclasses.replace(splits, test_x=splits.test_x[:1], test_y=splits.test_y[:1])
+
+
+def _scored(model: torch.nn.Module, summary: dict[str, Any], splits: Any) -> dict[str, Any]:
+    return {"correct": _correct(model, splits.test_x, splits.test_y),
+            "val_accuracy": summary["val_accuracy"]}     # the final weights' (no selection)
+
+
+def _base_cell(s: Settings, seed: int, base_dir) -> dict[str, Any]:
+    """The dense baseline of one seed (a cell; module level, so a runner such as Ray can take it)."""
+    from lenetlab.train import fit
+
+    splits, fit_splits = _splits(s)
+    r = fit(_base_config(s, seed), out=base_dir, force=True, splits=fit_splits, log=None, progress=False)
+    return {**_scored(r["_model"], r, splits), "params": r["params"], "timings": {"seconds": r["wall_seconds"]}}
+
+
+def _dense_ft_cell(s: Settings, base_dir) -> dict[str, Any]:
+    """The compressed models' fine-tuning recipe (compress_run), applied to the trained dense model (a cell)."""
+    from lenetlab.rundir import load_model
+    from lenetlab.train import fit
+
+    splits, fit_splits = _splits(s)
+    model, base_cfg = load_model(base_dir)
+    train = dataclasses.replace(base_cfg.train, epochs=s.finetune_epochs, lr=s.lr, batch_size=s.finetune_batch)
+    r = fit(dataclasses.replace(base_cfg, train=train), splits=fit_splits, model=model, log=None, progress=False)
+    return {**_scored(r["_model"], r, splits), "timings": {"seconds": r["wall_seconds"]}}
+
+
+def _tn_cell(s: Settings, method: str, b: int, base_dir, out) -> dict[str, Any]:
+    """One compressed model (TT rank b or ADTN depth b) of one seed's base, fine-tuned (a cell)."""
+    from lenetlab.compress.run import compress_run
+    from lenetlab.rundir import load_model
+
+    splits, fit_splits = _splits(s)
+    r = compress_run(base_dir, out, method, s.layers, rank=b if method == "tt" else 8,
+                     depth=b if method == "adtn" else 4, fit_steps=s.fit_steps, epochs=s.finetune_epochs, lr=s.lr,
+                     batch_size=s.finetune_batch, force=True, log=None, progress=False, splits=fit_splits)
+    c = r["compression"]
+    errs = r["weight_error_after_init"]
+    return {**_scored(load_model(out)[0], r, splits), "layer_params": c["layer_params"],
+            "layer_ratio": c["layer_ratio"], "params": c["params"], "model_ratio": c["model_ratio"],
+            "weight_error": sum(errs.values()) / len(errs), "timings": {"seconds": r["compress_wall_seconds"]}}
+
+
 @register("experiment", "tn")
 class TensorNetworkStudy(Experiment):
     """Qing et al. 2023: deep brick-wall TN (ADTN) vs tensor-train layers, accuracy vs parameters on LeNet-5."""
@@ -113,80 +172,42 @@ class TensorNetworkStudy(Experiment):
     accepts_options = True
 
     def run(self, ctx: Context) -> Result:
-        from lenetlab.compress.run import compress_run
-        from lenetlab.data import load_splits
         from lenetlab.rundir import load_model
-        from lenetlab.train import fit
-        from lenetlab.train.presets import resolve
 
         s = Settings(**ctx.resolve_settings(settings(ctx.full, ctx.tiny)))
         runs = ctx.out / "runs"
         grid = [("tt", r) for r in s.ranks] + [("adtn", m) for m in s.depths]
-        def base_config(seed: int):
-            return resolve(s.preset, "lenet5", overrides={
-                "data": {"train_subset": s.train_subset, "val_size": s.val_size, "test_subset": s.test_subset},
-                "train": {"epochs": s.base_epochs, "seed": seed, "grad_norms": False,
-                          "eval_test_every_epoch": False}})
-
-        splits = load_splits(base_config(s.seeds[0]).data)     # the split does not depend on the training seed
-        # training and compress_run score the test set at every stage; give them one test image and score every
-        # test image once per model here, image by image (the fine-tuning's own validation accuracy is kept)
-        fit_splits = dataclasses.replace(splits, test_x=splits.test_x[:1], test_y=splits.test_y[:1])
+        # the cells are module-level functions of (settings, paths), so a runner (Ray) can take them; the bases
+        # of every seed first, side by side, then every seed's fine-tuned dense model and compressed models
+        base_dirs = {seed: runs / f"base_s{seed}" for seed in s.seeds}
+        base_jobs = {seed: (f"base/{seed}", partial(_base_cell, s, seed, base_dirs[seed])) for seed in s.seeds}
+        ctx.cells.prefetch(base_jobs.values())
+        bases = {}
+        for seed in s.seeds:
+            bases[seed] = ctx.cells.get_or_run(*base_jobs[seed])
+            if not (base_dirs[seed] / "model.safetensors").exists():   # cells.jsonl kept but the run deleted
+                bases[seed] = _base_cell(s, seed, base_dirs[seed])
+        later = {seed: [(f"dense_ft/{seed}", partial(_dense_ft_cell, s, base_dirs[seed]))] +
+                 [(f"tn/{_label(m, b)}/{seed}",
+                   partial(_tn_cell, s, m, b, base_dirs[seed], runs / f"{_label(m, b)}_s{seed}")) for m, b in grid]
+                 for seed in s.seeds}
+        ctx.cells.prefetch(j for js in later.values() for j in js)
         rows: list[dict[str, Any]] = []
         for seed in s.seeds:
-            cfg = base_config(seed)
-            base_dir = runs / f"base_s{seed}"
-
-            def scored(model: torch.nn.Module, summary: dict[str, Any]) -> dict[str, Any]:
-                return {"correct": _correct(model, splits.test_x, splits.test_y),
-                        "val_accuracy": summary["val_accuracy"]}     # the final weights' (no selection)
-
-            def base_cell(cfg=cfg, base_dir=base_dir) -> dict[str, Any]:
-                r = fit(cfg, out=base_dir, force=True, splits=fit_splits, log=None, progress=False)
-                return {**scored(r["_model"], r), "params": r["params"], "timings": {"seconds": r["wall_seconds"]}}
-
-            base = ctx.cells.get_or_run(f"base/{seed}", base_cell)
-            if not (base_dir / "model.safetensors").exists():   # cells.jsonl kept but the run deleted: retrain
-                base = base_cell()
-            dense_model = load_model(base_dir)[0]
+            base = bases[seed]
+            dense_model = load_model(base_dirs[seed])[0]
             layer_dense = sum(p.numel() for n in ("fc1", "fc2") for p in getattr(dense_model, n).parameters())
             dense = {"layer_params": layer_dense, "layer_ratio": 1.0, "params": base["params"], "model_ratio": 1.0}
             rows.append({"method": "dense", "budget": 0, "seed": seed, **dense, **base})
-
-            def dense_ft_cell(base_dir=base_dir) -> dict[str, Any]:
-                # the compressed models' fine-tuning recipe (compress_run), applied to the trained dense model
-                model, base_cfg = load_model(base_dir)
-                train = dataclasses.replace(base_cfg.train, epochs=s.finetune_epochs, lr=s.lr,
-                                            batch_size=s.finetune_batch)
-                r = fit(dataclasses.replace(base_cfg, train=train), splits=fit_splits, model=model, log=None,
-                        progress=False)
-                return {**scored(r["_model"], r), "timings": {"seconds": r["wall_seconds"]}}
-
-            ft = ctx.cells.get_or_run(f"dense_ft/{seed}", dense_ft_cell)
+            ft = ctx.cells.get_or_run(*later[seed][0])
             rows.append({"method": "dense_ft", "budget": 0, "seed": seed, **dense, **ft})
             ctx.log(f"seed {seed}: dense lenet5 {100 * np.mean(base['correct']):.2f}%, after {s.finetune_epochs} "
                     f"more epoch(s) {100 * np.mean(ft['correct']):.2f}%")
-
-            for i, (method, b) in enumerate(grid):
-                label = _label(method, b)
-
-                def cell(method=method, b=b, label=label, base_dir=base_dir, seed=seed) -> dict[str, Any]:
-                    out = runs / f"{label}_s{seed}"
-                    r = compress_run(base_dir, out, method, s.layers, rank=b if method == "tt" else 8,
-                                     depth=b if method == "adtn" else 4, fit_steps=s.fit_steps,
-                                     epochs=s.finetune_epochs, lr=s.lr, batch_size=s.finetune_batch, force=True,
-                                     log=None, progress=False, splits=fit_splits)
-                    c = r["compression"]
-                    errs = r["weight_error_after_init"]
-                    return {**scored(load_model(out)[0], r), "layer_params": c["layer_params"],
-                            "layer_ratio": c["layer_ratio"], "params": c["params"], "model_ratio": c["model_ratio"],
-                            "weight_error": sum(errs.values()) / len(errs),
-                            "timings": {"seconds": r["compress_wall_seconds"]}}
-
-                row = {"method": method, "budget": b, "seed": seed, **ctx.cells.get_or_run(f"tn/{label}/{seed}", cell)}
+            for i, ((method, b), job) in enumerate(zip(grid, later[seed][1:])):
+                row = {"method": method, "budget": b, "seed": seed, **ctx.cells.get_or_run(*job)}
                 rows.append(row)
-                ctx.log(f"seed {seed} [{i + 1}/{len(grid)}] {label:8s} {row['layer_params']:>6,} params in c5+f6 "
-                        f"({row['layer_ratio']:.1f}x)  acc {100 * np.mean(row['correct']):.2f}% "
+                ctx.log(f"seed {seed} [{i + 1}/{len(grid)}] {_label(method, b):8s} {row['layer_params']:>6,} params "
+                        f"in c5+f6 ({row['layer_ratio']:.1f}x)  acc {100 * np.mean(row['correct']):.2f}% "
                         f"({timing(row, 'seconds', 0.0):.0f}s)")
 
         n_test = len(rows[0]["correct"])

@@ -60,13 +60,14 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 
 from lenetlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, ZOConfig
 from lenetlab.experiments import stats
-from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, timing
+from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, cached_splits, timing
 from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 from lenetlab.train.plugins import TrainContext, TrainerPlugin
@@ -248,6 +249,15 @@ def _bits(correct: torch.Tensor) -> str:
     return "".join("1" if c else "0" for c in correct.tolist())
 
 
+def _cell(r: dict[str, Any], data: DataConfig, s: Settings) -> dict[str, Any]:
+    """One run of :func:`runs` on ``data``: what a cell records (module level, so it can run in a Ray task)."""
+    splits = cached_splits(data)
+    if r["kind"] == "int8":
+        return train_int8(splits, r["cutoff"], s.steps, s.batch, r["seed"], s.q, s.eval_every, measure_memory=True)
+    return train_float(splits, r["cutoff"], s.steps, s.batch, s.lr, s.zo_lr, s.eps, s.q, r["seed"], s.eval_every,
+                       measure_memory=True, clip=s.zo_clip, cosine=s.cosine)
+
+
 def runs(s: Settings) -> list[dict[str, Any]]:
     """Every (run, seed) of a study: the claim runs for each seed, the BP reference for the first."""
     out = [{"label": "bp", "kind": "float", "cutoff": 0, "seed": s.seeds[0]}] if s.bp_reference else []
@@ -279,7 +289,6 @@ class ZOStudy(Experiment):
             torch.set_num_threads(threads)
 
     def _run(self, ctx: Context, s: Settings) -> Result:
-        from lenetlab.data import load_splits
         from lenetlab.data.datasets import load_raw
         from lenetlab.errors import LenetlabError
 
@@ -287,7 +296,6 @@ class ZOStudy(Experiment):
         notes: list[str] = []
         for ds in s.datasets:
             data = DataConfig(dataset=ds, val_size=0, train_subset=s.train_subset, test_subset=s.test_subset)
-            splits = None
             if ds != "mnist":
                 try:
                     load_raw(ds, data.data_dir, download=False)
@@ -295,20 +303,10 @@ class ZOStudy(Experiment):
                     notes.append(f"{ds}: skipped - no verified local copy ({e})")
                     ctx.log(notes[-1])
                     continue
-            for r in runs(s):
-
-                def cell(r=r, data=data) -> dict[str, Any]:
-                    nonlocal splits
-                    if splits is None:
-                        splits = load_splits(data)
-                    if r["kind"] == "int8":
-                        return train_int8(splits, r["cutoff"], s.steps, s.batch, r["seed"], s.q,
-                                          s.eval_every, measure_memory=True)
-                    return train_float(splits, r["cutoff"], s.steps, s.batch, s.lr, s.zo_lr, s.eps, s.q,
-                                       r["seed"], s.eval_every, measure_memory=True, clip=s.zo_clip,
-                                       cosine=s.cosine)
-
-                row = ctx.cells.get_or_run(f"{ds}/{r['label']}/seed{r['seed']}", cell)
+            todo = [(f"{ds}/{r['label']}/seed{r['seed']}", partial(_cell, r, data, s)) for r in runs(s)]
+            ctx.cells.prefetch(todo)        # side by side where there is a runner (Ray)
+            for r, (key, cell) in zip(runs(s), todo):
+                row = ctx.cells.get_or_run(key, cell)
                 # ms_per_step is a clock reading (timings.jsonl), beside the row for claims_from_rows
                 rows.append({"dataset": ds, **r, **row, "ms_per_step": timing(row, "ms_per_step")})
                 mem = row["memory"]["peak_bytes"] if row["memory"] else 0
