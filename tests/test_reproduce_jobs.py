@@ -74,22 +74,45 @@ def test_a_failing_experiment_in_a_worker_is_reported_and_the_others_finish(tmp_
     assert not differ, differ
 
 
-@pytest.mark.slow   # a local Ray instance (~10 s to start) running two tiny experiments
+RAY_ONLY = "lenet5,tn,faults,snn-attacks"
+
+
+@pytest.mark.slow   # a local Ray instance (~10 s to start) running four tiny experiments, their cells as tasks
 def test_ray_backend_gives_the_result_files_of_a_serial_run(tmp_path):
     pytest.importorskip("ray")
     serial, on_ray = tmp_path / "serial", tmp_path / "ray"
-    r1 = _run(serial, "-q", only="lenet5,tn")
-    r2 = _run(on_ray, "--backend", "ray", "--jobs", "2", only="lenet5,tn")
+    r1 = _run(serial, "-q", only=RAY_ONLY)
+    r2 = _run(on_ray, "--backend", "ray", "--jobs", "2", only=RAY_ONLY)
     assert r1.returncode == 0 and r2.returncode == 0, r1.stderr[-2000:] + r2.stderr[-2000:]
     assert "tn: done in" in r2.stdout and "lenet5: done in" in r2.stdout
     a, b = files(serial), files(on_ray)
     assert sorted(a) == sorted(b)
     differ = [rel for rel in a if a[rel].read_bytes() != b[rel].read_bytes() and not excluded(rel, serial)]
     assert not differ, differ
+    # the experiments' cells ran as Ray tasks of their own (recorded with the clock readings)
+    for name in RAY_ONLY.split(","):
+        assert json.loads((on_ray / name / "timings.json").read_text())["metrics"]["cells_on_runner"] >= 1, name
+
+
+@pytest.mark.slow   # one experiment, its cells on a Ray instance the command starts itself
+@pytest.mark.parametrize("name", ["abs", "matrix"])
+def test_one_experiment_with_its_cells_on_ray_writes_the_files_of_a_serial_run(tmp_path, name):
+    pytest.importorskip("ray")
+    serial, on_ray = tmp_path / "serial", tmp_path / "ray"
+    cmd = [sys.executable, "-m", "lenetlab", "reproduce", name, "--tiny", "-q"]
+    r1 = subprocess.run([*cmd, "--out", str(serial)], capture_output=True, text=True, env=_env(), timeout=HANG_S)
+    r2 = subprocess.run([*cmd, "--backend", "ray", "--out", str(on_ray)], capture_output=True, text=True,
+                        env=_env(), timeout=HANG_S)
+    assert r1.returncode == 0 and r2.returncode == 0, r1.stderr[-2000:] + r2.stderr[-2000:]
+    a, b = files(serial), files(on_ray)
+    assert sorted(a) == sorted(b)
+    differ = [rel for rel in a if a[rel].read_bytes() != b[rel].read_bytes() and not excluded(rel, serial)]
+    assert not differ, differ
+    assert json.loads((on_ray / "timings.json").read_text())["metrics"]["cells_on_runner"] >= 2
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["reproduce", "fused", "--tiny", "--backend", "ray"], "--backend and --address go with `reproduce all`"),
+    (["reproduce", "fused", "--tiny", "--address", "auto"], "an address goes with the ray backend"),
     (["reproduce", "all", "--tiny", "--address", "auto"], "an address goes with the ray backend"),
     (["reproduce", "all", "--tiny", "--backend", "spark"], "--backend"),
 ])

@@ -48,6 +48,7 @@ import dataclasses
 import math
 import statistics
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,7 @@ import torch
 
 from lenetlab.config import DataConfig, LBConfig, ModelConfig, RunConfig, TrainConfig
 from lenetlab.experiments import stats
-from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, timing
+from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, cached_splits, timing
 from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 
@@ -126,6 +127,22 @@ def gradient_norms(act: str, depth: int, seed: int, images: torch.Tensor, labels
     return [norms[name] for name in model.weight_layers()]
 
 
+def _train_cell(w: int, a: str, sch: str, seed: int, s: Settings) -> dict[str, Any]:
+    """One model of the grid (a cell; module level, so a runner such as Ray can take it)."""
+    from lenetlab.train import evaluate, fit
+
+    cfg = run_config(a, w, sch, seed, s)
+    splits = cached_splits(cfg.data)
+    # fit scores its final weights on the test set, and again after restoring the best ones: give it one test
+    # image and score every test image once here, image by image
+    r = fit(cfg, splits=dataclasses.replace(splits, test_x=splits.test_x[:1], test_y=splits.test_y[:1]),
+            log=None, progress=False)
+    model = r["_model"]
+    return {"correct": correct_per_image(model, splits.test_x, splits.test_y),
+            "val_accuracy": evaluate(model, splits.val_x, splits.val_y)["accuracy"],
+            "epochs": r["epochs"], "params": r["params"], "timings": {"seconds": r["wall_seconds"]}}
+
+
 @register("experiment", "abs")
 class AbsStudy(Experiment):
     """Berngardt 2023: |x| activation + lower-bound restarts on LeNet-5 and slimmer variants."""
@@ -136,31 +153,16 @@ class AbsStudy(Experiment):
     accepts_options = True
 
     def run(self, ctx: Context) -> Result:
-        from lenetlab.data import load_splits
         from lenetlab.models import create_model, param_count
-        from lenetlab.train import evaluate, fit
 
         s = Settings(**ctx.resolve_settings(settings(ctx.full, ctx.tiny)))
-        splits = None
         cells = []
         grid = [(w, a, sch, seed) for w in s.widths for a in ACTIVATIONS for sch in SCHEDULES
                 for seed in s.seeds if sch == "lb-restart" or w in s.plain_widths]
-        for i, (w, a, sch, seed) in enumerate(grid):
-            def train_cell(w=w, a=a, sch=sch, seed=seed) -> dict[str, Any]:
-                nonlocal splits
-                cfg = run_config(a, w, sch, seed, s)
-                if splits is None:
-                    splits = load_splits(cfg.data)
-                # fit scores its final weights on the test set, and again after restoring the best ones: give it
-                # one test image and score every test image once here, image by image
-                r = fit(cfg, splits=dataclasses.replace(splits, test_x=splits.test_x[:1], test_y=splits.test_y[:1]),
-                        log=None, progress=False)
-                model = r["_model"]
-                return {"correct": correct_per_image(model, splits.test_x, splits.test_y),
-                        "val_accuracy": evaluate(model, splits.val_x, splits.val_y)["accuracy"],
-                        "epochs": r["epochs"], "params": r["params"], "timings": {"seconds": r["wall_seconds"]}}
-
-            row = ctx.cells.get_or_run(f"train/{w}/{a}/{sch}/{seed}", train_cell)
+        jobs = [(f"train/{w}/{a}/{sch}/{seed}", partial(_train_cell, w, a, sch, seed, s)) for w, a, sch, seed in grid]
+        ctx.cells.prefetch(jobs)       # side by side where there is a runner (Ray)
+        for i, ((w, a, sch, seed), job) in enumerate(zip(grid, jobs)):
+            row = ctx.cells.get_or_run(*job)
             cells.append({"width": w, "activation": a, "schedule": sch, "seed": seed, **row})
             ctx.log(f"[{i + 1}/{len(grid)}] width {w} {a:5s} {sch:10s} seed {seed}: "
                     f"{100 * statistics.fmean(row['correct']):.2f}% ({row['epochs']} epochs, "

@@ -8,7 +8,12 @@ it is supported - ``False`` is a valid, reportable outcome.
 
 Work is split into cells (one training run, one noise level, ...) recorded
 in ``cells.jsonl`` as they finish (:class:`Cells`), so an interrupted
-``reproduce`` continues where it stopped. ``run.json`` records the mode and
+``reproduce`` continues where it stopped. An experiment may hand its
+independent cells to :meth:`Cells.prefetch`: with a runner (:class:`RayCells`,
+``reproduce --backend ray``) they run side by side as Ray tasks, finished ones
+are journalled at once in ``cells.ready.jsonl`` and move to ``cells.jsonl`` in
+the order the experiment asks for them, so the files are those of a serial
+run; without one each cell runs when asked for. ``run.json`` records the mode and
 settings the cells belong to; cells recorded under other settings are
 discarded rather than mixed in. ``result.json`` carries a ``config_hash``
 (:func:`config_hash`) that ``lenetlab reproduce all`` uses to skip finished

@@ -39,6 +39,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -96,6 +97,9 @@ class FaultStudy(Experiment):
         s = Settings(**ctx.resolve_settings(settings(ctx.full, ctx.tiny)))
         _, _, test_x, test_y = load_raw("mnist")
         runs = []
+        # every seed's training side by side where there is a runner (Ray); each seed's hardening cells too
+        ctx.cells.prefetch((f"train/s{seed}", partial(_train_cell, s, seed, ctx.out / f"run_s{seed}"))
+                           for seed in s.seeds)
         with blas_threads(1):
             for seed in s.seeds:
                 runs.append(_one_model(ctx, s, seed, test_x, test_y))
@@ -141,25 +145,49 @@ def _round(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(v) else round(v, 5)
 
 
+def _train_cell(s: Settings, seed: int, run_dir) -> dict[str, Any]:
+    """Train the model of one seed (a cell; module level, so a runner such as Ray can take it)."""
+    from lenetlab.train import fit
+    from lenetlab.train.presets import resolve
+
+    over = {**s.train, "train": {**s.train.get("train", {}), "seed": seed}}
+    r = fit(resolve("fast", "lenet5", overrides=over), out=run_dir, force=True, log=None, progress=False)
+    return {"test_accuracy": r["test_accuracy"]}
+
+
+def _harden_cell(s: Settings, qpath, neurons: list[dict[str, Any]], mode: str, k: int) -> dict[str, Any]:
+    """The SDC counts and BER sweep of the int8 model at ``qpath``, hardened by ``mode`` on its top ``k``% NVF
+    neurons (``none``: as it is) - a cell; module level, so a runner such as Ray can take it."""
+    from lenetlab.data.datasets import load_raw
+    from lenetlab.deploy import flat
+    from lenetlab.faults.harden import harden, overhead, top_neurons
+    from lenetlab.faults.resilience import ber_sweep, sdc_counts
+    from lenetlab.quant.engine import IntEngine, blas_threads
+
+    _, _, test_x, test_y = load_raw("mnist")
+    with blas_threads(1):
+        engine = IntEngine(flat.load(str(qpath)))
+        x0 = engine.input(np.ascontiguousarray(test_x[: s.images]))
+        labels = test_y[: s.images]
+        clean = np.argmax(engine.forward(x0), axis=1)
+        ops = {j: st.op for j, st in enumerate(engine.stages)}
+        eng = engine if mode == "none" else harden(engine, top_neurons(neurons, k, ops), mode)
+        t0 = time.perf_counter()
+        counts = sdc_counts(eng, x0, FIXED_BER, s.draws, seed=1, clean=clean)
+        sweep = ber_sweep(eng, x0, labels, clean, s.sweep, max(2, s.draws // 2))
+        return {**overhead(engine, eng), "sdc_counts": counts.tolist(), "draws": s.draws, "sweep": sweep,
+                "timings": {"seconds": time.perf_counter() - t0}}
+
+
 def _one_model(ctx: Context, s: Settings, seed: int, test_x: np.ndarray, test_y: np.ndarray) -> dict[str, Any]:
     """Train, quantise, rank and harden the model of one seed; every step a cell."""
     from lenetlab.deploy import flat
     from lenetlab.deploy.export import build_flat
-    from lenetlab.faults.harden import harden, overhead, top_neurons
     from lenetlab.faults.nvf import nvf_report
-    from lenetlab.faults.resilience import ber_sweep, sdc_counts
     from lenetlab.quant.engine import IntEngine
-    from lenetlab.train import fit
-    from lenetlab.train.presets import resolve
 
     run_dir = ctx.out / f"run_s{seed}"
-
-    def train() -> dict[str, Any]:
-        over = {**s.train, "train": {**s.train.get("train", {}), "seed": seed}}
-        r = fit(resolve("fast", "lenet5", overrides=over), out=run_dir, force=True, log=None, progress=False)
-        return {"test_accuracy": r["test_accuracy"]}
-
-    trained = ctx.cells.get_or_run(f"train/s{seed}", train)
+    trained = ctx.cells.get_or_run(f"train/s{seed}", partial(_train_cell, s, seed, run_dir))
     qpath = ctx.out / f"model_int8_s{seed}.flat"
     if not qpath.is_file():
         from lenetlab.fileio import atomic_write_bytes
@@ -182,21 +210,13 @@ def _one_model(ctx: Context, s: Settings, seed: int, test_x: np.ndarray, test_y:
     ctx.log(f"[seed {seed}] float {100 * trained['test_accuracy']:.2f}%, int8 {100 * int8_acc:.2f}%; NVF of "
             f"{len(nvf['neurons'])} neurons: Spearman vs campaign {nvf.get('spearman', float('nan')):.3f} "
             f"({timing(nvf, 'seconds', 0.0):.0f}s)")
-    x0 = engine.input(np.ascontiguousarray(test_x[: s.images]))
-    labels = test_y[: s.images]
-    clean = np.argmax(engine.forward(x0), axis=1)
-    ops = {j: st.op for j, st in enumerate(engine.stages)}
+    grid = [("none", 0)] + [(m, k) for k in s.ks for m in ("split", "tmr")]
+    jobs = {(mode, k): (f"harden/s{seed}/{mode}/{k}", partial(_harden_cell, s, qpath, nvf["neurons"], mode, k))
+            for mode, k in grid}
+    ctx.cells.prefetch(jobs.values())
     configs: dict[str, dict[str, Any]] = {}
-    for mode, k in [("none", 0)] + [(m, k) for k in s.ks for m in ("split", "tmr")]:
-        def cell(mode=mode, k=k) -> dict[str, Any]:
-            eng = engine if mode == "none" else harden(engine, top_neurons(nvf["neurons"], k, ops), mode)
-            t0 = time.perf_counter()
-            counts = sdc_counts(eng, x0, FIXED_BER, s.draws, seed=1, clean=clean)
-            sweep = ber_sweep(eng, x0, labels, clean, s.sweep, max(2, s.draws // 2))
-            return {**overhead(engine, eng), "sdc_counts": counts.tolist(), "draws": s.draws, "sweep": sweep,
-                    "timings": {"seconds": time.perf_counter() - t0}}
-
-        r = ctx.cells.get_or_run(f"harden/s{seed}/{mode}/{k}", cell)
+    for mode, k in grid:
+        r = ctx.cells.get_or_run(*jobs[(mode, k)])
         configs[f"{mode}/{k}"] = r
         ctx.log(f"[seed {seed}] {mode:5s} k={k:2d}%  +ops {r['extra_ops_%']:6.2f}%  +bytes "
                 f"{r['extra_param_bytes_%']:6.2f}%  SDC@BER {100 * sum(r['sdc_counts']) / (s.draws * s.images):.2f}%"

@@ -71,6 +71,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -160,6 +162,143 @@ def engine_params(engine) -> int:
     return int(sum(st.w.size + (st.rows if st.op != "rbf" else 0) for st in engine.stages))
 
 
+_SPLITS: dict[Any, Any] = {}     # training data of this process's cells, by (train_subset, val_size, pad)
+
+
+def _splits_for(cfg) -> Any:
+    from lenetlab.data import load_splits
+
+    key = (cfg.data.train_subset, cfg.data.val_size, cfg.data.pad)
+    if key not in _SPLITS:
+        _SPLITS[key] = load_splits(cfg.data)
+    return _SPLITS[key]
+
+
+def _test_data(s: Settings) -> tuple[Any, ...]:
+    """The test images (uint8 and in [0, 1]), labels, and how many of them the PGD / noise and SDC
+    evaluations use."""
+    import torch
+
+    from lenetlab.data.datasets import load_raw
+
+    _, _, test_x, test_y = load_raw("mnist")
+    test_x, test_y = test_x[: s.test_images], test_y[: s.test_images]
+    n_eval, n_sdc = min(s.eval_images, len(test_x)), min(s.sdc_images, len(test_x))
+    x01_all = torch.from_numpy(test_x).float().div_(255.0).unsqueeze(1)
+    y_all = torch.from_numpy(test_y.astype(np.int64))
+    return test_x, test_y, x01_all, y_all, n_eval, n_sdc
+
+
+def _trained(s: Settings, runs: Path, v: str, seed: int) -> dict[str, Any]:
+    """Build variant ``v`` by training (a cell with its own run directory; module level, for a runner)."""
+    from lenetlab.train import fit
+
+    cfg = train_config(v, s, seed)
+    r = fit(cfg, out=runs / f"s{seed}" / v, force=True, splits=_splits_for(cfg), log=None, progress=False)
+    return {"timings": {"seconds": r["wall_seconds"]}}
+
+
+def _compressed(s: Settings, runs: Path, v: str, seed: int) -> dict[str, Any]:
+    """Build variant ``v`` (tt / adtn) by compressing the float model of the seed (a cell)."""
+    from lenetlab.compress.run import compress_run
+
+    r = compress_run(runs / f"s{seed}" / "float", runs / f"s{seed}" / v, v, "c5,f6", rank=s.tt_rank,
+                     depth=s.adtn_depth, fit_steps=s.fit_steps, epochs=s.finetune_epochs,
+                     force=True, log=None, progress=False, splits=_splits_for(train_config("float", s)))
+    return {"timings": {"seconds": r["compress_wall_seconds"]}}
+
+
+def _torch_metrics(s: Settings, runs: Path, v: str, seed: int) -> dict[str, Any]:
+    """Every metric of a PyTorch variant of one seed (a cell; module level, for a runner)."""
+    from lenetlab.attacks import Target, make_attack, run_attack
+    from lenetlab.data.transforms import from_unit
+    from lenetlab.deploy.export import build_flat
+    from lenetlab.models import param_count
+    from lenetlab.models.macs import count_macs
+    from lenetlab.noise.inject import noisy_accuracy
+    from lenetlab.noise.training import apply_eval_qat
+    from lenetlab.quant.engine import IntEngine
+    from lenetlab.quant.int8 import blas_threads
+    from lenetlab.rundir import load_model
+
+    test_x, test_y, x01_all, y_all, n_eval, n_sdc = _test_data(s)
+    t0 = time.perf_counter()
+    model, cfg = load_model(runs / f"s{seed}" / v)
+    model.eval()
+    params = param_count(model)
+    deployed = model.materialize() if hasattr(model, "materialize") else model
+    macs = count_macs(deployed).total
+    factored_macs = count_macs(model).total if deployed is not model else macs
+    out: dict[str, Any] = {"params": params, "macs": macs, "factored_macs": factored_macs}
+    if v != "snn_bp":
+        with blas_threads(1):
+            eng = IntEngine(build_flat(deployed, cfg, int8=True))
+            out["int8_accuracy"] = float((eng.predict(test_x) == test_y).mean())
+            out |= sdc_rate(eng, eng.input(np.ascontiguousarray(test_x[:n_sdc])), s.ber, s.sdc_draws)
+    qat = apply_eval_qat(model, cfg.train)      # the QAT variant is evaluated as trained
+    try:
+        target = Target(model, cfg.data, name=v)
+        out["clean_accuracy"] = float((target.predict(x01_all) == y_all).float().mean())
+        attack = make_attack("pgd", target, s.eps, seed=0, steps=s.pgd_steps)
+        res, _ = run_attack(attack, x01_all[:n_eval], y_all[:n_eval])
+        out["pgd_accuracy"] = res.adv_accuracy
+        noisy = noisy_accuracy(model, from_unit(x01_all[:n_eval], cfg.data), y_all[:n_eval], s.sigma,
+                               draws=s.draws, relative=True, sites=NOISE_SITES, seed=seed)
+        out["noise_accuracy"], out["noise_per_draw"] = noisy["mean"], noisy["per_draw"]
+        out["noise_per_image"] = noisy["per_image"]
+    finally:
+        if qat is not None:
+            qat.remove()
+    out["timings"] = {"seconds": time.perf_counter() - t0}
+    return out
+
+
+def _hardened_metrics(s: Settings, runs: Path, seed: int) -> dict[str, Any]:
+    """Every metric of the hardened int8 engine of one seed (a cell)."""
+    from lenetlab.attacks import Target, make_attack
+    from lenetlab.deploy.export import build_flat
+    from lenetlab.faults.harden import harden, top_neurons
+    from lenetlab.faults.nvf import nvf_report
+    from lenetlab.noise.int8 import int8_noisy_accuracy
+    from lenetlab.quant.engine import IntEngine
+    from lenetlab.quant.int8 import blas_threads
+    from lenetlab.rundir import load_model
+
+    test_x, test_y, x01_all, y_all, n_eval, n_sdc = _test_data(s)
+    t0 = time.perf_counter()
+    model, cfg = load_model(runs / f"s{seed}" / "float")
+    model.eval()
+    with blas_threads(1):
+        base = IntEngine(build_flat(model, cfg, int8=True))
+        nvf = nvf_report(base, np.ascontiguousarray(test_x[: s.nvf_images]))
+        ops = {j: st.op for j, st in enumerate(base.stages)}
+        eng = harden(base, top_neurons(nvf["neurons"], s.harden_k, ops), s.harden)
+        out: dict[str, Any] = {"int8_accuracy": float((eng.predict(test_x) == test_y).mean())}
+        out["clean_accuracy"] = out["int8_accuracy"]
+        # no gradient through integers: the float parent's PGD images, as uint8
+        attack = make_attack("pgd", Target(model, cfg.data), s.eps, seed=0, steps=s.pgd_steps)
+        x_adv = attack(x01_all[:n_eval], y_all[:n_eval])
+        adv_u8 = (x_adv.squeeze(1).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+        out["pgd_accuracy"] = float((eng.predict(adv_u8) == test_y[:n_eval]).mean())
+        noisy = int8_noisy_accuracy(eng, eng.input(np.ascontiguousarray(test_x[:n_eval])), test_y[:n_eval],
+                                    s.sigma, s.draws, seed=seed)
+        out["noise_accuracy"], out["noise_per_draw"] = noisy["mean"], noisy["per_draw"]
+        out["noise_per_image"] = noisy["per_image"]
+        out |= sdc_rate(eng, eng.input(np.ascontiguousarray(test_x[:n_sdc])), s.ber, s.sdc_draws)
+        from lenetlab.models import param_count
+        from lenetlab.models.macs import count_macs
+
+        out["params"] = param_count(model) + engine_params(eng) - engine_params(base)
+        out["macs"] = count_macs(model).total + eng.macs() - base.macs()
+        out["factored_macs"] = out["macs"]
+        out["protected"] = sum(len(st.groups) for st in eng.stages)
+    out["timings"] = {"seconds": time.perf_counter() - t0}
+    return out
+
+
+BUILT = ("float", "qat_int8", "noisy", "snn_bp", "abs", "tt", "adtn")
+
+
 @register("experiment", "matrix")
 class RobustnessMatrix(Experiment):
     """Eight LeNet-5 variants x four threats (PGD, analog noise, bit flips, int8 deployment) + cost."""
@@ -172,138 +311,45 @@ class RobustnessMatrix(Experiment):
     order = 100     # after the paper experiments in ``reproduce all``
 
     def run(self, ctx: Context) -> Result:
-        import torch
-
-        from lenetlab.data import load_splits
-        from lenetlab.data.datasets import load_raw
-        from lenetlab.deploy.export import build_flat
-        from lenetlab.faults.harden import harden, top_neurons
-        from lenetlab.faults.nvf import nvf_report
-        from lenetlab.quant.engine import IntEngine
-        from lenetlab.quant.int8 import blas_threads
-        from lenetlab.rundir import load_model
-        from lenetlab.train import fit
-
         s = Settings(**ctx.resolve_settings(settings(ctx.full, ctx.tiny)))
         runs = ctx.out / "runs"
-        _, _, test_x, test_y = load_raw("mnist")
-        test_x, test_y = test_x[: s.test_images], test_y[: s.test_images]
-        n_eval, n_sdc = min(s.eval_images, len(test_x)), min(s.sdc_images, len(test_x))
-        x01_all = torch.from_numpy(test_x).float().div_(255.0).unsqueeze(1)
-        y_all = torch.from_numpy(test_y.astype(np.int64))
-        splits_cache: dict[Any, Any] = {}
+        try:
+            return self._run(ctx, s, runs)
+        finally:
+            _SPLITS.clear()
 
-        def splits_for(cfg):
-            key = (cfg.data.train_subset, cfg.data.val_size, cfg.data.pad)
-            if key not in splits_cache:
-                splits_cache[key] = load_splits(cfg.data)
-            return splits_cache[key]
+    def _run(self, ctx: Context, s: Settings, runs: Path) -> Result:
+        # ---- build every variant (each a resumable cell with its own run directory): the float models and
+        # the trained variants side by side where there is a runner (Ray), then the compressed ones (they
+        # start from the float model)
+        def build_job(v: str, seed: int):
+            make = _compressed if v in ("tt", "adtn") else _trained
+            return f"build/{v}/s{seed}", partial(make, s, runs, v, seed)
 
-        # ---- build every variant (each a resumable cell with its own run directory)
-        def trained(v: str, seed: int) -> dict[str, Any]:
-            cfg = train_config(v, s, seed)
-            r = fit(cfg, out=runs / f"s{seed}" / v, force=True, splits=splits_for(cfg), log=None, progress=False)
-            return {"timings": {"seconds": r["wall_seconds"]}}
-
-        def compressed(v: str, seed: int) -> dict[str, Any]:
-            from lenetlab.compress.run import compress_run
-
-            r = compress_run(runs / f"s{seed}" / "float", runs / f"s{seed}" / v, v, "c5,f6", rank=s.tt_rank,
-                             depth=s.adtn_depth, fit_steps=s.fit_steps, epochs=s.finetune_epochs,
-                             force=True, log=None, progress=False, splits=splits_for(train_config("float", s)))
-            return {"timings": {"seconds": r["compress_wall_seconds"]}}
-
+        ctx.cells.prefetch(build_job(v, seed) for seed in s.seeds for v in BUILT if v not in ("tt", "adtn"))
         built: dict[str, float] = {}
         for seed in s.seeds:
-            for v in ("float", "qat_int8", "noisy", "snn_bp", "abs", "tt", "adtn"):
-                make = compressed if v in ("tt", "adtn") else trained
-                rec = ctx.cells.get_or_run(f"build/{v}/s{seed}", lambda v=v, seed=seed, make=make: make(v, seed))
+            for v in BUILT:
+                if v == "tt":
+                    ctx.cells.prefetch([build_job("tt", seed), build_job("adtn", seed)])
+                key, make = build_job(v, seed)
+                rec = ctx.cells.get_or_run(key, make)
                 if not (runs / f"s{seed}" / v / "model.safetensors").exists():   # cells kept, run deleted: rebuild
-                    rec = make(v, seed)
+                    rec = make()
                 built[v] = built.get(v, 0.0) + timing(rec, "seconds", 0.0)
                 ctx.log(f"seed {seed}: built {v} ({timing(rec, 'seconds', 0.0):.0f}s)")
 
         # ---- evaluate
-        def torch_metrics(v: str, seed: int) -> dict[str, Any]:
-            from lenetlab.attacks import Target, make_attack, run_attack
-            from lenetlab.data.transforms import from_unit
-            from lenetlab.models import param_count
-            from lenetlab.models.macs import count_macs
-            from lenetlab.noise.inject import noisy_accuracy
-            from lenetlab.noise.training import apply_eval_qat
+        def eval_job(v: str, seed: int):
+            fn = partial(_hardened_metrics, s, runs, seed) if v == "hardened_int8" else \
+                partial(_torch_metrics, s, runs, v, seed)
+            return f"metrics/{v}/s{seed}", fn
 
-            t0 = time.perf_counter()
-            model, cfg = load_model(runs / f"s{seed}" / v)
-            model.eval()
-            params = param_count(model)
-            deployed = model.materialize() if hasattr(model, "materialize") else model
-            macs = count_macs(deployed).total
-            factored_macs = count_macs(model).total if deployed is not model else macs
-            out: dict[str, Any] = {"params": params, "macs": macs, "factored_macs": factored_macs}
-            if v != "snn_bp":
-                with blas_threads(1):
-                    eng = IntEngine(build_flat(deployed, cfg, int8=True))
-                    out["int8_accuracy"] = float((eng.predict(test_x) == test_y).mean())
-                    out |= sdc_rate(eng, eng.input(np.ascontiguousarray(test_x[:n_sdc])), s.ber, s.sdc_draws)
-            qat = apply_eval_qat(model, cfg.train)      # the QAT variant is evaluated as trained
-            try:
-                target = Target(model, cfg.data, name=v)
-                out["clean_accuracy"] = float((target.predict(x01_all) == y_all).float().mean())
-                attack = make_attack("pgd", target, s.eps, seed=0, steps=s.pgd_steps)
-                res, _ = run_attack(attack, x01_all[:n_eval], y_all[:n_eval])
-                out["pgd_accuracy"] = res.adv_accuracy
-                noisy = noisy_accuracy(model, from_unit(x01_all[:n_eval], cfg.data), y_all[:n_eval], s.sigma,
-                                       draws=s.draws, relative=True, sites=NOISE_SITES, seed=seed)
-                out["noise_accuracy"], out["noise_per_draw"] = noisy["mean"], noisy["per_draw"]
-                out["noise_per_image"] = noisy["per_image"]
-            finally:
-                if qat is not None:
-                    qat.remove()
-            out["timings"] = {"seconds": time.perf_counter() - t0}
-            return out
-
-        def hardened_metrics(seed: int) -> dict[str, Any]:
-            from lenetlab.attacks import Target, make_attack
-            from lenetlab.noise.int8 import int8_noisy_accuracy
-
-            t0 = time.perf_counter()
-            model, cfg = load_model(runs / f"s{seed}" / "float")
-            model.eval()
-            with blas_threads(1):
-                base = IntEngine(build_flat(model, cfg, int8=True))
-                nvf = nvf_report(base, np.ascontiguousarray(test_x[: s.nvf_images]))
-                ops = {j: st.op for j, st in enumerate(base.stages)}
-                eng = harden(base, top_neurons(nvf["neurons"], s.harden_k, ops), s.harden)
-                out: dict[str, Any] = {"int8_accuracy": float((eng.predict(test_x) == test_y).mean())}
-                out["clean_accuracy"] = out["int8_accuracy"]
-                # no gradient through integers: the float parent's PGD images, as uint8
-                attack = make_attack("pgd", Target(model, cfg.data), s.eps, seed=0, steps=s.pgd_steps)
-                x_adv = attack(x01_all[:n_eval], y_all[:n_eval])
-                adv_u8 = (x_adv.squeeze(1).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
-                out["pgd_accuracy"] = float((eng.predict(adv_u8) == test_y[:n_eval]).mean())
-                noisy = int8_noisy_accuracy(eng, eng.input(np.ascontiguousarray(test_x[:n_eval])), test_y[:n_eval],
-                                            s.sigma, s.draws, seed=seed)
-                out["noise_accuracy"], out["noise_per_draw"] = noisy["mean"], noisy["per_draw"]
-                out["noise_per_image"] = noisy["per_image"]
-                out |= sdc_rate(eng, eng.input(np.ascontiguousarray(test_x[:n_sdc])), s.ber, s.sdc_draws)
-                from lenetlab.models import param_count
-                from lenetlab.models.macs import count_macs
-
-                out["params"] = param_count(model) + engine_params(eng) - engine_params(base)
-                out["macs"] = count_macs(model).total + eng.macs() - base.macs()
-                out["factored_macs"] = out["macs"]
-                out["protected"] = sum(len(st.groups) for st in eng.stages)
-            out["timings"] = {"seconds": time.perf_counter() - t0}
-            return out
-
+        ctx.cells.prefetch(eval_job(v, seed) for v in VARIANTS for seed in s.seeds)
         rows: list[dict[str, Any]] = []
         cells: dict[str, list[dict[str, Any]]] = {}
         for i, v in enumerate(VARIANTS):
-            def evaluate(v=v, seed=0) -> dict[str, Any]:
-                return hardened_metrics(seed) if v == "hardened_int8" else torch_metrics(v, seed)
-
-            per_seed = [ctx.cells.get_or_run(f"metrics/{v}/s{seed}", lambda v=v, seed=seed: evaluate(v, seed))
-                        for seed in s.seeds]
+            per_seed = [ctx.cells.get_or_run(*eval_job(v, seed)) for seed in s.seeds]
             cells[v] = per_seed
             m = aggregate(per_seed)
             rows.append({"variant": v, **m})
@@ -318,7 +364,7 @@ class RobustnessMatrix(Experiment):
         return Result(self.name, self.paper, ctx.mode, {"settings": asdict(s), "variants": list(VARIANTS)},
                       tables={"robustness matrix": table},
                       claims=matrix_claims(cells, s, stats.min_seeds(ctx.full)), figures=figures,
-                      notes=_notes(rows, s, n_eval, n_sdc), metrics=metrics,
+                      notes=_notes(rows, s, *_test_data(s)[4:]), metrics=metrics,
                       timings=Timings(tables={"time per variant, all seeds (s)": [
                           {"variant": r["variant"], "build": round(built[r["variant"]]) if r["variant"] in built
                            else "-", "evaluate": round(r["seconds"])} for r in rows]}))

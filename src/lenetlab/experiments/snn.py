@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -133,41 +134,32 @@ class SNNAttacks(Experiment):
     accepts_options = True
 
     def run(self, ctx: Context) -> Result:
-        import torch
-
-        from lenetlab.attacks import Target
-        from lenetlab.data.datasets import load_raw
-
         s = Settings(**ctx.resolve_settings(settings(ctx.full, ctx.tiny)))
         runs = ctx.out / "runs"
-        _, _, xs, ys = load_raw("mnist")
         n = s.test_subset
-        x01 = torch.from_numpy(xs[:n].copy()).float().div_(255.0).unsqueeze(1)
-        y = torch.from_numpy(ys[:n].astype("int64"))
+        # every cell is a module-level function of (settings, paths), so a runner (Ray) can take it: the
+        # models side by side, then the attacks side by side
         models = [(d, "bp", None) for d in DOMAINS] + [(d, r, sd) for d in DOMAINS for r in RULES for sd in s.seeds]
+        train_jobs = {m: (f"train/{_key(*m)}", partial(_train, run_config(m[0], m[1], s, _seed(m[2], s)),
+                                                        runs / _key(*m))) for m in models}
+        ctx.cells.prefetch(train_jobs.values())
         trained: dict[tuple[str, str, int | None], dict[str, Any]] = {}
-        for i, (d, r, sd) in enumerate(models):
-            key = _key(d, r, sd)
-            seed = s.substitute_seed if sd is None else sd
-            trained[(d, r, sd)] = row = ctx.cells.get_or_run(
-                f"train/{key}", lambda d=d, r=r, seed=seed, key=key: _train(run_config(d, r, s, seed), runs / key))
-            ctx.log(f"[train {i + 1}/{len(models)}] {key:18s} test {100 * row['test_accuracy']:.2f}% "
+        for i, m in enumerate(models):
+            trained[m] = row = ctx.cells.get_or_run(*train_jobs[m])
+            ctx.log(f"[train {i + 1}/{len(models)}] {_key(*m):18s} test {100 * row['test_accuracy']:.2f}% "
                     f"({timing(row, 'wall_seconds', 0.0):.0f}s)")
-        transferred: dict[str, dict[str, list[torch.Tensor]]] = {}   # domain -> crafted on its substitute
+        targets = [(d, r, sd) for d in DOMAINS for r in RULES for sd in s.seeds]
+        attack_jobs = {t: (f"attack/{_key(*t)}", partial(_attack_cell, runs, *t, s)) for t in targets}
+        ctx.cells.prefetch(attack_jobs.values())
         cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for d in DOMAINS:
-            for r in RULES:
-                for sd in s.seeds:
-                    def attack(d=d, r=r, sd=sd) -> dict[str, Any]:
-                        sub = Target.from_run(runs / _key(d, "bp", None))
-                        if d not in transferred:
-                            transferred[d] = _transfer(sub, x01, y, s)
-                        return _attack_target(runs / _key(d, r, sd), sub, r, x01, y, s, transferred[d])
-
-                    cell = ctx.cells.get_or_run(f"attack/{_key(d, r, sd)}", attack)
-                    cells.setdefault((d, r), []).append(cell)
-                    ctx.log(f"[attack] {_key(d, r, sd)}: clean {100 * _unpack(cell['clean'], n).mean():.1f}%  "
-                            + "  ".join(f"{a} {100 * _score(cell, a, n).mean():.1f}%" for a in cell["curves"]))
+        try:
+            for d, r, sd in targets:
+                cell = ctx.cells.get_or_run(*attack_jobs[(d, r, sd)])
+                cells.setdefault((d, r), []).append(cell)
+                ctx.log(f"[attack] {_key(d, r, sd)}: clean {100 * _unpack(cell['clean'], n).mean():.1f}%  "
+                        + "  ".join(f"{a} {100 * _score(cell, a, n).mean():.1f}%" for a in cell["curves"]))
+        finally:
+            _TRANSFERRED.clear()
         scores = {(d, r, a): [_score(c, a, n) for c in cs] for (d, r), cs in cells.items() for a in attacks_of(r)}
         claim_list, comparisons = claims(scores, min_seeds=stats.min_seeds(ctx.full))
         rows = _table(cells, s, n)
@@ -203,6 +195,38 @@ class SNNAttacks(Experiment):
                              "The hybrid attack is our reconstruction: PGD on the BP substitute, then PGD on the "
                              "target along normalised target + substitute gradients, best iterate kept."],
                       timings=Timings(tables={"training time per model": train_times}))
+
+
+def _seed(sd: int | None, s: Settings) -> int:
+    return s.substitute_seed if sd is None else sd
+
+
+def _test_subset(n: int) -> tuple[Any, Any]:
+    """The first ``n`` MNIST test images in [0, 1] (N, 1, 28, 28) and their labels."""
+    import torch
+
+    from lenetlab.data.datasets import load_raw
+
+    _, _, xs, ys = load_raw("mnist")
+    return (torch.from_numpy(xs[:n].copy()).float().div_(255.0).unsqueeze(1),
+            torch.from_numpy(ys[:n].astype("int64")))
+
+
+_TRANSFERRED: dict[str, dict[str, list]] = {}   # substitute run -> its black-box examples, once per process
+
+
+def _attack_cell(runs: Path, d: str, r: str, sd: int, s: Settings) -> dict[str, Any]:
+    """Every attack on one target model (a cell; module level, so a runner such as Ray can take it). The
+    black-box examples of a domain are crafted on its substitute once per process and reused: they do not
+    depend on the target."""
+    from lenetlab.attacks import Target
+
+    x01, y = _test_subset(s.test_subset)
+    sub_run = runs / _key(d, "bp", None)
+    sub = Target.from_run(sub_run)
+    if str(sub_run) not in _TRANSFERRED:
+        _TRANSFERRED[str(sub_run)] = _transfer(sub, x01, y, s)
+    return _attack_target(runs / _key(d, r, sd), sub, r, x01, y, s, _TRANSFERRED[str(sub_run)])
 
 
 def _key(domain: str, rule: str, seed: int | None) -> str:

@@ -23,7 +23,8 @@ plugs in through ``sections``.
 only the clock readings differ. On a 2-core machine two at a time wins where an experiment leaves a core
 idle (ZO's single-threaded races, compilers, the browser, Python-bound evaluation). ``backend="ray"`` runs
 the same experiments as Ray tasks, on a local Ray instance or a cluster (``address``), with the same files
-(tested); the unit of work is the experiment (each one's cells run in order inside its task).
+(tested); inside each task the experiment's prefetched cells (seeds x settings) are Ray tasks of their own
+(:class:`~lenetlab.experiments.base.RayCells`, :meth:`~lenetlab.experiments.base.Cells.prefetch`).
 
 Example::
 
