@@ -98,7 +98,8 @@ def _files(root):
     return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("name", ["lenet5", "zo", "noise"])
+@pytest.mark.parametrize("name", ["lenet5", pytest.param("zo", marks=pytest.mark.slow),
+                                  pytest.param("noise", marks=pytest.mark.slow)])
 def test_an_experiment_on_a_runner_writes_the_files_of_a_serial_run(tmp_path, name):
     """The cells travel pickled (module-level functions, no context inside) and the files come out the same."""
     runner = PickleRunner()
