@@ -56,7 +56,7 @@ import torch
 
 from lenetlab.config import DataConfig, LBConfig, ModelConfig, RunConfig, TrainConfig
 from lenetlab.experiments import stats
-from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, cached_splits, timing
+from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, timing
 from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 
@@ -129,10 +129,11 @@ def gradient_norms(act: str, depth: int, seed: int, images: torch.Tensor, labels
 
 def _train_cell(w: int, a: str, sch: str, seed: int, s: Settings) -> dict[str, Any]:
     """One model of the grid (a cell; module level, so a runner such as Ray can take it)."""
+    from lenetlab.data import load_splits
     from lenetlab.train import evaluate, fit
 
     cfg = run_config(a, w, sch, seed, s)
-    splits = cached_splits(cfg.data)
+    splits = load_splits(cfg.data)
     # fit scores its final weights on the test set, and again after restoring the best ones: give it one test
     # image and score every test image once here, image by image
     r = fit(cfg, splits=dataclasses.replace(splits, test_x=splits.test_x[:1], test_y=splits.test_y[:1]),

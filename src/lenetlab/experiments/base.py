@@ -187,22 +187,6 @@ def timing(row: dict[str, Any], name: str, default: Any = None) -> Any:
     return (row.get(TIMINGS) or {}).get(name, row.get(name, default))
 
 
-_SPLITS: dict[str, Any] = {}
-
-
-def cached_splits(data: Any) -> Any:
-    """``lenetlab.data.load_splits(data)``, kept for the next cell of this process (one data config at a time;
-    :func:`reproduce` lets it go when the experiment ends). Cells that load their data through this can be
-    plain module-level functions, which is what a :class:`CellRunner` ships to other processes."""
-    from lenetlab.data import load_splits
-
-    key = repr(data)
-    if key not in _SPLITS:
-        _SPLITS.clear()
-        _SPLITS[key] = load_splits(data)
-    return _SPLITS[key]
-
-
 class CellRunner:
     """Where :meth:`Cells.prefetch` runs cells: ``submit(fn) -> handle``, ``wait(handles) -> finished ones``
     (at least one), ``result(handle) -> value`` (raising the cell's error). :class:`RayCells` is the one
@@ -474,7 +458,6 @@ def reproduce(name: str, out: str | Path, full: bool = False, force: bool = Fals
     with pinned_threads(REPRODUCE_THREADS) as pinned, clock_apart():
         result = cls().run(ctx)
     cells.discard_ready()
-    _SPLITS.clear()
     result.wall_seconds = time.perf_counter() - t0
     if runner is not None:
         result.timings.metrics = {**result.timings.metrics, "cells_on_runner": cells.remote}

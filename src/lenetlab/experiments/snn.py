@@ -212,21 +212,27 @@ def _test_subset(n: int) -> tuple[Any, Any]:
             torch.from_numpy(ys[:n].astype("int64")))
 
 
-_TRANSFERRED: dict[str, dict[str, list]] = {}   # substitute run -> its black-box examples, once per process
+# a memo, per process, of each substitute's black-box examples (they do not depend on the target): keyed by the
+# substitute's weights file as it is on disk (path, size, mtime) and the settings, so a retrained substitute is
+# never served stale examples; two domains' worth, cleared when the experiment ends
+_TRANSFERRED: dict[tuple, dict[str, list]] = {}
 
 
 def _attack_cell(runs: Path, d: str, r: str, sd: int, s: Settings) -> dict[str, Any]:
     """Every attack on one target model (a cell; module level, so a runner such as Ray can take it). The
-    black-box examples of a domain are crafted on its substitute once per process and reused: they do not
-    depend on the target."""
+    black-box examples of a domain are crafted on its substitute once per process and reused."""
     from lenetlab.attacks import Target
 
     x01, y = _test_subset(s.test_subset)
     sub_run = runs / _key(d, "bp", None)
     sub = Target.from_run(sub_run)
-    if str(sub_run) not in _TRANSFERRED:
-        _TRANSFERRED[str(sub_run)] = _transfer(sub, x01, y, s)
-    return _attack_target(runs / _key(d, r, sd), sub, r, x01, y, s, _TRANSFERRED[str(sub_run)])
+    st = (sub_run / "model.safetensors").stat()
+    key = (str(sub_run.resolve()), st.st_size, st.st_mtime_ns, repr(s))
+    if key not in _TRANSFERRED:
+        if len(_TRANSFERRED) >= len(DOMAINS):
+            _TRANSFERRED.clear()
+        _TRANSFERRED[key] = _transfer(sub, x01, y, s)
+    return _attack_target(runs / _key(d, r, sd), sub, r, x01, y, s, _TRANSFERRED[key])
 
 
 def _key(domain: str, rule: str, seed: int | None) -> str:

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from lenetlab.experiments import stats
-from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, cached_splits, timing
+from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, timing
 from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 
@@ -115,7 +115,9 @@ def _splits(s: Settings) -> tuple[Any, Any]:
     """The split (it does not depend on the training seed), and the one training and compress_run get: they
     score the test set at every stage, so they get one test image, and every test image is scored once per
     model here, image by image (the fine-tuning's own validation accuracy is kept)."""
-    splits = cached_splits(_base_config(s, s.seeds[0]).data)
+    from lenetlab.data import load_splits
+
+    splits = load_splits(_base_config(s, s.seeds[0]).data)
     return splits, dataclasses.replace(splits, test_x=splits.test_x[:1], test_y=splits.test_y[:1])
 
 

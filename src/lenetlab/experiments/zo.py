@@ -67,7 +67,7 @@ import torch
 
 from lenetlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, ZOConfig
 from lenetlab.experiments import stats
-from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, cached_splits, timing
+from lenetlab.experiments.base import Claim, Context, Experiment, Result, Timings, timing
 from lenetlab.fileio import save_figure
 from lenetlab.registry import register
 from lenetlab.train.plugins import TrainContext, TrainerPlugin
@@ -251,7 +251,9 @@ def _bits(correct: torch.Tensor) -> str:
 
 def _cell(r: dict[str, Any], data: DataConfig, s: Settings) -> dict[str, Any]:
     """One run of :func:`runs` on ``data``: what a cell records (module level, so it can run in a Ray task)."""
-    splits = cached_splits(data)
+    from lenetlab.data import load_splits
+
+    splits = load_splits(data)
     if r["kind"] == "int8":
         return train_int8(splits, r["cutoff"], s.steps, s.batch, r["seed"], s.q, s.eval_every, measure_memory=True)
     return train_float(splits, r["cutoff"], s.steps, s.batch, s.lr, s.zo_lr, s.eps, s.q, r["seed"], s.eval_every,
