@@ -84,14 +84,54 @@ def test_prefetched_cells_are_journalled_at_once_and_recorded_in_the_order_asked
 
 
 def test_a_cell_that_fails_on_the_runner_fails_where_it_is_asked_for(tmp_path):
+    log: list[str] = []
+
     def bad():
         raise ValueError("cell broke")
 
     c = Cells(tmp_path / "cells.jsonl", runner=ThreadlessRunner())
-    c.prefetch([("bad", bad)])
+    c.prefetch([("bad", bad), ("good", _cell("good", log))])
+    assert c.get_or_run("good", _cell("good", log))["v"] == "good"    # finished beside the failed one: no error
     with pytest.raises(ValueError, match="cell broke"):
         c.get_or_run("bad", bad)
-    assert "bad" not in c.rows
+    assert "bad" not in c.rows and list(c.rows) == ["good"]
+
+
+class CancelRecorder(ThreadlessRunner):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancelled: list = []
+
+    def wait(self, handles):                 # nothing ever finishes by itself
+        raise AssertionError("not waited for")
+
+    def cancel(self, handles):
+        self.cancelled += handles
+
+
+def test_cells_not_asked_for_are_cancelled_when_the_experiment_ends(tmp_path):
+    runner = CancelRecorder()
+    c = Cells(tmp_path / "cells.jsonl", runner=runner)
+    c.prefetch([("a", _cell("a", [])), ("b", _cell("b", []))])
+    c.cancel()
+    assert sorted(runner.cancelled) == [0, 1] and not c._flight
+    c.cancel()                                # nothing left: the runner is not called again
+    assert len(runner.cancelled) == 2
+
+
+def test_finished_but_unasked_cells_of_other_settings_are_not_reused(tmp_path):
+    """A kill after a runner finished cells the experiment had not asked for yet leaves them only in
+    cells.ready.jsonl; a rerun with other settings (here: tiny after a quick run.json) must start over."""
+    fresh = reproduce("lenet5", tmp_path / "fresh", tiny=True)
+    out = tmp_path / "stale"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"experiment": "lenet5", "mode": "quick", "settings": {}}))
+    bogus = {"test_images": 10, "wrong": [], "test_accuracy": 1.0, "epochs": 1, "train_images": 1}
+    (out / READY).write_text(json.dumps({"key": "train/0/1", "value": bogus}) + "\n")
+    again = reproduce("lenet5", out, tiny=True)
+    assert not (out / READY).exists()
+    assert (out / "cells.jsonl").read_bytes() == (tmp_path / "fresh" / "cells.jsonl").read_bytes()
+    assert [c.estimate for c in again.claims] == [c.estimate for c in fresh.claims]
 
 
 def _files(root):

@@ -263,7 +263,8 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
     if a.only:
         raise LenetlabError("--only goes with `reproduce all`")
     if a.jobs is not None:
-        raise LenetlabError("--jobs goes with `reproduce all` (one experiment runs its cells in order)")
+        raise LenetlabError("--jobs goes with `reproduce all` (one experiment's cells run side by side only on "
+                            "--backend ray)")
     if a.address and a.backend != "ray":
         raise LenetlabError("an address goes with the ray backend")
     runner = None

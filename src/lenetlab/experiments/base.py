@@ -201,6 +201,9 @@ class CellRunner:
     def result(self, handle: Any) -> dict[str, Any]:
         raise NotImplementedError
 
+    def cancel(self, handles: list[Any]) -> None:
+        """Stop these cells (the experiment ended without asking for them, e.g. it failed)."""
+
     def close(self) -> None:
         pass
 
@@ -234,7 +237,17 @@ class RayCells(CellRunner):
         return self.ray.wait(handles, num_returns=1)[0]
 
     def result(self, handle: Any) -> dict[str, Any]:
-        return self.ray.get(handle)
+        try:
+            return self.ray.get(handle)
+        except self.ray.exceptions.RayTaskError as e:      # the cell's own error, as if it had run here
+            raise e.as_instanceof_cause() from None
+        except self.ray.exceptions.RayError as e:          # a worker or node died
+            raise LenetlabError(f"a cell's Ray task was lost: {type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''}") from None
+
+    def cancel(self, handles: list[Any]) -> None:
+        for ref in handles:
+            self.ray.cancel(ref, force=True)
 
     def close(self) -> None:
         if self.started:
@@ -276,6 +289,7 @@ class Cells:
             if "key" in row and isinstance(row.get("value"), dict) and row["key"] not in self.rows:
                 self.ready[row["key"]] = row["value"]
         self._flight: dict[Any, str] = {}       # runner handle -> key
+        self._failed: dict[str, BaseException] = {}   # cells that failed on the runner, raised when asked for
         self.remote = 0                          # cells this object had run on the runner
 
     def prefetch(self, items: Iterable[tuple[str, Callable[[], dict[str, Any]]]]) -> None:
@@ -287,20 +301,31 @@ class Cells:
             return
         started = set(self._flight.values())
         for key, fn in items:
-            if key in self.rows or key in self.ready or key in started:
+            if key in self.rows or key in self.ready or key in started or key in self._failed:
                 continue
             self._flight[self.runner.submit(fn)] = key
             started.add(key)
             self.remote += 1
 
     def _collect(self, key: str) -> None:
-        """Wait until the runner has finished cell ``key``, journalling every cell it finishes meanwhile."""
+        """Wait until the runner has finished cell ``key``, journalling every cell it finishes meanwhile (a
+        cell that failed keeps its error until the experiment asks for it)."""
         while key in self._flight.values():
             for handle in self.runner.wait(list(self._flight)):
                 k = self._flight.pop(handle)
-                value = dict(self.runner.result(handle))        # a cell's own error is raised here
+                try:
+                    value = dict(self.runner.result(handle))
+                except Exception as e:
+                    self._failed[k] = e
+                    continue
                 self._ready_journal.append({"key": k, "value": value})
                 self.ready[k] = value
+
+    def cancel(self) -> None:
+        """Stop the cells still running on the runner (the experiment is over; they were not asked for)."""
+        if self._flight:
+            self.runner.cancel(list(self._flight))
+            self._flight.clear()
 
     def discard_ready(self) -> None:
         """Forget the finished-but-unasked cells (the experiment is over: they were not part of it)."""
@@ -311,6 +336,8 @@ class Cells:
         if key not in self.rows:
             if key in self._flight.values():
                 self._collect(key)
+            if key in self._failed:
+                raise self._failed.pop(key)
             value = dict(self.ready.pop(key)) if key in self.ready else dict(fn())
             clock = value.pop(TIMINGS, None)
             if clock is not None:
@@ -421,7 +448,8 @@ def reproduce(name: str, out: str | Path, full: bool = False, force: bool = Fals
     from lenetlab.registry import get
 
     cls = get("experiment", name)
-    out = Path(out)
+    # absolute for a runner: its workers (other processes, other machines) do not share this one's cwd
+    out = Path(out).resolve() if runner is not None else Path(out)
     if out.exists() and not out.is_dir():
         raise LenetlabError(f"{out} exists and is not a directory")
     log = log or (lambda s: None)
@@ -434,7 +462,9 @@ def reproduce(name: str, out: str | Path, full: bool = False, force: bool = Fals
            # the numbers must not depend on the machine's core count (lenetlab.determinism)
            "determinism": {"torch_threads": REPRODUCE_THREADS, "blas_threads": BLAS_THREADS,
                            "deterministic_algorithms": True}}
-    if cells_path.exists() and (out / "run.json").exists() and not force:
+    # finished cells on record, or finished by a runner but not yet asked for (a kill in between): either kind
+    # belongs to the settings in run.json
+    if (cells_path.exists() or (out / READY).exists()) and (out / "run.json").exists() and not force:
         before = json.loads((out / "run.json").read_text())
         if before != run:   # e.g. quick cells must not be reused by --full
             log(f"{out}: the finished cells were recorded in {before.get('mode')} mode with other settings; "
@@ -455,8 +485,11 @@ def reproduce(name: str, out: str | Path, full: bool = False, force: bool = Fals
     t0 = time.perf_counter()
     # the training runs inside keep their clock readings in timings.jsonl files of their own
     from lenetlab.train.trainer import clock_apart
-    with pinned_threads(REPRODUCE_THREADS) as pinned, clock_apart():
-        result = cls().run(ctx)
+    try:
+        with pinned_threads(REPRODUCE_THREADS) as pinned, clock_apart():
+            result = cls().run(ctx)
+    finally:
+        cells.cancel()
     cells.discard_ready()
     result.wall_seconds = time.perf_counter() - t0
     if runner is not None:

@@ -213,6 +213,8 @@ def _run_pool(todo: list[str], out: Path, full: bool, force: bool, tiny: bool, j
     the outcome of each."""
     done: dict[str, Outcome] = {}
     pool = _RayPool(jobs, address) if backend == "ray" else _LocalPool(jobs)
+    if backend == "ray":      # Ray workers do not run in this process's cwd (on a cluster, not on this machine)
+        out = out.resolve()
     if progress is not None:
         progress.start("experiments", total=len(todo), done=0)
     queue = _longest_first(todo, out)
