@@ -237,13 +237,12 @@ class RayCells(CellRunner):
         return self.ray.wait(handles, num_returns=1)[0]
 
     def result(self, handle: Any) -> dict[str, Any]:
-        try:
-            return self.ray.get(handle)
-        except self.ray.exceptions.RayTaskError as e:      # the cell's own error, as if it had run here
-            raise e.as_instanceof_cause() from None
-        except self.ray.exceptions.RayError as e:          # a worker or node died
-            raise LenetlabError(f"a cell's Ray task was lost: {type(e).__name__}: "
-                                f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        from lenetlab.sweep.backends import RayLost, ray_result
+
+        try:   # the cell's own error is raised as if it had run here
+            return ray_result(self.ray, handle)
+        except RayLost as e:                               # a worker or node died
+            raise LenetlabError(f"a cell's Ray task was lost: {e}") from None
 
     def cancel(self, handles: list[Any]) -> None:
         for ref in handles:

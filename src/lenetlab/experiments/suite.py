@@ -192,12 +192,12 @@ class _RayPool:
         return self.ray.wait(list(running), num_returns=1)[0]
 
     def result(self, ref: Any) -> tuple[str, str | None]:
-        try:
-            return self.ray.get(ref)
-        except self.ray.exceptions.RayTaskError as e:     # a full disk, say: the worker's own error
-            raise e.as_instanceof_cause() from None
-        except self.ray.exceptions.RayError as e:         # a worker or node died
-            return "failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        from lenetlab.sweep.backends import RayLost, ray_result
+
+        try:   # a full disk, say, is the worker's own error and raised as such
+            return ray_result(self.ray, ref)
+        except RayLost as e:                               # a worker or node died
+            return "failed", str(e)
 
     def close(self, running: dict[Any, Any]) -> None:
         for ref in running:

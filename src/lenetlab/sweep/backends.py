@@ -78,6 +78,21 @@ def ray_init(workers: int | None, address: str | None) -> tuple[Any, bool]:
     return ray, started
 
 
+class RayLost(Exception):
+    """A Ray task whose worker or node died: no error of its own to show, only what Ray says."""
+
+
+def ray_result(ray: Any, ref: Any) -> Any:
+    """``ray.get(ref)``, raising the task's own error as if it had run here, or :class:`RayLost` (message: the
+    Ray error's name and first line) when its worker or node died."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        raise e.as_instanceof_cause() from None
+    except ray.exceptions.RayError as e:
+        raise RayLost(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
 def run_ray(trials: list[Trial], workers: int | None, address: str | None) -> Iterator[tuple[Trial, Any]]:
     """The same trials as Ray tasks (one CPU each) on the cluster at ``address`` (``auto``: the one this
     machine belongs to), or on a fresh local instance with ``workers`` CPUs when no address is given."""
