@@ -80,16 +80,87 @@ def test_wilson_interval_and_bits_parsing():
 
 
 # ---------------------------------------------------------------- fast == naive
+def _needs_native(camp: Campaign) -> None:
+    """Skip (with the reason) where the native back end cannot be built; else check the campaign uses it."""
+    from lenetlab.faults import native
+
+    if not native.available():
+        pytest.skip(f"native fault propagation unavailable: {native.why_not()}")
+    assert camp._native(0) is not None and camp._native(0).supported_from(0)
+
+
+@pytest.mark.parametrize("use_native", [True, False], ids=["native", "numpy"])
 @pytest.mark.parametrize("target", ["weights", "activations", "accumulators"])
-def test_fast_engine_matches_naive_oracle(engine, images, target):
+def test_fast_engine_matches_naive_oracle(engine, images, target, use_native):
+    """Both back ends of the fast engine: the C propagation (lenetlab.faults.native) and the NumPy one."""
     faults = sample_faults(engine, target, 2, np.random.default_rng(1))   # every layer x every bit
     images = images if target == "activations" else images[:12]
-    camp = Campaign(engine, images)
+    camp = Campaign(engine, images, native=use_native)
+    if use_native:
+        _needs_native(camp)
+    else:
+        assert camp._native(0) is None
     fast, naive = camp.fast(faults), camp.naive(faults)
     assert fast.shape == (len(faults), len(images))
     np.testing.assert_array_equal(fast, naive)
     if target != "weights":
         assert naive.any()          # the comparison is not vacuous
+
+
+@pytest.mark.parametrize("name,kw", [("lenet5", {"pool": "avg", "activation": "relu"}), ("lenet5_abs", {})],
+                         ids=["avgpool-after-act", "maxpool-after-abs"])
+def test_native_matches_naive_on_other_layer_orders(mnist_test, name, kw):
+    """The native paths the trained fixture does not take: an activation before the pool (its table applied to
+    the four window values) and average pooling (rounded half away from zero). Random weights suffice."""
+    import torch
+
+    from lenetlab.config import DataConfig
+    from lenetlab.deploy import flat
+    from lenetlab.deploy.graph import to_flat
+    from lenetlab.deploy.quantize import quantize
+    from lenetlab.models import create_model
+
+    torch.manual_seed(1)
+    model = create_model(name, **kw).eval()
+    fm8 = flat.decode(flat.encode(quantize(to_flat(model, DataConfig()), mnist_test[0][:64])))
+    eng = IntEngine(fm8)
+    assert any(la.op == ("avgpool" if kw else "maxpool") for la in fm8.layers)
+    camp = Campaign(eng, mnist_test[0][300:306])
+    _needs_native(camp)
+    sdc = 0
+    for target in ("weights", "activations", "accumulators"):
+        f = sample_faults(eng, target, 2, np.random.default_rng(5))
+        naive = camp.naive(f)
+        np.testing.assert_array_equal(camp.fast(f), naive, err_msg=target)
+        sdc += int(naive.sum())
+    assert sdc > 0                  # some faults change the class: the comparison is not vacuous
+
+
+def test_native_source_compiles_warning_free(tmp_path):
+    import shutil
+    import subprocess
+
+    from lenetlab.faults import native
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not found")
+    r = subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", "-shared", "-fPIC", "-o",
+                        str(tmp_path / "p.so"), str(native.SOURCE)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_native_library_can_be_switched_off(monkeypatch):
+    from lenetlab.faults import native
+
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setenv("LENETLAB_NATIVE", "0")
+    assert not native.available() and "LENETLAB_NATIVE=0" in native.why_not()
+    monkeypatch.setenv("LENETLAB_NATIVE", "1")
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert not native.available() and "no C compiler" in native.why_not()
 
 
 @pytest.mark.parametrize("model", names("fault_model"))

@@ -140,7 +140,9 @@ class Campaign(FastEngine):
     """Fault-free caches of one engine on a fixed image set, and the two injection engines: :meth:`naive`
     here, :meth:`fast` (and :meth:`replace_input`) from :class:`~lenetlab.faults.fast.FastEngine`."""
 
-    def __init__(self, engine: IntEngine, images: np.ndarray):
+    def __init__(self, engine: IntEngine, images: np.ndarray, native: bool = True):
+        """``native``: let :meth:`fast` carry fault effects on in C (:mod:`lenetlab.faults.native`) where it
+        can (the same outcomes; False: NumPy only)."""
         if len(images) == 0:
             raise LenetlabError("a fault campaign needs at least one image")
         self.engine = engine
@@ -159,6 +161,8 @@ class Campaign(FastEngine):
         self.pred = np.argmax(self.logits, axis=1)
         self._cols: dict[int, np.ndarray] = {}
         self._amat: dict = {}
+        self.native = native
+        self._propagator = None
 
     @property
     def m(self) -> int:

@@ -70,6 +70,8 @@ class FastEngine:
     m: int
     _cols: dict[int, np.ndarray]
     _amat: dict
+    native: bool
+    _propagator: object
 
     def fast(self, faults: FaultList, progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Identical outcomes to :meth:`naive`, computed from the cached prefix with faults batched."""
@@ -81,6 +83,9 @@ class FastEngine:
             # memory per fault: the faulty channel (weights / accumulators) or the faulty outputs of one input
             per = st.positions if faults.target != "activations" else max(st.positions, st.d_in // 4)
             step = max(1, CHUNK // max(1, per * self.m))
+            native = self._native(int(j))
+            if native is not None and native.plain[int(j)] and faults.target != "accumulators":
+                step = 256          # C takes whole faults, one image at a time: no working set to bound
             for a in range(0, len(sel), step):
                 part = sel[a:a + step]
                 out[part] = self._fast_stage(int(j), faults.subset(part))
@@ -92,15 +97,31 @@ class FastEngine:
         eng, st = self.engine, self.engine.stages[j]
         fm = fault_model(faults.model)
         res = np.zeros((len(faults), self.m), bool)
+        native = self._native(j)
+        if faults.target == "activations" and native is not None and native.plain[j]:   # the whole fault in C
+            return native.input_faults(j, faults.index, fm.corrupt(self.inputs[j][:, faults.index].T,
+                                                                   faults.bit[:, None], 8))
         if faults.target == "activations":
             u = faults.index
             fi, ii, y, ents = self._input_changes(j, u, fm.corrupt(self.inputs[j][:, u].T, faults.bit[:, None], 8))
             if not len(fi):
                 return res
+            if native is not None:
+                res[fi, ii] = self._native_run(native, j, ii, y, ents)
+                return res
             live, logits = self._propagate(j, ii, y=y, ents=ents)
+        elif native is not None and faults.target == "weights" and native.plain[j]:
+            r, k = np.divmod(faults.index, st.fan_in)                      # the whole fault in C
+            dw = fm.corrupt(st.w[r, k], faults.bit, 8) - st.w[r, k]
+            return native.weight_faults(j, r, k, dw if st.keep is None else dw * st.keep[r, k])
         else:
             fi, ii, chan, new_c = self._row_changes(j, st, faults, fm)   # changed (fault, image) pairs only
             if not len(fi):   # every fault masked by requantisation
+                return res
+            if native is not None:   # the changed entries of the faulty channel, carried on in C
+                p = st.positions
+                rr, pp = np.nonzero(new_c != self.outs[j].reshape(self.m, st.channels, p)[ii, chan])
+                res[fi, ii] = native.run(j, ii, rr, chan[rr] * p + pp, new_c[rr, pp])
                 return res
             nxt = eng.stages[j + 1] if j + 1 < len(eng.stages) else None
             if nxt is not None and nxt.op in ("conv", "dense") and self._channelwise(j):
@@ -119,6 +140,31 @@ class FastEngine:
                 live, logits = self._propagate(j, ii, y=rows)
         res[fi[live], ii[live]] = np.argmax(logits, axis=1) != self.pred[ii[live]]
         return res
+
+    def _native(self, j: int):
+        """The C propagator (:mod:`lenetlab.faults.native`) when this campaign uses it and it covers the stages
+        after ``j``, else None (the NumPy propagation)."""
+        if not self.native:
+            return None
+        if self._propagator is None:
+            from lenetlab.faults import native
+
+            if not native.available():
+                self.native = False
+                return None
+            self._propagator = native.Propagator(self)
+        return self._propagator if self._propagator.supported_from(j) else None
+
+    def _native_run(self, native, j: int, ii: np.ndarray, y: np.ndarray | None,
+                    ents: tuple[np.ndarray, ...] | None) -> np.ndarray:
+        """SDC of pairs (images ``ii``) whose stage-``j`` outputs are ``y`` (full rows) or changed at ``ents``
+        (row, channel, position, value), through the C propagator."""
+        p = self.engine.stages[j].positions
+        if ents is not None:
+            row, ch, pos, q = ents
+            return native.run(j, ii, row, ch * p + pos, q)
+        rr, uu = np.nonzero(y != self.outs[j][ii])
+        return native.run(j, ii, rr, uu, y[rr, uu])
 
     def _channelwise(self, j: int) -> bool:
         return all(self.engine.fm.layers[i].op in ("act", "maxpool", "avgpool") for i in self.engine.post[j])
@@ -511,11 +557,17 @@ class FastEngine:
         """SDC outcomes (F, M) when input unit ``u[f]`` of stage ``j`` reads ``v_new[f, i]`` on image i
         (used by the NVF analysis to find each unit's critical values)."""
         st = self.engine.stages[j]
+        native = self._native(j)
+        if native is not None and native.plain[j]:
+            return native.input_faults(j, u, v_new)
         out = np.zeros(v_new.shape, bool)
         step = max(1, CHUNK // max(1, max(st.positions, st.d_in // 4) * self.m))
         for a in range(0, len(u), step):
             fi, ii, y, ents = self._input_changes(j, u[a:a + step], v_new[a:a + step])
             if not len(fi):
+                continue
+            if native is not None:
+                out[a + fi, ii] = self._native_run(native, j, ii, y, ents)
                 continue
             live, logits = self._propagate(j, ii, y=y, ents=ents)
             out[a + fi[live], ii[live]] = np.argmax(logits, axis=1) != self.pred[ii[live]]
