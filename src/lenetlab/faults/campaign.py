@@ -258,5 +258,6 @@ def run_campaign(engine: IntEngine, images: np.ndarray, target: str, bits: list[
     sdc = camp.fast(faults, progress) if engine_kind == "fast" else camp.naive(faults, progress)
     summary = summarize(engine, faults, sdc)
     summary.update({"mode": "exhaustive" if exhaustive else f"sampled ({samples} per layer and bit)",
-                    "engine": engine_kind, "seed": seed})
+                    "engine": engine_kind, "seed": seed,
+                    "native": engine_kind == "fast" and camp._propagator is not None})
     return faults, sdc, summary

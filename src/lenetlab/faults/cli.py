@@ -88,7 +88,8 @@ def cmd_campaign(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(summary))
         return 0
-    print(f"{a.target} faults ({a.fault_model}, {summary['mode']}, {a.engine} engine): {len(faults)} faults x "
+    kind = f"{a.engine} engine" + (", C propagation" if summary.get("native") else "")
+    print(f"{a.target} faults ({a.fault_model}, {summary['mode']}, {kind}): {len(faults)} faults x "
           f"{len(images)} images in {summary['wall_seconds']:.1f}s ({summary['faults_per_second']:.0f} faults/s)")
     for la in summary["layers"]:
         worst = max(la["bits"], key=lambda b: b["rate"])
