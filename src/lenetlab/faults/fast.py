@@ -141,6 +141,11 @@ class FastEngine:
         res[fi[live], ii[live]] = np.argmax(logits, axis=1) != self.pred[ii[live]]
         return res
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_propagator"] = None      # ctypes pointers into this process: rebuilt on first use after unpickling
+        return state
+
     def _native(self, j: int):
         """The C propagator (:mod:`lenetlab.faults.native`) when this campaign uses it and it covers the stages
         after ``j``, else None (the NumPy propagation)."""
@@ -335,6 +340,9 @@ class FastEngine:
             py, px = np.divmod(pi, w)
             ok = (py < 2 * oh) & (px < 2 * ow)                  # a cropped row / column feeds nothing
             ri, ci, py, px, q = ri[ok], ci[ok], py[ok], px[ok], q[ok]
+            if not len(q):                                        # every change was cropped away
+                empty = np.zeros(0, np.int64)
+                return None, (empty, empty, empty)
             win = (ri * c + ci) * (oh * ow) + (py // 2) * ow + px // 2
             if len(win) * 8 < len(img) * c * oh * ow:         # the pool windows holding a changed value
                 uk, slot = np.unique(win, return_inverse=True)
@@ -558,7 +566,7 @@ class FastEngine:
         (used by the NVF analysis to find each unit's critical values)."""
         st = self.engine.stages[j]
         native = self._native(j)
-        if native is not None and native.plain[j]:
+        if native is not None and native.plain[j] and -128 <= v_new.min(initial=0) and v_new.max(initial=0) <= 127:
             return native.input_faults(j, u, v_new)
         out = np.zeros(v_new.shape, bool)
         step = max(1, CHUNK // max(1, max(st.positions, st.d_in // 4) * self.m))

@@ -9,9 +9,10 @@ back end). The NumPy propagation stays as the fallback: for models it does not c
 the faulty one, subsample or RBF stages, post layers other than ACT tables and one 2x2 pool), where no C
 compiler is found, or with ``LENETLAB_NATIVE=0``.
 
-The library is compiled on first use with the system C compiler (``$CC``, else ``cc`` / ``gcc``;
-``-O3 -march=native``) into ``~/.cache/lenetlab/native/`` (or ``$XDG_CACHE_HOME``), keyed by the source, the
-compiler and the CPU, and loaded with ctypes. It runs on one thread.
+The library is compiled on first use with the system C compiler (``$CC``, else ``cc`` / ``gcc`` / ``clang``;
+``-O3 -march=native`` where the CPU's flags are known) into ``~/.cache/lenetlab/native/`` (or
+``$XDG_CACHE_HOME``; a temporary directory if that is not writable), keyed by the source, the compiler and the
+CPU, and loaded with ctypes; a damaged cached file is rebuilt. It runs on one thread.
 
 Example::
 
@@ -21,13 +22,18 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +50,7 @@ FLAGS = ("-std=c99", "-O3", "-shared", "-fPIC")
 _lib: ctypes.CDLL | None = None
 _tried = False
 _why = ""
+_lock = threading.Lock()
 
 
 class _Stage(ctypes.Structure):
@@ -56,74 +63,115 @@ class _Stage(ctypes.Structure):
                 ("lut_pre", ctypes.c_void_p), ("lut_post", ctypes.c_void_p)]
 
 
-def _cpu_key() -> str:
+def _cpu_flags() -> str:
+    """The CPU's feature flags from /proc/cpuinfo ('' where there is none)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
-        flags = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
     except OSError:
-        flags = ""
-    return f"{platform.machine()} {platform.processor()} {flags}"
+        return ""
+    return next((ln for ln in text.splitlines() if ln.lower().startswith(("flags", "features"))), "")
 
 
-def _compiler() -> str | None:
-    for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if cc and shutil.which(cc):
-            return cc
+def _compiler() -> list[str] | None:
+    """The C compiler command (``$CC`` may carry arguments, e.g. ``ccache gcc``), else cc / gcc / clang."""
+    env = shlex.split(os.environ.get("CC", ""))
+    for cmd in ([env] if env else []) + [["cc"], ["gcc"], ["clang"]]:
+        if shutil.which(cmd[0]):
+            return cmd
     return None
 
 
-def _build(cc: str, out: Path) -> None:
-    """Compile propagate.c into ``out`` (-march=native when the compiler takes it), atomically."""
+def _build(cc: list[str], out: Path, native_arch: bool) -> None:
+    """Compile propagate.c into ``out`` atomically (a temporary file renamed into place, so processes building
+    at once cannot load a half-written library); ``-march=native`` when asked for and the compiler takes it."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    for old in out.parent.glob("tmp*.so"):          # left by a build that was killed, over an hour ago
+        with contextlib.suppress(OSError):
+            if time.time() - old.stat().st_mtime > 3600:
+                old.unlink()
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
+    errors = []
     try:
-        for extra in (("-march=native",), ()):
-            r = subprocess.run([cc, *FLAGS, *extra, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+        for extra in ((("-march=native",),) if native_arch else ()) + ((),):
+            r = subprocess.run([*cc, *FLAGS, *extra, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
+                               timeout=300)
             if r.returncode == 0:
                 os.replace(tmp, out)
                 return
-        raise OSError(f"{cc} failed: {(r.stderr or r.stdout).strip()[:500]}")
+            errors.append(f"{' '.join([*cc, *extra])}: {(r.stderr or r.stdout).strip()[:300]}")
+        raise OSError("compiling failed: " + " | ".join(errors))
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def library() -> ctypes.CDLL | None:
-    """The compiled propagation library, built on first use; None when disabled or unavailable (see
-    :func:`why_not`)."""
-    global _lib, _tried, _why
-    if _tried:
-        return _lib
-    _tried = True
-    if os.environ.get("LENETLAB_NATIVE", "1") == "0":
-        _why = "disabled by LENETLAB_NATIVE=0"
-        return None
-    cc = _compiler()
-    if cc is None:
-        _why = "no C compiler found (set CC)"
-        return None
+def _key(cc: list[str]) -> tuple[str, bool]:
+    """The cache key of a build (source, compiler, CPU) and whether it may use ``-march=native``."""
+    exe = Path(shutil.which(cc[0]) or cc[0]).resolve()
+    st = exe.stat()
+    flags = _cpu_flags()
+    native_arch = bool(flags)            # without the CPU's flags the key cannot tell CPUs apart: portable code
+    ident = " ".join((str(exe), str(st.st_size), str(st.st_mtime_ns), *cc[1:], *FLAGS, str(native_arch),
+                      platform.machine(), flags))         # the compiler, without running it; the CPU
+    return hashlib.sha256(SOURCE.read_bytes() + ident.encode()).hexdigest()[:16], native_arch
+
+
+def _places() -> list[Path]:
     from lenetlab.data.datasets import cache_dir
 
-    try:
-        exe = Path(shutil.which(cc) or cc).resolve()
-        st = exe.stat()
-        ident = f"{exe} {st.st_size} {st.st_mtime_ns}"          # the compiler, without running it
-        key = hashlib.sha256(SOURCE.read_bytes() + " ".join((ident, *FLAGS, _cpu_key())).encode()).hexdigest()
-        path = cache_dir() / "native" / f"propagate-{key[:16]}.so"
-        if not path.is_file():
-            _build(cc, path)
-        lib = ctypes.CDLL(str(path))
-    except (OSError, subprocess.SubprocessError) as e:
-        _why = f"could not build or load {SOURCE.name}: {e}"
-        return None
-    head = [ctypes.POINTER(_Stage), ctypes.c_int32, ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
-    lib.lf_propagate.argtypes = head + [ctypes.c_void_p] * 5
-    lib.lf_weight_faults.argtypes = head + [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p]
-    lib.lf_input_faults.argtypes = head + [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_void_p]
-    lib.lf_propagate.restype = lib.lf_weight_faults.restype = lib.lf_input_faults.restype = ctypes.c_int
-    _lib = lib
-    return _lib
+    return [cache_dir() / "native", Path(tempfile.gettempdir()) / f"lenetlab-native-{os.getuid()}"]
+
+
+def _load(cc: list[str]) -> ctypes.CDLL:
+    """Build (once per source, compiler and CPU) and load the library; a cached file that does not load (cut
+    short, corrupt) is rebuilt once."""
+    key, native_arch = _key(cc)
+    last: OSError | None = None
+    for base in _places():
+        path = base / f"propagate-{key}.so"
+        try:
+            if not path.is_file():
+                _build(cc, path, native_arch)
+            try:
+                return ctypes.CDLL(str(path))
+            except OSError:              # a damaged cached file: build it again, once
+                path.unlink(missing_ok=True)
+                _build(cc, path, native_arch)
+                return ctypes.CDLL(str(path))
+        except (OSError, subprocess.SubprocessError) as e:   # e.g. an unwritable cache: try the next place
+            last = e if isinstance(e, OSError) else OSError(str(e))
+    raise last or OSError("no place to build in")
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled propagation library, built on first use; None when disabled or unavailable (see
+    :func:`why_not`; a warning says so once per process unless ``LENETLAB_NATIVE=0``)."""
+    global _lib, _tried, _why
+    with _lock:
+        if _tried:
+            return _lib
+        if os.environ.get("LENETLAB_NATIVE", "1") == "0":
+            _why = "disabled by LENETLAB_NATIVE=0"
+        elif (cc := _compiler()) is None:
+            _why = "no C compiler found (set CC)"
+        else:
+            try:
+                lib = _load(cc)
+                head = [ctypes.POINTER(_Stage), ctypes.c_int32, ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p,
+                        ctypes.c_int64]
+                lib.lf_propagate.argtypes = head + [ctypes.c_void_p] * 5
+                lib.lf_weight_faults.argtypes = head + [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p]
+                lib.lf_input_faults.argtypes = head + [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_void_p]
+                lib.lf_propagate.restype = lib.lf_weight_faults.restype = lib.lf_input_faults.restype = ctypes.c_int
+                _lib = lib
+            except (OSError, AttributeError) as e:
+                _why = f"could not build or load {SOURCE.name}: {e}"
+        _tried = True
+        if _lib is None and not _why.startswith("disabled"):
+            warnings.warn(f"lenetlab: fault campaigns run without their C back end (slower, same results): {_why}",
+                          RuntimeWarning, stacklevel=3)
+        return _lib
 
 
 def available() -> bool:
@@ -240,20 +288,38 @@ class Propagator:
             s.gather, s.fan_in = _ptr(self._arr(st.gather.T, np.int32)), st.fan_in          # (K, P)
         else:
             s.wt = _ptr(self._arr(we.T, np.int32))                                 # (d_in, rows_pad)
-        m, r, p = camp.m, st.rows, st.positions
         s.mult, s.shift = _ptr(self._arr(st.m, np.int64)), _ptr(self._arr(st.s, np.int64))
         s.acc = _ptr(self._arr(camp.accs[t], np.int64))
-        s.acc_t = _ptr(self._arr(camp.accs[t].transpose(0, 2, 1), np.int64))
-        s.out_t = _ptr(self._arr(camp.outs[t].reshape(m, r, p).transpose(0, 2, 1), np.int64))
         s.in_ = _ptr(self._arr(camp.inputs[t], np.int64))
-        s.in_z = _ptr(self._arr(np.concatenate([camp.inputs[t], np.zeros((m, 1), np.int64)], axis=1), np.int64))
+        if st.positions == 1:            # dense: position-major is the same layout, no copy
+            s.acc_t, s.out_t = s.acc, _ptr(self._arr(camp.outs[t], np.int64))
+
+    def _need(self, stages: range, zero_cell: int | None = None) -> None:
+        """Build, on first use, the position-major caches of ``stages`` (conv stages copy theirs) and the
+        zero-celled input of stage ``zero_cell`` (weight faults): a campaign pays memory only for what it runs."""
+        camp = self.camp
+        for t in stages:
+            s, st = self.structs[t], camp.engine.stages[t]
+            if self.plain[t] and not s.acc_t:
+                m, r, p = camp.m, st.rows, st.positions
+                s.acc_t = _ptr(self._arr(camp.accs[t].transpose(0, 2, 1), np.int64))
+                s.out_t = _ptr(self._arr(camp.outs[t].reshape(m, r, p).transpose(0, 2, 1), np.int64))
+        if zero_cell is not None and not self.structs[zero_cell].in_z:
+            x = camp.inputs[zero_cell]
+            self.structs[zero_cell].in_z = _ptr(self._arr(np.concatenate([x, np.zeros((len(x), 1), x.dtype)], axis=1),
+                                                          np.int64))
 
     def run(self, j: int, img: np.ndarray, row: np.ndarray, unit: np.ndarray, value: np.ndarray) -> np.ndarray:
         """SDC (bool, one per pair) of pairs with images ``img`` whose stage-``j`` outputs changed at entries
         (pair ``row``, flat output ``unit``, new ``value``); every pair has at least one entry."""
         n = len(img)
+        self._need(range(j + 1, self.n))
         order = np.argsort(row, kind="stable")
-        off = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=n))]).astype(np.int64)
+        count = np.bincount(row, minlength=n)
+        st = self.camp.engine.stages[j]
+        if n and count.max() > st.channels * st.positions:     # the C side relies on distinct units per pair
+            raise ValueError("more changed outputs in one pair than the stage has")
+        off = np.concatenate([[0], np.cumsum(count)]).astype(np.int64)
         units = np.ascontiguousarray(unit[order], np.int32)
         vals = np.ascontiguousarray(value[order], np.int64)
         img = np.ascontiguousarray(img, np.int64)
@@ -268,6 +334,7 @@ class Propagator:
         """SDC (F, M) of weight faults of stage ``j`` (``plain[j]``): fault f adds ``dw[f]`` (corrupted minus
         stored, connection-table mask applied) to weight (``row[f]``, ``tap[f]``)."""
         row, tap, dw = (np.ascontiguousarray(a, np.int64) for a in (row, tap, dw))
+        self._need(range(j + 1, self.n), zero_cell=j)
         sdc = np.zeros((len(row), self.camp.m), np.uint8)
         rc = self.lib.lf_weight_faults(self.structs, self.n, j, self.maxbuf, _ptr(self.pred), len(row), _ptr(row),
                                        _ptr(tap), _ptr(dw), self.camp.m, _ptr(sdc))
@@ -279,6 +346,9 @@ class Propagator:
         """SDC (F, M) when input ``unit[f]`` of stage ``j`` (``plain[j]``) reads ``v_new[f, m]`` on image m."""
         unit = np.ascontiguousarray(unit, np.int64)
         v_new = np.ascontiguousarray(v_new, np.int64)
+        if v_new.size and (v_new.min() < -128 or v_new.max() > 127):
+            raise ValueError("native input faults take int8 values (-128..127)")
+        self._need(range(j, self.n))
         sdc = np.zeros((len(unit), self.camp.m), np.uint8)
         rc = self.lib.lf_input_faults(self.structs, self.n, j, self.maxbuf, _ptr(self.pred), len(unit), _ptr(unit),
                                       _ptr(v_new), self.camp.m, _ptr(sdc))
