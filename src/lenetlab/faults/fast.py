@@ -21,6 +21,12 @@ float32 where the sums are provably exact.
 
 It also holds :meth:`FastEngine.replace_input`, the "what if stage input u read
 v" primitive the NVF analysis (:mod:`lenetlab.faults.nvf`) is built on.
+
+Where the model allows it (conv / dense stages with ACT tables and at most one
+2x2 pool between them), steps (2)-(6) after the faulty stage run in C
+(:mod:`lenetlab.faults.native`, the same integers; weight and activation faults
+of a conv / dense stage wholly in C); the NumPy code here is the fallback and
+is tested against the oracle on its own (``Campaign(..., native=False)``).
 """
 
 from __future__ import annotations
