@@ -28,7 +28,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--exhaustive", action="store_true", help="every site of the chosen layer(s) at every bit")
     c.add_argument("--fault-model", default="bitflip", help="bitflip | stuck_at_0 | stuck_at_1 "
                                                             "(lenetlab list fault_models)")
-    c.add_argument("--engine", default="fast", choices=("fast", "naive"))
+    c.add_argument("--engine", default="fast", choices=("fast", "naive"),
+                   help="fast: cached prefix + exact deltas, carried on in C where the model allows "
+                        "(LENETLAB_NATIVE=0: NumPy only); naive: one full forward per fault (the oracle)")
     c.add_argument("--seed", type=V.seed(), default=0)
     c.add_argument("--out", help="output directory (default QRUN/faults)")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
