@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -378,6 +379,53 @@ class _PrefetchedNoise:
         self._handles.clear()
 
 
+#: rows per forward of the fast path once a batch's normals are drawn: a batch of 1,000 rows is pushed through
+#: the model in pieces this size, so each layer's output stays in cache (oneDNN's conv with one input channel
+#: runs about 3x faster on 200-row pieces than on 1,000 rows, with the same values per row)
+CHUNK_ROWS = 200
+
+# model -> {(input shape, chunk, its modules): whether the pieces' logits equal the whole batch's, bit for bit (checked once)
+_CHUNK_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _forward(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor, ready: list[torch.Tensor] | None,
+             keep: bool) -> torch.Tensor:
+    """One noisy forward of the batch ``xr`` with the batch's normals ``ready`` (None: drawn as the hooks ask).
+
+    With normals in hand and every site's output of the batch's row count (not a time-major spiking model), the
+    batch runs in :data:`CHUNK_ROWS`-row pieces, each with the matching rows of every site's normals: the same
+    numbers per row, less memory traffic. Row independence of the model's kernels is not assumed: the first
+    time a model meets an input shape, the pieces' logits are compared bit for bit with one whole-batch
+    forward on the same normals; if they differ anywhere, this model and shape always run whole."""
+    rows, chunk = len(xr), CHUNK_ROWS
+    if (ready is None or chunk <= 0 or rows <= chunk or noise.time_major
+            or any(z.dim() == 0 or len(z) != rows for z in ready)):
+        noise.start(ready, keep=keep)
+        return model(xr)
+    seen = _CHUNK_OK.setdefault(model, {})
+    # a new module (e.g. QAT's parametrizations) or another input shape is checked anew
+    key = (tuple(xr.shape), chunk, tuple((type(m), id(m)) for m in model.modules()))
+    if key not in seen:
+        pieces = _pieces(model, noise, xr, ready, True, chunk)      # keep: the normals stay for the whole pass
+        noise.start(ready, keep=keep)
+        whole = model(xr)
+        seen[key] = torch.equal(pieces, whole)
+        return whole
+    if not seen[key]:
+        noise.start(ready, keep=keep)
+        return model(xr)
+    return _pieces(model, noise, xr, ready, keep, chunk)
+
+
+def _pieces(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor, ready: list[torch.Tensor], keep: bool,
+            chunk: int) -> torch.Tensor:
+    out = []
+    for a in range(0, len(xr), chunk):
+        noise.start([z[a:a + chunk] for z in ready], keep=keep)
+        out.append(model(xr[a:a + chunk]))
+    return torch.cat(out)
+
+
 def _fast_noisy_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float, draws: int,
                          relative: bool, sites: Sequence[str], seed: int, batch_size: int) -> dict[str, Any]:
     """:func:`noisy_accuracy` without weight noise; the same batches, stream and numbers as the reference."""
@@ -453,8 +501,7 @@ def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[floa
                 xr = xb.repeat(draws, *([1] * (xb.dim() - 1)))
                 for j, sg in enumerate(sigmas):
                     noise.sigma = sg
-                    noise.start(ready, keep=len(sigmas) > 1)
-                    logits = model(xr)
+                    logits = _forward(model, noise, xr, ready, keep=len(sigmas) > 1)
                     if ready is None:          # the first forward of this size drew as its hooks asked
                         ready = noise.drawn
                         plans.setdefault(rows, noise.shapes)
