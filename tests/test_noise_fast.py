@@ -187,3 +187,51 @@ def test_sweep_with_many_batches_and_its_bad_input():
         noisy_accuracy_sweep(model, x, y, [0.1, float("nan")])
     with pytest.raises(LenetlabError, match="draws"):
         noisy_accuracy_sweep(model, x, y, [0.1], draws=0)
+
+
+class _BatchCentred(nn.Module):
+    """A layer whose rows interact (it subtracts the batch mean): pieces of a batch give other values."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - x.mean(0, keepdim=True)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name,options,kw", [("lenet5", {}, {}), ("lenet5", {}, {"relative": True}),
+                                             ("lenet5", {"activation": "tanh", "pool": "avg"}, {}),
+                                             ("lenet_deep", {"depth": 4}, {"sites": ("input", "pool")})])
+def test_pieces_return_exactly_the_reference(monkeypatch, threads, name, options, kw):
+    """Forwards in 7-row pieces (a last piece of another size), on one thread or two (a sweep's helper): the
+    sweep and the single calls equal the reference, and pieces did run (the bit-for-bit check passed)."""
+    from lenetlab.noise import inject
+
+    monkeypatch.setattr(inject, "CHUNK_ROWS", 7)
+    torch.set_num_threads(threads)
+    model = _model(name, **options)
+    x, y = _data(37)
+    sigmas = [0.3, 2.0, 0.05]
+    ref = [noisy_accuracy(model, x, y, s, draws=3, seed=4, batch_size=39, reference=True, **kw) for s in sigmas]
+    assert inject.noisy_accuracy_sweep(model, x, y, sigmas, draws=3, seed=4, batch_size=39, **kw) == ref
+    assert [noisy_accuracy(model, x, y, s, draws=3, seed=4, batch_size=39, **kw) for s in sigmas] == ref
+    checked = inject._CHUNK_OK[model]
+    assert checked and all(checked.values())
+    assert torch.get_num_threads() == threads
+
+
+def test_a_model_whose_rows_interact_runs_whole(monkeypatch):
+    """The check catches a model where pieces differ from the whole batch: it then runs whole, so the numbers
+    still equal the reference's (without the check, the pieces' logits would be used and differ)."""
+    from lenetlab.noise import inject
+
+    monkeypatch.setattr(inject, "CHUNK_ROWS", 8)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), _BatchCentred(), nn.ReLU(), nn.Linear(32, 10)).eval()
+    x, y = _data(40)
+    sigmas = [0.2, 1.0]
+    ref = [noisy_accuracy(model, x, y, s, draws=2, seed=3, batch_size=40, reference=True) for s in sigmas]
+    assert inject.noisy_accuracy_sweep(model, x, y, sigmas, draws=2, seed=3, batch_size=40) == ref
+    assert list(inject._CHUNK_OK[model].values()) == [False]
+    # what the pieces alone would have given: other logits (so the check is what kept the numbers right)
+    with torch.inference_mode():
+        xr = x[:20].repeat(2, 1, 1, 1)
+        assert not torch.equal(torch.cat([model(xr[a:a + 8]) for a in range(0, 40, 8)]), model(xr))

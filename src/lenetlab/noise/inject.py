@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -295,6 +296,17 @@ def _fast_pools(model: nn.Module) -> Iterator[None]:
             del m.forward
 
 
+class _ForwardState(threading.local):
+    """One thread's forward in :class:`_PrefetchedNoise` (pieces of a batch may run on two threads at once)."""
+
+    def __init__(self) -> None:
+        self.ready: list[torch.Tensor] | None = None    # this forward's normals, or None: draw as asked
+        self.next = 0
+        self.keep = False
+        self.drawn: list[torch.Tensor] = []
+        self.shapes: list[tuple[torch.Size, torch.dtype]] = []
+
+
 class _PrefetchedNoise:
     """Forward hooks adding the noise of :class:`NoiseInjector` (absolute or relative, no weight noise) with
     the same generator and the same float operations, but with the standard normals of a forward drawn
@@ -314,10 +326,7 @@ class _PrefetchedNoise:
             self.generator.manual_seed(seed)
         self._spare_seed = self.generator.initial_seed()
         self._spare: torch.Generator | None = None
-        self.ready: list[torch.Tensor] | None = None     # this forward's normals, or None: draw as asked
-        self._next = 0
-        self.keep, self.drawn = False, []                 # see start()
-        self.shapes: list[tuple[torch.Size, torch.dtype]] = []   # this forward's site outputs, in call order
+        self.f = _ForwardState()      # this thread's forward: its normals, where it is in them (see start())
         self._handles: list[Any] = []
         if sigma == 0:
             return
@@ -334,18 +343,29 @@ class _PrefetchedNoise:
     def start(self, ready: list[torch.Tensor] | None, keep: bool = False) -> None:
         """Before a forward: its prepared normals (None: draw as the hooks ask). ``keep``: leave the normals
         as they are (a sweep reuses them for its next sigma) and collect those drawn now in ``drawn``."""
-        self.ready, self._next, self.shapes, self.keep, self.drawn = ready, 0, [], keep, []
+        f = self.f
+        f.ready, f.next, f.shapes, f.keep, f.drawn = ready, 0, [], keep, []
+
+    @property
+    def drawn(self) -> list[torch.Tensor]:
+        """The normals the last forward on this thread drew as its hooks asked (with ``keep``)."""
+        return self.f.drawn
+
+    @property
+    def shapes(self) -> list[tuple[torch.Size, torch.dtype]]:
+        """The site outputs (shape, dtype) of the last forward on this thread, in call order."""
+        return self.f.shapes
 
     def standard(self, y: torch.Tensor) -> torch.Tensor:
-        self.shapes.append((y.shape, y.dtype))
-        if self.ready is None:
+        f = self.f
+        f.shapes.append((y.shape, y.dtype))
+        if f.ready is None:
             z = torch.empty(y.shape, dtype=y.dtype).normal_(generator=self.generator)
-            if self.keep:
-                self.drawn.append(z)
-        elif self._next < len(self.ready) and self.ready[self._next].shape == y.shape \
-                and self.ready[self._next].dtype == y.dtype:
-            z = self.ready[self._next]
-            self._next += 1
+            if f.keep:
+                f.drawn.append(z)
+        elif f.next < len(f.ready) and f.ready[f.next].shape == y.shape and f.ready[f.next].dtype == y.dtype:
+            z = f.ready[f.next]
+            f.next += 1
         else:
             if self._spare is None:
                 self._spare = torch.Generator().manual_seed(self._spare_seed + 0x5EED)
@@ -365,7 +385,7 @@ class _PrefetchedNoise:
         else:
             factor = self.sigma
         # the same product and sum either way; kept normals get a buffer of their own
-        return (torch.mul(z, factor) if self.keep else z.mul_(factor)).add_(y)
+        return (torch.mul(z, factor) if self.f.keep else z.mul_(factor)).add_(y)
 
     def _input_hook(self, module: nn.Module, args: tuple) -> tuple:
         return (self.noisy(args[0]), *args[1:])
@@ -389,14 +409,16 @@ _CHUNK_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _forward(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor, ready: list[torch.Tensor] | None,
-             keep: bool) -> torch.Tensor:
+             keep: bool, helper: ThreadPoolExecutor | None = None) -> torch.Tensor:
     """One noisy forward of the batch ``xr`` with the batch's normals ``ready`` (None: drawn as the hooks ask).
 
     With normals in hand and every site's output of the batch's row count (not a time-major spiking model), the
     batch runs in :data:`CHUNK_ROWS`-row pieces, each with the matching rows of every site's normals: the same
-    numbers per row, less memory traffic. Row independence of the model's kernels is not assumed: the first
-    time a model meets an input shape, the pieces' logits are compared bit for bit with one whole-batch
-    forward on the same normals; if they differ anywhere, this model and shape always run whole."""
+    numbers per row, less memory traffic; with a ``helper`` thread, the second half of the pieces runs on it
+    (each thread's torch ops on one intra-op thread, so the values do not change). Row independence of the
+    model's kernels is not assumed: the first time a model meets an input shape, the pieces' logits are
+    compared bit for bit with one whole-batch forward on the same normals; if they differ anywhere, this model
+    and shape always run whole."""
     rows, chunk = len(xr), CHUNK_ROWS
     if (ready is None or chunk <= 0 or rows <= chunk or noise.time_major
             or any(z.dim() == 0 or len(z) != rows for z in ready)):
@@ -406,7 +428,7 @@ def _forward(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor, ready:
     # a new module (e.g. QAT's parametrizations) or another input shape is checked anew
     key = (tuple(xr.shape), chunk, tuple((type(m), id(m)) for m in model.modules()))
     if key not in seen:
-        pieces = _pieces(model, noise, xr, ready, True, chunk)      # keep: the normals stay for the whole pass
+        pieces = _pieces(model, noise, xr, ready, True, chunk, helper)   # keep: the normals stay for the whole
         noise.start(ready, keep=keep)
         whole = model(xr)
         seen[key] = torch.equal(pieces, whole)
@@ -414,16 +436,31 @@ def _forward(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor, ready:
     if not seen[key]:
         noise.start(ready, keep=keep)
         return model(xr)
-    return _pieces(model, noise, xr, ready, keep, chunk)
+    return _pieces(model, noise, xr, ready, keep, chunk, helper)
 
 
 def _pieces(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor, ready: list[torch.Tensor], keep: bool,
-            chunk: int) -> torch.Tensor:
-    out = []
-    for a in range(0, len(xr), chunk):
-        noise.start([z[a:a + chunk] for z in ready], keep=keep)
-        out.append(model(xr[a:a + chunk]))
-    return torch.cat(out)
+            chunk: int, helper: ThreadPoolExecutor | None) -> torch.Tensor:
+    inference = torch.is_inference_mode_enabled()     # thread-local, like grad mode: the helper takes ours
+
+    def run(starts: list[int]) -> list[torch.Tensor]:
+        out = []
+        with torch.inference_mode(inference):
+            for a in starts:
+                noise.start([z[a:a + chunk] for z in ready], keep=keep)
+                out.append(model(xr[a:a + chunk]))
+        return out
+
+    starts = list(range(0, len(xr), chunk))
+    if helper is None or len(starts) < 2:
+        return torch.cat(run(starts))
+    half = (len(starts) + 1) // 2
+    second = helper.submit(run, starts[half:])
+    try:
+        first = run(starts[:half])
+    finally:
+        rest = second.result()
+    return torch.cat(first + rest)
 
 
 def _fast_noisy_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float, draws: int,
@@ -469,7 +506,9 @@ def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[floa
     normals are drawn once - on demand in the first forward of a batch size, else from the plan of site shapes
     that forward recorded, the next batch's on a second thread while this one runs (torch on one intra-op
     thread meanwhile: two cores busy, no oversubscription; the generator is only ever used by one thread at a
-    time) - and each sigma gets one forward; with several sigmas the normals are kept for the next one."""
+    time) - and each sigma gets one forward; with several sigmas the normals are kept for the next one. Once a
+    batch's normals are in hand its forwards run in pieces (:func:`_forward`); a sweep of several sigmas, where
+    drawing is rare, runs half of the pieces on a second thread when torch was given two or more."""
     was_training = model.training
     threads = torch.get_num_threads()
     model.eval()
@@ -481,6 +520,9 @@ def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[floa
     plans: dict[int, list[tuple[torch.Size, torch.dtype]]] = {}
     pending: Future | None = None
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenetlab-noise")
+    # a sweep's normals are drawn once for all its sigmas: its forwards may use a second thread
+    helper = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenetlab-noise-pieces")
+              if len(sigmas) > 1 and threads > 1 else None)
     try:
         torch.set_num_threads(1)
         with torch.inference_mode(), _fast_pools(model):
@@ -501,7 +543,7 @@ def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[floa
                 xr = xb.repeat(draws, *([1] * (xb.dim() - 1)))
                 for j, sg in enumerate(sigmas):
                     noise.sigma = sg
-                    logits = _forward(model, noise, xr, ready, keep=len(sigmas) > 1)
+                    logits = _forward(model, noise, xr, ready, len(sigmas) > 1, helper)
                     if ready is None:          # the first forward of this size drew as its hooks asked
                         ready = noise.drawn
                         plans.setdefault(rows, noise.shapes)
@@ -510,6 +552,8 @@ def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[floa
                     per_image[j, i:i + per] += hit.sum(0)
     finally:
         worker.shutdown(wait=True)
+        if helper is not None:
+            helper.shutdown(wait=True)
         noise.remove()
         torch.set_num_threads(threads)
         model.train(was_training)
