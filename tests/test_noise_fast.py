@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 import torch
@@ -190,7 +191,10 @@ def test_sweep_with_many_batches_and_its_bad_input():
 
 
 class _BatchCentred(nn.Module):
-    """A layer whose rows interact (it subtracts the batch mean): pieces of a batch give other values."""
+    """A layer whose rows interact (it subtracts the batch mean): pieces of a batch give other values. It
+    claims ``row_wise`` falsely, so the bit-for-bit check is what must catch it."""
+
+    row_wise = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x - x.mean(0, keepdim=True)
@@ -216,6 +220,77 @@ def test_pieces_return_exactly_the_reference(monkeypatch, threads, name, options
     checked = inject._CHUNK_OK[model]
     assert checked and all(checked.values())
     assert torch.get_num_threads() == threads
+
+
+def test_sweep_pieces_run_on_the_helper_thread(monkeypatch):
+    from lenetlab.noise import inject
+
+    monkeypatch.setattr(inject, "CHUNK_ROWS", 7)
+    torch.set_num_threads(2)
+    model = _model()
+    names = set()
+    handle = model.conv1.register_forward_hook(lambda *a: names.add(threading.current_thread().name))
+    x, y = _data(37)
+    try:
+        got = inject.noisy_accuracy_sweep(model, x, y, [0.3, 2.0], draws=3, seed=4, batch_size=39)
+    finally:
+        handle.remove()
+    assert got == [noisy_accuracy(model, x, y, s, draws=3, seed=4, batch_size=39, reference=True)
+                   for s in (0.3, 2.0)]
+    assert any(n.startswith("lenetlab-noise-pieces") for n in names) and threading.main_thread().name in names
+
+
+def test_only_row_wise_models_run_in_pieces(monkeypatch):
+    """A module class that does not declare itself row-wise (a user's own layer) keeps whole batches: no check,
+    no pieces; a torch layer subclass counts as unknown too; parametrized layers (QAT) are known."""
+    from lenetlab.noise import inject
+
+    class Mine(nn.Module):
+        def forward(self, x):
+            return x * 2
+
+    class MyLinear(nn.Linear):
+        pass
+
+    assert inject.row_wise(_model()) and inject.row_wise(_model("lenet5_classic"))
+    assert not inject.row_wise(nn.Sequential(nn.Flatten(), Mine(), nn.Linear(784, 10)))
+    assert not inject.row_wise(nn.Sequential(nn.Flatten(), MyLinear(784, 10)))
+    assert not inject.row_wise(nn.Sequential(nn.Flatten(), nn.BatchNorm1d(784, track_running_stats=False)))
+    assert inject.row_wise(nn.Sequential(nn.Flatten(), nn.BatchNorm1d(784).eval()))
+    m = _model()
+    with apply_qat(m, 4, 0.5):
+        assert inject.row_wise(m)
+    monkeypatch.setattr(inject, "CHUNK_ROWS", 8)
+    model = nn.Sequential(nn.Flatten(), Mine(), nn.Linear(784, 10)).eval()
+    x, y = _data(40)
+    assert noisy_accuracy(model, x, y, 0.5, draws=2, seed=1, batch_size=40) == \
+        noisy_accuracy(model, x, y, 0.5, draws=2, seed=1, batch_size=40, reference=True)
+    assert model not in inject._CHUNK_OK
+
+
+class _MCDropout(nn.Module):
+    """Dropout that stays on in eval (Monte-Carlo dropout), declared row-wise: it draws from the global RNG."""
+
+    row_wise = True
+
+    def forward(self, x):
+        return F.dropout(x, 0.3, training=True)
+
+
+def test_the_check_leaves_the_global_random_state_alone(monkeypatch):
+    """The one-time check's extra forward must not consume the global stream a model draws from."""
+    from lenetlab.noise import inject
+
+    monkeypatch.setattr(inject, "CHUNK_ROWS", 8)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), _MCDropout(), nn.ReLU(), nn.Linear(32, 10)).eval()
+    x, y = _data(40)
+    torch.manual_seed(5)
+    ref = noisy_accuracy(model, x, y, 0.5, draws=2, seed=1, batch_size=40, reference=True)
+    after_ref = torch.random.get_rng_state()
+    torch.manual_seed(5)
+    assert noisy_accuracy(model, x, y, 0.5, draws=2, seed=1, batch_size=40) == ref
+    assert torch.equal(torch.random.get_rng_state(), after_ref)
 
 
 def test_a_model_whose_rows_interact_runs_whole(monkeypatch):

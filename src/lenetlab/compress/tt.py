@@ -168,6 +168,7 @@ def conv_modes(out_c: int, in_c: int, k: int, d: int) -> tuple[tuple[int, ...], 
 
 class TTMatrix(nn.Module):
     """A trainable TT matrix (MPO); :meth:`dense` gives the (rows x cols) matrix it represents."""
+    row_wise = True   # one sample's output depends on that sample only: lenetlab.noise.inject.row_wise
 
     def __init__(self, rows: tuple[int, ...], cols: tuple[int, ...], ranks: list[int]):
         super().__init__()
@@ -234,6 +235,7 @@ def _tt_svd_ranks(w2d: torch.Tensor, rows, cols, ranks: list[int]) -> list[torch
 
 class TTLinear(nn.Module):
     """``nn.Linear`` whose weight is a TT matrix (dense bias). ``weight`` is the materialised matrix."""
+    row_wise = True   # one sample's output depends on that sample only: lenetlab.noise.inject.row_wise
 
     noise_site = "linear"   # one analog-noise site (lenetlab.noise), like the dense layer
 
@@ -256,6 +258,7 @@ class TTLinear(nn.Module):
 
 class TTConv2d(nn.Module):
     """Square stride-1 ``nn.Conv2d`` whose reshaped kernel (out, in*k*k) is a TT matrix (dense bias)."""
+    row_wise = True   # one sample's output depends on that sample only: lenetlab.noise.inject.row_wise
 
     noise_site = "conv"   # one analog-noise site (lenetlab.noise), like the dense layer
 

@@ -22,6 +22,7 @@ MONOTONE = {"relu", "tanh", "scaled_tanh", "sigmoid", "selu", "identity"}
 
 class ScaledTanh(nn.Module):
     """1.7159 * tanh(2x/3): f(1) ~ 1, f(-1) ~ -1, maximal second derivative at +-1."""
+    row_wise = True   # one sample's output depends on that sample only: lenetlab.noise.inject.row_wise
 
     A, S = 1.7159, 2.0 / 3.0
 
@@ -31,6 +32,7 @@ class ScaledTanh(nn.Module):
 
 class Abs(nn.Module):
     """|x|: gradient magnitude 1 everywhere, so it neither vanishes nor explodes."""
+    row_wise = True   # one sample's output depends on that sample only: lenetlab.noise.inject.row_wise
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.abs(x)

@@ -48,6 +48,7 @@ class ClassicConfig:
 
 class Subsampling(nn.Module):
     """S2/S4: sum of each 2x2 block, times a trainable per-map coefficient, plus a bias."""
+    row_wise = True   # one sample's output depends on that sample only: lenetlab.noise.inject.row_wise
 
     def __init__(self, channels: int):
         super().__init__()
@@ -61,6 +62,7 @@ class Subsampling(nn.Module):
 
 class SparseConv(nn.Module):
     """C3: a 5x5 convolution that connects output map o only to ``table[o]``."""
+    row_wise = True   # one sample's output depends on that sample only: lenetlab.noise.inject.row_wise
 
     def __init__(self, table: tuple[tuple[int, ...], ...], in_ch: int, k: int = 5):
         super().__init__()
@@ -81,6 +83,7 @@ class SparseConv(nn.Module):
 
 class RBFOutput(nn.Module):
     """Euclidean RBF units: y_i = sum_j (x_j - w_ij)^2 with fixed centres w (not trained)."""
+    row_wise = True   # one sample's output depends on that sample only: lenetlab.noise.inject.row_wise
 
     def __init__(self, centres: torch.Tensor):
         super().__init__()
@@ -92,6 +95,7 @@ class RBFOutput(nn.Module):
 
 
 class LeNet5Classic(nn.Module):
+    row_wise = True   # one sample's output depends on that sample only: lenetlab.noise.inject.row_wise
     default_loss = "rbf"
 
     def __init__(self, cfg: ClassicConfig):

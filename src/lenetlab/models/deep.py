@@ -38,6 +38,7 @@ class DeepConfig:
 
 
 class LeNetDeep(nn.Module):
+    row_wise = True   # one sample's output depends on that sample only: lenetlab.noise.inject.row_wise
     default_loss = "ce"
 
     def __init__(self, cfg: DeepConfig):

@@ -66,6 +66,7 @@ def add_lenet5_layers(module: nn.Module, cfg) -> None:
 
 
 class LeNet5(nn.Module):
+    row_wise = True   # one sample's output depends on that sample only: lenetlab.noise.inject.row_wise
     default_loss = "ce"
 
     def __init__(self, cfg: LeNet5Config):

@@ -53,6 +53,7 @@ class PCALogRegConfig:
 
 class FixedProjection(nn.Module):
     """z = x_flat @ weight.T + bias with fixed (buffer) weights: a fitted PCA, no trainable parameters."""
+    row_wise = True   # one sample's output depends on that sample only: lenetlab.noise.inject.row_wise
 
     def __init__(self, in_features: int, out_features: int, seed: int):
         super().__init__()
@@ -67,6 +68,7 @@ class FixedProjection(nn.Module):
 
 
 class PCALogReg(nn.Module):
+    row_wise = True   # one sample's output depends on that sample only: lenetlab.noise.inject.row_wise
     default_loss = "ce"
 
     def __init__(self, cfg: PCALogRegConfig):

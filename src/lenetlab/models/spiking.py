@@ -71,6 +71,7 @@ class LIF(nn.Module):
     The layer owns its membrane ``mem`` (the state after the last step);
     :meth:`reset_state` clears it.
     """
+    row_wise = True   # one sample's output depends on that sample only: lenetlab.noise.inject.row_wise
 
     def __init__(self, beta: float, threshold: float, spike, fire: bool = True):
         super().__init__()
@@ -100,6 +101,7 @@ class LIF(nn.Module):
 
 
 class SpikingLeNet5(nn.Module):
+    row_wise = True   # one sample's output depends on that sample only: lenetlab.noise.inject.row_wise
     default_loss = "ce"
 
     def __init__(self, cfg: SpikingLeNet5Config):

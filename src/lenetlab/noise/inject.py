@@ -404,31 +404,73 @@ class _PrefetchedNoise:
 #: runs about 3x faster on 200-row pieces than on 1,000 rows, with the same values per row)
 CHUNK_ROWS = 200
 
-# model -> {(input shape, chunk, its modules): whether the pieces' logits equal the whole batch's, bit for bit (checked once)
+# torch modules whose output row i depends on input row i only (in eval mode; exact types: a subclass may
+# override forward)
+_ROW_WISE_TORCH = {nn.Conv1d, nn.Conv2d, nn.Linear, nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout2d,
+                   nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict, *_POOL,
+                   nn.ReLU, nn.ReLU6, nn.Tanh, nn.Sigmoid, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+                   nn.LeakyReLU, nn.PReLU, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign,
+                   nn.LogSigmoid, nn.Tanhshrink, nn.Threshold}
+
+# model -> {(input, parameters, modules, noise settings, pieces): whether the pieces' logits equal the whole
+# batch's, bit for bit (checked once)}
 _CHUNK_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def row_wise(model: nn.Module) -> bool:
+    """Whether every module of ``model`` is known to compute each sample from that sample alone (in eval mode):
+    the torch layers above, BatchNorm with running statistics, and classes that declare ``row_wise = True``
+    (lenetlab's models and layers do). Only such models run in pieces; any other (a user's own class, until it
+    declares itself) runs whole batches, as before."""
+    from torch.nn.utils import parametrize
+
+    for m in model.modules():
+        cls = type(m)
+        if parametrize.is_parametrized(m):
+            cls = cls.__mro__[1]                 # torch's Parametrized<Class> wrapper: the layer's own class
+        if getattr(cls, "row_wise", False) is True or cls in _ROW_WISE_TORCH:
+            continue
+        if cls is parametrize.ParametrizationList:
+            continue
+        if cls in (nn.BatchNorm1d, nn.BatchNorm2d) and m.track_running_stats and m.running_mean is not None:
+            continue
+        return False
+    return True
 
 
 def _forward(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor, ready: list[torch.Tensor] | None,
              keep: bool, helper: ThreadPoolExecutor | None = None) -> torch.Tensor:
     """One noisy forward of the batch ``xr`` with the batch's normals ``ready`` (None: drawn as the hooks ask).
 
-    With normals in hand and every site's output of the batch's row count (not a time-major spiking model), the
-    batch runs in :data:`CHUNK_ROWS`-row pieces, each with the matching rows of every site's normals: the same
-    numbers per row, less memory traffic; with a ``helper`` thread, the second half of the pieces runs on it
-    (each thread's torch ops on one intra-op thread, so the values do not change). Row independence of the
-    model's kernels is not assumed: the first time a model meets an input shape, the pieces' logits are
-    compared bit for bit with one whole-batch forward on the same normals; if they differ anywhere, this model
-    and shape always run whole."""
+    For a :func:`row_wise` model, with normals in hand and every site's output of the batch's row count (not a
+    time-major spiking model), the batch runs in :data:`CHUNK_ROWS`-row pieces, each with the matching rows of
+    every site's normals: the same numbers per row, less memory traffic; with a ``helper`` thread, the second
+    half of the pieces runs on it (each thread's torch ops on one intra-op thread, so the values do not
+    change). The kernels' own row independence (a BLAS may block rows differently) is checked too: the first
+    time a model meets an input shape, the pieces' logits (on a copy of the normals, laid out as they will be)
+    are compared bit for bit with one whole-batch forward; if they differ anywhere, this model and shape always
+    run whole. The check leaves the global random state and the noise's generators as it found them."""
     rows, chunk = len(xr), CHUNK_ROWS
     if (ready is None or chunk <= 0 or rows <= chunk or noise.time_major
-            or any(z.dim() == 0 or len(z) != rows for z in ready)):
+            or any(z.dim() == 0 or len(z) != rows for z in ready) or not row_wise(model)):
         noise.start(ready, keep=keep)
         return model(xr)
-    seen = _CHUNK_OK.setdefault(model, {})
-    # a new module (e.g. QAT's parametrizations) or another input shape is checked anew
-    key = (tuple(xr.shape), chunk, tuple((type(m), id(m)) for m in model.modules()))
+    try:
+        seen = _CHUNK_OK.setdefault(model, {})
+    except TypeError:                            # a model class that cannot be hashed: no record, no pieces
+        noise.start(ready, keep=keep)
+        return model(xr)
+    key = (xr.shape, xr.dtype, xr.device, tuple((p.dtype, p.device) for p in model.parameters()),
+           tuple((type(m), id(m)) for m in model.modules()), noise.relative, chunk)
     if key not in seen:
-        pieces = _pieces(model, noise, xr, ready, True, chunk, helper)   # keep: the normals stay for the whole
+        if len(seen) >= 64:                      # e.g. QAT put on and taken off a long-lived model many times
+            seen.clear()
+        spare = noise._spare.get_state() if noise._spare is not None else None
+        with torch.random.fork_rng(devices=[]):
+            trial = [z.clone() for z in ready] if not keep else ready
+            pieces = _pieces(model, noise, xr, trial, keep, chunk, None)
+        if spare is not None:
+            noise._spare.set_state(spare)
         noise.start(ready, keep=keep)
         whole = model(xr)
         seen[key] = torch.equal(pieces, whole)
@@ -521,7 +563,9 @@ def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[floa
     pending: Future | None = None
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenetlab-noise")
     # a sweep's normals are drawn once for all its sigmas: its forwards may use a second thread
-    helper = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenetlab-noise-pieces")
+    # (its torch ops on one intra-op thread: a new thread's OpenMP default would be every core)
+    helper = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenetlab-noise-pieces",
+                                 initializer=torch.set_num_threads, initargs=(1,))
               if len(sigmas) > 1 and threads > 1 else None)
     try:
         torch.set_num_threads(1)

@@ -92,6 +92,7 @@ def check_scale(scale: float) -> float:
 
 
 class _WeightQuant(nn.Module):
+    row_wise = True   # one sample's output depends on that sample only: lenetlab.noise.inject.row_wise
     def __init__(self, bits: int, per_channel: bool):
         super().__init__()
         self.bits, self.per_channel = bits, per_channel
