@@ -252,7 +252,16 @@ def test_only_row_wise_models_run_in_pieces(monkeypatch):
     class MyLinear(nn.Linear):
         pass
 
+    class MyLeNet(type(_model())):
+        def forward(self, x):       # overrides a declared class's forward without declaring itself
+            return super().forward(x - x.mean(0))
+
+    class SameLeNet(type(_model())):
+        pass
+
     assert inject.row_wise(_model()) and inject.row_wise(_model("lenet5_classic"))
+    from lenetlab.models.lenet5 import LeNet5Config
+    assert not inject.row_wise(MyLeNet(LeNet5Config())) and inject.row_wise(SameLeNet(LeNet5Config()))
     assert not inject.row_wise(nn.Sequential(nn.Flatten(), Mine(), nn.Linear(784, 10)))
     assert not inject.row_wise(nn.Sequential(nn.Flatten(), MyLinear(784, 10)))
     assert not inject.row_wise(nn.Sequential(nn.Flatten(), nn.BatchNorm1d(784, track_running_stats=False)))

@@ -420,16 +420,19 @@ _CHUNK_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def row_wise(model: nn.Module) -> bool:
     """Whether every module of ``model`` is known to compute each sample from that sample alone (in eval mode):
     the torch layers above, BatchNorm with running statistics, and classes that declare ``row_wise = True``
-    (lenetlab's models and layers do). Only such models run in pieces; any other (a user's own class, until it
-    declares itself) runs whole batches, as before."""
+    (lenetlab's models and layers do; a subclass that defines its own ``forward`` must declare it again). Only
+    such models run in pieces; any other (a user's own class, until it declares itself) runs whole batches."""
     from torch.nn.utils import parametrize
 
     for m in model.modules():
         cls = type(m)
         if parametrize.is_parametrized(m):
             cls = cls.__mro__[1]                 # torch's Parametrized<Class> wrapper: the layer's own class
-        if getattr(cls, "row_wise", False) is True or cls in _ROW_WISE_TORCH:
+        if cls in _ROW_WISE_TORCH:
             continue
+        if vars(cls).get("row_wise") is True or (getattr(cls, "row_wise", False) is True
+                                                 and "forward" not in vars(cls)):
+            continue     # declared; a subclass with a forward of its own must declare it again
         if cls is parametrize.ParametrizationList:
             continue
         if cls in (nn.BatchNorm1d, nn.BatchNorm2d) and m.track_running_stats and m.running_mean is not None:
