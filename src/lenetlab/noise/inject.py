@@ -441,21 +441,31 @@ def row_wise(model: nn.Module) -> bool:
     return True
 
 
+def _piece_key(model: nn.Module, noise: _PrefetchedNoise) -> tuple | None:
+    """What a pieces check depends on besides the input (taken once per evaluation: the model does not change
+    during one); None when the model may not run in pieces at all (not :func:`row_wise`, time-major)."""
+    if noise.time_major or not row_wise(model):
+        return None
+    return (tuple((p.dtype, p.device) for p in model.parameters()),
+            tuple((type(m), id(m)) for m in model.modules()), noise.relative)
+
+
 def _forward(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor, ready: list[torch.Tensor] | None,
-             keep: bool, helper: ThreadPoolExecutor | None = None) -> torch.Tensor:
+             keep: bool, fixed: tuple | None, helper: ThreadPoolExecutor | None = None) -> torch.Tensor:
     """One noisy forward of the batch ``xr`` with the batch's normals ``ready`` (None: drawn as the hooks ask).
 
-    For a :func:`row_wise` model, with normals in hand and every site's output of the batch's row count (not a
-    time-major spiking model), the batch runs in :data:`CHUNK_ROWS`-row pieces, each with the matching rows of
-    every site's normals: the same numbers per row, less memory traffic; with a ``helper`` thread, the second
+    For a :func:`row_wise` model (``fixed``: its :func:`_piece_key`; None: never in pieces), with normals in
+    hand and every site's output of the batch's row count, the batch runs in :data:`CHUNK_ROWS`-row pieces,
+    each with the matching rows of every site's normals: the same numbers per row, less memory traffic (a
+    time-major spiking model's sites are not row-major: it runs whole); with a ``helper`` thread, the second
     half of the pieces runs on it (each thread's torch ops on one intra-op thread, so the values do not
     change). The kernels' own row independence (a BLAS may block rows differently) is checked too: the first
     time a model meets an input shape, the pieces' logits (on a copy of the normals, laid out as they will be)
     are compared bit for bit with one whole-batch forward; if they differ anywhere, this model and shape always
     run whole. The check leaves the global random state and the noise's generators as it found them."""
     rows, chunk = len(xr), CHUNK_ROWS
-    if (ready is None or chunk <= 0 or rows <= chunk or noise.time_major
-            or any(z.dim() == 0 or len(z) != rows for z in ready) or not row_wise(model)):
+    if fixed is None or ready is None or chunk <= 0 or rows <= chunk or any(z.dim() == 0 or len(z) != rows
+                                                                            for z in ready):
         noise.start(ready, keep=keep)
         return model(xr)
     try:
@@ -463,17 +473,17 @@ def _forward(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor, ready:
     except TypeError:                            # a model class that cannot be hashed: no record, no pieces
         noise.start(ready, keep=keep)
         return model(xr)
-    key = (xr.shape, xr.dtype, xr.device, tuple((p.dtype, p.device) for p in model.parameters()),
-           tuple((type(m), id(m)) for m in model.modules()), noise.relative, chunk)
+    key = (xr.shape, xr.dtype, xr.device, fixed, chunk)
     if key not in seen:
         if len(seen) >= 64:                      # e.g. QAT put on and taken off a long-lived model many times
             seen.clear()
-        spare = noise._spare.get_state() if noise._spare is not None else None
+        spare = noise._spare, (noise._spare.get_state() if noise._spare is not None else None)
         with torch.random.fork_rng(devices=[]):
             trial = [z.clone() for z in ready] if not keep else ready
             pieces = _pieces(model, noise, xr, trial, keep, chunk, None)
-        if spare is not None:
-            noise._spare.set_state(spare)
+        noise._spare = spare[0]                  # as it was: absent, or at the same place in its stream
+        if spare[1] is not None:
+            noise._spare.set_state(spare[1])
         noise.start(ready, keep=keep)
         whole = model(xr)
         seen[key] = torch.equal(pieces, whole)
@@ -572,6 +582,7 @@ def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[floa
               if len(sigmas) > 1 and threads > 1 else None)
     try:
         torch.set_num_threads(1)
+        fixed = _piece_key(model, noise)
         with torch.inference_mode(), _fast_pools(model):
             for k, i in enumerate(starts):
                 xb, yb = x[i:i + per], y[i:i + per]
@@ -590,7 +601,7 @@ def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[floa
                 xr = xb.repeat(draws, *([1] * (xb.dim() - 1)))
                 for j, sg in enumerate(sigmas):
                     noise.sigma = sg
-                    logits = _forward(model, noise, xr, ready, len(sigmas) > 1, helper)
+                    logits = _forward(model, noise, xr, ready, len(sigmas) > 1, fixed, helper)
                     if ready is None:          # the first forward of this size drew as its hooks asked
                         ready = noise.drawn
                         plans.setdefault(rows, noise.shapes)
