@@ -224,3 +224,56 @@ def test_clock_apart_keeps_a_runs_files_byte_identical(tmp_path):
                for k in ("epoch_seconds", "wall_seconds", "unix_time"))
     assert "wall_seconds" in json.loads((tmp_path / "plain" / "summary.json").read_text())
     assert not (tmp_path / "plain" / "timings.jsonl").exists()
+
+
+def test_bf16_precision_autocasts_the_training_forward_only(tmp_path):
+    """train.precision=bf16: the convolutions of the training forward run in bfloat16, the evaluation and the
+    weights stay float32, the run is deterministic and its config records the precision; fp32 runs are not
+    touched (their convolutions stay float32)."""
+    from lenetlab.train.plugins import TrainerPlugin
+
+    class ConvDtypes(TrainerPlugin):
+        """Records the dtype of conv1's output at every forward, with the model's mode."""
+
+        name = "conv-dtypes"
+
+        def __init__(self):
+            self.seen = []
+
+        def setup(self, ctx):
+            ctx.model.conv1.register_forward_hook(
+                lambda m, a, out: self.seen.append((m.training, out.dtype)))
+            return []
+
+    over = {**BITS, "train": {**BITS["train"], "precision": "bf16", "epochs": 1}}
+    runs = []
+    for precision in ("bf16", "bf16", "fp32"):
+        probe = ConvDtypes()
+        o = {**over, "train": {**over["train"], "precision": precision}}
+        s = fit(resolve("fast", overrides=o), out=tmp_path / f"{precision}{len(runs)}", plugins=[probe], log=None,
+                progress=False)
+        runs.append((precision, probe.seen, s))
+    for precision, seen, s in runs:
+        train_dtypes = {d for training, d in seen if training}
+        eval_dtypes = {d for training, d in seen if not training}
+        assert train_dtypes == ({torch.bfloat16} if precision == "bf16" else {torch.float32})
+        assert eval_dtypes == {torch.float32}
+        assert all(p.dtype == torch.float32 for p in s["_model"].parameters())
+    assert json.loads((tmp_path / "bf160" / "config.json").read_text())["train"]["precision"] == "bf16"
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("bf160", "bf161"))
+    assert all(torch.equal(a[k], b[k]) for k in a)                    # seeded: bit for bit again
+    c = load_file(str(tmp_path / "fp322" / "model.safetensors"))
+    assert any(not torch.equal(a[k], c[k]) for k in a)                # and not the fp32 run
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"train": {"precision": "fp16"}}, "train.precision must be one of fp32, bf16"),
+    ({"train": {"precision": "bf16", "zo": {"method": "elasticzo"}}}, "use precision fp32"),
+])
+def test_bad_precision_is_refused_before_anything_is_written(tmp_path, over, message):
+    from lenetlab.errors import LenetlabError
+
+    o = {**BITS, "train": {**BITS["train"], **over["train"]}}
+    with pytest.raises(LenetlabError, match=message):
+        fit(resolve("fast", overrides=o), out=tmp_path / "run", log=None, progress=False)
+    assert not (tmp_path / "run").exists()

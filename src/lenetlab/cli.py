@@ -29,7 +29,8 @@ def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
 
     o: dict[str, Any] = {}
     train = {k: v for k, v in (("epochs", a.epochs), ("seed", a.seed), ("batch_size", a.batch_size),
-                               ("lr", a.lr), ("stop_at_accuracy", a.stop_at)) if v is not None}
+                               ("lr", a.lr), ("stop_at_accuracy", a.stop_at), ("precision", a.precision))
+             if v is not None}
     train.update(section_overrides(a, TrainConfig))   # the training plugins' options (--zo-eps, --rule, ...)
     if train:
         o["train"] = train
@@ -419,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", help="mnist | fashion_mnist | kmnist")
     t.add_argument("--data-dir", help="folder with dataset IDX files (else $LENETLAB_DATA)")
     t.add_argument("--stop-at", type=float, metavar="ACC", help="stop once test accuracy >= ACC (0..1)")
+    t.add_argument("--precision", choices=("fp32", "bf16"),
+                   help="bf16: the training forward pass in bfloat16 (autocast; fast on CPUs with native bf16), "
+                        "weights and evaluation fp32")
     from lenetlab.config import TrainConfig, add_section_flags
 
     add_section_flags(t, TrainConfig)   # --<section>-<option> of every training plugin's config section

@@ -69,6 +69,9 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 2000
     channels_last: bool = True    # faster mkldnn convolutions on CPU, same maths
+    # fp32 | bf16: bf16 autocasts the training forward pass (convolutions and matmuls in bfloat16, fast on CPUs
+    # with native bf16, e.g. AVX512-BF16/AMX); weights, optimizer state, loss and every evaluation stay fp32
+    precision: str = "fp32"
     eval_test_every_epoch: bool = True
     stop_at_accuracy: float | None = None  # stop once test accuracy >= this (benchmarks)
     grad_norms: bool = True       # log per-layer gradient norms (epoch means) to metrics.jsonl

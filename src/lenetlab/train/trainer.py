@@ -57,6 +57,23 @@ def make_loss(model: nn.Module, cfg: TrainConfig) -> LossFn:
     raise LenetlabError(f"unknown loss {cfg.loss!r}; choose from: auto, ce, rbf")
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def _check_precision(tc: TrainConfig, plugins: Sequence[Any]) -> bool:
+    """Whether the training forward pass runs under bf16 autocast (``train.precision``); refuses bad values and
+    plugins that replace the training step (their own arithmetic: ZO, local rules, the INT8 engine)."""
+    if tc.precision not in PRECISIONS:
+        raise LenetlabError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {tc.precision!r}")
+    if tc.precision == "fp32":
+        return False
+    stepping = [p.name for p in plugins if p.overrides_step()]
+    if stepping:
+        raise LenetlabError(f"train.precision=bf16 autocasts the backprop step; {', '.join(stepping)} replaces "
+                            "that step, so use precision fp32 with it")
+    return True
+
+
 def _fmt(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
@@ -142,6 +159,7 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
     schedule_factory = get("schedule", tc.schedule)
     opt_factory = get("optimizer", tc.optimizer)
     plugins = active_plugins(tc, extra=plugins)
+    bf16 = _check_precision(tc, plugins)
     cpu_only = [p.cpu_only() for p in plugins if p.cpu_only()]
     if dev.type != "cpu" and cpu_only:
         if device not in (None, "auto"):
@@ -230,7 +248,12 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
                     logits, loss = stepper.step(xb, yb, lr, step, ctx)
                 else:
                     opt = ctx.opt
-                    logits = model(xb)
+                    if bf16:
+                        with torch.autocast(dev.type, dtype=torch.bfloat16):
+                            logits = model(xb)
+                        logits = logits.float()
+                    else:
+                        logits = model(xb)
                     loss = loss_fn(logits, yb)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
