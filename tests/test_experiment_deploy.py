@@ -29,7 +29,7 @@ def test_tiny_run_end_to_end(tiny):
     assert all(x.verdict in stats.VERDICTS for x in r.all_claims)
     # what comes from clock readings is kept apart from result.json and report.md (the same in every run)
     assert {x.name for x in r.timings.claims} == set(LATENCY_CLAIMS)
-    assert r.timings.figures == ["latency.png"] and not r.figures and r.wall_seconds > 0
+    assert r.timings.figures == ["latency.png"] and not r.figures and isinstance(r.wall_seconds, float)
     assert "torch_ms_per_image" in r.timings.metrics and "torch_ms_per_image" not in r.metrics
     assert "ms/image" not in (tmp_path / "report.md").read_text()
     assert "c_vs_torch_latency" in (tmp_path / "timings.md").read_text()
