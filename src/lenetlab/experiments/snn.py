@@ -407,8 +407,10 @@ def _plot(out: Path, s: Settings, rows: list[dict[str, Any]]) -> list[str]:
                 ax.set_xlabel("eps (L-inf, [0,1] pixels)")
             if j == 0:
                 ax.set_ylabel("accuracy under attack %")
-    axes[0, 1].legend(fontsize=8)
-    fig.tight_layout()
+    # one legend for all panels, above them (inside a panel it hid curves)
+    handles, labels = axes[0, 1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     save_figure(fig, out / "accuracy_vs_eps.png", dpi=100)
     plt.close(fig)
     return ["accuracy_vs_eps.png"]
