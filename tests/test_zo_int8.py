@@ -17,6 +17,7 @@ from lenetlab.train.zo_int8 import (
     Int8Config,
     Int8ElasticZO,
     conv_int,
+    conv_pool_int,
     int8_matmul,
     int_cross_entropy,
     integer_matmul,
@@ -87,11 +88,12 @@ def test_float32_exact_matmul_trains_the_same_bits_as_int_mm(cutoff, mnist_test)
     with DtypeRecorder() as rec:
         nets[0].train_step(xq, e, y, step=9)
     floats = {op for op, dt in rec.seen if dt.is_floating_point}
-    # float32 only for the GEMM: its operands (conversion, im2col views and copy), product and max-pool
-    gemm = {"aten._to_copy.default", "aten.mm.default", "aten.unfold.default", "aten.permute.default",
-            "aten.view.default", "aten._unsafe_view.default", "aten.clone.default", "aten.slice.Tensor",
-            "aten.max_pool2d_with_indices.default"}
-    assert "aten.mm.default" in floats and floats <= gemm, floats - gemm
+    # float32 only for the GEMM and the convolution: their operands (conversion, views), products and the
+    # max-pool (two strided maxima)
+    gemm = {"aten._to_copy.default", "aten.mm.default", "aten.convolution.default", "aten.view.default",
+            "aten._unsafe_view.default", "aten.alias.default", "aten.slice.Tensor", "aten.maximum.default",
+            "aten.t.default"}
+    assert {"aten.mm.default", "aten.convolution.default"} <= floats <= gemm, floats - gemm
 
 
 def test_int8_matmul_is_exact_at_the_extremes():
@@ -224,3 +226,27 @@ def test_int8_zo_update_is_clamped_to_one_lsb():
         zz = z.int8_tensors()[k].to(torch.int32) - b.to(torch.int32)
         inside = b.abs() < 126   # away from the clamp at +-(127 - eps)
         assert torch.equal(d[inside], -zz[inside]), k
+
+
+def test_conv_pool_exact_on_both_paths_and_under_reduced_float32_precision():
+    """conv + bias + 2x2 max-pool: the default float32 path, the integer path and a float64 reference agree;
+    with the opt-in reduced float32 precision (which would round the products) the engine takes the integer
+    path, so it stays exact."""
+    g = torch.Generator().manual_seed(0)
+    for n, c, h, o, pad in ((9, 1, 28, 6, 2), (40, 6, 14, 16, 0)):
+        x = torch.randint(-128, 128, (n, c, h, h), dtype=torch.int8, generator=g)
+        w = torch.randint(-128, 128, (o, c, 5, 5), dtype=torch.int8, generator=g)
+        x[0], w[0] = -128, -128                 # the largest sums
+        b = torch.randint(-1000, 1000, (o,), dtype=torch.int32, generator=g)
+        ref = (F.max_pool2d(F.conv2d(x.double(), w.double(), padding=pad), 2).to(torch.int32) + b.view(1, o, 1, 1))
+        assert torch.equal(conv_pool_int(x, w, b, pad), ref)
+        with integer_matmul():
+            assert torch.equal(conv_pool_int(x, w, b, pad), ref)
+        before = torch.get_float32_matmul_precision()
+        try:
+            torch.set_float32_matmul_precision("medium")
+            assert torch.equal(conv_pool_int(x, w, b, pad), ref)
+            assert torch.equal(int8_matmul(x.view(n, -1)[:, :25], w.view(o, -1)[:, :25].t()),
+                               (x.view(n, -1)[:, :25].long() @ w.view(o, -1)[:, :25].t().long()).to(torch.int32))
+        finally:
+            torch.set_float32_matmul_precision(before)

@@ -8,6 +8,9 @@ options, so ``lenet5_abs`` and slimmer variants are configs, not copies.
 Speed note: with max-pooling and a non-decreasing activation we pool first
 and activate after. max(f(x)) == f(max(x)), so outputs and gradients are
 identical, but the activation (and its backward) touches 4x fewer values.
+Where no gradient is needed (evaluation, zeroth-order forwards) the max-pool
+skips torch's argmax bookkeeping (:class:`lenetlab.models.pooling.MaxPool2x2`,
+the same values).
 
 Example::
 
@@ -25,6 +28,7 @@ from torch import nn
 from lenetlab.errors import LenetlabError
 from lenetlab.models.activations import MONOTONE, make_activation
 from lenetlab.models.base import register_model
+from lenetlab.models.pooling import MaxPool2x2
 
 
 @dataclass
@@ -62,7 +66,7 @@ def add_lenet5_layers(module: nn.Module, cfg) -> None:
     module.fc1 = nn.Linear(c3 * side * side, f5)
     module.fc2 = nn.Linear(f5, f6)
     module.fc3 = nn.Linear(f6, cfg.num_classes)
-    module.pool = nn.MaxPool2d(2) if cfg.pool == "max" else nn.AvgPool2d(2)
+    module.pool = MaxPool2x2() if cfg.pool == "max" else nn.AvgPool2d(2)
 
 
 class LeNet5(nn.Module):

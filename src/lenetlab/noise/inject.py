@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from lenetlab.errors import LenetlabError
+from lenetlab.models.pooling import max_pool2x2 as _pool2x2
 
 SITES = ("input", "conv", "act", "pool", "linear")
 _POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -263,14 +264,6 @@ def _reference_noisy_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor
 
 
 # ---- the fast path: the reference's numbers, less work
-
-
-def _pool2x2(x: torch.Tensor) -> torch.Tensor:
-    """``max_pool2d(x, 2)`` (floor mode) as two strided maxima: the same values, NaN propagated alike, several
-    times faster on CPU than the kernel that also tracks the argmax indices."""
-    x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]
-    rows = torch.maximum(x[..., 0::2], x[..., 1::2])
-    return torch.maximum(rows[..., 0::2, :], rows[..., 1::2, :])
 
 
 def _plain_2x2(m: nn.Module) -> bool:

@@ -8,12 +8,16 @@ of it (NITI-style integer training, Wang et al. 2022, plus integer SPSA):
   scale per tensor (value = q * 2**exp, ``exp`` a Python int). Convolutions
   and linear layers multiply int8 by int8 into int32 (:func:`int8_matmul`; the
   convolution on an int8 im2col buffer, a few samples at a time, each slice
-  max-pooled at once). The int8 x int8 -> int32 product itself runs on
-  float32 GEMM by default: every product is an integer of magnitude <= 2**14
-  and every partial sum of at most K = 1023 of them stays below 2**24, so
-  float32 holds each one exactly and the int32 result is the same, bit for
-  bit, as ``torch._int_mm``'s (tested) - which on x86 CPUs without an int8
-  GEMM path is 15-30x slower. ``with integer_matmul():`` uses
+  max-pooled at once). By default the int8 x int8 -> int32 products run on
+  torch's float32 GEMM and convolution instead: every product is an integer
+  of magnitude <= 2**14 and every partial sum of at most K = 1023 of them
+  stays below 2**24, so float32 holds each one exactly, in any summation
+  order, and the int32 result is the same, bit for bit, as
+  ``torch._int_mm``'s (tested) - which on x86 CPUs without an int8 GEMM path
+  is 15-30x slower. (Only while float32 runs in full precision: with the
+  opt-in TF32 / bf16 modes of ``torch.set_float32_matmul_precision`` or
+  ``torch.backends.mkldnn`` the engine falls back to the integer path.)
+  ``with integer_matmul():`` uses
   ``torch._int_mm`` (the strictly integer-only engine, what the tests check
   op by op).
 - **Requantisation**: an int32 accumulator goes back to int8 by an arithmetic
@@ -73,6 +77,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenetlab.errors import LenetlabError
+from lenetlab.models.pooling import max_pool2x2
 
 FRAC = 8          # fractional bits of the fixed-point loss / log2-domain logits
 ONE = 1 << 16     # Q16 one (probabilities, 2**x table)
@@ -174,9 +179,18 @@ FLOAT_CHUNK = 32   # samples per slice of the float32 path (its memory is not wh
 _EXACT_K = (1 << 24) // (128 * 128)    # 1024: K products of |q| <= 128 sum below 2**24, exact in float32
 
 
+def _float32_exact() -> bool:
+    """Whether float32 GEMM and convolution run in full float32 here (not the opt-in TF32 / bf16 modes,
+    which would round the integer products): the float32 path is exact only then."""
+    mk = torch.backends.mkldnn
+    return (_MATMUL[0] == "float32-exact" and torch.get_float32_matmul_precision() == "highest"
+            and all(getattr(getattr(mk, part, None), "fp32_precision", "none") in ("none", "ieee")
+                    for part in ("matmul", "conv")))
+
+
 def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """int8 (M, K) @ int8 (K, N) -> int32 (M, N), exactly."""
-    if _MATMUL[0] == "float32-exact" and a.shape[1] < _EXACT_K:
+    if a.shape[1] < _EXACT_K and _float32_exact():
         return torch.mm(a.to(torch.float32), b.to(torch.float32)).to(torch.int32)
     return torch._int_mm(a, b)
 
@@ -197,31 +211,31 @@ def conv_pool_int(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, padding:
                   ) -> torch.Tensor:
     """int8 (N,C,H,W) conv int8 (O,C,kh,kw) + int32 bias, then 2x2 max-pool -> int32 (N,O,Ho/2,Wo/2).
 
-    :func:`int8_matmul` (int8 x int8 -> int32) on an int8 im2col buffer, ``chunk`` samples at a time, each
-    slice pooled at once: the full-resolution int32 accumulator never exists for the whole batch (a
-    tiled integer engine; torch's float path materialises the whole conv output instead).
+    The integer engine (:func:`integer_matmul`): :func:`int8_matmul` (int8 x int8 -> int32) on an int8
+    im2col buffer, ``chunk`` samples at a time, each slice pooled at once: the full-resolution int32
+    accumulator never exists for the whole batch (a tiled integer engine). The default float32 path: torch's
+    float32 convolution of the int8 values, :data:`FLOAT_CHUNK` samples at a time, pooled before the
+    conversion back to int32. It is exact for the same reason as :func:`int8_matmul`'s: every partial sum,
+    in whatever order the kernel adds, is an integer below 2**24 (max commutes with the exact int32 <->
+    float32 map, and the per-channel bias with max).
     """
-    if padding:
-        x = F.pad(x, (padding,) * 4)
-    n, c, h, wd = x.shape
-    o, _, kh, kw = w.shape
+    o, c, kh, kw = w.shape
+    n, h, wd = x.shape[0], x.shape[2] + 2 * padding, x.shape[3] + 2 * padding
     ho, wo = h - kh + 1, wd - kw + 1
     out = torch.empty((n, o, ho // 2, wo // 2), dtype=torch.int32)
-    if _MATMUL[0] == "float32-exact" and c * kh * kw < _EXACT_K:
-        # int8_matmul's exact float32 products, with the im2col done once in float32 and the pooling before the
-        # conversion back (max commutes with the exact int32 <-> float32 map, and the per-channel bias with max)
-        xf, wf = x.to(torch.float32), w.reshape(o, -1).t().to(torch.float32)
+    if c * kh * kw < _EXACT_K and _float32_exact():
+        wf = w.to(torch.float32)
         for s in range(0, n, FLOAT_CHUNK):
-            cols = (xf[s:s + FLOAT_CHUNK].unfold(2, kh, 1).unfold(3, kw, 1).permute(0, 2, 3, 1, 4, 5)
-                    .reshape(-1, c * kh * kw))
-            acc = torch.mm(cols, wf).view(-1, ho, wo, o).permute(0, 3, 1, 2)
-            out[s:s + FLOAT_CHUNK] = F.max_pool2d(acc, 2).to(torch.int32).add_(bias.view(1, o, 1, 1))
+            acc = F.conv2d(x[s:s + FLOAT_CHUNK].to(torch.float32), wf, padding=padding)
+            out[s:s + FLOAT_CHUNK] = max_pool2x2(acc).to(torch.int32).add_(bias.view(1, o, 1, 1))
         return out
+    if padding:
+        x = F.pad(x, (padding,) * 4)
     wi = w.reshape(o, -1).t().contiguous()
     for s in range(0, n, chunk):
         cols = x[s:s + chunk].unfold(2, kh, 1).unfold(3, kw, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, c * kh * kw)
         acc = int8_matmul(cols, wi).add_(bias).view(-1, ho, wo, o).permute(0, 3, 1, 2)
-        out[s:s + chunk] = F.max_pool2d(acc, 2)
+        out[s:s + chunk] = max_pool2x2(acc)
     return out
 
 
