@@ -182,10 +182,15 @@ _EXACT_K = (1 << 24) // (128 * 128)    # 1024: K products of |q| <= 128 sum belo
 def _float32_exact() -> bool:
     """Whether float32 GEMM and convolution run in full float32 here (not the opt-in TF32 / bf16 modes,
     which would round the integer products): the float32 path is exact only then."""
+    if _MATMUL[0] != "float32-exact":
+        return False
     mk = torch.backends.mkldnn
-    return (_MATMUL[0] == "float32-exact" and torch.get_float32_matmul_precision() == "highest"
-            and all(getattr(getattr(mk, part, None), "fp32_precision", "none") in ("none", "ieee")
-                    for part in ("matmul", "conv")))
+    try:   # torch refuses to answer when the legacy and the new precision settings were mixed
+        settings = [getattr(torch.backends, "fp32_precision", "none"), getattr(mk, "fp32_precision", "none"),
+                    *(getattr(getattr(mk, part, None), "fp32_precision", "none") for part in ("matmul", "conv"))]
+        return torch.get_float32_matmul_precision() == "highest" and all(v in ("none", "ieee") for v in settings)
+    except RuntimeError:
+        return False
 
 
 def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
