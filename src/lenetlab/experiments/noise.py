@@ -168,6 +168,9 @@ class NoiseStudy(Experiment):
             cands = {k: cell(*j) for k, j in cand_jobs.items()}
             chosen = choose_config({k: v["val"] for k, v in cands.items()})
             q = next(c for c in configs if qat_label(*c) == chosen)
+            ctx.log(f"{arch}: QAT configuration chosen on the validation split: {chosen} (mean accuracy under "
+                    f"noise {100 * np.mean(list(cands[chosen]['val'].values())):.2f}%, seed {s.seeds[0]}, "
+                    f"{len(cands)} configurations)")
             qat_jobs = [job(f"{arch}/{chosen}/s{sd}", run_config(arch, s, sd, q), s.sigmas) for sd in s.seeds[1:]]
             ctx.cells.prefetch(qat_jobs)
             qat_cells = [cands[chosen]] + [cell(*j) for j in qat_jobs]
