@@ -83,3 +83,20 @@ def test_choice_uses_validation_only_and_scores_average_over_sigmas():
                                                    "1": [{"test": {"1": [0.0, 0.5]}}]}}
     sc = method_scores(cells, [0.3, 1.0])
     assert sc["float"] == [[0.75, 0.25]] and sc["noisy"] == [[0.5, 0.75]]
+
+
+def test_models_that_did_not_learn_are_named_in_the_notes():
+    from lenetlab.experiments.noise import Settings, _notes, failed_models, settings
+
+    def rec(clean: float) -> dict:
+        return {"clean": clean, "params": 1}
+
+    cells = {"lenet5": {"chosen": "qat8_s64", "float": [rec(0.99), rec(0.99)], "qat": [rec(0.97), rec(0.1135)],
+                        "noisy": {"0.3": [rec(0.49), rec(0.5)]}}}
+    assert failed_models(cells, [3, 7]) == ["lenet5 qat8_s64 seed 7 (11.35%)", "lenet5 noisy0.3 seed 3 (49.00%)"]
+    s = Settings(**{**settings(False), "seeds": [3, 7]})
+    assert "qat8_s64 seed 7 (11.35%)" in _notes(s, cells)[-1]
+    cells["lenet5"]["qat"][1] = rec(0.9)
+    cells["lenet5"]["noisy"]["0.3"][0] = rec(0.9)
+    assert failed_models(cells, [3, 7]) == []
+    assert not any("did not learn" in n for n in _notes(s, cells))
