@@ -60,8 +60,8 @@ Every variant is built from several training seeds (the table shows means
 +- sd; the claims compare trained models, so one lucky seed cannot decide
 them). Quick mode (default): 3 seeds, 15k training images x 2 epochs per
 trained variant, PGD and noise on 1,000 test images (10 PGD steps, 5 noise
-draws), SDC on 500 images x 8 draws per seed. ``--full``: 5 seeds, all 60k
-images x 5 epochs, the 10k test set, 40 PGD steps, 10 draws, SDC on 2,000
+draws), SDC on 500 images x 8 draws per seed. ``--full``: 5 seeds, all 55k
+training images (5k held out for validation) x 5 epochs, the 10k test set, 40 PGD steps, 10 draws, SDC on 2,000
 images x 20 draws. Settings can be
 overridden (``lenetlab sweep``, kind = "experiment").
 """
@@ -451,7 +451,7 @@ def _notes(rows: list[dict[str, Any]], s: Settings, n_eval: int, n_sdc: int) -> 
              f"({s.draws} draws) on the first {n_eval} test images; SDC on the first {n_sdc} x "
              f"{s.sdc_draws} draws. Every variant is built from {len(s.seeds)} training seed(s) "
              f"({', '.join(map(str, s.seeds))}): accuracies are means (+- sd over seeds), the SDC is pooled.",
-             f"Trained variants: fast preset, {s.train_subset or 60000} training images x {s.epochs} "
+             f"Trained variants: fast preset, {s.train_subset or 60000 - s.val_size} training images x {s.epochs} "
              f"epoch(s); QAT {s.qat_bits} bits, activation scale {s.qat_act_scale:g}; noisy training at "
              f"relative sigma {s.train_sigma:g} on conv/linear outputs (ramped over the first quarter; with the "
              "preset's peak lr 6e-3, training at relative sigma 0.1 ended at 97.0% clean and 0.2 did not learn, "

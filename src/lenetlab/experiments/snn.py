@@ -84,7 +84,7 @@ class Settings:
     """What one mode runs."""
 
     seeds: list[int]              # training seeds of every target model
-    train_subset: int | None      # training images (None: all 60k)
+    train_subset: int | None      # training images (None: all 60k less the validation split)
     epochs: int
     steps: int                    # SNN time steps T
     test_subset: int              # attacked test images (the first N)
