@@ -61,8 +61,8 @@ Every variant is built from several training seeds (the table shows means
 them). Quick mode (default): 3 seeds, 15k training images x 2 epochs per
 trained variant, PGD and noise on 1,000 test images (10 PGD steps, 5 noise
 draws), SDC on 500 images x 8 draws per seed. ``--full``: 5 seeds, all 55k
-training images (5k held out for validation) x 5 epochs, the 10k test set, 40 PGD steps, 10 draws, SDC on 2,000
-images x 20 draws. Settings can be
+training images (5k held out for validation) x 5 epochs, the 10k test set,
+40 PGD steps, 10 draws, SDC on 2,000 images x 20 draws. Settings can be
 overridden (``lenetlab sweep``, kind = "experiment").
 """
 
