@@ -268,12 +268,16 @@ def _curve_rows(cells, sigmas: list[float]) -> list[dict[str, Any]]:
     return rows
 
 
+def _model_groups(c: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """One architecture's trained models by label (float, the chosen QAT configuration, noisy<sigma>), each a
+    list of per-seed cells."""
+    return {"float": c["float"], c["chosen"]: c["qat"], **{f"noisy{k}": v for k, v in c["noisy"].items()}}
+
+
 def _model_rows(cells, s: Settings) -> list[dict[str, Any]]:
     rows = []
     for arch, c in cells.items():
-        recs = {"float": c["float"], c["chosen"]: c["qat"],
-                **{f"noisy{k}": v for k, v in c["noisy"].items()}}
-        for label, rs in recs.items():
+        for label, rs in _model_groups(c).items():
             clean = [r["clean"] for r in rs]
             rows.append({"arch": arch, "model": label, "params": rs[0]["params"], "seeds": len(rs),
                          "clean_acc_%": round(100 * float(np.mean(clean)), 2),
@@ -289,8 +293,7 @@ def failed_models(cells, seeds: list[int]) -> list[str]:
     """"arch model seed N (clean %)" for every trained model of the report below :data:`FAILED_BELOW`."""
     out = []
     for arch, c in cells.items():
-        groups = {"float": c["float"], c["chosen"]: c["qat"], **{f"noisy{k}": v for k, v in c["noisy"].items()}}
-        for label, rs in groups.items():
+        for label, rs in _model_groups(c).items():
             for i, r in enumerate(rs):
                 if r["clean"] < FAILED_BELOW:
                     out.append(f"{arch} {label} seed {seeds[i]} ({100 * r['clean']:.2f}%)")
