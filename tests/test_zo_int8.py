@@ -250,3 +250,75 @@ def test_conv_pool_exact_on_both_paths_and_under_reduced_float32_precision():
                                (x.view(n, -1)[:, :25].long() @ w.view(o, -1)[:, :25].t().long()).to(torch.int32))
         finally:
             torch.set_float32_matmul_precision(before)
+
+
+def _zo_weights(net: Int8ElasticZO) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in net.int8_tensors().items() if not k.endswith("_exp")}
+
+
+def test_int8_schedule_factor_scales_every_update():
+    """lr_q8 = 0 (the end of a cosine schedule) changes no weight, ZO or BP; 256 is the default full step."""
+    xq, e, y = _batch()
+    for cutoff in (2, 5):
+        still, full, default = _net(cutoff), _net(cutoff), _net(cutoff)
+        before = _zo_weights(still)
+        still.train_step(xq, e, y, step=3, lr_q8=0)
+        assert all(torch.equal(before[k], v) for k, v in _zo_weights(still).items())
+        full.train_step(xq, e, y, step=3, lr_q8=256)
+        default.train_step(xq, e, y, step=3)
+        assert all(torch.equal(a, b) for a, b in zip(_zo_weights(full).values(), _zo_weights(default).values()))
+        assert not all(torch.equal(before[k], v) for k, v in _zo_weights(full).items())
+    with pytest.raises(LenetlabError, match="lr_q8"):
+        _net(4).train_step(xq, e, y, step=0, lr_q8=257)
+
+
+def test_int8_zo_step_keeps_its_real_size_after_a_halving():
+    """A tensor halved on saturation (exponent + 1) moves half as many LSBs per step (here: a full 1-LSB step
+    becomes a 1-LSB step with probability 1/2), so the step in real units stays what it was."""
+    net, halved = _net(5), _net(5)
+    ly = halved.layers[1]                        # conv2: 2,400 weights
+    ly.w_exp += 1                                # as if halved (the values are irrelevant to the step size)
+    g = net.cfg.zo_clip                          # |g| at the clamp: exactly 1 LSB per element before halving
+    for n in (net, halved):
+        n._zo_update(11, g, torch.Generator().manual_seed(0))
+    b0 = _net(5).layers[1].w.to(torch.int32)
+    inside = b0.abs() < 120
+    moved = [float(((n.layers[1].w.to(torch.int32) - b0)[inside] != 0).double().mean()) for n in (net, halved)]
+    assert moved[0] == 1.0
+    assert 0.45 < moved[1] < 0.55, moved          # Bernoulli(1/2) over ~2,400 elements (seeded)
+    # the other tensors were not halved: identical steps
+    assert torch.equal(net.layers[0].w, halved.layers[0].w)
+
+
+def test_int8_common_rounding_draws_make_a_null_perturbation_read_zero():
+    """With eps = 0 both passes see the same weights: sharing the stochastic-rounding draws (crn) makes the
+    projected gradient exactly 0, so nothing moves; with independent draws rounding noise alone moves weights."""
+    xq, e, y = _batch(32)
+    moved = {}
+    for crn in (True, False):
+        torch.manual_seed(0)
+        net = Int8ElasticZO.from_float(create_model("lenet5"), 5, Int8Config(eps=0, crn=crn))
+        before = _zo_weights(net)
+        for step in range(4):
+            net.train_step(xq, e, y, step=step)
+        moved[crn] = sum(int((before[k] != v).sum()) for k, v in _zo_weights(net).items())
+    assert moved[True] == 0 and moved[False] > 0, moved
+
+
+def test_int8_stepper_checkpoint_keeps_the_step_exponents(tmp_path):
+    """The stepper's state carries the exponents the step sizes refer to, so a resumed run steps the same."""
+    from lenetlab.config import TrainConfig, ZOConfig
+    from lenetlab.train.zo_int8 import Int8Stepper
+
+    torch.manual_seed(0)
+    model = create_model("lenet5")
+    tc = TrainConfig(seed=0, lr=1e-3, zo=ZOConfig(method="elasticzo-int8", layers=4))
+    st = Int8Stepper(model, tc, 4)
+    xb, yb = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(2)), torch.arange(8) % 10
+    st.step(xb, yb, 1e-3, 0)
+    st.net.layers[2].w_exp += 2                  # as if fc1 had been halved twice
+    state = st.state_dict()
+    other = Int8Stepper(create_model("lenet5"), tc, 4)
+    other.load_state_dict(state)
+    assert [(ly.w_exp0, ly.b_exp0) for ly in other.net.layers] == [(ly.w_exp0, ly.b_exp0) for ly in st.net.layers]
+    assert other.net.layers[2].w_exp - other.net.layers[2].w_exp0 == 2

@@ -33,10 +33,14 @@ Hyper-parameters (one set for all runs, so "equal steps" is a fair race): batch
 projected gradient clipped to |g| <= 0.3 (not in the paper; unclipped, ZO lr
 above ~1e-3 diverged and 2e-4 left vanilla ZO at chance after 1,500 steps -
 see :mod:`lenetlab.train.zeroth_order`), Gaussian z, eps 1e-3, q 1; both
-learning rates of the float runs decay to 0 on a cosine (the INT8 steps are
-fixed shifts, no schedule). INT8: eps 1 LSB, ZO update shift 12 with |g|
-clamped to 2**12 (at most 1 LSB per step), BP update 2**1 LSBs
-(:class:`lenetlab.train.zo_int8.Int8Config`).
+learning rates decay to 0 on a cosine. INT8
+(:class:`lenetlab.train.zo_int8.Int8Config`): eps 1 LSB, ZO update shift 3
+with |g| clamped to 2**3 (at most 1 LSB per step, about the float ZO step),
+BP update 2**1 LSBs, step sizes in LSBs of each tensor's exponent at
+conversion, every update scaled by the same cosine decay (an integer factor),
+the two passes of a probe sharing their stochastic-rounding draws. INT8 cells
+are journalled under their integer recipe (:func:`int8_recipe`), so a journal
+of another recipe is re-run, not reused.
 
 Quick mode: MNIST, seeds 0-2, 20k training images, 2,000 steps, 1,000 test
 images, cutoffs {5, 4, 2} float and {4, 2} INT8 (15 claim runs + 1 BP
@@ -222,12 +226,16 @@ def train_float(splits: Any, cutoff: int, steps: int, batch: int, lr: float, zo_
 
 
 def train_int8(splits: Any, cutoff: int, steps: int, batch: int, seed: int, q: int = 1,
-               eval_every: int | None = None, measure_memory: bool = False) -> dict[str, Any]:
-    """Train with ElasticZO-INT8 at ``cutoff`` (2..5) through ``fit``; accuracy from the integer engine."""
+               eval_every: int | None = None, measure_memory: bool = False, cosine: bool = False
+               ) -> dict[str, Any]:
+    """Train with ElasticZO-INT8 at ``cutoff`` (2..5) through ``fit``; accuracy from the integer engine.
+
+    ``cosine``: every integer update is scaled by the cosine schedule (an integer factor in Q8, decaying to
+    0 over the run, like the float runs' learning rates); else the full step throughout."""
     from lenetlab.train import fit
     from lenetlab.train.memory import analytic_bytes
 
-    cfg = _run_config("int8", cutoff, len(splits.train_x), steps, batch, 1e-3, seed, q=q)
+    cfg = _run_config("int8", cutoff, len(splits.train_x), steps, batch, 1e-3, seed, q=q, cosine=cosine)
     probe = _Probe(splits, eval_every)
     s = fit(cfg, splits=splits, log=None, progress=False, plugins=[probe])
     done = cfg.train.epochs * math.ceil(len(splits.train_x) / batch)
@@ -244,6 +252,37 @@ def train_int8(splits: Any, cutoff: int, steps: int, batch: int, seed: int, q: i
             "analytic": analytic_bytes(model, "elasticzo-int8", cutoff, batch), "exponents": s["int8_exponents"]}
 
 
+def int8_recipe(s: Settings) -> str:
+    """The integer recipe an INT8 cell was trained with (:class:`Int8Config`'s step sizes and the schedule), as
+    part of its journal key: a journal from another recipe is then re-run rather than reused."""
+    from lenetlab.train.zo_int8 import Int8Config
+
+    c = Int8Config()
+    return (f"eps{c.eps}-shift{c.zo_shift}-clip{c.zo_clip}-bp{c.bp_bits}{'-crn' if c.crn else ''}"
+            f"-{'cosine' if s.cosine else 'constant'}")
+
+
+def _int8_note(s: Settings) -> str:
+    from lenetlab.train.zo_int8 import Int8Config
+
+    c = Int8Config()
+    clip = (f"|g| clamped to {c.zo_clip} and shifted right by {c.zo_shift} (at most "
+            f"{max(1, c.zo_clip >> c.zo_shift)} LSB per step)" if c.zo_clip is not None
+            else f"g shifted right by {c.zo_shift} (unclamped)")
+    return (f"INT8 (lenetlab.train.zo_int8.Int8Config): eps {c.eps} LSB, ZO step {clip}, BP step "
+            f"2**{c.bp_bits} LSBs (step sizes in LSBs of each tensor's exponent at conversion), the + and - "
+            "passes "
+            + ("sharing their stochastic-rounding draws; " if c.crn else "rounding independently; ")
+            + ("every update scaled by the same cosine decay (an integer factor in Q8)."
+               if s.cosine else "no schedule (the full step throughout)."))
+
+
+def _key(ds: str, r: dict[str, Any], s: Settings) -> str:
+    """A run's journal key: dataset/label/seed, INT8 runs with their integer recipe."""
+    key = f"{ds}/{r['label']}/seed{r['seed']}"
+    return f"{key}/{int8_recipe(s)}" if r["kind"] == "int8" else key
+
+
 def _bits(correct: torch.Tensor) -> str:
     """A per-image 0/1 correctness vector as a compact string for the cell journal ("0110...")."""
     return "".join("1" if c else "0" for c in correct.tolist())
@@ -255,7 +294,8 @@ def _cell(r: dict[str, Any], data: DataConfig, s: Settings) -> dict[str, Any]:
 
     splits = load_splits(data)
     if r["kind"] == "int8":
-        return train_int8(splits, r["cutoff"], s.steps, s.batch, r["seed"], s.q, s.eval_every, measure_memory=True)
+        return train_int8(splits, r["cutoff"], s.steps, s.batch, r["seed"], s.q, s.eval_every, measure_memory=True,
+                          cosine=s.cosine)
     return train_float(splits, r["cutoff"], s.steps, s.batch, s.lr, s.zo_lr, s.eps, s.q, r["seed"], s.eval_every,
                        measure_memory=True, clip=s.zo_clip, cosine=s.cosine)
 
@@ -305,7 +345,7 @@ class ZOStudy(Experiment):
                     notes.append(f"{ds}: skipped - no verified local copy ({e})")
                     ctx.log(notes[-1])
                     continue
-            todo = [(f"{ds}/{r['label']}/seed{r['seed']}", partial(_cell, r, data, s)) for r in runs(s)]
+            todo = [(_key(ds, r, s), partial(_cell, r, data, s)) for r in runs(s)]
             ctx.cells.prefetch(todo)        # side by side where there is a runner (Ray)
             for r, (key, cell) in zip(runs(s), todo):
                 row = ctx.cells.get_or_run(key, cell)
@@ -338,9 +378,7 @@ class ZOStudy(Experiment):
                   "when every seed measured the same bytes. The BP run is a reference only (first seed).",
                   f"BP part: Adam lr {s.lr:g}; ZO part: SGD lr {s.zo_lr:g} on the projected gradient clipped to "
                   f"|g| <= {s.zo_clip} (a stabiliser, not in the paper), Gaussian z, eps {s.eps:g}, "
-                  f"q {s.q}; float runs: both lrs cosine-decayed to 0 over the run ({s.cosine}); "
-                  "INT8: eps 1 LSB, ZO shift 12 with |g| clamped to 2**12, BP step 2**1 LSBs "
-                  "(lenetlab.train.zo_int8.Int8Config).",
+                  f"q {s.q}; both lrs cosine-decayed to 0 over the run ({s.cosine}). " + _int8_note(s),
                   "Peak memory: measured by a TorchDispatchMode tracking every ATen result's storage (the 2nd "
                   "training step; resident = params + optimiser state + batch). Kernel-internal scratch "
                   "(mkldnn conv workspaces) is invisible to it; see lenetlab.train.memory. A negative "

@@ -38,6 +38,11 @@ of it (NITI-style integer training, Wang et al. 2022, plus integer SPSA):
   in the paper, like the float clip of :mod:`lenetlab.train.zeroth_order`) caps
   the step at 1 LSB per element: unclamped, rare huge |g| made the weights
   random-walk until the logits overflowed (int8-4 swung between 9% and 57%).
+  The shift 3 makes the expected step about the float ZO run's (lr 5e-3, eps
+  1e-3 ~ 1 LSB at LeNet-5's initial scales): with shift 12 the step was ~400x
+  smaller and vanilla INT8 ZO (C = 5) stayed at chance. Both passes of a probe
+  share their stochastic-rounding draws (``crn``, common random numbers), so
+  their loss difference is the perturbation's, not rounding noise.
 - **BP layers** (the last 5 - C, fully connected only): integer backprop of
   ``softmax - onehot`` through int8 weights (int64 accumulation, ReLU masks
   from the kept int8 activations); weight updates are
@@ -47,7 +52,15 @@ of it (NITI-style integer training, Wang et al. 2022, plus integer SPSA):
   kept growing fc3 (every saturation doubles the scale, so the next step in
   real units doubles too) until the logits overflowed.
 - **Overflow**: weights are kept within +-(127 - eps) so a perturbation never
-  wraps; when a tensor saturates it is halved (exponent + 1).
+  wraps; when a tensor saturates it is halved (exponent + 1). Step sizes (ZO
+  and BP) are counted in LSBs of the tensor's exponent at conversion, so a
+  halved tensor takes the same step in real terms (with a step in LSBs of the
+  current exponent, each halving doubled the real step, and over 20,000 steps
+  the exponents ran away: fc3's reached 2**69 and accuracy fell to chance).
+- **Schedule**: every update is scaled by ``lr_q8 / 256``, an integer the
+  trainer's schedule gives each step (:class:`Int8Stepper`: the step's
+  learning rate over ``train.lr``); ``lenetlab reproduce zo`` uses the float
+  runs' cosine decay.
 
 No floating-point tensor is created in :meth:`Int8ElasticZO.train_step`
 (``tests/test_zo_int8.py`` records the dtype of every ATen op's result). The
@@ -92,11 +105,12 @@ class Int8Config:
     """Integer hyper-parameters (all shifts / LSB counts, no floats in the step)."""
 
     eps: int = 1           # SPSA perturbation, in LSBs of each tensor
-    zo_shift: int = 12     # ZO update (<= 15): W -= sround(g * z >> zo_shift); g in 2**-8 bits summed over the batch
-    zo_clip: int | None = 1 << 12   # |g| of the update clamped to this (None: off): at most 1 LSB per element
+    zo_shift: int = 3      # ZO update: W -= sround(g * z >> zo_shift); g in 2**-8 bits summed over the batch
+    zo_clip: int | None = 1 << 3    # |g| of the update clamped to this (None: off): at most 1 LSB per element
     bp_bits: int = 1       # BP update: the largest |update| is about 2**bp_bits LSBs (3 was unstable at C=4)
     q: int = 1             # perturbations per step
     seed: int = 0
+    crn: bool = True       # the + and - passes of a probe share their stochastic-rounding draws (common numbers)
 
 
 @dataclass
@@ -107,6 +121,14 @@ class IntLayer:
     b: torch.Tensor       # int8
     b_exp: int
     padding: int = 0
+    # the exponents at conversion: updates are sized in these units, so a tensor halved on saturation (exponent
+    # + 1) keeps the same step in real terms instead of a doubled one
+    w_exp0: int | None = None
+    b_exp0: int | None = None
+
+    def __post_init__(self) -> None:
+        self.w_exp0 = self.w_exp if self.w_exp0 is None else self.w_exp0
+        self.b_exp0 = self.b_exp if self.b_exp0 is None else self.b_exp0
 
 
 def _exp_for(max_abs: float) -> int:
@@ -138,7 +160,7 @@ def sround_shift(x: torch.Tensor, k: int, gen: torch.Generator | None) -> torch.
     """x / 2**k rounded stochastically (gen) or to nearest (gen None); integer in, integer out."""
     if k <= 0:
         return x << min(-k, 30) if k < 0 else x
-    if k > 40:   # |x| < 2**40 here: the result rounds to 0 (or stochastically to -1/0 for negatives: use 0)
+    if k > 62:   # |x| < 2**62 here: the result rounds to 0 (or stochastically to -1/0 for negatives: use 0)
         return torch.zeros_like(x)
     if gen is None:
         return (x + (1 << (k - 1))) >> k
@@ -376,34 +398,40 @@ class Int8ElasticZO:
         return int((self.predict(x, x_exp) == y).sum()) / max(1, len(y))
 
     # ---- training ----------------------------------------------------------------------------------------------
-    def _zo_tensors(self) -> list[torch.Tensor]:
-        return [t for ly in self.layers[:self.cutoff] for t in (ly.w, ly.b)]
+    def _zo_tensors(self) -> list[tuple[torch.Tensor, int]]:
+        """The ZO tensors, each with how many times it was halved since conversion."""
+        return [(t, e - e0) for ly in self.layers[:self.cutoff]
+                for t, e, e0 in ((ly.w, ly.w_exp, ly.w_exp0), (ly.b, ly.b_exp, ly.b_exp0))]
 
     def _z_chunks(self, seed: int) -> Any:
-        """(slice of a ZO tensor, its Rademacher z as int8) - regenerated from ``seed``, CHUNK at a time."""
+        """(slice of a ZO tensor, its Rademacher z as int8, the tensor's halvings) - z regenerated from
+        ``seed``, CHUNK at a time."""
         from lenetlab.train.zeroth_order import CHUNK
 
         g = torch.Generator().manual_seed(seed)
-        for t in self._zo_tensors():
+        for t, halved in self._zo_tensors():
             flat = t.view(-1)
             for i in range(0, flat.numel(), CHUNK):
                 part = flat[i:i + CHUNK]
-                yield part, torch.randint(0, 2, part.shape, generator=g, dtype=torch.int8).mul_(2).sub_(1)
+                yield part, torch.randint(0, 2, part.shape, generator=g, dtype=torch.int8).mul_(2).sub_(1), halved
 
     def _perturb(self, seed: int, sign: int) -> None:
-        for part, z in self._z_chunks(seed):
+        for part, z, _ in self._z_chunks(seed):
             part.add_(z.mul_(sign * self.cfg.eps))
 
-    def _zo_update(self, seed: int, g: int, gen: torch.Generator) -> None:
-        """W -= sround(g * z / 2**zo_shift), z regenerated: |g| / 2**k = a + frac, so the step is
-        -sign(g) * z * (a + Bernoulli(frac)) - unbiased, with chunk-sized int8/int16 temporaries only."""
-        k = self.cfg.zo_shift
+    def _zo_update(self, seed: int, g: int, gen: torch.Generator, lr_q8: int = 256) -> None:
+        """W -= sround(g * z * lr_q8 / 2**(zo_shift + 8 + h)), z regenerated, h the tensor's halvings since
+        conversion (so the step is the same in real terms): |g| / 2**k = a + frac, so the step is
+        -sign(g) * z * (a + Bernoulli(frac)) - unbiased, with chunk-sized int8/int16/int32 temporaries only."""
         mag = abs(g) if self.cfg.zo_clip is None else min(abs(g), self.cfg.zo_clip)
-        a, frac = min(mag >> k, QMAX), mag & ((1 << k) - 1)
+        mag = (mag * lr_q8) >> 8
         sign = 1 if g >= 0 else -1
         lim = QMAX - self.cfg.eps
-        for part, z in self._z_chunks(seed):
-            step = (torch.randint(0, 1 << k, part.shape, generator=gen, dtype=torch.int16) < frac).to(torch.int16)
+        for part, z, halved in self._z_chunks(seed):
+            k = min(self.cfg.zo_shift + halved, 30)
+            a, frac = min(mag >> k, QMAX), mag & ((1 << k) - 1)
+            draw = torch.randint(0, 1 << k, part.shape, generator=gen, dtype=torch.int16 if k <= 15 else torch.int32)
+            step = (draw < frac).to(torch.int16)
             step.add_(a).mul_(z).mul_(sign)
             part.copy_(part.to(torch.int16).sub_(step).clamp_(-lim, lim))
 
@@ -461,10 +489,17 @@ class Int8ElasticZO:
                 ly.b.copy_(sround_shift(ly.b.to(torch.int32), 1, gen))
                 ly.b_exp += 1
 
-    def train_step(self, x: torch.Tensor, x_exp: int, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One integer ElasticZO step on an int8 batch; returns (integer loss sum in 2**-8 bits, int32 logits)."""
+    def train_step(self, x: torch.Tensor, x_exp: int, y: torch.Tensor, step: int, lr_q8: int = 256
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One integer ElasticZO step on an int8 batch; returns (integer loss sum in 2**-8 bits, int32 logits).
+
+        ``lr_q8`` (an integer, 0..256) scales every update by lr_q8 / 256: the learning-rate schedule in Q8
+        (256: the full step)."""
         c = self.cfg
-        gen = torch.Generator().manual_seed((c.seed * 1_000_003 + step) % (2**63 - 1) + 7)
+        if not 0 <= lr_q8 <= 256:
+            raise LenetlabError(f"lr_q8 must be in 0..256, got {lr_q8}")
+        step_seed = (c.seed * 1_000_003 + step) % (2**63 - 1) + 7
+        gen = torch.Generator().manual_seed(step_seed)
         bp = self.cutoff < len(self.layers)
         acc_grads: list[list[Any]] | None = None
         projected: list[int] = []
@@ -472,9 +507,13 @@ class Int8ElasticZO:
         acc = None
         for i in range(c.q):
             s = (c.seed * 1_000_003 + step * c.q + i) % (2**63 - 1)
+            if c.crn:   # both passes round with the same draws, so their difference is the perturbation's
+                state = gen.get_state()
             self._perturb(s, +1)
             lp, acc, gp = self._loss(x, x_exp, y, gen, bp)
             self._perturb(s, -2)
+            if c.crn:
+                gen.set_state(state)
             lm, _, gm = self._loss(x, x_exp, y, gen, bp)
             self._perturb(s, +1)                       # exact restore (integers)
             projected.append(int(lp - lm))
@@ -484,15 +523,16 @@ class Int8ElasticZO:
                 acc_grads = pair if acc_grads is None else self._merge(acc_grads, pair)
         # ZO update, z regenerated, for each probe
         for i, gi in enumerate(projected):
-            self._zo_update((c.seed * 1_000_003 + step * c.q + i) % (2**63 - 1), gi, gen)
+            self._zo_update((c.seed * 1_000_003 + step * c.q + i) % (2**63 - 1), gi, gen, lr_q8)
         if acc_grads is not None:
             for ly, (gw, gw_exp, gb, gb_exp, _) in zip(reversed(self.layers[self.cutoff:]), acc_grads):
                 # normalised step: the largest weight update is ~2**bp_bits LSBs; the bias gets the same
                 # float-equivalent learning rate: kb = kw + (gW_exp - gb_exp) - w_exp + b_exp
-                kw = max(0, int(gw.abs().max()).bit_length() - c.bp_bits)
+                # (plus the tensor's halvings since conversion: the same step in real terms)
+                kw = max(0, int(gw.abs().max()).bit_length() - c.bp_bits) + ly.w_exp - ly.w_exp0
                 kb = kw + (gw_exp - gb_exp) - ly.w_exp + ly.b_exp
-                self._apply(ly.w, sround_shift(gw, kw, gen))
-                self._apply(ly.b, sround_shift(gb, kb, gen))
+                self._apply(ly.w, sround_shift(gw * lr_q8, kw + 8, gen))
+                self._apply(ly.b, sround_shift(gb * lr_q8, kb + 8, gen))
         self._renorm()
         return torch.stack(losses).sum() // (2 * c.q), acc
 
@@ -505,8 +545,10 @@ class Int8Stepper:
     float model so fit's evaluation and checkpoints see the current weights
     (fit's test accuracy is therefore the float twin's; :meth:`finish` adds the
     integer engine's own test accuracy and writes ``model_int8.safetensors``).
-    The integer step sizes come from :class:`Int8Config` (eps in LSBs, shifts); ``train.lr``, the
-    schedule, the optimiser and ``train.zo.eps`` do not apply to it; ``train.zo.q`` and ``seed`` do.
+    The integer step sizes come from :class:`Int8Config` (eps in LSBs, shifts); the schedule scales
+    them: each step's learning rate over ``train.lr``, as an integer in Q8 (a constant schedule keeps
+    the full step; a cosine one decays it to 0 like the float runs' learning rates). The optimiser and
+    ``train.zo.eps`` do not apply to it; ``train.zo.q`` and ``seed`` do.
     Its state (the integer tensors, their exponents and the input exponent) is saved in every
     checkpoint, so a resumed run continues the integer weights exactly.
     """
@@ -514,6 +556,7 @@ class Int8Stepper:
     def __init__(self, model: nn.Module, tc: Any, cutoff: int):
         self.model, self.cutoff = model, cutoff
         self.cfg = Int8Config(q=tc.zo.q, seed=tc.seed)
+        self.base_lr = float(tc.lr)
         Int8ElasticZO.from_float(model, cutoff, self.cfg)    # validate model and cutoff now, before any output
         self.net: Int8ElasticZO | None = None
         self.x_exp: int | None = None
@@ -524,7 +567,9 @@ class Int8Stepper:
             # built at the first step from the float model (fresh, or after its weights were replaced)
             self.net = Int8ElasticZO.from_float(self.model, self.cutoff, self.cfg)
         xq, self.x_exp = quantize_input(xb.contiguous(), self.x_exp)
-        loss, acc = self.net.train_step(xq, self.x_exp, yb, step)
+        # the trainer's schedule as an integer multiplier in Q8 (constant schedule: 256, the full step)
+        lr_q8 = max(0, min(256, round(256 * lr / self.base_lr))) if self.base_lr > 0 else 256
+        loss, acc = self.net.train_step(xq, self.x_exp, yb, step, lr_q8)
         with torch.no_grad():
             state = self.net.float_state()
             for name, p in self.model.named_parameters():
@@ -540,7 +585,10 @@ class Int8Stepper:
     def state_dict(self) -> dict[str, Any]:
         if self.net is None:
             return {}
-        return {**{f"int8.{k}": v.clone() for k, v in self.net.int8_tensors().items()}, "x_exp": self.x_exp}
+        exp0 = {f"int8.{n}.{part}_exp0": getattr(ly, f"{part[0]}_exp0")
+                for n, ly in zip(("conv1", "conv2", "fc1", "fc2", "fc3"), self.net.layers)
+                for part in ("weight", "bias")}
+        return {**{f"int8.{k}": v.clone() for k, v in self.net.int8_tensors().items()}, **exp0, "x_exp": self.x_exp}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
@@ -552,6 +600,9 @@ class Int8Stepper:
             ly.b = state[f"int8.{n}.bias"].clone().contiguous()
             ly.w_exp = int(state[f"int8.{n}.weight_exp"])
             ly.b_exp = int(state[f"int8.{n}.bias_exp"])
+            # the exponents the step sizes refer to (a checkpoint from before they were kept: the current ones)
+            ly.w_exp0 = int(state.get(f"int8.{n}.weight_exp0", ly.w_exp))
+            ly.b_exp0 = int(state.get(f"int8.{n}.bias_exp0", ly.b_exp))
         self.net, self.x_exp = net, state["x_exp"]
 
     def finish(self, out_dir: Path | None, splits: Any, summary: dict[str, Any]) -> None:
