@@ -1,5 +1,8 @@
 """The README's claims table, from the result folders committed here: one quick-mode run of every experiment and
 the full-mode (``--full``) reports, newest last (a later full report of an experiment replaces an earlier one).
+Folders named ``quick-*`` are quick mode: the first is the run of every experiment (its order is the table's), a
+later one replaces the experiments it holds (a quick re-run after a change to one experiment); every other
+folder is full mode.
 
     python docs/results/claims_table.py docs/results/quick-3894dff docs/results/full-f160779 docs/results/full-071e667
 
@@ -49,8 +52,11 @@ def _cells(c: dict) -> tuple[str, str, str, str]:
     return seeds, str(n) if n else "-", estimate, f"**{c.get('verdict', '?')}**"
 
 
-def table(quick: Path, fulls: list[Path]) -> str:
-    q = _claims(quick)
+def table(quick: Path | list[Path], fulls: list[Path]) -> str:
+    quicks = [quick] if isinstance(quick, Path) else list(quick)
+    quick, q = quicks[0], {}
+    for f in quicks:
+        q.update(_claims(f))
     full: dict[str, dict[str, dict]] = {}
     for f in fulls:
         full.update(_claims(f))
@@ -78,7 +84,11 @@ def main(argv: list[str]) -> int:
     if missing:
         print(f"not a folder: {', '.join(missing)}", file=sys.stderr)
         return 2
-    print(table(folders[0], folders[1:]))
+    quicks = [p for p in folders if p.name.startswith("quick-")]
+    if not quicks:
+        print("no quick-mode folder (quick-*) given", file=sys.stderr)
+        return 2
+    print(table(quicks, [p for p in folders if not p.name.startswith("quick-")]))
     return 0
 
 

@@ -531,8 +531,9 @@ class Int8ElasticZO:
                 # (plus the tensor's halvings since conversion: the same step in real terms)
                 kw = max(0, int(gw.abs().max()).bit_length() - c.bp_bits) + ly.w_exp - ly.w_exp0
                 kb = kw + (gw_exp - gb_exp) - ly.w_exp + ly.b_exp
-                self._apply(ly.w, sround_shift(gw * lr_q8, kw + 8, gen))
-                self._apply(ly.b, sround_shift(gb * lr_q8, kb + 8, gen))
+                # scaled in place: the gradients are this step's temporaries (no second copy at peak memory)
+                self._apply(ly.w, sround_shift(gw.mul_(lr_q8), kw + 8, gen))
+                self._apply(ly.b, sround_shift(gb.mul_(lr_q8), kb + 8, gen))
         self._renorm()
         return torch.stack(losses).sum() // (2 * c.q), acc
 
