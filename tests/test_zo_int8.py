@@ -322,3 +322,20 @@ def test_int8_stepper_checkpoint_keeps_the_step_exponents(tmp_path):
     other.load_state_dict(state)
     assert [(ly.w_exp0, ly.b_exp0) for ly in other.net.layers] == [(ly.w_exp0, ly.b_exp0) for ly in st.net.layers]
     assert other.net.layers[2].w_exp - other.net.layers[2].w_exp0 == 2
+
+
+@pytest.mark.parametrize("zo_halve", [False, True])
+def test_int8_saturated_zo_tensor_saturates_unless_asked_to_halve(zo_halve):
+    """A ZO tensor at the int8 limit keeps its exponent (it saturates) by default; with zo_halve it is halved
+    like a BP tensor. A saturated BP tensor is halved either way."""
+    xq, e, y = _batch()
+    torch.manual_seed(0)
+    net = Int8ElasticZO.from_float(create_model("lenet5"), 4, Int8Config(zo_halve=zo_halve))
+    lim = 127 - net.cfg.eps
+    net.layers[1].w.view(-1)[:64] = lim          # conv2, a ZO layer: a 1-LSB step cannot move all 64 off the limit
+    net.layers[4].w.view(-1)[0] = lim            # fc3: the BP layer at C = 4
+    exps = [ly.w_exp for ly in net.layers]
+    net.train_step(xq, e, y, step=0)
+    assert net.layers[1].w_exp == exps[1] + (1 if zo_halve else 0)
+    assert net.layers[4].w_exp == exps[4] + 1
+    assert int(net.layers[1].w.abs().max()) <= lim

@@ -37,7 +37,8 @@ learning rates decay to 0 on a cosine. INT8
 (:class:`lenetlab.train.zo_int8.Int8Config`): eps 1 LSB, ZO update shift 3
 with |g| clamped to 2**3 (at most 1 LSB per step, about the float ZO step),
 BP update 2**1 LSBs, step sizes in LSBs of each tensor's exponent at
-conversion, every update scaled by the same cosine decay (an integer factor),
+conversion, ZO tensors saturating at the int8 limit (BP ones halved), every
+update scaled by the same cosine decay (an integer factor),
 the two passes of a probe sharing their stochastic-rounding draws. INT8 cells
 are journalled under their integer recipe (:func:`int8_recipe`), so a journal
 of another recipe is re-run, not reused.
@@ -259,6 +260,7 @@ def int8_recipe(s: Settings) -> str:
 
     c = Int8Config()
     return (f"eps{c.eps}-shift{c.zo_shift}-clip{c.zo_clip}-bp{c.bp_bits}{'-crn' if c.crn else ''}"
+            f"{'-zohalve' if c.zo_halve else '-zosat'}"
             f"-{'cosine' if s.cosine else 'constant'}")
 
 
@@ -270,7 +272,9 @@ def _int8_note(s: Settings) -> str:
             f"{max(1, c.zo_clip >> c.zo_shift)} LSB per step)" if c.zo_clip is not None
             else f"g shifted right by {c.zo_shift} (unclamped)")
     return (f"INT8 (lenetlab.train.zo_int8.Int8Config): eps {c.eps} LSB, ZO step {clip}, BP step "
-            f"2**{c.bp_bits} LSBs (step sizes in LSBs of each tensor's exponent at conversion), the + and - "
+            f"2**{c.bp_bits} LSBs (step sizes in LSBs of each tensor's exponent at conversion; "
+            + ("every saturated tensor halved" if c.zo_halve else "ZO tensors saturate, BP tensors are halved")
+            + "), the + and - "
             "passes "
             + ("sharing their stochastic-rounding draws; " if c.crn else "rounding independently; ")
             + ("every update scaled by the same cosine decay (an integer factor in Q8)."

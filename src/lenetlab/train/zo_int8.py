@@ -52,11 +52,17 @@ of it (NITI-style integer training, Wang et al. 2022, plus integer SPSA):
   kept growing fc3 (every saturation doubles the scale, so the next step in
   real units doubles too) until the logits overflowed.
 - **Overflow**: weights are kept within +-(127 - eps) so a perturbation never
-  wraps; when a tensor saturates it is halved (exponent + 1). Step sizes (ZO
-  and BP) are counted in LSBs of the tensor's exponent at conversion, so a
-  halved tensor takes the same step in real terms (with a step in LSBs of the
-  current exponent, each halving doubled the real step, and over 20,000 steps
-  the exponents ran away: fc3's reached 2**69 and accuracy fell to chance).
+  wraps. A ZO tensor saturates there (``zo_halve`` False); a BP tensor that
+  saturates is halved (exponent + 1), so BP weights can keep growing. Step
+  sizes (ZO and BP) are counted in LSBs of the tensor's exponent at
+  conversion, so a halved tensor takes the same step in real terms. Both
+  choices came from 20,000-step runs: with steps in LSBs of the current
+  exponent each halving doubled the real step and the exponents ran away
+  (fc3's reached 2**69, accuracy fell to chance); with fixed real steps but
+  ZO tensors halved too, the ZO random walk still saturated a few weights,
+  every halving cost all the others a bit of precision (and doubled eps in
+  real terms), and vanilla INT8 ZO rose to 46% by step 4,000 and fell back to
+  13%; with saturating ZO tensors it ended at 63%.
 - **Schedule**: every update is scaled by ``lr_q8 / 256``, an integer the
   trainer's schedule gives each step (:class:`Int8Stepper`: the step's
   learning rate over ``train.lr``); ``lenetlab reproduce zo`` uses the float
@@ -111,6 +117,7 @@ class Int8Config:
     q: int = 1             # perturbations per step
     seed: int = 0
     crn: bool = True       # the + and - passes of a probe share their stochastic-rounding draws (common numbers)
+    zo_halve: bool = False  # a saturated ZO tensor is halved (exponent + 1) like a BP one; False: it saturates
 
 
 @dataclass
@@ -481,7 +488,7 @@ class Int8ElasticZO:
         """Halve any saturated tensor (exponent + 1) so weights can keep growing."""
         lim = QMAX - self.cfg.eps
         gen = None
-        for ly in self.layers:
+        for ly in self.layers if self.cfg.zo_halve else self.layers[self.cutoff:]:
             if int(ly.w.abs().max()) >= lim:
                 ly.w.copy_(sround_shift(ly.w.to(torch.int32), 1, gen))
                 ly.w_exp += 1
