@@ -63,3 +63,29 @@ def test_no_source_or_doc_cites_the_seed_papers_file():
     if "PAPERS.md" in _readme():
         hits.append("README.md")
     assert not hits, hits
+
+
+def test_claims_table_later_quick_folder_replaces_its_experiments(tmp_path):
+    """A later quick-* folder replaces the experiments it holds (a quick re-run of one experiment); the first
+    one gives the rows' order; other folders are full mode."""
+    import json
+
+    def write(folder: str, exp: str, estimate: float, verdict: str) -> None:
+        d = tmp_path / folder / exp
+        d.mkdir(parents=True)
+        claim = {"name": "c", "seeds": [0, 1, 2], "test_images": 10, "estimate": estimate, "interval": None,
+                 "verdict": verdict}
+        (d / "result.json").write_text(json.dumps({"claims": [claim]}))
+
+    write("quick-a", "x", 1.0, "supported")
+    write("quick-a", "y", 2.0, "supported")
+    write("quick-b", "y", 3.0, "not supported")
+    write("full-c", "x", 4.0, "inconclusive")
+    out = subprocess.run([sys.executable, str(RESULTS / "claims_table.py"), *(str(tmp_path / f) for f in
+                          ("quick-a", "quick-b", "full-c"))], check=True, capture_output=True, text=True).stdout
+    rows = [r for r in out.splitlines() if r.startswith("| `")]
+    assert rows == ["| `x` | c | 3 | 10 | 1 | **supported** | 3, 4, **inconclusive** |",
+                    "| `y` | c | 3 | 10 | 3 | **not supported** | quick only |"], rows
+    bad = subprocess.run([sys.executable, str(RESULTS / "claims_table.py"), str(tmp_path / "full-c")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "quick" in bad.stderr
