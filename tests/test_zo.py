@@ -179,3 +179,26 @@ def test_bad_zo_config_is_a_clean_error(train, match):
 def test_zo_config_fields_exist():
     tc = TrainConfig()
     assert (tc.zo.method, tc.zo.layers, tc.zo.q) == ("bp", None, 1)
+
+
+def test_int8_journal_key_names_every_field_of_the_integer_recipe():
+    """Changing any Int8Config field that defines the step (all but q and seed), or the schedule, changes the
+    INT8 cells' journal key, so a journal of another recipe is never reused; q and seed do not enter it."""
+    import dataclasses
+
+    from lenetlab.experiments import zo as Z
+    from lenetlab.train.zo_int8 import Int8Config
+
+    s = Z.Settings(**Z.settings(False))
+    base = Int8Config()
+    tag = Z.int8_recipe(s, base)
+    assert tag == Z.int8_recipe(s)
+    for f in dataclasses.fields(Int8Config):
+        v = getattr(base, f.name)
+        other = (not v) if isinstance(v, bool) else (1 if v is None else None if f.name == "zo_clip" else v + 1)
+        changed = Z.int8_recipe(s, dataclasses.replace(base, **{f.name: other}))
+        assert (changed == tag) == (f.name in ("q", "seed")), f.name
+    assert Z.int8_recipe(dataclasses.replace(s, cosine=not s.cosine), base) != tag
+    r = {"label": "int8-4", "kind": "int8", "cutoff": 4, "seed": 0}
+    assert Z._key("mnist", r, s) == f"mnist/int8-4/seed0/{tag}"
+    assert Z._key("mnist", {**r, "label": "ezo-4", "kind": "float"}, s) == "mnist/ezo-4/seed0"

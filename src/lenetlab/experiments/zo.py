@@ -253,12 +253,14 @@ def train_int8(splits: Any, cutoff: int, steps: int, batch: int, seed: int, q: i
             "analytic": analytic_bytes(model, "elasticzo-int8", cutoff, batch), "exponents": s["int8_exponents"]}
 
 
-def int8_recipe(s: Settings) -> str:
-    """The integer recipe an INT8 cell was trained with (:class:`Int8Config`'s step sizes and the schedule), as
-    part of its journal key: a journal from another recipe is then re-run rather than reused."""
+def int8_recipe(s: Settings, c: Any = None) -> str:
+    """The integer recipe an INT8 cell was trained with (:class:`Int8Config`'s step sizes, ``c``: the defaults
+    when None, and the schedule), as part of its journal key: a journal from another recipe is then re-run
+    rather than reused. Every field but ``q`` and ``seed`` (which the cell's settings and key carry) must
+    show in it (tests/test_zo.py changes each one)."""
     from lenetlab.train.zo_int8 import Int8Config
 
-    c = Int8Config()
+    c = Int8Config() if c is None else c
     return (f"eps{c.eps}-shift{c.zo_shift}-clip{c.zo_clip}-bp{c.bp_bits}{'-crn' if c.crn else ''}"
             f"{'-zohalve' if c.zo_halve else '-zosat'}"
             f"-{'cosine' if s.cosine else 'constant'}")
