@@ -169,7 +169,7 @@ def test_sweep_returns_exactly_the_separate_calls(name, options, kw):
     model = _model(name, **options)
     x, y = _data(37)
     sigmas = [0.3, 0.0, 2.0, 0.05, 0.3]
-    got = noisy_accuracy_sweep(model, x, y, sigmas, draws=3, seed=4, batch_size=39, **kw)
+    got = noisy_accuracy_sweep(model, x, y, sigmas, draws=3, seed=4, batch_size=39, exact=True, **kw)
     ref = [noisy_accuracy(model, x, y, s, draws=3, seed=4, batch_size=39, reference=True, **kw) for s in sigmas]
     assert got == ref
     if name == "lenet5":      # the sigmas do differ, so the check can fail (an untrained deep net answers one
@@ -181,7 +181,7 @@ def test_sweep_with_many_batches_and_its_bad_input():
 
     model = _model()
     x, y = _data(60)
-    got = noisy_accuracy_sweep(model, x, y, [0.5, 1.5], draws=5, seed=1, batch_size=25)
+    got = noisy_accuracy_sweep(model, x, y, [0.5, 1.5], draws=5, seed=1, batch_size=25, exact=True)
     assert got == [noisy_accuracy(model, x, y, s, draws=5, seed=1, batch_size=25, reference=True) for s in (0.5, 1.5)]
     assert noisy_accuracy_sweep(model, x, y, [], draws=2) == []
     with pytest.raises(LenetlabError, match="sigma"):
@@ -210,12 +210,13 @@ def test_pieces_return_exactly_the_reference(monkeypatch, threads, name, options
     from lenetlab.noise import inject
 
     monkeypatch.setattr(inject, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(inject, "SWEEP_CHUNK_ROWS", 7)
     torch.set_num_threads(threads)
     model = _model(name, **options)
     x, y = _data(37)
     sigmas = [0.3, 2.0, 0.05]
     ref = [noisy_accuracy(model, x, y, s, draws=3, seed=4, batch_size=39, reference=True, **kw) for s in sigmas]
-    assert inject.noisy_accuracy_sweep(model, x, y, sigmas, draws=3, seed=4, batch_size=39, **kw) == ref
+    assert inject.noisy_accuracy_sweep(model, x, y, sigmas, draws=3, seed=4, batch_size=39, exact=True, **kw) == ref
     assert [noisy_accuracy(model, x, y, s, draws=3, seed=4, batch_size=39, **kw) for s in sigmas] == ref
     checked = inject._CHUNK_OK[model]
     assert checked and all(checked.values())
@@ -225,14 +226,14 @@ def test_pieces_return_exactly_the_reference(monkeypatch, threads, name, options
 def test_sweep_pieces_run_on_the_helper_thread(monkeypatch):
     from lenetlab.noise import inject
 
-    monkeypatch.setattr(inject, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(inject, "SWEEP_CHUNK_ROWS", 7)
     torch.set_num_threads(2)
     model = _model()
     names = set()
     handle = model.conv1.register_forward_hook(lambda *a: names.add(threading.current_thread().name))
     x, y = _data(37)
     try:
-        got = inject.noisy_accuracy_sweep(model, x, y, [0.3, 2.0], draws=3, seed=4, batch_size=39)
+        got = inject.noisy_accuracy_sweep(model, x, y, [0.3, 2.0], draws=3, seed=4, batch_size=39, exact=True)
     finally:
         handle.remove()
     assert got == [noisy_accuracy(model, x, y, s, draws=3, seed=4, batch_size=39, reference=True)
@@ -308,14 +309,150 @@ def test_a_model_whose_rows_interact_runs_whole(monkeypatch):
     from lenetlab.noise import inject
 
     monkeypatch.setattr(inject, "CHUNK_ROWS", 8)
+    monkeypatch.setattr(inject, "SWEEP_CHUNK_ROWS", 8)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), _BatchCentred(), nn.ReLU(), nn.Linear(32, 10)).eval()
     x, y = _data(40)
     sigmas = [0.2, 1.0]
     ref = [noisy_accuracy(model, x, y, s, draws=2, seed=3, batch_size=40, reference=True) for s in sigmas]
-    assert inject.noisy_accuracy_sweep(model, x, y, sigmas, draws=2, seed=3, batch_size=40) == ref
+    assert inject.noisy_accuracy_sweep(model, x, y, sigmas, draws=2, seed=3, batch_size=40, exact=True) == ref
     assert list(inject._CHUNK_OK[model].values()) == [False]
     # what the pieces alone would have given: other logits (so the check is what kept the numbers right)
     with torch.inference_mode():
         xr = x[:20].repeat(2, 1, 1, 1)
         assert not torch.equal(torch.cat([model(xr[a:a + 8]) for a in range(0, 40, 8)]), model(xr))
+
+
+class _Scaled(nn.Module):
+    """conv1 does not get the model input itself (the input is scaled first): no fold."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.fc = nn.Conv2d(1, 2, 3), nn.Linear(2 * 26 * 26, 10)
+
+    def forward(self, x):
+        return self.fc(self.conv1(x * 2).flatten(1))
+
+
+class _Twice(nn.Module):
+    """The first layer is called twice per forward: no fold."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(784, 784), nn.Linear(784, 10)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        return self.fc2(self.fc1(self.fc1(x).relu()))
+
+
+class _Mlp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(784, 64), nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc2(self.fc1(x).relu())
+
+
+def test_first_layer_is_found_only_where_folding_is_sound():
+    from lenetlab.noise.inject import first_layer
+
+    x = torch.randn(3, 1, 28, 28)
+    m = _model()
+    assert first_layer(m, x) is m.conv1
+    with apply_qat(m, 4, 0.5):                  # a parametrized (fake-quant) weight is still a convolution
+        assert first_layer(m, x) is m.conv1
+    mlp = _Mlp()
+    assert first_layer(mlp, x.flatten(1)) is mlp.fc1
+    assert first_layer(_Scaled(), x) is None
+    assert first_layer(_Twice(), x) is None
+    assert first_layer(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), x) is None    # first is the Flatten
+    for where in ("model", "conv1"):
+        target = m if where == "model" else m.conv1
+        for register in (target.register_forward_pre_hook, target.register_forward_hook):
+            h = register(lambda *a: None)
+            try:
+                assert first_layer(m, x) is None, (where, register)
+            finally:
+                h.remove()
+    assert first_layer(m, x) is m.conv1
+
+
+@pytest.mark.parametrize("layer", ["conv", "linear"])
+@pytest.mark.parametrize("output_site", [True, False])
+def test_the_folded_first_layer_is_the_noisy_layer_up_to_rounding(layer, output_site):
+    """L(x + s z) + s z1 computed as L(x) + s (L0(z) + z1): the same values to float rounding (the oracle: the
+    layer run on the noisy input), the layer itself run once for all sigmas."""
+    from lenetlab.noise import inject
+
+    torch.manual_seed(1)
+    if layer == "conv":
+        model = nn.Sequential(nn.Conv2d(1, 4, 5, padding=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 784, 10))
+        x = torch.randn(6, 1, 28, 28)
+    else:
+        model = nn.Sequential(nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+        x = torch.randn(6, 784)
+    model.eval()
+    sites = ("input", "conv", "linear") if output_site else ("input", "act")
+    noise = _PrefetchedNoise(model, 1.0, False, sites, seed=2)
+    plan = noise.row_plan(x[:1])
+    ready = noise.draw([(torch.Size((len(x), *s[1:])), d) for s, d in plan])
+    ref = {}
+    with torch.inference_mode():
+        for s in (0.05, 0.7, 3.0):
+            noise.start(ready, keep=True, sigma=s)
+            ref[s] = model(x)
+        first = inject._FirstLayer(model[0], noise, folds=True, output_site=output_site)
+        base_calls = []
+        orig = type(model[0]).forward
+        try:
+            type(model[0]).forward = lambda self, inp: (base_calls.append(self is model[0]), orig(self, inp))[1]
+            for s in (0.05, 0.7, 3.0):
+                noise.start(ready, keep=True, sigma=s)
+                got = model(x)
+                scale = ref[s].abs().max()
+                assert torch.allclose(got, ref[s], rtol=1e-5, atol=1e-5 * scale), (s, (got - ref[s]).abs().max())
+        finally:
+            type(model[0]).forward = orig
+        first.remove()
+    noise.remove()
+    assert sum(base_calls) == 1          # L(x) once; each sigma after it a scaled sum of the cached terms
+    assert not hasattr(model[0], "forward") or "forward" not in vars(model[0])
+
+
+@pytest.mark.parametrize("kw", [{}, {"relative": True, "sites": ("conv", "linear")}])
+def test_default_sweep_runs_the_first_layer_once_per_batch_and_agrees_with_the_reference(monkeypatch, kw):
+    """The default sweep: conv1 once per batch instead of once per sigma. Without input noise (relative at
+    conv+linear) the cached output is the very one, so even the default equals the reference bit for bit; with
+    absolute input noise it is folded and fused, and every image's score agrees with the reference's (a flip
+    needs two logits within about 1e-6 of each other)."""
+    from lenetlab.noise import inject
+
+    model = _model()
+    x, y = _data(37)
+    sigmas = [0.3, 2.0, 0.05, 0.8, 1.2, 0.1]
+    counts = {"n": 0}
+    orig = nn.Conv2d.forward
+
+    def counting(self, inp):
+        if self is model.conv1:
+            counts["n"] += 1
+        return orig(self, inp)
+
+    monkeypatch.setattr(nn.Conv2d, "forward", counting)
+    got = inject.noisy_accuracy_sweep(model, x, y, sigmas, draws=3, seed=4, batch_size=39, **kw)
+    default_calls, counts["n"] = counts["n"], 0
+    exact = inject.noisy_accuracy_sweep(model, x, y, sigmas, draws=3, seed=4, batch_size=39, exact=True, **kw)
+    exact_calls = counts["n"]
+    batches = 3                              # 13, 13 and 11 images
+    assert default_calls <= batches + 3      # + the probes (first layer, site plan) and the first batch's plan
+    ref = [noisy_accuracy(model, x, y, s, draws=3, seed=4, batch_size=39, reference=True, **kw) for s in sigmas]
+    assert exact == ref
+    if kw:
+        assert got == ref
+        assert exact_calls <= batches + 3    # no input noise: cached in the exact sweep too
+    else:
+        assert exact_calls >= len(sigmas) * batches
+        for g, r in zip(got, ref):
+            assert g["per_image"] == r["per_image"] and g["mean"] == pytest.approx(r["mean"], abs=0)

@@ -24,6 +24,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--weight-sigma", type=V.real("--weight-sigma", lo=0.0, hi=V.MAX_SIGMA), default=0.0,
                    help="absolute noise on conv/linear weights")
     e.add_argument("--seed", type=V.seed(), default=0)
+    e.add_argument("--exact", action="store_true",
+                   help="several sigmas: exactly the numbers of one evaluation per sigma, bit for bit (slower; "
+                        "by default the first layer is folded and the noise added in one rounding)")
     e.add_argument("--limit", type=V.count("--limit"), metavar="N", help="only the first N test images")
     e.add_argument("--json", action="store_true", help="print the rows as JSON")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -61,8 +64,9 @@ def cmd_noise_eval(a: argparse.Namespace) -> int:
     x, y = splits.test_x.to(dev), splits.test_y.to(dev)
     rows = []
     if a.weight_sigma == 0 and len(sigmas) > 1:
-        # one seed for every sigma: the same numbers as a call per sigma, each batch's normals drawn once
-        results = noisy_accuracy_sweep(model, x, y, sigmas, a.draws, a.relative, sites, a.seed)
+        # one seed for every sigma: the numbers of a call per sigma (bit for bit with --exact, else up to float
+        # rounding), each batch's normals drawn once
+        results = noisy_accuracy_sweep(model, x, y, sigmas, a.draws, a.relative, sites, a.seed, exact=a.exact)
     else:
         results = None
     with progress_bar("noise sigmas", total=len(sigmas), quiet=a.quiet) as bar:

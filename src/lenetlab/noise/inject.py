@@ -298,6 +298,9 @@ class _ForwardState(threading.local):
         self.keep = False
         self.drawn: list[torch.Tensor] = []
         self.shapes: list[tuple[torch.Size, torch.dtype]] = []
+        self.first = False    # this forward's first layer comes from the batch's cache (see _FirstLayer)
+        self.sigma = 0.0      # this forward's sigma (two threads may run two sigmas at once)
+        self.probe = False    # a forward that only records the site shapes (zero noise, nothing drawn)
 
 
 class _PrefetchedNoise:
@@ -309,8 +312,11 @@ class _PrefetchedNoise:
     whose shapes change from forward to forward) gets normals from a second generator seeded from ``seed``,
     so the result stays deterministic and correctly distributed (it then no longer equals the reference's)."""
 
-    def __init__(self, model: nn.Module, sigma: float, relative: bool, sites: Sequence[str], seed: int | None):
+    def __init__(self, model: nn.Module, sigma: float, relative: bool, sites: Sequence[str], seed: int | None,
+                 fused: bool = False):
         self.model, self.sigma, self.relative = model, sigma, relative
+        # fused: y + factor * z in one rounding (torch.add / addcmul), not the reference's product then sum
+        self.fused = fused
         self.time_major = bool(getattr(model, "rule_time_major", False))
         self.generator = torch.Generator()
         if seed is None:
@@ -319,6 +325,7 @@ class _PrefetchedNoise:
             self.generator.manual_seed(seed)
         self._spare_seed = self.generator.initial_seed()
         self._spare: torch.Generator | None = None
+        self.first: _FirstLayer | None = None     # set by _FirstLayer.attach
         self.f = _ForwardState()      # this thread's forward: its normals, where it is in them (see start())
         self._handles: list[Any] = []
         if sigma == 0:
@@ -333,11 +340,32 @@ class _PrefetchedNoise:
         """Standard normals for one forward's sites, in order, from the main generator."""
         return [torch.empty(shape, dtype=dtype).normal_(generator=self.generator) for shape, dtype in plan]
 
-    def start(self, ready: list[torch.Tensor] | None, keep: bool = False) -> None:
+    def row_plan(self, x1: torch.Tensor) -> list[tuple[torch.Size, torch.dtype]] | None:
+        """The site shapes of a one-row forward of ``x1``, in call order, found without drawing (zero noise),
+        or None where a site's output does not have the one row first. For a :func:`row_wise` model the plan
+        of an R-row batch is this with R rows: drawn from it, the normals are the very ones the batch's own
+        forward would draw site by site (the same shapes in the same order from the same generator)."""
+        self.start(None)
+        self.f.probe = True
+        try:
+            self.model(x1)
+        finally:
+            self.f.probe = False
+        shapes = self.f.shapes
+        if not shapes or any(len(sh) == 0 or sh[0] != 1 for sh, _ in shapes):
+            return None
+        return shapes
+
+    def start(self, ready: list[torch.Tensor] | None, keep: bool = False, sigma: float | None = None) -> None:
         """Before a forward: its prepared normals (None: draw as the hooks ask). ``keep``: leave the normals
-        as they are (a sweep reuses them for its next sigma) and collect those drawn now in ``drawn``."""
+        as they are (a sweep reuses them for its next sigma) and collect those drawn now in ``drawn``. With a
+        :class:`_FirstLayer` attached and normals in hand, the first layer's output comes from its cache.
+        ``sigma``: this forward's (default: the ``sigma`` attribute)."""
         f = self.f
         f.ready, f.next, f.shapes, f.keep, f.drawn = ready, 0, [], keep, []
+        f.sigma = self.sigma if sigma is None else sigma
+        f.probe = False
+        f.first = ready is not None and self.first is not None
 
     @property
     def drawn(self) -> list[torch.Tensor]:
@@ -352,6 +380,8 @@ class _PrefetchedNoise:
     def standard(self, y: torch.Tensor) -> torch.Tensor:
         f = self.f
         f.shapes.append((y.shape, y.dtype))
+        if f.probe:
+            return torch.zeros(y.shape, dtype=y.dtype, device=y.device)
         if f.ready is None:
             z = torch.empty(y.shape, dtype=y.dtype).normal_(generator=self.generator)
             if f.keep:
@@ -367,24 +397,35 @@ class _PrefetchedNoise:
 
     def noisy(self, y: torch.Tensor) -> torch.Tensor:
         """``y + sigma * z`` (absolute) or ``y + sigma * max|y| * z`` (relative), as NoiseInjector computes it
-        (the product first, then the sum, so bit for bit the same), written into z's buffer."""
+        (the product first, then the sum, so bit for bit the same), written into z's buffer; ``fused``: in one
+        operation, one rounding."""
         z = self.standard(y)
         if self.relative:
             if self.time_major and y.dim() == 3:
                 scale = y.detach().abs().amax(2, keepdim=True)
             else:
                 scale = y.detach().abs().flatten(1).amax(1).view(-1, *([1] * (y.dim() - 1)))
-            factor: Any = self.sigma * scale
+            factor: Any = self.f.sigma * scale
         else:
-            factor = self.sigma
+            factor = self.f.sigma
+        if self.fused:
+            return torch.add(y, z, alpha=factor) if not self.relative else torch.addcmul(y, z, factor)
         # the same product and sum either way; kept normals get a buffer of their own
         return (torch.mul(z, factor) if self.f.keep else z.mul_(factor)).add_(y)
 
-    def _input_hook(self, module: nn.Module, args: tuple) -> tuple:
+    def _input_hook(self, module: nn.Module, args: tuple) -> tuple | None:
+        if self.f.first and self.first.folds:
+            self.standard(args[0])      # these normals are folded into the first layer's cached output
+            return None
         return (self.noisy(args[0]), *args[1:])
 
     def _output_hook(self, module: nn.Module, args: tuple, out: Any) -> torch.Tensor | None:
-        return self.noisy(out) if isinstance(out, torch.Tensor) else None
+        if not isinstance(out, torch.Tensor):
+            return None
+        if self.f.first and self.first.folds and module is self.first.module:
+            self.standard(out)          # folded, as the input's
+            return None
+        return self.noisy(out)
 
     def remove(self) -> None:
         for h in self._handles:
@@ -392,10 +433,133 @@ class _PrefetchedNoise:
         self._handles.clear()
 
 
+def _layer_class(m: nn.Module) -> type:
+    from torch.nn.utils import parametrize
+
+    # torch's Parametrized<Class> wrapper (QAT's weight fake-quant): the layer's own class
+    return type(m).__mro__[1] if parametrize.is_parametrized(m) else type(m)
+
+
+def _hooks_free(m: nn.Module) -> bool:
+    return not (m._forward_pre_hooks or m._forward_hooks)
+
+
+def first_layer(model: nn.Module, x: torch.Tensor) -> nn.Module | None:
+    """The leaf module a forward of ``model`` calls first, when it is a ``Conv2d`` or ``Linear`` (its weight
+    possibly parametrized, e.g. QAT's fake-quant) that gets the model's input tensor itself, is called once
+    per forward and carries no hooks (nor does the model, nor torch globally); else None. Found with one
+    clean forward of ``x[:1]`` (no gradient). Its output then depends on the model input alone, linearly
+    (up to its bias), which :class:`_FirstLayer` uses."""
+    import torch.nn.modules.module as mm
+
+    if not _hooks_free(model) or any(getattr(mm, k, None) for k in ("_global_forward_pre_hooks",
+                                                                    "_global_forward_hooks")):
+        return None
+    from torch.nn.utils import parametrize
+
+    # the layers: modules without children, or whose only children are a weight's parametrizations; not those
+    # parametrizations themselves (run when the weight is read)
+    leaves = [m for name, m in model.named_modules() if m is not model
+              and "parametrizations" not in name.split(".")
+              and (parametrize.is_parametrized(m) or not any(True for _ in m.children()))]
+    hook_free = {id(m) for m in leaves if _hooks_free(m)}
+    calls: list[tuple[nn.Module, Any]] = []
+    given: list[Any] = []
+    handles = [model.register_forward_pre_hook(lambda mod, args: given.append(args[0] if args else None))]
+    handles += [m.register_forward_pre_hook(lambda mod, args: calls.append((mod, args[0] if args else None)))
+                for m in leaves]
+    try:
+        with torch.inference_mode():
+            model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    if not calls or not given:
+        return None
+    first, inp = calls[0]
+    if (_layer_class(first) not in (nn.Conv2d, nn.Linear) or "forward" in vars(first)
+            or id(first) not in hook_free or inp is not given[0] or sum(m is first for m, _ in calls) != 1):
+        return None
+    return first
+
+
+class _FirstLayer:
+    """A sweep's first layer, computed once per batch instead of once per sigma.
+
+    Every sigma's forward of a batch feeds the first layer (:func:`first_layer`) the same clean rows. Where
+    the model input gets no noise, its output is the same for every sigma: it is computed at the batch's
+    first forward and reused - the same values, so the results do not change (``folds`` False).
+
+    Where the input does get absolute noise, the first layer's input differs from sigma to sigma, but only by
+    ``sigma * z`` with the batch's fixed normals ``z``: the layer is linear, so its output is
+    ``L(x) + sigma * L0(z)`` (``L0``: without the bias), and its own output noise ``sigma * z1`` adds to that:
+    ``L(x) + sigma * (L0(z) + z1)``. Both terms are computed once per batch, and each sigma costs one
+    scaled sum instead of the layer (``folds`` True; about half of LeNet-5's forward is conv1). The same
+    normals and the same sum, in another order: the numbers agree with the reference up to float rounding
+    (tests/test_noise_fast.py), not bit for bit, so ``exact=True`` leaves this out.
+
+    Installed by swapping the layer's ``forward`` on the instance (its hooks still fire); the cache is keyed
+    by the input rows' storage and cleared at every batch."""
+
+    def __init__(self, module: nn.Module, noise: _PrefetchedNoise, folds: bool, output_site: bool):
+        self.module, self.noise, self.folds, self.output_site = module, noise, folds, output_site
+        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._out = threading.local()
+        noise.first = self
+        module.forward = self._forward
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def remove(self) -> None:
+        self.clear()
+        self.noise.first = None
+        del self.module.forward
+
+    def _linear0(self, z: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        if isinstance(m, nn.Conv2d):
+            return m._conv_forward(z, m.weight, None)       # the layer's padding mode, no bias
+        return nn.functional.linear(z, m.weight)
+
+    def _forward(self, inp: torch.Tensor) -> torch.Tensor:
+        cls = _layer_class(self.module)
+        f = self.noise.f
+        if not f.first:
+            return cls.forward(self.module, inp)
+        key = (inp.data_ptr(), tuple(inp.shape), tuple(inp.stride()), inp.dtype)
+        hit = self._cache.get(key)
+        if hit is None:
+            base = cls.forward(self.module, inp)
+            w = None
+            if self.folds:
+                zs = f.ready[: 1 + self.output_site]
+                if zs[0].shape != inp.shape or (self.output_site and zs[1].shape != base.shape):
+                    raise LenetlabError("the model's noise sites changed from one forward to the next; "
+                                        "evaluate it with exact=True")
+                w = self._linear0(zs[0])
+                if self.output_site:
+                    w.add_(zs[1])
+            hit = self._cache[key] = (base, w)
+        base, w = hit
+        if w is not None:
+            # into this thread's buffer (the next forward's pool reads it before this thread's next forward
+            # writes it again): a fresh output per sigma would be a fresh mapping of pages per sigma
+            buf = self._out.__dict__.get("buf")
+            if buf is None or buf.shape != base.shape:
+                buf = self._out.buf = torch.empty_like(base)
+            return torch.add(base, w, alpha=f.sigma, out=buf)
+        # the output hook's noise leaves its input alone; without it, the next layer might work in place
+        return base if self.output_site else base.clone()
+
+
 #: rows per forward of the fast path once a batch's normals are drawn: a batch of 1,000 rows is pushed through
 #: the model in pieces this size, so each layer's output stays in cache (oneDNN's conv with one input channel
 #: runs about 3x faster on 200-row pieces than on 1,000 rows, with the same values per row)
 CHUNK_ROWS = 200
+#: rows per piece in a sweep, which runs every sigma of a piece before the next piece (its first layer is not
+#: run per sigma, :class:`_FirstLayer`, and smaller pieces keep the piece's normals in cache)
+SWEEP_CHUNK_ROWS = 100
 
 # torch modules whose output row i depends on input row i only (in eval mode; exact types: a subclass may
 # override forward)
@@ -444,7 +608,8 @@ def _piece_key(model: nn.Module, noise: _PrefetchedNoise) -> tuple | None:
 
 
 def _forward(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor, ready: list[torch.Tensor] | None,
-             keep: bool, fixed: tuple | None, helper: ThreadPoolExecutor | None = None) -> torch.Tensor:
+             keep: bool, fixed: tuple | None, helper: ThreadPoolExecutor | None = None,
+             chunk: int | None = None) -> torch.Tensor:
     """One noisy forward of the batch ``xr`` with the batch's normals ``ready`` (None: drawn as the hooks ask).
 
     For a :func:`row_wise` model (``fixed``: its :func:`_piece_key`; None: never in pieces), with normals in
@@ -456,17 +621,12 @@ def _forward(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor, ready:
     time a model meets an input shape, the pieces' logits (on a copy of the normals, laid out as they will be)
     are compared bit for bit with one whole-batch forward; if they differ anywhere, this model and shape always
     run whole. The check leaves the global random state and the noise's generators as it found them."""
-    rows, chunk = len(xr), CHUNK_ROWS
-    if fixed is None or ready is None or chunk <= 0 or rows <= chunk or any(z.dim() == 0 or len(z) != rows
-                                                                            for z in ready):
+    chunk = CHUNK_ROWS if chunk is None else chunk
+    record = _piece_record(model, xr, ready, fixed, chunk)
+    if record is None:
         noise.start(ready, keep=keep)
         return model(xr)
-    try:
-        seen = _CHUNK_OK.setdefault(model, {})
-    except TypeError:                            # a model class that cannot be hashed: no record, no pieces
-        noise.start(ready, keep=keep)
-        return model(xr)
-    key = (xr.shape, xr.dtype, xr.device, fixed, chunk)
+    seen, key = record
     if key not in seen:
         if len(seen) >= 64:                      # e.g. QAT put on and taken off a long-lived model many times
             seen.clear()
@@ -485,6 +645,79 @@ def _forward(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor, ready:
         noise.start(ready, keep=keep)
         return model(xr)
     return _pieces(model, noise, xr, ready, keep, chunk, helper)
+
+
+def _piece_record(model: nn.Module, xr: torch.Tensor, ready: list[torch.Tensor] | None, fixed: tuple | None,
+                  chunk: int) -> tuple[dict, tuple] | None:
+    """(the model's record of pieces checks, this batch's key in it) where the batch ``xr`` may run in
+    ``chunk``-row pieces (see :func:`_forward`); None where it may not."""
+    rows = len(xr)
+    if fixed is None or ready is None or chunk <= 0 or rows <= chunk or any(z.dim() == 0 or len(z) != rows
+                                                                            for z in ready):
+        return None
+    try:
+        seen = _CHUNK_OK.setdefault(model, {})
+    except TypeError:                            # a model class that cannot be hashed: no record, no pieces
+        return None
+    return seen, (xr.shape, xr.dtype, xr.device, fixed, chunk)
+
+
+def _predict_sigmas(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor, ready: list[torch.Tensor],
+                    sigmas: list[float], fixed: tuple | None, helper: ThreadPoolExecutor | None,
+                    worker: ThreadPoolExecutor, prefetch: Any = None) -> tuple[torch.Tensor, Any]:
+    """The predicted class of every row of ``xr`` at each of ``sigmas`` (a sweep: the batch's normals in hand
+    and kept), ``(len(sigmas), len(xr))``, and what ``prefetch()`` (the next batch's normals, or None) returns.
+
+    Where the batch may run in pieces (:func:`_forward`, whose one-time check runs here too), it runs piece by
+    piece, every sigma of a piece before the next piece, so the piece's normals and first-layer output stay in
+    cache. With a ``helper`` thread the pieces are taken from one queue by both threads, the helper first
+    drawing the next batch's normals (only one thread ever uses the generator); otherwise ``prefetch`` runs on
+    ``worker`` meanwhile. The same forwards, so the same predictions as a forward per sigma."""
+    out = torch.empty(len(sigmas), len(xr), dtype=torch.long)
+    chunk = SWEEP_CHUNK_ROWS
+    record = _piece_record(model, xr, ready, fixed, chunk)
+    on_helper = prefetch is not None and helper is not None and record is not None and record[0].get(record[1])
+    pending = worker.submit(prefetch) if prefetch is not None and not on_helper else None
+    try:
+        done = 0
+        if record is not None and record[1] not in record[0]:
+            noise.sigma = sigmas[0]
+            out[0] = _forward(model, noise, xr, ready, True, fixed, None, chunk).argmax(1)
+            done = 1
+        if record is None or not record[0][record[1]]:
+            for j in range(done, len(sigmas)):
+                noise.sigma = sigmas[j]
+                out[j] = _forward(model, noise, xr, ready, True, fixed, None, chunk).argmax(1)
+            return out, (pending.result() if pending is not None else None)
+        inference = torch.is_inference_mode_enabled()     # thread-local, like grad mode: the helper takes ours
+
+        def run(queue: Iterator[int]) -> None:
+            with torch.inference_mode(inference):
+                for a in queue:
+                    xa, zs = xr[a:a + chunk], [z[a:a + chunk] for z in ready]
+                    for j in range(done, len(sigmas)):
+                        noise.start(zs, keep=True, sigma=sigmas[j])
+                        out[j, a:a + chunk] = model(xa).argmax(1)
+
+        def helper_job() -> Any:
+            got = prefetch() if on_helper else None
+            run(queue)
+            return got
+
+        queue = iter(range(0, len(xr), chunk))            # one iterator, two threads: each piece taken once
+        nxt = None
+        if helper is None:
+            run(queue)
+        else:
+            second = helper.submit(helper_job)
+            try:
+                run(queue)
+            finally:
+                nxt = second.result()
+        return out, (nxt if on_helper else pending.result() if pending is not None else None)
+    finally:
+        if pending is not None:
+            pending.result()                  # no draw is left running (and its error, if any, is raised)
 
 
 def _pieces(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor, ready: list[torch.Tensor], keep: bool,
@@ -519,10 +752,14 @@ def _fast_noisy_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sig
 
 def noisy_accuracy_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: Sequence[float],
                          draws: int = 5, relative: bool = False, sites: Sequence[str] = SITES, seed: int = 0,
-                         batch_size: int = 1000) -> list[dict[str, Any]]:
+                         batch_size: int = 1000, exact: bool = False) -> list[dict[str, Any]]:
     """:func:`noisy_accuracy` at every sigma of ``sigmas`` with one ``seed``: the list
     ``[noisy_accuracy(model, x, y, s, draws, relative, sites, seed=seed, batch_size=batch_size) for s in
-    sigmas]``, the same numbers bit for bit (tests/test_noise_fast.py), in a fraction of the time.
+    sigmas]``, in a fraction of the time. With ``exact=True`` the same numbers bit for bit
+    (tests/test_noise_fast.py). By default, where the input gets absolute noise and the model's first layer
+    is a plain convolution or linear layer, that layer is folded (:class:`_FirstLayer`): computed once per
+    batch and not once per sigma, from the same normals, so the numbers equal the list's up to float rounding
+    (the logits agree to about 1e-6 of their size; an image whose top two logits are that close may flip).
 
     Each call of that list seeds its own generator with ``seed`` and draws the same standard normals, batch by
     batch and site by site; only the factor sigma (x max|y| when ``relative``) differs. So here each batch's
@@ -542,14 +779,15 @@ def noisy_accuracy_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sig
         clean = _fast_noisy_accuracy(model, x, y, 0.0, draws, relative, sites, seed, batch_size)
         results.update({j: clean for j, s in enumerate(sigmas) if s == 0})
     if live:
-        shared = _sweep(model, x, y, live, draws, relative, sites, seed, batch_size)
+        shared = _sweep(model, x, y, live, draws, relative, sites, seed, batch_size, exact)
         it = iter(shared)
         results.update({j: next(it) for j, s in enumerate(sigmas) if s > 0})
     return [results[j] for j in range(len(sigmas))]
 
 
 def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[float], draws: int,
-           relative: bool, sites: tuple[str, ...], seed: int, batch_size: int) -> list[dict[str, Any]]:
+           relative: bool, sites: tuple[str, ...], seed: int, batch_size: int,
+           exact: bool = True) -> list[dict[str, Any]]:
     """The fast path, for one sigma or (:func:`noisy_accuracy_sweep`) several > 0 with one seed: each batch's
     normals are drawn once - on demand in the first forward of a batch size, else from the plan of site shapes
     that forward recorded, the next batch's on a second thread while this one runs (torch on one intra-op
@@ -564,7 +802,18 @@ def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[floa
     per_image = torch.zeros(len(sigmas), len(x), dtype=torch.long, device=x.device)
     per = max(1, batch_size // draws)
     starts = list(range(0, len(x), per))
-    noise = _PrefetchedNoise(model, sigmas[0], relative, sites, seed)
+    first = first_layer(model, x) if len(sigmas) > 1 and len(x) else None
+    noise = _PrefetchedNoise(model, sigmas[0], relative, sites, seed, fused=not exact and len(sigmas) > 1)
+    if first is not None and noise._handles:
+        output_site = any(m is first and kind in sites for _, m, kind in leaf_sites(model))
+        if "input" not in sites:
+            first = _FirstLayer(first, noise, folds=False, output_site=output_site)
+        elif not relative and not exact:
+            first = _FirstLayer(first, noise, folds=True, output_site=output_site)
+        else:
+            first = None
+    else:
+        first = None
     plans: dict[int, list[tuple[torch.Size, torch.dtype]]] = {}
     pending: Future | None = None
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenetlab-noise")
@@ -577,34 +826,61 @@ def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[floa
         torch.set_num_threads(1)
         fixed = _piece_key(model, noise)
         with torch.inference_mode(), _fast_pools(model):
+            # a sweep of a row-wise model knows every batch's site shapes from a one-row forward, so even the
+            # first batch's normals are drawn ahead of its forwards (the same draws in the same order)
+            row_plan = (noise.row_plan(x[:1]) if len(sigmas) > 1 and fixed is not None and noise._handles
+                        and len(x) else None)
+
+            def plan_for(rows: int) -> list[tuple[torch.Size, torch.dtype]] | None:
+                if rows in plans:
+                    return plans[rows]
+                if row_plan is None:
+                    return None
+                return [(torch.Size((rows, *shape[1:])), dtype) for shape, dtype in row_plan]
+
+            ahead: list[torch.Tensor] | None = None      # the next batch's normals, drawn during this one
             for k, i in enumerate(starts):
                 xb, yb = x[i:i + per], y[i:i + per]
                 rows = len(xb) * draws
-                if pending is not None:
+                nxt_rows = min(per, len(x) - starts[k + 1]) * draws if k + 1 < len(starts) else None
+                if ahead is not None:
+                    ready, ahead = ahead, None
+                elif pending is not None:
                     ready = pending.result()
-                elif rows in plans and noise._handles:
-                    ready = noise.draw(plans[rows])
+                elif noise._handles and plan_for(rows) is not None:
+                    ready = noise.draw(plan_for(rows))
                 else:
                     ready = None
                 pending = None
-                if ready is not None and k + 1 < len(starts):
-                    nxt = min(per, len(x) - starts[k + 1]) * draws
-                    if nxt in plans:
-                        pending = worker.submit(noise.draw, plans[nxt])
+                if ready is not None and len(sigmas) == 1 and nxt_rows in plans:
+                    pending = worker.submit(noise.draw, plans[nxt_rows])
                 xr = xb.repeat(draws, *([1] * (xb.dim() - 1)))
-                for j, sg in enumerate(sigmas):
-                    noise.sigma = sg
-                    logits = _forward(model, noise, xr, ready, len(sigmas) > 1, fixed, helper)
+                if first is not None:
+                    first.clear()
+                preds = torch.empty(len(sigmas), rows, dtype=torch.long)
+                done = 0
+                if ready is None or len(sigmas) == 1:
+                    noise.sigma = sigmas[0]
+                    preds[0] = _forward(model, noise, xr, ready, len(sigmas) > 1, fixed, helper).argmax(1)
                     if ready is None:          # the first forward of this size drew as its hooks asked
                         ready = noise.drawn
                         plans.setdefault(rows, noise.shapes)
-                    hit = logits.argmax(1).view(draws, len(xb)) == yb
+                    done = 1
+                if done < len(sigmas):
+                    plan = plan_for(nxt_rows) if nxt_rows is not None else None
+                    prefetch = (lambda pl=plan: noise.draw(pl)) if plan is not None else None
+                    preds[done:], ahead = _predict_sigmas(model, noise, xr, ready, sigmas[done:], fixed, helper,
+                                                          worker, prefetch)
+                for j in range(len(sigmas)):
+                    hit = preds[j].view(draws, len(xb)) == yb
                     correct[j] += hit.sum(1)
                     per_image[j, i:i + per] += hit.sum(0)
     finally:
         worker.shutdown(wait=True)
         if helper is not None:
             helper.shutdown(wait=True)
+        if first is not None:
+            first.remove()
         noise.remove()
         torch.set_num_threads(threads)
         model.train(was_training)
