@@ -3,7 +3,8 @@ docs/papers/noise.md).
 
 Models, trained on MNIST and evaluated with absolute Gaussian noise after every
 layer (input, conv, activation, pool, linear incl. logits) at a few evaluation
-sigmas, several noise draws each (:func:`lenetlab.noise.noisy_accuracy`):
+sigmas, several noise draws each (:func:`lenetlab.noise.noisy_accuracy_sweep`: one noise seed per training
+seed for every sigma):
 
 - ``float``: the plain baseline;
 - ``qat{b}_s{s}``: constant-scale QAT (:mod:`lenetlab.noise.qat`) at b bits and
@@ -53,6 +54,9 @@ from lenetlab.registry import register
 LARGER_WIDTH = 4.0
 ARCHS = {"lenet5": ("lenet5", {}), "lenet5_w4": ("lenet5", {"width": LARGER_WIDTH})}
 METHODS = ("float", "qat", "noisy")
+#: the journal tag of cells scored at several sigmas in one sweep with one noise seed (common random numbers);
+#: cells journalled before (a seed per sigma) have other keys and are run again, not mixed in
+SWEEP_TAG = "crn"
 
 
 @dataclass
@@ -107,7 +111,7 @@ def _train_and_score(cfg: RunConfig, sigmas: list[float], draws: int, val: bool)
     One cell (module level, so it can run in a Ray task)."""
     from lenetlab.data import load_splits
     from lenetlab.models import param_count
-    from lenetlab.noise.inject import noisy_accuracy
+    from lenetlab.noise.inject import noisy_accuracy_sweep
     from lenetlab.noise.training import apply_eval_qat
     from lenetlab.train import fit
 
@@ -118,13 +122,16 @@ def _train_and_score(cfg: RunConfig, sigmas: list[float], draws: int, val: bool)
     out: dict[str, Any] = {"clean": r["test_accuracy"], "params": param_count(model),
                            "timings": {"train_seconds": r["wall_seconds"]}, "test": {}, "val": {}}
     try:
-        for j, sg in enumerate(sigmas):
-            seed = 1000 * cfg.train.seed + j
-            t = noisy_accuracy(model, splits.test_x, splits.test_y, sg, draws, seed=seed)
+        # every sigma with one noise seed per training seed (common random numbers: at a given sigma, every
+        # method's models of a training seed see the same normals), all sigmas in one sweep
+        seed = 1000 * cfg.train.seed
+        test = noisy_accuracy_sweep(model, splits.test_x, splits.test_y, sigmas, draws, seed=seed)
+        for sg, t in zip(sigmas, test):
             out["test"][f"{sg:g}"] = [round(v, 6) for v in t["per_image"]]
-            if val:
-                out["val"][f"{sg:g}"] = noisy_accuracy(model, splits.val_x, splits.val_y, sg, draws,
-                                                       seed=seed + 500)["mean"]
+        if val:
+            for sg, v in zip(sigmas, noisy_accuracy_sweep(model, splits.val_x, splits.val_y, sigmas, draws,
+                                                          seed=seed + 500)):
+                out["val"][f"{sg:g}"] = v["mean"]
     finally:
         if qat is not None:
             qat.remove()
@@ -159,9 +166,10 @@ class NoiseStudy(Experiment):
         for arch in s.archs:
             # 1. QAT configuration choice: seed 0 of every configuration, on the validation split only (the
             # independent cells are prefetched: side by side where there is a runner, Ray)
-            cand_jobs = {qat_label(*q): job(f"{arch}/{qat_label(*q)}/s{s.seeds[0]}",
+            cand_jobs = {qat_label(*q): job(f"{arch}/{qat_label(*q)}/s{s.seeds[0]}/{SWEEP_TAG}",
                                             run_config(arch, s, s.seeds[0], q), s.sigmas, val=True) for q in configs}
-            float_jobs = [job(f"{arch}/float/s{sd}", run_config(arch, s, sd), s.sigmas) for sd in s.seeds]
+            float_jobs = [job(f"{arch}/float/s{sd}/{SWEEP_TAG}", run_config(arch, s, sd), s.sigmas)
+                          for sd in s.seeds]
             noisy_jobs = {f"{sg:g}": [job(f"{arch}/noisy{sg:g}/s{sd}", run_config(arch, s, sd, sigma=sg), [sg])
                                       for sd in s.seeds] for sg in s.sigmas}
             ctx.cells.prefetch([*cand_jobs.values(), *float_jobs, *(j for js in noisy_jobs.values() for j in js)])
@@ -171,7 +179,8 @@ class NoiseStudy(Experiment):
             ctx.log(f"{arch}: QAT configuration chosen on the validation split: {chosen} (mean accuracy under "
                     f"noise {100 * np.mean(list(cands[chosen]['val'].values())):.2f}%, seed {s.seeds[0]}, "
                     f"{len(cands)} configurations)")
-            qat_jobs = [job(f"{arch}/{chosen}/s{sd}", run_config(arch, s, sd, q), s.sigmas) for sd in s.seeds[1:]]
+            qat_jobs = [job(f"{arch}/{chosen}/s{sd}/{SWEEP_TAG}", run_config(arch, s, sd, q), s.sigmas)
+                        for sd in s.seeds[1:]]
             ctx.cells.prefetch(qat_jobs)
             qat_cells = [cands[chosen]] + [cell(*j) for j in qat_jobs]
             # 2. float on every seed; noisy with sigma_train = sigma_eval, scored at its own sigma
@@ -312,6 +321,10 @@ def _notes(s: Settings, cells) -> list[str]:
             f"QAT configuration chosen on the {s.val_size}-image validation split (held out of training; seed 0 of "
             f"each of bits {s.bits} x scales {s.scales}; mean accuracy under noise over the evaluation sigmas): "
             f"{chosen}. The test set scores only the chosen configuration.",
+            "Noise draws: the models of training seed k are scored with noise seed 1000k at every sigma (common "
+            "random numbers: at one sigma, float, QAT and noisy models of a seed see the same normals), float and "
+            "QAT at all sigmas in one sweep whose first layer is folded (the numbers of a call per sigma up to "
+            "float rounding; lenetlab.noise.noisy_accuracy_sweep).",
             "Noisy training uses sigma_train = sigma_eval (one model per evaluation sigma and seed), with the "
             f"noise ramped linearly from 0 over the first {s.ramp:.0%} of steps.",
             f"Larger architecture: lenet5 with width={LARGER_WIDTH:g} (hidden widths 24, 64, 480, 336).",
