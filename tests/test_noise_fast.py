@@ -456,3 +456,21 @@ def test_default_sweep_runs_the_first_layer_once_per_batch_and_agrees_with_the_r
         assert exact_calls >= len(sigmas) * batches
         for g, r in zip(got, ref):
             assert g["per_image"] == r["per_image"] and g["mean"] == pytest.approx(r["mean"], abs=0)
+
+
+def test_the_sweep_probes_leave_the_global_random_state_alone():
+    """The one-row forwards that find the first layer and plan the normals run under a forked global stream."""
+    from lenetlab.noise import inject
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), _MCDropout(), nn.ReLU(), nn.Linear(32, 10)).eval()
+    x = torch.randn(4, 1, 28, 28)
+    noise = _PrefetchedNoise(model, 0.5, False, inject.SITES, seed=1)
+    torch.manual_seed(5)
+    before = torch.random.get_rng_state()
+    with torch.inference_mode():
+        plan = noise.row_plan(x[:1])
+        assert inject.first_layer(model, x) is None          # its first module is the Flatten
+    noise.remove()
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert [tuple(s) for s, _ in plan] == [(1, 1, 28, 28), (1, 32), (1, 32), (1, 32), (1, 10)]

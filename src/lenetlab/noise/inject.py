@@ -348,7 +348,8 @@ class _PrefetchedNoise:
         self.start(None)
         self.f.probe = True
         try:
-            self.model(x1)
+            with torch.random.fork_rng(devices=[]):      # a model that draws (MC dropout) keeps its stream
+                self.model(x1)
         finally:
             self.f.probe = False
         shapes = self.f.shapes
@@ -401,10 +402,12 @@ class _PrefetchedNoise:
         operation, one rounding."""
         z = self.standard(y)
         if self.relative:
-            if self.time_major and y.dim() == 3:
-                scale = y.detach().abs().amax(2, keepdim=True)
-            else:
-                scale = y.detach().abs().flatten(1).amax(1).view(-1, *([1] * (y.dim() - 1)))
+            first = self.first if self.f.first else None
+            scale = first.scales.get(id(y)) if first is not None else None
+            if scale is None:
+                scale = self.scale(y)
+                if first is not None and first.cached(y):
+                    first.scales[id(y)] = scale     # the cached first-layer output: the same max for every sigma
             factor: Any = self.f.sigma * scale
         else:
             factor = self.f.sigma
@@ -412,6 +415,12 @@ class _PrefetchedNoise:
             return torch.add(y, z, alpha=factor) if not self.relative else torch.addcmul(y, z, factor)
         # the same product and sum either way; kept normals get a buffer of their own
         return (torch.mul(z, factor) if self.f.keep else z.mul_(factor)).add_(y)
+
+    def scale(self, y: torch.Tensor) -> torch.Tensor:
+        """max|y| per sample (per time step and sample for a spiking model's (T, B, features) output)."""
+        if self.time_major and y.dim() == 3:
+            return y.detach().abs().amax(2, keepdim=True)
+        return y.detach().abs().flatten(1).amax(1).view(-1, *([1] * (y.dim() - 1)))
 
     def _input_hook(self, module: nn.Module, args: tuple) -> tuple | None:
         if self.f.first and self.first.folds:
@@ -469,7 +478,7 @@ def first_layer(model: nn.Module, x: torch.Tensor) -> nn.Module | None:
     handles += [m.register_forward_pre_hook(lambda mod, args: calls.append((mod, args[0] if args else None)))
                 for m in leaves]
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.random.fork_rng(devices=[]):   # a model may draw (MC dropout)
             model(x[:1])
     finally:
         for h in handles:
@@ -504,12 +513,20 @@ class _FirstLayer:
     def __init__(self, module: nn.Module, noise: _PrefetchedNoise, folds: bool, output_site: bool):
         self.module, self.noise, self.folds, self.output_site = module, noise, folds, output_site
         self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._bases: set[int] = set()                 # id() of the cached outputs (alive until clear())
+        self.scales: dict[int, torch.Tensor] = {}     # a cached output's relative-noise scale, by id()
         self._out = threading.local()
         noise.first = self
         module.forward = self._forward
 
     def clear(self) -> None:
         self._cache.clear()
+        self._bases.clear()
+        self.scales.clear()
+
+    def cached(self, y: torch.Tensor) -> bool:
+        """Whether ``y`` is one of this batch's cached first-layer outputs (the same tensor for every sigma)."""
+        return id(y) in self._bases
 
     def remove(self) -> None:
         self.clear()
@@ -541,10 +558,12 @@ class _FirstLayer:
                 if self.output_site:
                     w.add_(zs[1])
             hit = self._cache[key] = (base, w)
+            if w is None:
+                self._bases.add(id(base))
         base, w = hit
         if w is not None:
-            # into this thread's buffer (the next forward's pool reads it before this thread's next forward
-            # writes it again): a fresh output per sigma would be a fresh mapping of pages per sigma
+            # into this thread's buffer, which its forward has read before the thread's next forward comes
+            # here again (a fresh output per sigma would be fresh pages from the OS each time)
             buf = self._out.__dict__.get("buf")
             if buf is None or buf.shape != base.shape:
                 buf = self._out.buf = torch.empty_like(base)
@@ -756,10 +775,11 @@ def noisy_accuracy_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sig
     """:func:`noisy_accuracy` at every sigma of ``sigmas`` with one ``seed``: the list
     ``[noisy_accuracy(model, x, y, s, draws, relative, sites, seed=seed, batch_size=batch_size) for s in
     sigmas]``, in a fraction of the time. With ``exact=True`` the same numbers bit for bit
-    (tests/test_noise_fast.py). By default, where the input gets absolute noise and the model's first layer
-    is a plain convolution or linear layer, that layer is folded (:class:`_FirstLayer`): computed once per
-    batch and not once per sigma, from the same normals, so the numbers equal the list's up to float rounding
-    (the logits agree to about 1e-6 of their size; an image whose top two logits are that close may flip).
+    (tests/test_noise_fast.py). By default every site adds its noise in one rounding (``y + s * z`` as one
+    operation), and where the input gets absolute noise and the model's first layer is a plain convolution
+    or linear layer, that layer is folded (:class:`_FirstLayer`): computed once per batch and not once per
+    sigma, from the same normals. So the numbers equal the list's up to float rounding (the logits agree to
+    about 1e-6 of their size; an image whose top two logits are that close may flip).
 
     Each call of that list seeds its own generator with ``seed`` and draws the same standard normals, batch by
     batch and site by site; only the factor sigma (x max|y| when ``relative``) differs. So here each batch's
@@ -793,8 +813,14 @@ def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[floa
     that forward recorded, the next batch's on a second thread while this one runs (torch on one intra-op
     thread meanwhile: two cores busy, no oversubscription; the generator is only ever used by one thread at a
     time) - and each sigma gets one forward; with several sigmas the normals are kept for the next one. Once a
-    batch's normals are in hand its forwards run in pieces (:func:`_forward`); a sweep of several sigmas, where
-    drawing is rare, runs half of the pieces on a second thread when torch was given two or more."""
+    batch's normals are in hand its forwards run in pieces (:func:`_forward`).
+
+    A sweep of several sigmas (:func:`_predict_sigmas`) of a row-wise model plans every batch's normals from a
+    one-row forward (:meth:`_PrefetchedNoise.row_plan`), runs every sigma of a piece before the next piece, on
+    both threads when torch was given two or more (the helper drawing the next batch's normals first), and
+    computes the first layer once per batch (:class:`_FirstLayer`: reused where the input is clean; with
+    ``exact`` False, folded where the input gets absolute noise, and every site's noise added in one
+    rounding)."""
     was_training = model.training
     threads = torch.get_num_threads()
     model.eval()
