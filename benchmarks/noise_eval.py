@@ -4,7 +4,9 @@ The workload of ``lenetlab reproduce noise`` / ``lenetlab noise eval``: a briefl
 test images, 5 draws, 17 absolute sigmas after every layer; plus the matrix's relative noise (sigma x max|y|
 on conv + linear) at 5 sigmas. Both paths run in the same process, alternating sigma by sigma (so a change
 in machine load hits both), under the reproduce thread setting (lenetlab.determinism.pinned_threads).
-Prints image-draws per second (images x draws / seconds) for each path and their ratios. The per-call fast
+Prints image-draws per second (images x draws / seconds) for each path and their ratios, each path timed
+in every one of --rounds rounds (its median round counts; the default sweep's first call, which also pays
+one-time costs, is printed too). The per-call fast
 path and the exact sweep (``exact=True``) must return exactly the reference's result dicts (same generator,
 same stream, same float operations). The default sweep (what ``lenetlab noise eval`` runs) folds the first
 layer and adds the noise in one rounding: the same normals, numbers equal up to float rounding, so it is
@@ -12,7 +14,7 @@ compared with the reference by how many (sigma, image) scores differ and by how 
 reference runs on a copy of the model with torch's nn.MaxPool2d, LeNet-5's pool when the reference was the
 implementation.
 
-    .venv/bin/python benchmarks/noise_eval.py [--images 1000] [--draws 5] [--sigmas 17] [--json PATH]
+    .venv/bin/python benchmarks/noise_eval.py [--images 1000] [--draws 5] [--sigmas 17] [--rounds 3] [--json PATH]
 
 Goal: noise evaluation >= 10x the reference (the default sigma sweep in one call; also reported: the exact
 sweep and the per-call path).
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import statistics
 import time
 
 import numpy as np
@@ -56,6 +59,7 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--sigmas", type=int, default=17, help="absolute sigmas (geometric, 0.01 .. 3)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of every path; each path's median round counts")
     add_json_option(ap)
     a = ap.parse_args()
     rec = Record("noise_eval")
@@ -81,32 +85,37 @@ def main() -> int:
     differing, compared, max_moved = 0, 0, 0.0
     with pinned_threads():
         for name, calls in workloads.items():
-            t = {"reference": 0.0, "fast": 0.0}
-            accs, refs = [], []
-            for kw in calls:
-                out = {}
-                for path in ("reference", "fast"):
+            rounds: dict[str, list[float]] = {"reference": [], "fast": [], "exact sweep": [], "sweep": []}
+            for r in range(a.rounds):
+                t = {"reference": 0.0, "fast": 0.0}
+                accs, refs = [], []
+                for kw in calls:
+                    out = {}
+                    for path in ("reference", "fast"):
+                        t0 = time.perf_counter()
+                        out[path] = noisy_accuracy(ref_model if path == "reference" else model, x, y,
+                                                   draws=a.draws, seed=SEED, reference=path == "reference", **kw)
+                        t[path] += time.perf_counter() - t0
+                    refs.append(out["reference"])
+                    all_equal &= out["reference"] == out["fast"]
+                    accs.append(f"{kw['sigma']:g}:{100 * out['fast']['mean']:.1f}")
+                # the sweeps: every sigma of the workload in one call, exact and as `lenetlab noise eval` runs it
+                common = {k: v for k, v in calls[0].items() if k != "sigma"}
+                for path, exact in (("exact sweep", True), ("sweep", False)):
                     t0 = time.perf_counter()
-                    out[path] = noisy_accuracy(ref_model if path == "reference" else model, x, y, draws=a.draws,
-                                               seed=SEED, reference=path == "reference",
-                                               **kw)
-                    t[path] += time.perf_counter() - t0
-                refs.append(out["reference"])
-                all_equal &= out["reference"] == out["fast"]
-                accs.append(f"{kw['sigma']:g}:{100 * out['fast']['mean']:.1f}")
-            # the sweeps: every sigma of the workload in one call, exact and as `lenetlab noise eval` runs it
-            common = {k: v for k, v in calls[0].items() if k != "sigma"}
-            for path, exact in (("exact sweep", True), ("sweep", False)):
-                t0 = time.perf_counter()
-                swept = noisy_accuracy_sweep(model, x, y, [kw["sigma"] for kw in calls], draws=a.draws,
-                                             seed=SEED, exact=exact, **common)
-                t[path] = time.perf_counter() - t0
-                if exact:
-                    sweep_equal &= swept == refs
-            for got, ref in zip(swept, refs):
-                differing += sum(g != r for g, r in zip(got["per_image"], ref["per_image"]))
-                compared += len(ref["per_image"])
-                max_moved = max(max_moved, abs(got["mean"] - ref["mean"]))
+                    swept = noisy_accuracy_sweep(model, x, y, [kw["sigma"] for kw in calls], draws=a.draws,
+                                                 seed=SEED, exact=exact, **common)
+                    t[path] = time.perf_counter() - t0
+                    if exact:
+                        sweep_equal &= swept == refs
+                for got, ref in zip(swept, refs):
+                    differing += sum(g != r for g, r in zip(got["per_image"], ref["per_image"]))
+                    compared += len(ref["per_image"])
+                    max_moved = max(max_moved, abs(got["mean"] - ref["mean"]))
+                for path in rounds:
+                    rounds[path].append(t[path])
+            first_sweep = rounds["sweep"][0]
+            t = {path: statistics.median(v) for path, v in rounds.items()}     # each path's median round
             n = len(calls) * a.images * a.draws
             n_total += n
             for path in t:
@@ -119,6 +128,8 @@ def main() -> int:
             print(f"  sweep (1 call)  : {n / t['sweep']:9.0f} image-draws/s  ({t['sweep']:.2f} s)")
             print(f"  ratio fast/old  : {t['reference'] / t['fast']:9.2f}x   exact sweep/old: "
                   f"{t['reference'] / t['exact sweep']:.2f}x   sweep/old: {t['reference'] / t['sweep']:.2f}x")
+            print(f"  (median of {a.rounds} rounds; the sweep's first call: {n / first_sweep:.0f} image-draws/s, "
+                  f"{t['reference'] / first_sweep:.2f}x)")
             key = "absolute" if name.startswith("absolute") else "relative"
             rec.ratio(f"fast_vs_reference_{key}", t["reference"] / t["fast"])
             rec.ratio(f"sweep_vs_reference_{key}", t["reference"] / t["sweep"])
@@ -153,6 +164,7 @@ def main() -> int:
     rec.check("sweep_identical", sweep_equal)
     all_equal &= sweep_equal
     rec.value("images", a.images)
+    rec.value("rounds", a.rounds)
     rec.value("draws", a.draws)
     if not all_equal:
         rec.note("the per-call path's or the exact sweep's results differ from the reference's (exit status 1)")

@@ -474,3 +474,34 @@ def test_the_sweep_probes_leave_the_global_random_state_alone():
     noise.remove()
     assert torch.equal(torch.random.get_rng_state(), before)
     assert [tuple(s) for s, _ in plan] == [(1, 1, 28, 28), (1, 32), (1, 32), (1, 32), (1, 10)]
+
+
+@pytest.mark.parametrize("name,options,kw", [("lenet5", {}, {}),
+                                             ("lenet5", {}, {"relative": True, "sites": ("conv", "linear")}),
+                                             ("lenet5", {"activation": "tanh", "pool": "avg"},
+                                              {"sites": ("input", "pool")}),
+                                             ("lenet_deep", {"depth": 4}, {})])
+def test_a_stacked_sweep_agrees_with_the_reference(monkeypatch, name, options, kw):
+    """The default sweep in pieces: every sigma of a piece in one forward, a copy of the piece per sigma (here 4
+    sigmas x 5 rows), on two threads. Every image's score equals the reference's, and stacked forwards did run."""
+    from lenetlab.noise import inject
+
+    monkeypatch.setattr(inject, "SWEEP_CHUNK_ROWS", 7)
+    monkeypatch.setattr(inject, "STACK_ROWS", 20)
+    torch.set_num_threads(2)
+    model = _model(name, **options)
+    x, y = _data(37)
+    sigmas = [0.3, 2.0, 0.05, 0.8]
+    rows = []
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    handle = last.register_forward_hook(lambda m, a, out: rows.append(len(out)))
+    try:
+        got = inject.noisy_accuracy_sweep(model, x, y, sigmas, draws=3, seed=4, batch_size=39, **kw)
+    finally:
+        handle.remove()
+    ref = [noisy_accuracy(model, x, y, s, draws=3, seed=4, batch_size=39, reference=True, **kw) for s in sigmas]
+    assert 4 * 5 in rows and 4 * 4 in rows            # 39-row batches: seven 5-row pieces and a 4-row one
+    for g, r in zip(got, ref):
+        assert g["per_image"] == r["per_image"] and g["per_draw"] == r["per_draw"]
+    if name == "lenet5" and not kw:
+        assert got[0] != got[1]

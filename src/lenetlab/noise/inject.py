@@ -301,6 +301,11 @@ class _ForwardState(threading.local):
         self.first = False    # this forward's first layer comes from the batch's cache (see _FirstLayer)
         self.sigma = 0.0      # this forward's sigma (two threads may run two sigmas at once)
         self.probe = False    # a forward that only records the site shapes (zero noise, nothing drawn)
+        # stack > 1: this forward's rows are ``stack`` copies of one piece, copy k at sigma[k] (a tensor), all
+        # with the piece's normals (see _predict_sigmas); first_out: the first layer's output and its scale
+        self.stack = 1
+        self.first_out: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.offset: int | None = None
 
 
 class _PrefetchedNoise:
@@ -357,16 +362,20 @@ class _PrefetchedNoise:
             return None
         return shapes
 
-    def start(self, ready: list[torch.Tensor] | None, keep: bool = False, sigma: float | None = None) -> None:
+    def start(self, ready: list[torch.Tensor] | None, keep: bool = False, sigma: Any = None,
+              stack: int = 1, offset: int | None = None) -> None:
         """Before a forward: its prepared normals (None: draw as the hooks ask). ``keep``: leave the normals
         as they are (a sweep reuses them for its next sigma) and collect those drawn now in ``drawn``. With a
         :class:`_FirstLayer` attached and normals in hand, the first layer's output comes from its cache.
-        ``sigma``: this forward's (default: the ``sigma`` attribute)."""
+        ``sigma``: this forward's (default: the ``sigma`` attribute). ``stack`` > 1: the forward's rows are
+        that many copies of the rows of ``ready``, copy k at ``sigma[k]`` (``sigma`` a 1-d tensor), each site's
+        normals shared by the copies; ``offset``: where in its batch the piece starts."""
         f = self.f
         f.ready, f.next, f.shapes, f.keep, f.drawn = ready, 0, [], keep, []
         f.sigma = self.sigma if sigma is None else sigma
         f.probe = False
         f.first = ready is not None and self.first is not None
+        f.stack, f.first_out, f.offset = stack, None, offset
 
     @property
     def drawn(self) -> list[torch.Tensor]:
@@ -387,7 +396,10 @@ class _PrefetchedNoise:
             z = torch.empty(y.shape, dtype=y.dtype).normal_(generator=self.generator)
             if f.keep:
                 f.drawn.append(z)
-        elif f.next < len(f.ready) and f.ready[f.next].shape == y.shape and f.ready[f.next].dtype == y.dtype:
+        elif f.next < len(f.ready) and f.ready[f.next].dtype == y.dtype and (
+                f.ready[f.next].shape == y.shape if f.stack == 1 else
+                (y.dim() > 0 and y.shape[0] == f.stack * len(f.ready[f.next])
+                 and f.ready[f.next].shape[1:] == y.shape[1:])):
             z = f.ready[f.next]
             f.next += 1
         else:
@@ -401,6 +413,8 @@ class _PrefetchedNoise:
         (the product first, then the sum, so bit for bit the same), written into z's buffer; ``fused``: in one
         operation, one rounding."""
         z = self.standard(y)
+        if self.f.stack > 1:
+            return self._noisy_stacked(y, z)
         if self.relative:
             first = self.first if self.f.first else None
             scale = first.scales.get(id(y)) if first is not None else None
@@ -415,6 +429,27 @@ class _PrefetchedNoise:
             return torch.add(y, z, alpha=factor) if not self.relative else torch.addcmul(y, z, factor)
         # the same product and sum either way; kept normals get a buffer of their own
         return (torch.mul(z, factor) if self.f.keep else z.mul_(factor)).add_(y)
+
+    def _noisy_stacked(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """:meth:`noisy` for a stacked forward: ``y``'s rows are ``stack`` copies of a piece, copy k at
+        ``sigma[k]``; ``z`` is the piece's normals, shared by the copies (broadcast, not copied), or (an
+        unforeseen site) normals of ``y``'s own shape. One operation, one rounding (a sweep's default)."""
+        f = self.f
+        k = f.stack
+        rows = y.shape[0] // k
+        ones = [1] * (y.dim() - 1)
+        sig = f.sigma if f.sigma.dtype == y.dtype else f.sigma.to(y.dtype)
+        if self.relative:
+            scale = f.first_out[1] if f.first_out is not None and y is f.first_out[0] else None
+            scale = self.scale(y) if scale is None else scale
+            factor = sig.view(k, 1, *ones) * scale.view(k, rows, *ones)      # (k, rows, 1, ...)
+        else:
+            factor = sig.view(k, 1, *ones)                                     # (k, 1, 1, ...)
+        if z.shape[0] == y.shape[0]:
+            return torch.addcmul(y.view(k, rows, *y.shape[1:]), z.view(k, rows, *z.shape[1:]),
+                                 factor).view(y.shape)
+        out = torch.addcmul(y.view(k, rows, *y.shape[1:]), z.unsqueeze(0), factor)
+        return out.view(y.shape)
 
     def scale(self, y: torch.Tensor) -> torch.Tensor:
         """max|y| per sample (per time step and sample for a spiking model's (T, B, features) output)."""
@@ -516,6 +551,7 @@ class _FirstLayer:
         self._bases: set[int] = set()                 # id() of the cached outputs (alive until clear())
         self.scales: dict[int, torch.Tensor] = {}     # a cached output's relative-noise scale, by id()
         self._out = threading.local()
+        self._batch: tuple | None = None           # prepare(): (images, outputs per image, folded terms, scales)
         noise.first = self
         module.forward = self._forward
 
@@ -523,6 +559,28 @@ class _FirstLayer:
         self._cache.clear()
         self._bases.clear()
         self.scales.clear()
+        self._batch = None
+
+    def prepare(self, xr: torch.Tensor, images: int, ready: list[torch.Tensor]) -> None:
+        """Before a batch's stacked forwards: ``xr`` is ``images`` rows repeated once per draw, ``ready`` its
+        normals. The layer's output for each distinct image (the draws' copies are the same rows), its max|y|
+        where relative noise follows, and (folded) L0(z) + z1 for every row, in :data:`CHUNK_ROWS`-row calls
+        (oneDNN is slow on the few rows of a stacked piece)."""
+        cls = _layer_class(self.module)
+        step = max(1, CHUNK_ROWS)
+        base = torch.cat([cls.forward(self.module, xr[a:min(a + step, images)]) for a in range(0, images, step)])
+        w = None
+        if self.folds:
+            zs = ready[: 1 + self.output_site]
+            if zs[0].shape != xr.shape or (self.output_site and (len(zs[1]) != len(xr)
+                                                                  or zs[1].shape[1:] != base.shape[1:])):
+                raise LenetlabError("the model's noise sites changed from one forward to the next; "
+                                    "evaluate it with exact=True")
+            w = torch.cat([self._linear0(zs[0][a:a + step]) for a in range(0, len(xr), step)])
+            if self.output_site:
+                w.add_(zs[1])
+        scale = self.noise.scale(base) if self.noise.relative and self.output_site and not self.folds else None
+        self._batch = (images, base, w, scale)
 
     def cached(self, y: torch.Tensor) -> bool:
         """Whether ``y`` is one of this batch's cached first-layer outputs (the same tensor for every sigma)."""
@@ -544,19 +602,18 @@ class _FirstLayer:
         f = self.noise.f
         if not f.first:
             return cls.forward(self.module, inp)
+        if f.stack > 1:
+            return self._forward_stacked(inp, cls)
         key = (inp.data_ptr(), tuple(inp.shape), tuple(inp.stride()), inp.dtype)
         hit = self._cache.get(key)
         if hit is None:
             base = cls.forward(self.module, inp)
             w = None
             if self.folds:
-                zs = f.ready[: 1 + self.output_site]
-                if zs[0].shape != inp.shape or (self.output_site and zs[1].shape != base.shape):
-                    raise LenetlabError("the model's noise sites changed from one forward to the next; "
-                                        "evaluate it with exact=True")
-                w = self._linear0(zs[0])
-                if self.output_site:
-                    w.add_(zs[1])
+                z_in, z_out = self._normals(inp, base)
+                w = self._linear0(z_in)
+                if z_out is not None:
+                    w.add_(z_out)
             hit = self._cache[key] = (base, w)
             if w is None:
                 self._bases.add(id(base))
@@ -571,6 +628,52 @@ class _FirstLayer:
         # the output hook's noise leaves its input alone; without it, the next layer might work in place
         return base if self.output_site else base.clone()
 
+    def _normals(self, inp: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The normals of the model input and (if it is a site) of the layer output, checked against the
+        shapes this forward has: the first two of the forward's prepared normals."""
+        zs = self.noise.f.ready[: 1 + self.output_site]
+        if zs[0].shape != inp.shape or (self.output_site and zs[1].shape != out.shape):
+            raise LenetlabError("the model's noise sites changed from one forward to the next; "
+                                "evaluate it with exact=True")
+        return zs[0], (zs[1] if self.output_site else None)
+
+    def _forward_stacked(self, inp: torch.Tensor, cls: type) -> torch.Tensor:
+        """A stacked forward (its rows: ``stack`` copies of one piece, copy k at sigma[k]): the layer runs on
+        the piece once, and every copy's output is made from that (folded: L(x) + sigma_k (L0(z) + z1))."""
+        f = self.noise.f
+        k = f.stack
+        rows = inp.shape[0] // k
+        scale = None
+        if self._batch is not None and f.offset is not None:
+            images, outs, terms, scales = self._batch       # prepared for the batch: this piece's rows of them
+            a, start = f.offset, f.offset % images
+            if start + rows <= images:
+                base = outs[start:start + rows]
+                scale = scales[start:start + rows] if scales is not None else None
+            else:                                           # the piece runs over from one draw to the next
+                idx = torch.arange(a, a + rows) % images
+                base = outs.index_select(0, idx)
+                scale = scales.index_select(0, idx) if scales is not None else None
+            w = terms[a:a + rows] if terms is not None else None
+        else:
+            base = cls.forward(self.module, inp[:rows])
+            w = None
+            if self.folds:
+                z_in, z_out = self._normals(inp[:rows], base)
+                w = self._linear0(z_in)
+                if z_out is not None:
+                    w.add_(z_out)
+            elif self.output_site and self.noise.relative:
+                scale = self.noise.scale(base)
+        ones = [1] * (base.dim() - 1)
+        if self.folds:
+            sig = f.sigma.to(base.dtype).view(k, 1, *ones)
+            return torch.addcmul(base.unsqueeze(0), w.unsqueeze(0), sig).view(k * rows, *base.shape[1:])
+        out = base.repeat(k, *ones)
+        if scale is not None:
+            f.first_out = (out, scale.repeat(k, *ones))     # the copies' max|y|, found once
+        return out
+
 
 #: rows per forward of the fast path once a batch's normals are drawn: a batch of 1,000 rows is pushed through
 #: the model in pieces this size, so each layer's output stays in cache (oneDNN's conv with one input channel
@@ -579,6 +682,9 @@ CHUNK_ROWS = 200
 #: rows per piece in a sweep, which runs every sigma of a piece before the next piece (its first layer is not
 #: run per sigma, :class:`_FirstLayer`, and smaller pieces keep the piece's normals in cache)
 SWEEP_CHUNK_ROWS = 100
+#: rows per forward of a stacked sweep (not exact): pieces of STACK_ROWS // (number of sigmas) rows, each run
+#: once with a copy per sigma, so each piece's normals are read once and the per-forward overhead is shared
+STACK_ROWS = 400
 
 # torch modules whose output row i depends on input row i only (in eval mode; exact types: a subclass may
 # override forward)
@@ -683,7 +789,8 @@ def _piece_record(model: nn.Module, xr: torch.Tensor, ready: list[torch.Tensor] 
 
 def _predict_sigmas(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor, ready: list[torch.Tensor],
                     sigmas: list[float], fixed: tuple | None, helper: ThreadPoolExecutor | None,
-                    worker: ThreadPoolExecutor, prefetch: Any = None) -> tuple[torch.Tensor, Any]:
+                    worker: ThreadPoolExecutor, prefetch: Any = None,
+                    images: int | None = None) -> tuple[torch.Tensor, Any]:
     """The predicted class of every row of ``xr`` at each of ``sigmas`` (a sweep: the batch's normals in hand
     and kept), ``(len(sigmas), len(xr))``, and what ``prefetch()`` (the next batch's normals, or None) returns.
 
@@ -691,7 +798,11 @@ def _predict_sigmas(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor,
     piece, every sigma of a piece before the next piece, so the piece's normals and first-layer output stay in
     cache. With a ``helper`` thread the pieces are taken from one queue by both threads, the helper first
     drawing the next batch's normals (only one thread ever uses the generator); otherwise ``prefetch`` runs on
-    ``worker`` meanwhile. The same forwards, so the same predictions as a forward per sigma."""
+    ``worker`` meanwhile. The same forwards, so the same predictions as a forward per sigma.
+
+    Not exact (the noise ``fused``), every sigma of a piece runs in one stacked forward, and the first layer's
+    terms are prepared once for the batch (:meth:`_FirstLayer.prepare`; ``images``: the distinct images of
+    ``xr``, which repeats them once per draw) while the helper draws the next batch's normals."""
     out = torch.empty(len(sigmas), len(xr), dtype=torch.long)
     chunk = SWEEP_CHUNK_ROWS
     record = _piece_record(model, xr, ready, fixed, chunk)
@@ -709,11 +820,28 @@ def _predict_sigmas(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor,
                 out[j] = _forward(model, noise, xr, ready, True, fixed, None, chunk).argmax(1)
             return out, (pending.result() if pending is not None else None)
         inference = torch.is_inference_mode_enabled()     # thread-local, like grad mode: the helper takes ours
+        # not exact (fused noise): all sigmas of a piece in one stacked forward, a copy of the piece per sigma
+        k = len(sigmas) - done
+        stacked = noise.fused and k > 1
+        if stacked:
+            chunk = max(1, STACK_ROWS // k)
+            sig = torch.tensor(sigmas[done:], dtype=torch.float32)
+
+        first = noise.first if stacked and images and len(xr) % images == 0 else None
+        prepared = threading.Event()
+        if first is None:
+            prepared.set()
 
         def run(queue: Iterator[int]) -> None:
+            prepared.wait()
             with torch.inference_mode(inference):
                 for a in queue:
                     xa, zs = xr[a:a + chunk], [z[a:a + chunk] for z in ready]
+                    if stacked:
+                        n = len(xa)
+                        noise.start(zs, keep=True, sigma=sig, stack=k, offset=a)
+                        out[done:, a:a + n] = model(xa.repeat(k, *([1] * (xa.dim() - 1)))).argmax(1).view(k, n)
+                        continue
                     for j in range(done, len(sigmas)):
                         noise.start(zs, keep=True, sigma=sigmas[j])
                         out[j, a:a + chunk] = model(xa).argmax(1)
@@ -723,13 +851,24 @@ def _predict_sigmas(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor,
             run(queue)
             return got
 
+        def prepare() -> None:
+            try:
+                with torch.inference_mode(inference):
+                    first.prepare(xr, images, ready)
+            finally:
+                prepared.set()                            # (on an error the pieces compute it themselves)
+
         queue = iter(range(0, len(xr), chunk))            # one iterator, two threads: each piece taken once
         nxt = None
         if helper is None:
+            if first is not None:
+                prepare()
             run(queue)
         else:
             second = helper.submit(helper_job)
             try:
+                if first is not None:
+                    prepare()
                 run(queue)
             finally:
                 nxt = second.result()
@@ -896,7 +1035,7 @@ def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[floa
                     plan = plan_for(nxt_rows) if nxt_rows is not None else None
                     prefetch = (lambda pl=plan: noise.draw(pl)) if plan is not None else None
                     preds[done:], ahead = _predict_sigmas(model, noise, xr, ready, sigmas[done:], fixed, helper,
-                                                          worker, prefetch)
+                                                          worker, prefetch, images=len(xb))
                 for j in range(len(sigmas)):
                     hit = preds[j].view(draws, len(xb)) == yb
                     correct[j] += hit.sum(1)
