@@ -302,9 +302,8 @@ class _ForwardState(threading.local):
         self.sigma = 0.0      # this forward's sigma (two threads may run two sigmas at once)
         self.probe = False    # a forward that only records the site shapes (zero noise, nothing drawn)
         # stack > 1: this forward's rows are ``stack`` copies of one piece, copy k at sigma[k] (a tensor), all
-        # with the piece's normals (see _predict_sigmas); first_out: the first layer's output and its scale
+        # with the piece's normals (see _predict_sigmas)
         self.stack = 1
-        self.first_out: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.offset: int | None = None
 
 
@@ -375,7 +374,7 @@ class _PrefetchedNoise:
         f.sigma = self.sigma if sigma is None else sigma
         f.probe = False
         f.first = ready is not None and self.first is not None
-        f.stack, f.first_out, f.offset = stack, None, offset
+        f.stack, f.offset = stack, offset
 
     @property
     def drawn(self) -> list[torch.Tensor]:
@@ -440,8 +439,7 @@ class _PrefetchedNoise:
         ones = [1] * (y.dim() - 1)
         sig = f.sigma if f.sigma.dtype == y.dtype else f.sigma.to(y.dtype)
         if self.relative:
-            scale = f.first_out[1] if f.first_out is not None and y is f.first_out[0] else None
-            scale = self.scale(y) if scale is None else scale
+            scale = self.scale(y)
             factor = sig.view(k, 1, *ones) * scale.view(k, rows, *ones)      # (k, rows, 1, ...)
         else:
             factor = sig.view(k, 1, *ones)                                     # (k, 1, 1, ...)
@@ -466,8 +464,8 @@ class _PrefetchedNoise:
     def _output_hook(self, module: nn.Module, args: tuple, out: Any) -> torch.Tensor | None:
         if not isinstance(out, torch.Tensor):
             return None
-        if self.f.first and self.first.folds and module is self.first.module:
-            self.standard(out)          # folded, as the input's
+        if self.f.first and module is self.first.module and (self.first.folds or self.f.stack > 1):
+            self.standard(out)          # the first layer's output already has its noise (folded, or stacked)
             return None
         return self.noisy(out)
 
@@ -666,13 +664,30 @@ class _FirstLayer:
             elif self.output_site and self.noise.relative:
                 scale = self.noise.scale(base)
         ones = [1] * (base.dim() - 1)
+        sig = f.sigma.to(base.dtype).view(k, 1, *ones)
+        buf = self._buffer((k, rows, *base.shape[1:]), base)
         if self.folds:
-            sig = f.sigma.to(base.dtype).view(k, 1, *ones)
-            return torch.addcmul(base.unsqueeze(0), w.unsqueeze(0), sig).view(k * rows, *base.shape[1:])
-        out = base.repeat(k, *ones)
-        if scale is not None:
-            f.first_out = (out, scale.repeat(k, *ones))     # the copies' max|y|, found once
-        return out
+            return torch.addcmul(base.unsqueeze(0), w.unsqueeze(0), sig, out=buf).view(k * rows, *base.shape[1:])
+        if not self.output_site:
+            return base.repeat(k, *ones)
+        # the output's own noise, added here for all copies at once (the output hook then adds none): no copy
+        # of the clean output per sigma, and its max|y| found once
+        z_out = f.ready[0]
+        if len(z_out) != rows or z_out.shape[1:] != base.shape[1:]:
+            raise LenetlabError("the model's noise sites changed from one forward to the next; "
+                                "evaluate it with exact=True")
+        if self.noise.relative:
+            scale = self.noise.scale(base) if scale is None else scale
+            sig = sig * scale.unsqueeze(0)
+        return torch.addcmul(base.unsqueeze(0), z_out.unsqueeze(0), sig, out=buf).view(k * rows, *base.shape[1:])
+
+    def _buffer(self, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+        """This thread's output buffer of ``shape``: its forward has read it before the thread comes here again
+        (a fresh tensor per forward would be fresh pages from the OS each time, several MB of them)."""
+        buf = self._out.__dict__.get("stacked")
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype:
+            buf = self._out.stacked = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return buf
 
 
 #: rows per forward of the fast path once a batch's normals are drawn: a batch of 1,000 rows is pushed through
