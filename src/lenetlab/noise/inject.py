@@ -566,19 +566,21 @@ class _FirstLayer:
         (oneDNN is slow on the few rows of a stacked piece)."""
         cls = _layer_class(self.module)
         step = max(1, CHUNK_ROWS)
-        base = torch.cat([cls.forward(self.module, xr[a:min(a + step, images)]) for a in range(0, images, step)])
-        w = None
+        outs = [cls.forward(self.module, xr[a:min(a + step, images)]) for a in range(0, images, step)]
+        base = outs[0] if len(outs) == 1 else torch.cat(outs)
+        terms = None
         if self.folds:
             zs = ready[: 1 + self.output_site]
             if zs[0].shape != xr.shape or (self.output_site and (len(zs[1]) != len(xr)
                                                                   or zs[1].shape[1:] != base.shape[1:])):
                 raise LenetlabError("the model's noise sites changed from one forward to the next; "
                                     "evaluate it with exact=True")
-            w = torch.cat([self._linear0(zs[0][a:a + step]) for a in range(0, len(xr), step)])
-            if self.output_site:
-                w.add_(zs[1])
+            terms = []                # kept in step-row parts (a piece takes its rows from one or two of them)
+            for a in range(0, len(xr), step):
+                t = self._linear0(zs[0][a:a + step])
+                terms.append(t.add_(zs[1][a:a + step]) if self.output_site else t)
         scale = self.noise.scale(base) if self.noise.relative and self.output_site and not self.folds else None
-        self._batch = (images, base, w, scale)
+        self._batch = (images, base, (step, terms) if terms is not None else None, scale)
 
     def cached(self, y: torch.Tensor) -> bool:
         """Whether ``y`` is one of this batch's cached first-layer outputs (the same tensor for every sigma)."""
@@ -652,7 +654,12 @@ class _FirstLayer:
                 idx = torch.arange(a, a + rows) % images
                 base = outs.index_select(0, idx)
                 scale = scales.index_select(0, idx) if scales is not None else None
-            w = terms[a:a + rows] if terms is not None else None
+            w = None
+            if terms is not None:
+                step, parts = terms
+                i, j = a // step, (a + rows - 1) // step
+                w = parts[i][a - i * step:a - i * step + rows] if i == j else \
+                    torch.cat([parts[i][a - i * step:], parts[j][:a + rows - j * step]])
         else:
             base = cls.forward(self.module, inp[:rows])
             w = None
