@@ -483,11 +483,13 @@ def test_the_sweep_probes_leave_the_global_random_state_alone():
                                              ("lenet_deep", {"depth": 4}, {})])
 def test_a_stacked_sweep_agrees_with_the_reference(monkeypatch, name, options, kw):
     """The default sweep in pieces: every sigma of a piece in one forward, a copy of the piece per sigma (here 4
-    sigmas x 5 rows), on two threads. Every image's score equals the reference's, and stacked forwards did run."""
+    sigmas x 5 rows), on two threads; pieces that run over from one draw's rows to the next and over the parts
+    the first layer was prepared in. Every image's score equals the reference's, and stacked forwards did run."""
     from lenetlab.noise import inject
 
     monkeypatch.setattr(inject, "SWEEP_CHUNK_ROWS", 7)
     monkeypatch.setattr(inject, "STACK_ROWS", 20)
+    monkeypatch.setattr(inject, "CHUNK_ROWS", 8)       # the first layer prepared in 8-row parts: pieces straddle
     torch.set_num_threads(2)
     model = _model(name, **options)
     x, y = _data(37)
