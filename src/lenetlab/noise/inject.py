@@ -562,10 +562,11 @@ class _FirstLayer:
     def prepare(self, xr: torch.Tensor, images: int, ready: list[torch.Tensor]) -> None:
         """Before a batch's stacked forwards: ``xr`` is ``images`` rows repeated once per draw, ``ready`` its
         normals. The layer's output for each distinct image (the draws' copies are the same rows), its max|y|
-        where relative noise follows, and (folded) L0(z) + z1 for every row, in :data:`CHUNK_ROWS`-row calls
-        (oneDNN is slow on the few rows of a stacked piece)."""
+        where relative noise follows, and (folded) L0(z) + z1 for every row, in calls of half
+        :data:`CHUNK_ROWS` rows (oneDNN's one-channel conv is slow both on the few rows of a stacked piece and on
+        a whole batch)."""
         cls = _layer_class(self.module)
-        step = max(1, CHUNK_ROWS)
+        step = max(1, CHUNK_ROWS // 2)
         outs = [cls.forward(self.module, xr[a:min(a + step, images)]) for a in range(0, images, step)]
         base = outs[0] if len(outs) == 1 else torch.cat(outs)
         terms = None
