@@ -134,7 +134,7 @@ def test_qat16_matches_float(small_run):
     assert abs(q - base) <= 0.001, (q, base)
 
 
-def test_train_with_qat_and_noise_saves_plain_model(tmp_path):
+def test_train_with_qat_and_noise_saves_plain_model(tmp_path, capsys, monkeypatch):
     from lenetlab.rundir import load_model
     from lenetlab.train import fit
     from lenetlab.train.presets import resolve
@@ -148,6 +148,24 @@ def test_train_with_qat_and_noise_saves_plain_model(tmp_path):
     code = main(["noise", "eval", str(tmp_path / "run"), "--sigma", "0", "0.1", "--draws", "2", "--limit", "100",
                  "--json"])
     assert code == 0
+    # --exact: one evaluation per sigma's numbers bit for bit (the QAT fake-quant on, as the CLI applies it)
+    capsys.readouterr()
+    from lenetlab.noise import inject
+
+    asked = []
+    sweep = inject.noisy_accuracy_sweep
+    monkeypatch.setattr(inject, "noisy_accuracy_sweep", lambda *a, **k: asked.append(k.get("exact")) or sweep(*a, **k))
+    assert main(["noise", "eval", str(tmp_path / "run"), "--sigma", "0.1", "0.7", "--draws", "2", "--limit", "100",
+                 "--json", "--exact"]) == 0
+    assert asked == [True]
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    from lenetlab.data import load_splits
+
+    splits = load_splits(dataclasses.replace(cfg.data, val_size=0, train_subset=1, test_subset=100))
+    with apply_qat(model, 6, 0.5):
+        want = [noisy_accuracy(model, splits.test_x, splits.test_y, s, draws=2, reference=True)["mean"]
+                for s in (0.1, 0.7)]
+    assert [r["accuracy_mean"] for r in rows] == want
 
 
 def test_noise_ramp():
