@@ -329,7 +329,7 @@ class _PrefetchedNoise:
             self.generator.manual_seed(seed)
         self._spare_seed = self.generator.initial_seed()
         self._spare: torch.Generator | None = None
-        self.first: _FirstLayer | None = None     # set by _FirstLayer.attach
+        self.first: _FirstLayer | None = None     # a _FirstLayer sets itself here
         self.f = _ForwardState()      # this thread's forward: its normals, where it is in them (see start())
         self._handles: list[Any] = []
         if sigma == 0:
@@ -539,6 +539,10 @@ class _FirstLayer:
     scaled sum instead of the layer (``folds`` True; about half of LeNet-5's forward is conv1). The same
     normals and the same sum, in another order: the numbers agree with the reference up to float rounding
     (tests/test_noise_fast.py), not bit for bit, so ``exact=True`` leaves this out.
+
+    In a stacked forward (not exact: every sigma of a piece at once, :func:`_predict_sigmas`) the layer's terms
+    come from :meth:`prepare`, run once per batch on the distinct images, and the layer adds its own output
+    noise for all copies in one broadcast operation (the output hook then adds none).
 
     Installed by swapping the layer's ``forward`` on the instance (its hooks still fire); the cache is keyed
     by the input rows' storage and cleared at every batch."""
