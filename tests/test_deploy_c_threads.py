@@ -236,7 +236,11 @@ def test_plain_build_has_no_pthread_dependency(cdir):
 
 
 API_HARNESS = r"""
+#define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include "lenet5.h"
@@ -293,6 +297,30 @@ int main(int argc, char **argv)
     memset(a, 0, n * nc * sizeof *a);
     printf("unaligned_ws %d\n", lenet5_run_float_mt(x, n, a, 4, ws + 1, ws_bytes));
     printf("same4 %d\n", memcmp(a, b, n * nc * sizeof *a) == 0);
+    /* the helper threads stay between calls: fewer of them, then all again, then in a fork()ed child (which
+       has none of them and starts its own) */
+    {
+        unsigned th[2] = {2u, 4u};
+        int i, st;
+        for (i = 0; i < 2; i++) {
+            memset(a, 0, n * nc * sizeof *a);
+            st = lenet5_run_float_mt(x, n, a, th[i], ws, ws_bytes);
+            printf("again%u %d same %d\n", th[i], st, memcmp(a, b, n * nc * sizeof *a) == 0);
+        }
+    }
+    fflush(stdout);
+    {
+        pid_t pid = fork();
+        int status = -1;
+        if (pid == 0) {
+            memset(a, 0, n * nc * sizeof *a);
+            _exit(lenet5_run_float_mt(x, n, a, 4, ws, ws_bytes) == LENET5_OK && memcmp(a, b, n * nc * sizeof *a) == 0
+                      ? 0 : 1);
+        }
+        if (pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status))
+            status = WEXITSTATUS(status);
+        printf("fork_child %d\n", status);
+    }
     free(model), free(x), free(a), free(b), free(ws);
     return 0;
 }
@@ -301,7 +329,8 @@ int main(int argc, char **argv)
 
 def test_c_api_refuses_bad_arguments(cdir, models, mnist_test, tmp_path):
     """lenet5_run_float_mt: LENET5_E_ARG (4) for 0 / 65 threads, a NULL or one-byte-short workspace, NULL
-    output, the wrong dtype or no model; NULL workspace is fine for one thread; any workspace alignment works."""
+    output, the wrong dtype or no model; NULL workspace is fine for one thread; any workspace alignment works.
+    The kept helper threads serve later calls with fewer or more threads, and a fork()ed child runs too."""
     src = tmp_path / "api.c"
     src.write_text(API_HARNESS)
     exe = tmp_path / "api"
@@ -320,3 +349,4 @@ def test_c_api_refuses_bad_arguments(cdir, models, mnist_test, tmp_path):
     for key in ("empty", "one_thread_no_ws", "single", "unaligned_ws"):
         assert got[key] == "0", (key, r.stdout)
     assert got["same1"] == "1" and got["same4"] == "1"
+    assert got["again2"] == "0 same 1" and got["again4"] == "0 same 1" and got["fork_child"] == "0"

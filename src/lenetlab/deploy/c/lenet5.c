@@ -1895,18 +1895,65 @@ static void *worker(void *arg)
     return NULL;
 }
 
+/* The helper threads: started by the first multi-threaded call that needs
+ * them and then kept, each waiting for the next batch (a thread started per
+ * call is queued on the caller's core by the scheduler and reaches the other
+ * core late, which cost a third of the 2-thread throughput). Helper `slot`
+ * (1..pool_size) runs jobs[slot] of each batch published with slot <=
+ * pool_active. All state is static: nothing is allocated. A child of fork()
+ * has no helpers: pool_forked resets the pool there. */
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_go = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t pool_done = PTHREAD_COND_INITIALIZER;
+static pthread_t pool_tid[LENET5_MAX_THREADS];
+static unsigned long pool_seen0[LENET5_MAX_THREADS]; /* the batch count when each helper was started */
+static unsigned pool_size, pool_active, pool_left;
+static unsigned long pool_batch;                     /* batches published so far */
+static const job_t *pool_jobs;
+static int pool_atfork;
+
+static void pool_forked(void)
+{
+    pthread_mutex_init(&pool_mu, NULL);
+    pthread_cond_init(&pool_go, NULL);
+    pthread_cond_init(&pool_done, NULL);
+    pool_size = pool_active = pool_left = 0u;
+    pool_batch = 0u;
+    pool_jobs = NULL;
+}
+
+static void *pool_main(void *arg)
+{
+    unsigned slot = (unsigned)(uintptr_t)arg;
+    unsigned long seen;
+    pthread_mutex_lock(&pool_mu);
+    seen = pool_seen0[slot];
+    for (;;) {
+        while (pool_batch == seen)
+            pthread_cond_wait(&pool_go, &pool_mu);
+        seen = pool_batch;
+        if (slot <= pool_active) {
+            const job_t *j = &pool_jobs[slot];
+            pthread_mutex_unlock(&pool_mu);
+            run_range(&j->s, j->images, j->first, j->count, j->logits);
+            pthread_mutex_lock(&pool_mu);
+            if (--pool_left == 0u)
+                pthread_cond_signal(&pool_done);
+        }
+    }
+    return NULL;
+}
+
 /* Split the batch into `threads` contiguous chunks (as even as can be, none
- * empty): the calling thread runs the first with the static buffers, helper
- * threads the others, each with its own buffers carved from the workspace.
- * Every image is computed by one thread with the same code, so the logits do
- * not depend on the thread count. A helper that cannot be started has its
- * chunk run by the calling thread afterwards (slower, same result). */
+ * empty): the calling thread runs the first with the static buffers, the pool's
+ * helper threads the others, each with its own buffers carved from the
+ * workspace. Every image is computed by one thread with the same code, so the
+ * logits do not depend on the thread count. A helper that cannot be started
+ * has its chunk run by the calling thread afterwards (slower, same result). */
 static int run_mt(int dtype, const unsigned char *images, size_t n, void *logits, unsigned threads, void *workspace,
                   size_t workspace_bytes)
 {
     job_t jobs[LENET5_MAX_THREADS];
-    pthread_t tids[LENET5_MAX_THREADS];
-    int started[LENET5_MAX_THREADS];
     unsigned char *base;
     size_t t, b, nt;
     if (!run_check(dtype, images, n, logits) || threads < 1u || threads > LENET5_MAX_THREADS)
@@ -1940,17 +1987,31 @@ static int run_mt(int dtype, const unsigned char *images, size_t n, void *logits
             WS_POISON(p + grp_bytes(), WS_GAP);
         }
     }
-    for (t = 1; t < nt; t++)
-        started[t] = pthread_create(&tids[t], NULL, worker, &jobs[t]) == 0;
-    worker(&jobs[0]);
-    for (t = 1; t < nt; t++) {
-        if (started[t])
-            pthread_join(tids[t], NULL);
-        else {
-            jobs[t].s = g_scratch; /* the calling thread is done with the static buffers */
-            worker(&jobs[t]);
-        }
+    pthread_mutex_lock(&pool_mu);
+    if (!pool_atfork)
+        pool_atfork = pthread_atfork(NULL, NULL, pool_forked) == 0;
+    while (pool_size + 1u < nt) { /* start the helpers this batch needs and the pool lacks */
+        pool_seen0[pool_size + 1u] = pool_batch;
+        if (pthread_create(&pool_tid[pool_size + 1u], NULL, pool_main, (void *)(uintptr_t)(pool_size + 1u)) != 0)
+            break;
+        pool_size++;
     }
+    pool_active = pool_size + 1u < nt ? pool_size : (unsigned)nt - 1u;
+    pool_left = pool_active;
+    pool_jobs = jobs;
+    pool_batch++;
+    pthread_cond_broadcast(&pool_go);
+    pthread_mutex_unlock(&pool_mu);
+    worker(&jobs[0]);
+    for (t = (size_t)pool_active + 1u; t < nt; t++) { /* helpers that could not be started */
+        jobs[t].s = g_scratch; /* the calling thread is done with the static buffers */
+        worker(&jobs[t]);
+    }
+    pthread_mutex_lock(&pool_mu);
+    while (pool_left > 0u)
+        pthread_cond_wait(&pool_done, &pool_mu);
+    pool_jobs = NULL;
+    pthread_mutex_unlock(&pool_mu);
     WS_UNPOISON(base, (nt - 1u) * thread_bytes());
     return LENET5_OK;
 }

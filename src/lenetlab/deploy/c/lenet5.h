@@ -87,10 +87,12 @@ size_t lenet5_workspace_bytes(unsigned threads);
 /* As lenet5_run_float / lenet5_run_int8, with the batch split across `threads`
  * POSIX threads (1..LENET5_MAX_THREADS; more threads than images use one per
  * image). Compiled only with -DLENET5_THREADS (link with -pthread). The
- * calling thread runs one chunk itself; the others are started and joined
- * within the call and use `workspace` (at least lenet5_workspace_bytes(threads)
+ * calling thread runs one chunk itself; helper threads run the others, each
+ * within the call, using `workspace` (at least lenet5_workspace_bytes(threads)
  * bytes, any alignment, owned by the caller; NULL is fine for one thread) for
- * their working buffers, so nothing is allocated here. Each image is computed
+ * their working buffers, so nothing is allocated here. The helpers are started
+ * by the first call that needs them and then wait for the next call (they stay
+ * until the process exits; a fork()ed child starts its own). Each image is computed
  * by one thread with the same code as the single-threaded call: the logits
  * are bit-identical for every thread count. Not re-entrant (the calling
  * thread's chunk uses the static buffers). Returns LENET5_OK, or LENET5_E_ARG
