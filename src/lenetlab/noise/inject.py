@@ -945,7 +945,8 @@ def noisy_accuracy_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sig
     operation), and where the input gets absolute noise and the model's first layer is a plain convolution
     or linear layer, that layer is folded (:class:`_FirstLayer`): computed once per batch and not once per
     sigma, from the same normals. So the numbers equal the list's up to float rounding (the logits agree to
-    about 1e-6 of their size; an image whose top two logits are that close may flip).
+    about 1e-6 of their size; an image whose top two logits are that close may flip). A model on another
+    device than the CPU gets the exact sweep.
 
     Each call of that list seeds its own generator with ``seed`` and draws the same standard normals, batch by
     batch and site by site; only the factor sigma (x max|y| when ``relative``) differs. So here each batch's
@@ -994,8 +995,12 @@ def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[floa
     per_image = torch.zeros(len(sigmas), len(x), dtype=torch.long, device=x.device)
     per = max(1, batch_size // draws)
     starts = list(range(0, len(x), per))
-    first = first_layer(model, x) if len(sigmas) > 1 and len(x) else None
-    noise = _PrefetchedNoise(model, sigmas[0], relative, sites, seed, fused=not exact and len(sigmas) > 1)
+    # the first layer's reuse and folding and the stacked forwards are built and tested for the CPU (the
+    # normals are drawn there); on another device a sweep takes the exact path
+    on_cpu = x.device.type == "cpu" and all(p.device.type == "cpu" for p in model.parameters())
+    first = first_layer(model, x) if len(sigmas) > 1 and len(x) and on_cpu else None
+    noise = _PrefetchedNoise(model, sigmas[0], relative, sites, seed,
+                             fused=not exact and len(sigmas) > 1 and on_cpu)
     if first is not None and noise._handles:
         output_site = any(m is first and kind in sites for _, m, kind in leaf_sites(model))
         if "input" not in sites:
