@@ -51,3 +51,21 @@ def test_reproduce_records_the_pinned_thread_count(tiny):
                                   "deterministic_algorithms": True}
     assert result.config["determinism"]["torch_threads"] == REPRODUCE_THREADS
     assert any("torch threads" in n for n in result.notes)
+
+
+def test_reproduce_records_the_machine_beside_the_clock_readings(tiny):
+    """The CPU and its instruction sets (which can change training's rounding) go to timings.json / timings.md,
+    not run.json, which decides whether a journal may be resumed (a run may resume on another machine)."""
+    import json
+
+    from lenetlab.determinism import machine_info
+
+    out, _ = tiny("fused")
+    info = machine_info()
+    assert set(info) == {"cpu", "cpu_flags", "aten_cpu_capability", "cpus", "platform", "python", "torch"}
+    assert info["torch"] == torch.__version__ and info["cpus"] >= 1 and isinstance(info["cpu_flags"], list)
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["metrics"]["machine"] == info
+    assert f"Machine: {info['cpu']}" in (out / "timings.md").read_text()
+    assert "machine" not in json.loads((out / "run.json").read_text())
+    assert "Machine:" not in (out / "report.md").read_text()

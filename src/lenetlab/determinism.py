@@ -69,4 +69,35 @@ def _set_deterministic(mode: bool, warn_only: bool) -> None:
         setter(mode, warn_only=warn_only)
 
 
-__all__ = ["BLAS_THREADS", "REPRODUCE_THREADS", "pinned_threads"]
+def machine_info() -> dict:
+    """The machine a run's numbers were computed on, as far as they can depend on it: the CPU model and the
+    instruction sets oneDNN and ATen choose kernels by (a different set can change the rounding of training,
+    so results from another CPU may differ in the last bits and, through training, more), the core count,
+    Python and torch. Recorded beside the clock readings (timings.json), not in run.json: a run may resume on
+    another machine."""
+    import os
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        capability = None
+    isa = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+           if f in flags]
+    return {"cpu": model, "cpu_flags": isa, "aten_cpu_capability": capability, "cpus": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__}
+
+
+__all__ = ["BLAS_THREADS", "REPRODUCE_THREADS", "machine_info", "pinned_threads"]

@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lenetlab.determinism import BLAS_THREADS, REPRODUCE_THREADS, pinned_threads
+from lenetlab.determinism import BLAS_THREADS, REPRODUCE_THREADS, machine_info, pinned_threads
 from lenetlab.errors import LenetlabError
 from lenetlab.experiments.stats import supported_of, verdict_of
 from lenetlab.fileio import JsonlJournal, atomic_write_json
@@ -496,6 +496,13 @@ def reproduce(name: str, out: str | Path, full: bool = False, force: bool = Fals
         result.timings.notes = [*result.timings.notes, f"{cells.remote} cell(s) ran as {type(runner).__name__} "
                                 "tasks side by side; the rest (on record, or not prefetched) here, in turn."]
     result.config = {**result.config, "determinism": pinned}
+    machine = machine_info()
+    result.timings.metrics = {**result.timings.metrics, "machine": machine}
+    result.timings.notes = [*result.timings.notes, f"Machine: {machine['cpu']} ({machine['cpus']} CPUs; instruction "
+                            f"sets {', '.join(machine['cpu_flags']) or 'unknown'}; ATen CPU capability "
+                            f"{machine['aten_cpu_capability']}), Python {machine['python']}, torch {machine['torch']}"
+                            + (" - this process's machine; the cells ran on the runner's workers" if runner is not None
+                               else "") + "."]
     result.notes = [*result.notes, f"Ran with {pinned['torch_threads']} torch threads, {pinned['blas_threads']} NumPy "
                     "BLAS thread and deterministic algorithms, whatever the machine's core count, so the numbers do "
                     "not depend on it."]
