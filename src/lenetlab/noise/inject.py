@@ -852,7 +852,7 @@ def _predict_sigmas(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor,
         stacked = noise.fused and k > 1
         if stacked:
             chunk = max(1, STACK_ROWS // k)
-            sig = torch.tensor(sigmas[done:], dtype=torch.float32)
+            sig = torch.tensor(sigmas[done:], dtype=torch.float64)     # cast to each layer output's dtype
 
         first = noise.first if stacked and images and len(xr) % images == 0 else None
         prepared = threading.Event()
