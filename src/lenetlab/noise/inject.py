@@ -549,6 +549,7 @@ class _FirstLayer:
 
     def __init__(self, module: nn.Module, noise: _PrefetchedNoise, folds: bool, output_site: bool):
         self.module, self.noise, self.folds, self.output_site = module, noise, folds, output_site
+        self._cls = _layer_class(module)            # whose forward computes the layer (the instance's is swapped)
         self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._bases: set[int] = set()                 # id() of the cached outputs (alive until clear())
         self.scales: dict[int, torch.Tensor] = {}     # a cached output's relative-noise scale, by id()
@@ -569,23 +570,17 @@ class _FirstLayer:
         where relative noise follows, and (folded) L0(z) + z1 for every row, in calls of half
         :data:`CHUNK_ROWS` rows (oneDNN's one-channel conv is slow both on the few rows of a stacked piece and on
         a whole batch)."""
-        cls = _layer_class(self.module)
         step = max(1, CHUNK_ROWS // 2)
-        outs = [cls.forward(self.module, xr[a:min(a + step, images)]) for a in range(0, images, step)]
+        outs = [self._cls.forward(self.module, xr[a:min(a + step, images)]) for a in range(0, images, step)]
         base = outs[0] if len(outs) == 1 else torch.cat(outs)
         terms = None
         if self.folds:
-            zs = ready[: 1 + self.output_site]
-            if zs[0].shape != xr.shape or (self.output_site and (len(zs[1]) != len(xr)
-                                                                  or zs[1].shape[1:] != base.shape[1:])):
-                raise LenetlabError("the model's noise sites changed from one forward to the next; "
-                                    "evaluate it with exact=True")
-            terms = []                # kept in step-row parts (a piece takes its rows from one or two of them)
-            for a in range(0, len(xr), step):
-                t = self._linear0(zs[0][a:a + step])
-                terms.append(t.add_(zs[1][a:a + step]) if self.output_site else t)
+            z_in, z_out = self._normals(ready, xr.shape, (len(xr), *base.shape[1:]))
+            # kept in step-row parts (a piece takes its rows from one or two of them)
+            terms = (step, [self._terms(z_in[a:a + step], None if z_out is None else z_out[a:a + step])
+                            for a in range(0, len(xr), step)])
         scale = self.noise.scale(base) if self.noise.relative and self.output_site and not self.folds else None
-        self._batch = (images, base, (step, terms) if terms is not None else None, scale)
+        self._batch = (images, base, terms, scale)
 
     def cached(self, y: torch.Tensor) -> bool:
         """Whether ``y`` is one of this batch's cached first-layer outputs (the same tensor for every sigma)."""
@@ -596,110 +591,93 @@ class _FirstLayer:
         self.noise.first = None
         del self.module.forward
 
-    def _linear0(self, z: torch.Tensor) -> torch.Tensor:
+    def _terms(self, z_in: torch.Tensor, z_out: torch.Tensor | None) -> torch.Tensor:
+        """The folded noise per unit sigma: L0(z_in), plus the layer's own output normals ``z_out`` if any."""
         m = self.module
         if isinstance(m, nn.Conv2d):
-            return m._conv_forward(z, m.weight, None)       # the layer's padding mode, no bias
-        return nn.functional.linear(z, m.weight)
+            w = m._conv_forward(z_in, m.weight, None)       # the layer's padding mode, no bias
+        else:
+            w = nn.functional.linear(z_in, m.weight)
+        return w if z_out is None else w.add_(z_out)
+
+    def _normals(self, ready: list[torch.Tensor], inp_shape: tuple, out_shape: tuple,
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The first two of the prepared normals when the input is a site: the model input's, and (if it is a
+        site) the layer output's, checked against the shapes the forward has."""
+        zs = ready[: 1 + self.output_site]
+        if zs[0].shape != inp_shape or (self.output_site and zs[1].shape != out_shape):
+            raise _sites_changed()
+        return zs[0], (zs[1] if self.output_site else None)
 
     def _forward(self, inp: torch.Tensor) -> torch.Tensor:
-        cls = _layer_class(self.module)
         f = self.noise.f
         if not f.first:
-            return cls.forward(self.module, inp)
+            return self._cls.forward(self.module, inp)
         if f.stack > 1:
-            return self._forward_stacked(inp, cls)
+            return self._forward_stacked(inp)
         key = (inp.data_ptr(), tuple(inp.shape), tuple(inp.stride()), inp.dtype)
         hit = self._cache.get(key)
         if hit is None:
-            base = cls.forward(self.module, inp)
-            w = None
-            if self.folds:
-                z_in, z_out = self._normals(inp, base)
-                w = self._linear0(z_in)
-                if z_out is not None:
-                    w.add_(z_out)
+            base = self._cls.forward(self.module, inp)
+            w = self._terms(*self._normals(f.ready, inp.shape, base.shape)) if self.folds else None
             hit = self._cache[key] = (base, w)
             if w is None:
                 self._bases.add(id(base))
         base, w = hit
         if w is not None:
-            # into this thread's buffer, which its forward has read before the thread's next forward comes
-            # here again (a fresh output per sigma would be fresh pages from the OS each time)
-            buf = self._out.__dict__.get("buf")
-            if buf is None or buf.shape != base.shape:
-                buf = self._out.buf = torch.empty_like(base)
-            return torch.add(base, w, alpha=f.sigma, out=buf)
+            return torch.add(base, w, alpha=f.sigma, out=self._buffer(base.shape, base))
         # the output hook's noise leaves its input alone; without it, the next layer might work in place
         return base if self.output_site else base.clone()
 
-    def _normals(self, inp: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The normals of the model input and (if it is a site) of the layer output, checked against the
-        shapes this forward has: the first two of the forward's prepared normals."""
-        zs = self.noise.f.ready[: 1 + self.output_site]
-        if zs[0].shape != inp.shape or (self.output_site and zs[1].shape != out.shape):
-            raise LenetlabError("the model's noise sites changed from one forward to the next; "
-                                "evaluate it with exact=True")
-        return zs[0], (zs[1] if self.output_site else None)
-
-    def _forward_stacked(self, inp: torch.Tensor, cls: type) -> torch.Tensor:
-        """A stacked forward (its rows: ``stack`` copies of one piece, copy k at sigma[k]): the layer runs on
-        the piece once, and every copy's output is made from that (folded: L(x) + sigma_k (L0(z) + z1))."""
+    def _forward_stacked(self, inp: torch.Tensor) -> torch.Tensor:
+        """A stacked forward (its rows: ``stack`` copies of one piece, copy k at sigma[k], the piece starting at
+        row ``offset`` of its batch): every copy's output is made from the batch's terms from :meth:`prepare`
+        (folded: L(x) + sigma_k (L0(z) + z1))."""
         f = self.noise.f
         k = f.stack
         rows = inp.shape[0] // k
-        scale = None
-        if self._batch is not None and f.offset is not None:
-            images, outs, terms, scales = self._batch       # prepared for the batch: this piece's rows of them
-            a, start = f.offset, f.offset % images
-            if start + rows <= images:
-                base = outs[start:start + rows]
-                scale = scales[start:start + rows] if scales is not None else None
-            else:                                           # the piece runs over from one draw to the next
-                idx = torch.arange(a, a + rows) % images
-                base = outs.index_select(0, idx)
-                scale = scales.index_select(0, idx) if scales is not None else None
-            w = None
-            if terms is not None:
-                step, parts = terms
-                i, j = a // step, (a + rows - 1) // step
-                w = parts[i][a - i * step:a - i * step + rows] if i == j else \
-                    torch.cat([parts[i][a - i * step:], parts[j][:a + rows - j * step]])
-        else:
-            base = cls.forward(self.module, inp[:rows])
-            w = None
-            if self.folds:
-                z_in, z_out = self._normals(inp[:rows], base)
-                w = self._linear0(z_in)
-                if z_out is not None:
-                    w.add_(z_out)
-            elif self.output_site and self.noise.relative:
-                scale = self.noise.scale(base)
+        if self._batch is None or f.offset is None:
+            raise LenetlabError("internal: a stacked forward of the first layer before its batch was prepared")
+        images, outs, terms, scales = self._batch       # prepared for the batch: this piece's rows of them
+        a, start = f.offset, f.offset % images
+        if start + rows <= images:
+            base = outs[start:start + rows]
+            scale = scales[start:start + rows] if scales is not None else None
+        else:                                           # the piece runs over from one draw to the next
+            idx = torch.arange(a, a + rows) % images
+            base = outs.index_select(0, idx)
+            scale = scales.index_select(0, idx) if scales is not None else None
         ones = [1] * (base.dim() - 1)
         sig = f.sigma.to(base.dtype).view(k, 1, *ones)
         buf = self._buffer((k, rows, *base.shape[1:]), base)
         if self.folds:
+            step, parts = terms
+            i, j = a // step, (a + rows - 1) // step
+            w = parts[i][a - i * step:a - i * step + rows] if i == j else \
+                torch.cat([parts[i][a - i * step:], parts[j][:a + rows - j * step]])
             return torch.addcmul(base.unsqueeze(0), w.unsqueeze(0), sig, out=buf).view(k * rows, *base.shape[1:])
         if not self.output_site:
             return base.repeat(k, *ones)
         # the output's own noise, added here for all copies at once (the output hook then adds none): no copy
-        # of the clean output per sigma, and its max|y| found once
+        # of the clean output per sigma, and its max|y| found once per batch
         z_out = f.ready[0]
         if len(z_out) != rows or z_out.shape[1:] != base.shape[1:]:
-            raise LenetlabError("the model's noise sites changed from one forward to the next; "
-                                "evaluate it with exact=True")
-        if self.noise.relative:
-            scale = self.noise.scale(base) if scale is None else scale
+            raise _sites_changed()
+        if scale is not None:
             sig = sig * scale.unsqueeze(0)
         return torch.addcmul(base.unsqueeze(0), z_out.unsqueeze(0), sig, out=buf).view(k * rows, *base.shape[1:])
 
     def _buffer(self, shape: tuple, like: torch.Tensor) -> torch.Tensor:
         """This thread's output buffer of ``shape``: its forward has read it before the thread comes here again
         (a fresh tensor per forward would be fresh pages from the OS each time, several MB of them)."""
-        buf = self._out.__dict__.get("stacked")
+        buf = self._out.__dict__.get("buf")
         if buf is None or buf.shape != shape or buf.dtype != like.dtype:
-            buf = self._out.stacked = torch.empty(shape, dtype=like.dtype, device=like.device)
+            buf = self._out.buf = torch.empty(shape, dtype=like.dtype, device=like.device)
         return buf
+
+
+def _sites_changed() -> LenetlabError:
+    return LenetlabError("the model's noise sites changed from one forward to the next; evaluate it with exact=True")
 
 
 #: rows per forward of the fast path once a batch's normals are drawn: a batch of 1,000 rows is pushed through
@@ -816,8 +794,7 @@ def _piece_record(model: nn.Module, xr: torch.Tensor, ready: list[torch.Tensor] 
 
 def _predict_sigmas(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor, ready: list[torch.Tensor],
                     sigmas: list[float], fixed: tuple | None, helper: ThreadPoolExecutor | None,
-                    worker: ThreadPoolExecutor, prefetch: Any = None,
-                    images: int | None = None) -> tuple[torch.Tensor, Any]:
+                    worker: ThreadPoolExecutor, prefetch: Any, images: int) -> tuple[torch.Tensor, Any]:
     """The predicted class of every row of ``xr`` at each of ``sigmas`` (a sweep: the batch's normals in hand
     and kept), ``(len(sigmas), len(xr))``, and what ``prefetch()`` (the next batch's normals, or None) returns.
 
@@ -854,13 +831,15 @@ def _predict_sigmas(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor,
             chunk = max(1, STACK_ROWS // k)
             sig = torch.tensor(sigmas[done:], dtype=torch.float64)     # cast to each layer output's dtype
 
-        first = noise.first if stacked and images and len(xr) % images == 0 else None
+        first = noise.first if stacked else None
         prepared = threading.Event()
         if first is None:
             prepared.set()
 
         def run(queue: Iterator[int]) -> None:
             prepared.wait()
+            if first is not None and first._batch is None:
+                return                                    # prepare() failed: its error is raised on the main thread
             with torch.inference_mode(inference):
                 for a in queue:
                     xa, zs = xr[a:a + chunk], [z[a:a + chunk] for z in ready]
@@ -883,7 +862,7 @@ def _predict_sigmas(model: nn.Module, noise: _PrefetchedNoise, xr: torch.Tensor,
                 with torch.inference_mode(inference):
                     first.prepare(xr, images, ready)
             finally:
-                prepared.set()                            # (on an error the pieces compute it themselves)
+                prepared.set()
 
         queue = iter(range(0, len(xr), chunk))            # one iterator, two threads: each piece taken once
         nxt = None
