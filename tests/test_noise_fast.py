@@ -190,6 +190,54 @@ def test_sweep_with_many_batches_and_its_bad_input():
         noisy_accuracy_sweep(model, x, y, [0.1], draws=0)
 
 
+def test_normals_drawn_into_a_spent_batch_are_the_fresh_ones():
+    """A batch's normals drawn into the memory of an earlier batch's (the sweep recycles it) are the numbers
+    drawn into new tensors: a shorter batch takes the first rows; a site whose shape does not fit gets new
+    memory."""
+    model = _model()
+    plan = [(torch.Size((10, 1, 28, 28)), torch.float32), (torch.Size((10, 6, 28, 28)), torch.float32),
+            (torch.Size((10, 84)), torch.float32)]
+    short = [(torch.Size((4, *s[1:])), d) for s, d in plan]
+    odd = [(torch.Size((10, 1, 28, 28)), torch.float32), (torch.Size((10, 7)), torch.float32),
+           (torch.Size((10, 84)), torch.float64)]
+    noise = _PrefetchedNoise(model, 0.3, False, ("input",), seed=5)
+    try:
+        spent = noise.draw(plan)
+        old = [z.clone() for z in spent]
+        for p in (plan, short, odd):
+            fresh = _PrefetchedNoise(model, 0.3, False, ("input",), seed=9)
+            want = fresh.draw(p)
+            fresh.remove()
+            noise.generator.manual_seed(9)
+            got = noise.draw(p, into=spent)
+            assert [(z.shape, z.dtype) for z in got] == [(s, d) for s, d in p]
+            assert all(torch.equal(g, w) for g, w in zip(got, want))
+            # where the shape fits, the spent memory itself was drawn into (no new tensor)
+            fits = [z.data_ptr() == o.data_ptr() for z, o in zip(got, spent)]
+            assert fits == [s[1:] == o.shape[1:] and d == o.dtype for (s, d), o in zip(p, old)]
+    finally:
+        noise.remove()
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_sweep_with_an_uneven_last_batch(exact):
+    """Batches of 5 images and a last one of 3: every batch's normals after the second are drawn into a spent
+    batch's memory, the last into its first rows; the separate calls are still returned (exact: bit for bit;
+    the default sweep: up to rounding, here no score moves)."""
+    from lenetlab.noise.inject import noisy_accuracy_sweep
+
+    model = _model()
+    x, y = _data(63, seed=3)
+    got = noisy_accuracy_sweep(model, x, y, [0.3, 0.9, 2.0], draws=5, seed=4, batch_size=25, exact=exact)
+    want = [noisy_accuracy(model, x, y, s, draws=5, seed=4, batch_size=25, reference=True) for s in (0.3, 0.9, 2.0)]
+    if exact:
+        assert got == want
+    else:
+        assert [g["per_image"] for g in got] == [w["per_image"] for w in want]
+    one = noisy_accuracy(model, x, y, 0.9, draws=5, seed=4, batch_size=25)      # the per-call path recycles too
+    assert one == want[1]
+
+
 class _BatchCentred(nn.Module):
     """A layer whose rows interact (it subtracts the batch mean): pieces of a batch give other values. It
     claims ``row_wise`` falsely, so the bit-for-bit check is what must catch it."""

@@ -340,9 +340,24 @@ class _PrefetchedNoise:
             if kind in sites:
                 self._handles.append(m.register_forward_hook(self._output_hook))
 
-    def draw(self, plan: list[tuple[torch.Size, torch.dtype]]) -> list[torch.Tensor]:
-        """Standard normals for one forward's sites, in order, from the main generator."""
-        return [torch.empty(shape, dtype=dtype).normal_(generator=self.generator) for shape, dtype in plan]
+    def draw(self, plan: list[tuple[torch.Size, torch.dtype]],
+             into: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Standard normals for one forward's sites, in order, from the main generator. ``into``: a batch's
+        normals that are no longer used, whose memory is drawn into where it holds a site's shape (its first
+        rows, if it has more): the same numbers as into new tensors (a contiguous block, filled in order), but
+        no fresh pages to fault in - a batch of LeNet-5's normals under absolute noise is ~42 MB, and page
+        faults in new memory were ~12% of a sweep's time."""
+        out = []
+        with torch.inference_mode():     # a sweep's forwards run in it (its tensors, reused here, are inference ones)
+            for i, (shape, dtype) in enumerate(plan):
+                old = into[i] if into is not None and i < len(into) else None
+                if (old is not None and old.dtype == dtype and old.dim() == len(shape) and old.dim() > 0
+                        and old.shape[1:] == shape[1:] and len(old) >= shape[0] and old.is_contiguous()):
+                    z = old[: shape[0]]
+                else:
+                    z = torch.empty(shape, dtype=dtype)
+                out.append(z.normal_(generator=self.generator))
+        return out
 
     def row_plan(self, x1: torch.Tensor) -> list[tuple[torch.Size, torch.dtype]] | None:
         """The site shapes of a one-row forward of ``x1``, in call order, found without drawing (zero noise),
@@ -577,7 +592,9 @@ class _FirstLayer:
         if self.folds:
             z_in, z_out = self._normals(ready, xr.shape, (len(xr), *base.shape[1:]))
             # kept in step-row parts (a piece takes its rows from one or two of them)
-            terms = (step, [self._terms(z_in[a:a + step], None if z_out is None else z_out[a:a + step])
+            # the layer's output normals are read here for the last time (the stacked forwards take these terms;
+            # the output hook only counts the site): the terms are written into them
+            terms = (step, [self._terms(z_in[a:a + step], None if z_out is None else z_out[a:a + step], True)
                             for a in range(0, len(xr), step)])
         scale = self.noise.scale(base) if self.noise.relative and self.output_site and not self.folds else None
         self._batch = (images, base, terms, scale)
@@ -591,14 +608,18 @@ class _FirstLayer:
         self.noise.first = None
         del self.module.forward
 
-    def _terms(self, z_in: torch.Tensor, z_out: torch.Tensor | None) -> torch.Tensor:
-        """The folded noise per unit sigma: L0(z_in), plus the layer's own output normals ``z_out`` if any."""
+    def _terms(self, z_in: torch.Tensor, z_out: torch.Tensor | None, in_place: bool = False) -> torch.Tensor:
+        """The folded noise per unit sigma: L0(z_in), plus the layer's own output normals ``z_out`` if any;
+        ``in_place``: the sum written into ``z_out`` (the same sum: float addition commutes), for a caller after
+        which nothing reads those normals (:meth:`prepare`): no new memory kept per batch."""
         m = self.module
         if isinstance(m, nn.Conv2d):
             w = m._conv_forward(z_in, m.weight, None)       # the layer's padding mode, no bias
         else:
             w = nn.functional.linear(z_in, m.weight)
-        return w if z_out is None else w.add_(z_out)
+        if z_out is None:
+            return w
+        return z_out.add_(w) if in_place else w.add_(z_out)
 
     def _normals(self, ready: list[torch.Tensor], inp_shape: tuple, out_shape: tuple,
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -1015,6 +1036,9 @@ def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[floa
                 return [(torch.Size((rows, *shape[1:])), dtype) for shape, dtype in row_plan]
 
             ahead: list[torch.Tensor] | None = None      # the next batch's normals, drawn during this one
+            # the last finished batch's normals: nothing reads them any more, so the batch after the current
+            # one has its normals drawn into their memory (the current batch's are still in use)
+            spent: list[torch.Tensor] | None = None
             for k, i in enumerate(starts):
                 xb, yb = x[i:i + per], y[i:i + per]
                 rows = len(xb) * draws
@@ -1024,12 +1048,12 @@ def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[floa
                 elif pending is not None:
                     ready = pending.result()
                 elif noise._handles and plan_for(rows) is not None:
-                    ready = noise.draw(plan_for(rows))
+                    ready = noise.draw(plan_for(rows), into=spent)
                 else:
                     ready = None
                 pending = None
                 if ready is not None and len(sigmas) == 1 and nxt_rows in plans:
-                    pending = worker.submit(noise.draw, plans[nxt_rows])
+                    pending = worker.submit(noise.draw, plans[nxt_rows], spent)
                 xr = xb.repeat(draws, *([1] * (xb.dim() - 1)))
                 if first is not None:
                     first.clear()
@@ -1044,13 +1068,14 @@ def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[floa
                     done = 1
                 if done < len(sigmas):
                     plan = plan_for(nxt_rows) if nxt_rows is not None else None
-                    prefetch = (lambda pl=plan: noise.draw(pl)) if plan is not None else None
+                    prefetch = (lambda pl=plan, old=spent: noise.draw(pl, into=old)) if plan is not None else None
                     preds[done:], ahead = _predict_sigmas(model, noise, xr, ready, sigmas[done:], fixed, helper,
                                                           worker, prefetch, images=len(xb))
                 for j in range(len(sigmas)):
                     hit = preds[j].view(draws, len(xb)) == yb
                     correct[j] += hit.sum(1)
                     per_image[j, i:i + per] += hit.sum(0)
+                spent = ready
     finally:
         worker.shutdown(wait=True)
         if helper is not None:
