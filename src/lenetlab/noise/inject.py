@@ -305,6 +305,7 @@ class _ForwardState(threading.local):
         # with the piece's normals (see _predict_sigmas)
         self.stack = 1
         self.offset: int | None = None
+        self.sigmas: dict[tuple, torch.Tensor] = {}     # a stacked forward's sigma, cast and shaped, by (dtype, dim)
 
 
 class _PrefetchedNoise:
@@ -390,6 +391,7 @@ class _PrefetchedNoise:
         f.probe = False
         f.first = ready is not None and self.first is not None
         f.stack, f.offset = stack, offset
+        f.sigmas = {}
 
     @property
     def drawn(self) -> list[torch.Tensor]:
@@ -406,21 +408,21 @@ class _PrefetchedNoise:
         f.shapes.append((y.shape, y.dtype))
         if f.probe:
             return torch.zeros(y.shape, dtype=y.dtype, device=y.device)
-        if f.ready is None:
+        ready = f.ready
+        z = ready[f.next] if ready is not None and f.next < len(ready) else None
+        if ready is None:
             z = torch.empty(y.shape, dtype=y.dtype).normal_(generator=self.generator)
             if f.keep:
                 f.drawn.append(z)
-        elif f.next < len(f.ready) and f.ready[f.next].dtype == y.dtype and (
-                f.ready[f.next].shape == y.shape if f.stack == 1 else
-                (y.dim() > 0 and y.shape[0] == f.stack * len(f.ready[f.next])
-                 and f.ready[f.next].shape[1:] == y.shape[1:])):
-            z = f.ready[f.next]
+        elif z is not None and z.dtype == y.dtype and (
+                z.shape == y.shape if f.stack == 1 else
+                (y.dim() > 0 and z.dim() > 0 and y.shape[0] == f.stack * z.shape[0] and z.shape[1:] == y.shape[1:])):
             f.next += 1
         else:
             if self._spare is None:
                 self._spare = torch.Generator().manual_seed(self._spare_seed + 0x5EED)
             z = torch.empty(y.shape, dtype=y.dtype).normal_(generator=self._spare)
-        return z.to(y.device)
+        return z if z.device == y.device else z.to(y.device)
 
     def noisy(self, y: torch.Tensor) -> torch.Tensor:
         """``y + sigma * z`` (absolute) or ``y + sigma * max|y| * z`` (relative), as NoiseInjector computes it
@@ -450,19 +452,18 @@ class _PrefetchedNoise:
         unforeseen site) normals of ``y``'s own shape. One operation, one rounding (a sweep's default)."""
         f = self.f
         k = f.stack
-        rows = y.shape[0] // k
-        ones = [1] * (y.dim() - 1)
-        sig = f.sigma if f.sigma.dtype == y.dtype else f.sigma.to(y.dtype)
+        shape = y.shape
+        rows = shape[0] // k
+        sig = f.sigmas.get((y.dtype, len(shape)))         # sigma as (k, 1, 1, ...) in y's dtype
+        if sig is None:
+            sig = f.sigmas[(y.dtype, len(shape))] = f.sigma.to(y.dtype).view(k, *([1] * len(shape)))
         if self.relative:
-            scale = self.scale(y)
-            factor = sig.view(k, 1, *ones) * scale.view(k, rows, *ones)      # (k, rows, 1, ...)
+            factor = sig * self.scale(y).view(k, rows, *([1] * (len(shape) - 1)))    # (k, rows, 1, ...)
         else:
-            factor = sig.view(k, 1, *ones)                                     # (k, 1, 1, ...)
-        if z.shape[0] == y.shape[0]:
-            return torch.addcmul(y.view(k, rows, *y.shape[1:]), z.view(k, rows, *z.shape[1:]),
-                                 factor).view(y.shape)
-        out = torch.addcmul(y.view(k, rows, *y.shape[1:]), z.unsqueeze(0), factor)
-        return out.view(y.shape)
+            factor = sig
+        # the piece's normals broadcast over the k copies (trailing dimensions line up)
+        zz = z.view(k, rows, *shape[1:]) if z.shape[0] == shape[0] else z
+        return torch.addcmul(y.view(k, rows, *shape[1:]), zz, factor).view(shape)
 
     def scale(self, y: torch.Tensor) -> torch.Tensor:
         """max|y| per sample (per time step and sample for a spiking model's (T, B, features) output)."""
