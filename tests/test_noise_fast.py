@@ -555,3 +555,131 @@ def test_a_stacked_sweep_agrees_with_the_reference(monkeypatch, name, options, k
         assert g["per_image"] == r["per_image"] and g["per_draw"] == r["per_draw"]
     if name == "lenet5" and not kw:
         assert got[0] != got[1]
+
+
+def _kernels():
+    from lenetlab.noise import kernels
+
+    if not kernels.available():
+        pytest.skip(f"the noise kernels are unavailable: {kernels.why_not()}")
+    return kernels
+
+
+@pytest.mark.parametrize("k,rows,c,h,w", [(3, 4, 2, 7, 9), (5, 2, 6, 28, 28), (2, 3, 16, 10, 10), (1, 1, 1, 2, 2)])
+def test_native_kernels_equal_torch_ops(k, rows, c, h, w):
+    """The C pool and ReLU (plain, with absolute and with relative noise) against the torch ops the stacked
+    sweep runs otherwise - the strided max_pool2x2, clamp_min, addcmul with max|y| scales - bit for bit, NaN and -0
+    included, odd sizes pooled in floor mode."""
+    K = _kernels()
+    g = torch.Generator().manual_seed(k * 100 + h)
+    x = torch.randn(k * rows, c, h, w, generator=g) * 3
+    x[0, 0, 0, 0] = float("nan")
+    x[-1, -1, :2, :2] = -0.0
+    if k * rows > 1:
+        x[1, 0, 0, 1] = float("inf")
+    f = torch.rand(k, dtype=torch.float64, generator=g).float()
+    fv = f.view(k, 1, 1, 1, 1)
+    y = _pool2x2(x)
+    zp = torch.randn(rows, *y.shape[1:], generator=g)
+    zr = torch.randn(rows, c, h, w, generator=g)
+    r = torch.relu(x)
+
+    def same(a, b):
+        return torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(a.nan_to_num(), b.nan_to_num())
+
+    def noisy(t, z, rel):
+        fac = fv * t.abs().flatten(1).amax(1).view(k, rows, 1, 1, 1) if rel else fv
+        return torch.addcmul(t.view(k, rows, *t.shape[1:]), z, fac).view_as(t)
+
+    assert same(K.pool2x2(x, None, None, k, None), y)
+    assert same(K.pool2x2(x, zp, f, k, "absolute"), noisy(y, zp, False))
+    assert same(K.pool2x2(x, zp, f, k, "relative"), noisy(y, zp, True))
+    assert same(K.relu(x, None, None, k, None), r)
+    assert same(K.relu(x, zr, f, k, "absolute"), noisy(r, zr, False))
+    assert same(K.relu(x, zr, f, k, "relative"), noisy(r, zr, True))
+    inplace = x.clone()
+    assert K.relu(inplace, zr, f, k, "absolute", out=inplace) is inplace and same(inplace, noisy(r, zr, False))
+
+
+def test_native_kernels_check_what_they_are_given():
+    """Every tensor the C code reads or writes is checked first (shape, dtype, layout, device): a ValueError,
+    never an access out of bounds."""
+    K = _kernels()
+    x, z, f = torch.randn(6, 2, 8, 8), torch.randn(3, 2, 4, 4), torch.rand(2)
+    bad = [lambda: K.pool2x2(x, z, f, 4, "absolute"),                     # 6 rows are not 4 copies
+           lambda: K.pool2x2(x, z[:2], f, 2, "absolute"),                 # normals of another piece size
+           lambda: K.pool2x2(x, z, f[:1], 2, "absolute"),                 # a sigma short
+           lambda: K.pool2x2(x, z.double(), f, 2, "absolute"),
+           lambda: K.pool2x2(x.transpose(2, 3), z, f, 2, "absolute"),     # not contiguous
+           lambda: K.pool2x2(x, z, f, 2, "absolute", out=torch.empty(6, 2, 4, 3)),
+           lambda: K.pool2x2(x.double(), None, None, 2, None),
+           lambda: K.relu(x, z, f, 2, "relative"),                        # pooled-size normals for a ReLU
+           lambda: K.relu(x, None, None, 2, None, out=torch.empty(6, 2, 8))]
+    for call in bad:
+        with pytest.raises(ValueError, match="noise kernel"):
+            call()
+
+
+@pytest.mark.parametrize("name,options,kw", [("lenet5", {}, {}), ("lenet5", {}, {"relative": True}),
+                                             ("lenet5", {}, {"relative": True, "sites": ("conv", "linear")}),
+                                             ("lenet5", {}, {"sites": ("input", "act")}),
+                                             ("lenet_deep", {"depth": 4}, {})])
+def test_the_stacked_sweep_is_the_same_with_and_without_its_kernels(monkeypatch, name, options, kw):
+    """The default sweep's stacked forwards with the C pool and ReLU kernels and with torch's ops: the same
+    result dicts, bit for bit, on two threads; the kernels did run (with their site's noise where the pool or
+    activation output is a site)."""
+    from lenetlab.noise import inject
+
+    K = _kernels()
+    calls = {"pool": 0, "relu": 0, "noised": 0}
+
+    def counted(fn, key):
+        def run(x, z, f, k, mode, out=None):
+            calls[key] += 1
+            calls["noised"] += mode is not None
+            return fn(x, z, f, k, mode, out=out)
+        return run
+
+    monkeypatch.setattr(K, "pool2x2", counted(K.pool2x2, "pool"))
+    monkeypatch.setattr(K, "relu", counted(K.relu, "relu"))
+    monkeypatch.setattr(inject, "SWEEP_CHUNK_ROWS", 7)     # 39-row batches run in pieces, stacked
+    monkeypatch.setattr(inject, "STACK_ROWS", 20)
+    monkeypatch.setattr(inject, "CHUNK_ROWS", 8)
+    torch.set_num_threads(2)
+    model = _model(name, **options)
+    x, y = _data(37)
+    sigmas = [0.3, 2.0, 0.05, 0.8]
+    with_kernels = inject.noisy_accuracy_sweep(model, x, y, sigmas, draws=3, seed=4, batch_size=39, **kw)
+    assert calls["pool"] > 0 and calls["relu"] > 0
+    assert (calls["noised"] > 0) == (kw.get("sites") != ("conv", "linear"))
+    monkeypatch.setattr(inject, "NATIVE", False)
+    before = dict(calls)
+    without = inject.noisy_accuracy_sweep(model, x, y, sigmas, draws=3, seed=4, batch_size=39, **kw)
+    assert calls == before
+    assert with_kernels == without
+
+
+def test_without_a_compiler_the_sweep_runs_torch_ops(monkeypatch):
+    """No C compiler (or LENETLAB_NATIVE=0): the kernels report why, a warning says so once (not when disabled
+    on purpose), and the sweep runs torch's ops with the same numbers."""
+    from lenetlab import native
+    from lenetlab.noise import inject, kernels
+
+    monkeypatch.setattr(kernels, "_tried", False)
+    monkeypatch.setattr(kernels, "_lib", None)
+    monkeypatch.setenv("LENETLAB_NATIVE", "0")
+    assert not kernels.available() and "LENETLAB_NATIVE=0" in kernels.why_not()
+    monkeypatch.setattr(kernels, "_tried", False)
+    monkeypatch.delenv("LENETLAB_NATIVE")
+    monkeypatch.setattr(native, "compiler", lambda: None)
+    monkeypatch.setattr(kernels, "compiler", lambda: None)
+    with pytest.warns(RuntimeWarning, match="without their C kernels"):
+        assert kernels.library() is None
+    assert "no C compiler" in kernels.why_not()
+    monkeypatch.setattr(inject, "SWEEP_CHUNK_ROWS", 7)
+    monkeypatch.setattr(inject, "STACK_ROWS", 20)
+    model = _model()
+    x, y = _data(37)
+    got = inject.noisy_accuracy_sweep(model, x, y, [0.3, 2.0], draws=3, seed=4, batch_size=39)
+    monkeypatch.setattr(inject, "NATIVE", False)
+    assert got == inject.noisy_accuracy_sweep(model, x, y, [0.3, 2.0], draws=3, seed=4, batch_size=39)

@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
@@ -37,7 +38,9 @@ import torch
 from torch import nn
 
 from lenetlab.errors import LenetlabError
+from lenetlab.models.pooling import MaxPool2x2
 from lenetlab.models.pooling import max_pool2x2 as _pool2x2
+from lenetlab.noise import kernels
 
 SITES = ("input", "conv", "act", "pool", "linear")
 _POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -276,12 +279,30 @@ def _plain_2x2(m: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def _fast_pools(model: nn.Module) -> Iterator[None]:
+def _fast_pools(model: nn.Module, noise: _PrefetchedNoise | None = None) -> Iterator[None]:
     """Inside the block every plain ``nn.MaxPool2d(2)`` of ``model`` runs :func:`_pool2x2` (its hooks still
-    fire: only the module's own ``forward`` is swapped, on the instance, and restored after)."""
-    swapped = [m for m in model.modules() if _plain_2x2(m)]
-    for m in swapped:
-        m.forward = _pool2x2
+    fire: only the module's own ``forward`` is swapped, on the instance, and restored after). With ``noise``,
+    these, lenetlab's MaxPool2x2 and every plain ``nn.ReLU`` run :meth:`_PrefetchedNoise.native_op` first (the C
+    kernels, in a stacked forward) and their own code where it declines."""
+    def pool(x: torch.Tensor, m: nn.Module) -> torch.Tensor:
+        out = noise.native_op(m, x, "pool") if noise is not None else None
+        if out is not None:
+            return out
+        return _pool2x2(x) if type(m) is nn.MaxPool2d else MaxPool2x2.forward(m, x)
+
+    def relu(x: torch.Tensor, m: nn.Module) -> torch.Tensor:
+        out = noise.native_op(m, x, "act")
+        return out if out is not None else torch.relu(x)
+
+    swapped = []
+    for m in model.modules():
+        if _plain_2x2(m) or (noise is not None and type(m) is MaxPool2x2 and "forward" not in vars(m)):
+            m.forward = functools.partial(pool, m=m)
+        elif noise is not None and type(m) is nn.ReLU and not m.inplace and "forward" not in vars(m):
+            m.forward = functools.partial(relu, m=m)
+        else:
+            continue
+        swapped.append(m)
     try:
         yield
     finally:
@@ -306,6 +327,7 @@ class _ForwardState(threading.local):
         self.stack = 1
         self.offset: int | None = None
         self.sigmas: dict[tuple, torch.Tensor] = {}     # a stacked forward's sigma, cast and shaped, by (dtype, dim)
+        self.noised: nn.Module | None = None    # a module whose forward just added its site's noise itself
 
 
 class _PrefetchedNoise:
@@ -333,6 +355,7 @@ class _PrefetchedNoise:
         self.first: _FirstLayer | None = None     # a _FirstLayer sets itself here
         self.f = _ForwardState()      # this thread's forward: its normals, where it is in them (see start())
         self._handles: list[Any] = []
+        self._site_ids: set[int] = set()        # id() of the modules whose output is a noise site
         if sigma == 0:
             return
         if "input" in sites:
@@ -340,6 +363,7 @@ class _PrefetchedNoise:
         for _, m, kind in leaf_sites(model):
             if kind in sites:
                 self._handles.append(m.register_forward_hook(self._output_hook))
+                self._site_ids.add(id(m))
 
     def draw(self, plan: list[tuple[torch.Size, torch.dtype]],
              into: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
@@ -392,6 +416,7 @@ class _PrefetchedNoise:
         f.first = ready is not None and self.first is not None
         f.stack, f.offset = stack, offset
         f.sigmas = {}
+        f.noised = None
 
     @property
     def drawn(self) -> list[torch.Tensor]:
@@ -450,13 +475,10 @@ class _PrefetchedNoise:
         """:meth:`noisy` for a stacked forward: ``y``'s rows are ``stack`` copies of a piece, copy k at
         ``sigma[k]``; ``z`` is the piece's normals, shared by the copies (broadcast, not copied), or (an
         unforeseen site) normals of ``y``'s own shape. One operation, one rounding (a sweep's default)."""
-        f = self.f
-        k = f.stack
+        k = self.f.stack
         shape = y.shape
         rows = shape[0] // k
-        sig = f.sigmas.get((y.dtype, len(shape)))         # sigma as (k, 1, 1, ...) in y's dtype
-        if sig is None:
-            sig = f.sigmas[(y.dtype, len(shape))] = f.sigma.to(y.dtype).view(k, *([1] * len(shape)))
+        sig = self._sigma_of(y)
         if self.relative:
             factor = sig * self.scale(y).view(k, rows, *([1] * (len(shape) - 1)))    # (k, rows, 1, ...)
         else:
@@ -464,6 +486,42 @@ class _PrefetchedNoise:
         # the piece's normals broadcast over the k copies (trailing dimensions line up)
         zz = z.view(k, rows, *shape[1:]) if z.shape[0] == shape[0] else z
         return torch.addcmul(y.view(k, rows, *shape[1:]), zz, factor).view(shape)
+
+    def _sigma_of(self, y: torch.Tensor) -> torch.Tensor:
+        """A stacked forward's sigmas for the site output ``y``: (k, 1, 1, ...), one per copy, in y's dtype."""
+        f = self.f
+        key = (y.dtype, y.dim())
+        sig = f.sigmas.get(key)
+        if sig is None:
+            sig = f.sigmas[key] = f.sigma.to(y.dtype).view(f.stack, *([1] * y.dim()))
+        return sig
+
+    def native_op(self, module: nn.Module, x: torch.Tensor, kind: str) -> torch.Tensor | None:
+        """In a stacked forward, ``module``'s output for ``x`` - a 2x2 max-pool (``kind`` "pool") or a ReLU
+        ("act") - from the C kernels (:mod:`lenetlab.noise.kernels`), with its site's noise added in the same
+        pass when its output is a site (the output hook then adds none): the same numbers as torch's ops and
+        :meth:`_noisy_stacked`. None (torch's ops run) in any other forward, for other dtypes and layouts, or
+        without the kernels."""
+        f = self.f
+        k = f.stack
+        if (k <= 1 or not NATIVE or self.time_major or x.dtype != torch.float32 or x.device.type != "cpu"
+                or not x.is_contiguous() or x.dim() != (4 if kind == "pool" else x.dim()) or x.dim() < 2
+                or len(x) % k or (x.requires_grad and torch.is_grad_enabled())):
+            return None
+        if kernels.library() is None:
+            return None
+        op = kernels.pool2x2 if kind == "pool" else kernels.relu
+        if id(module) not in self._site_ids:
+            return op(x, None, None, k, None)
+        shape = (len(x), x.shape[1], x.shape[2] // 2, x.shape[3] // 2) if kind == "pool" else tuple(x.shape)
+        out = torch.empty(shape, dtype=x.dtype)
+        z = self.standard(out)          # this site's normals (only out's shape and dtype are read)
+        if z.dtype == out.dtype and z.is_contiguous() and len(z) * k == len(out) and z.shape[1:] == out.shape[1:]:
+            op(x, z, self._sigma_of(out).view(k), k, "relative" if self.relative else "absolute", out=out)
+        else:                            # normals of the output's own shape (a site no plan foresaw)
+            out = self._noisy_stacked(op(x, None, None, k, None, out=out), z)
+        f.noised = module
+        return out
 
     def scale(self, y: torch.Tensor) -> torch.Tensor:
         """max|y| per sample (per time step and sample for a spiking model's (T, B, features) output)."""
@@ -478,6 +536,9 @@ class _PrefetchedNoise:
         return (self.noisy(args[0]), *args[1:])
 
     def _output_hook(self, module: nn.Module, args: tuple, out: Any) -> torch.Tensor | None:
+        if self.f.noised is module:      # its forward added the noise (native_op)
+            self.f.noised = None
+            return None
         if not isinstance(out, torch.Tensor):
             return None
         if self.f.first and module is self.first.module and (self.first.folds or self.f.stack > 1):
@@ -706,6 +767,9 @@ def _sites_changed() -> LenetlabError:
 #: the model in pieces this size, so each layer's output stays in cache (oneDNN's conv with one input channel
 #: runs about 3x faster on 200-row pieces than on 1,000 rows, with the same values per row)
 CHUNK_ROWS = 200
+#: stacked forwards pool and apply ReLU with the C kernels of :mod:`lenetlab.noise.kernels` where they are
+#: available (False: torch's ops; the same numbers)
+NATIVE = True
 #: rows per piece in a sweep, which runs every sigma of a piece before the next piece (its first layer is not
 #: run per sigma, :class:`_FirstLayer`, and smaller pieces keep the piece's normals in cache)
 SWEEP_CHUNK_ROWS = 100
@@ -1023,7 +1087,7 @@ def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[floa
     try:
         torch.set_num_threads(1)
         fixed = _piece_key(model, noise)
-        with torch.inference_mode(), _fast_pools(model):
+        with torch.inference_mode(), _fast_pools(model, noise):
             # a sweep of a row-wise model knows every batch's site shapes from a one-row forward, so even the
             # first batch's normals are drawn ahead of its forwards (the same draws in the same order)
             row_plan = (noise.row_plan(x[:1]) if len(sigmas) > 1 and fixed is not None and noise._handles

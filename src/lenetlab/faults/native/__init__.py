@@ -12,7 +12,8 @@ compiler is found, or with ``LENETLAB_NATIVE=0``.
 The library is compiled on first use with the system C compiler (``$CC``, else ``cc`` / ``gcc`` / ``clang``;
 ``-O3 -march=native`` where the CPU's flags are known) into ``~/.cache/lenetlab/native/`` (or
 ``$XDG_CACHE_HOME``; a temporary directory if that is not writable), keyed by the source, the compiler and the
-CPU, and loaded with ctypes; a damaged cached file is rebuilt. It runs on one thread.
+CPU, and loaded with ctypes; a damaged cached file is rebuilt (the builder: :mod:`lenetlab.native`). It runs
+on one thread.
 
 Example::
 
@@ -22,17 +23,9 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import hashlib
 import os
-import platform
-import shlex
-import shutil
-import subprocess
-import tempfile
 import threading
-import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -40,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lenetlab.native import cache_key, compiler, load, places
 from lenetlab.quant import int8
 
 if TYPE_CHECKING:
@@ -63,85 +57,21 @@ class _Stage(ctypes.Structure):
                 ("lut_pre", ctypes.c_void_p), ("lut_post", ctypes.c_void_p)]
 
 
-def _cpu_flags() -> str:
-    """The CPU's feature flags from /proc/cpuinfo ('' where there is none)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    return next((ln for ln in text.splitlines() if ln.lower().startswith(("flags", "features"))), "")
-
-
 def _compiler() -> list[str] | None:
-    """The C compiler command (``$CC`` may carry arguments, e.g. ``ccache gcc``), else cc / gcc / clang."""
-    env = shlex.split(os.environ.get("CC", ""))
-    for cmd in ([env] if env else []) + [["cc"], ["gcc"], ["clang"]]:
-        if shutil.which(cmd[0]):
-            return cmd
-    return None
-
-
-def _build(cc: list[str], out: Path, native_arch: bool) -> None:
-    """Compile propagate.c into ``out`` atomically (a temporary file renamed into place, so processes building
-    at once cannot load a half-written library); ``-march=native`` when asked for and the compiler takes it."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for old in out.parent.glob("tmp*.so"):          # left by a build that was killed, over an hour ago
-        with contextlib.suppress(OSError):
-            if time.time() - old.stat().st_mtime > 3600:
-                old.unlink()
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    errors = []
-    try:
-        for extra in ((("-march=native",),) if native_arch else ()) + ((),):
-            r = subprocess.run([*cc, *FLAGS, *extra, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
-                               timeout=300)
-            if r.returncode == 0:
-                os.replace(tmp, out)
-                return
-            errors.append(f"{' '.join([*cc, *extra])}: {(r.stderr or r.stdout).strip()[:300]}")
-        raise OSError("compiling failed: " + " | ".join(errors))
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    return compiler()
 
 
 def _key(cc: list[str]) -> tuple[str, bool]:
-    """The cache key of a build (source, compiler, CPU) and whether it may use ``-march=native``."""
-    exe = Path(shutil.which(cc[0]) or cc[0]).resolve()
-    st = exe.stat()
-    flags = _cpu_flags()
-    native_arch = bool(flags)            # without the CPU's flags the key cannot tell CPUs apart: portable code
-    ident = " ".join((str(exe), str(st.st_size), str(st.st_mtime_ns), *cc[1:], *FLAGS, str(native_arch),
-                      platform.machine(), flags))         # the compiler, without running it; the CPU
-    return hashlib.sha256(SOURCE.read_bytes() + ident.encode()).hexdigest()[:16], native_arch
+    """The cache key of a build of propagate.c (source, compiler, CPU) and whether it may use ``-march=native``."""
+    return cache_key(cc, SOURCE, FLAGS)
 
 
 def _places() -> list[Path]:
-    from lenetlab.data.datasets import cache_dir
-
-    return [cache_dir() / "native", Path(tempfile.gettempdir()) / f"lenetlab-native-{os.getuid()}"]
+    return places()
 
 
 def _load(cc: list[str]) -> ctypes.CDLL:
-    """Build (once per source, compiler and CPU) and load the library; a cached file that does not load (cut
-    short, corrupt) is rebuilt once."""
-    key, native_arch = _key(cc)
-    last: OSError | None = None
-    for base in _places():
-        path = base / f"propagate-{key}.so"
-        try:
-            if not path.is_file():
-                _build(cc, path, native_arch)
-            try:
-                return ctypes.CDLL(str(path))
-            except OSError:              # a damaged cached file: build it again, once
-                path.unlink(missing_ok=True)
-                _build(cc, path, native_arch)
-                return ctypes.CDLL(str(path))
-        except (OSError, subprocess.SubprocessError) as e:   # e.g. an unwritable cache: try the next place
-            last = e if isinstance(e, OSError) else OSError(str(e))
-    raise last or OSError("no place to build in")
+    return load(cc, SOURCE, FLAGS)
 
 
 def library() -> ctypes.CDLL | None:

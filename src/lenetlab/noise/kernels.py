@@ -1,0 +1,126 @@
+"""C kernels for the noise sweep's stacked forwards: 2x2 max-pooling and ReLU with their site's noise added in
+the same pass (``kernels.c`` beside this file, built on first use by :mod:`lenetlab.native`).
+
+In a stacked forward (:func:`lenetlab.noise.inject.noisy_accuracy_sweep`, the default, not exact) the rows
+are one copy of a piece of the batch per sigma. torch pools them in two strided passes (the second, over
+pairs of columns, cannot use vector loads), then adds the noise in a third and the activation in a fourth,
+each into new memory; these kernels do a layer's pooling or activation and its noise in one pass, with
+torch's own arithmetic (the same maxima, ``clamp_min(x, 0)``, one fused multiply-add for the noise, as
+``torch.addcmul``), so the sweep's numbers do not change (tests/test_noise_fast.py compares them bit for
+bit). Where the library cannot be built (no C compiler) or ``LENETLAB_NATIVE=0``, the sweep runs the torch
+ops, a little slower, with the same results.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+from lenetlab.native import compiler, load
+
+SOURCE = Path(__file__).with_name("kernels.c")
+# -fno-trapping-math lets the compiler vectorise the compare-and-select loops (no result changes);
+# -ffp-contract=off keeps every multiply and add as written (the fused ones are explicit fmaf calls)
+FLAGS = ("-std=c99", "-O3", "-shared", "-fPIC", "-fno-trapping-math", "-ffp-contract=off")
+MODES = {None: 0, "absolute": 1, "relative": 2}
+_lib: ctypes.CDLL | None = None
+_tried = False
+_why = ""
+_lock = threading.Lock()
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, built on first use; None when disabled or unavailable (:func:`why_not`; a warning
+    says so once per process unless ``LENETLAB_NATIVE=0``)."""
+    global _lib, _tried, _why
+    with _lock:
+        if _tried:
+            return _lib
+        if os.environ.get("LENETLAB_NATIVE", "1") == "0":
+            _why = "disabled by LENETLAB_NATIVE=0"
+        elif (cc := compiler()) is None:
+            _why = "no C compiler found (set CC)"
+        else:
+            try:
+                lib = load(cc, SOURCE, FLAGS)
+                p, i64 = ctypes.c_void_p, ctypes.c_int64
+                lib.ln_pool2x2.argtypes = [p, p, p, p, i64, i64, i64, i64, i64, ctypes.c_int]
+                lib.ln_relu.argtypes = [p, p, p, p, i64, i64, i64, ctypes.c_int]
+                lib.ln_pool2x2.restype = lib.ln_relu.restype = None
+                _lib = lib
+            except (OSError, AttributeError) as e:
+                _why = f"could not build or load {SOURCE.name}: {e}"
+        _tried = True
+        if _lib is None and not _why.startswith("disabled"):
+            warnings.warn(f"lenetlab: noise sweeps run without their C kernels (slower, same results): {_why}",
+                          RuntimeWarning, stacklevel=3)
+        return _lib
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def why_not() -> str:
+    """Why :func:`library` returned None ('' when it did not)."""
+    library()
+    return _why
+
+
+def pool2x2(x: torch.Tensor, z: torch.Tensor | None, f: torch.Tensor | None, k: int, mode: str | None,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """2x2 max-pooling (floor) of ``x`` (``k`` copies of a piece, N, C, H, W), plus ``mode`` noise: None,
+    "absolute" (``+ z * f[copy]``) or "relative" (``+ z * (f[copy] * max|y|)`` per row); ``z`` the piece's
+    normals (N/k, C, H/2, W/2), ``f`` k float32 sigmas."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the noise kernels are unavailable: {why_not()}")
+    n, c, h, w = x.shape
+    rows = n // k if k > 0 else 0
+    shape = (n, c, h // 2, w // 2)
+    _need(x, (k * rows, c, h, w))
+    if mode is not None:
+        _need(z, (rows, *shape[1:]))
+        _need(f, (k,))
+    if out is None:
+        out = torch.empty(shape, dtype=torch.float32)
+    _need(out, shape)
+    lib.ln_pool2x2(x.data_ptr(), out.data_ptr(), z.data_ptr() if mode else None, f.data_ptr() if mode else None,
+                   k, rows, c, h, w, MODES[mode])
+    return out
+
+
+def relu(x: torch.Tensor, z: torch.Tensor | None, f: torch.Tensor | None, k: int, mode: str | None,
+         out: torch.Tensor | None = None) -> torch.Tensor:
+    """``clamp_min(x, 0)`` of ``x`` (``k`` copies of a piece), plus ``mode`` noise as in :func:`pool2x2`, ``z``
+    of the piece's shape. ``out`` may be ``x`` (in place)."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the noise kernels are unavailable: {why_not()}")
+    n = len(x)
+    rows = n // k if k > 0 else 0
+    _need(x, (k * rows, *x.shape[1:]))
+    if mode is not None:
+        _need(z, (rows, *x.shape[1:]))
+        _need(f, (k,))
+    if out is None:
+        out = torch.empty(x.shape, dtype=torch.float32)
+    _need(out, tuple(x.shape))
+    per = x[0].numel() if n else 0
+    lib.ln_relu(x.data_ptr(), out.data_ptr(), z.data_ptr() if mode else None, f.data_ptr() if mode else None,
+                k, rows, per, MODES[mode])
+    return out
+
+
+def _need(t: torch.Tensor | None, shape: tuple) -> None:
+    """The C code reads and writes ``shape``'s values at ``t``'s address: a contiguous float32 CPU tensor of
+    exactly that shape, or a ValueError (never an out-of-bounds access)."""
+    if (t is None or t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous()
+            or tuple(t.shape) != tuple(shape)):
+        got = None if t is None else (tuple(t.shape), t.dtype, t.device.type, t.is_contiguous())
+        raise ValueError(f"noise kernel: a contiguous float32 CPU tensor of shape {tuple(shape)} expected, got {got}")
