@@ -101,6 +101,14 @@ def test_bad_input(kw, needle):
     assert "forward" not in vars(model.pool) and not any(m._forward_hooks for m in model.modules())
 
 
+@pytest.mark.parametrize("reference", [False, True])
+def test_images_and_labels_must_pair_up(reference):
+    model = _model()
+    x, y = _data(4)
+    with pytest.raises(LenetlabError, match="4 images but 3 labels"):
+        noisy_accuracy(model, x, y[:3], 0.1, draws=2, reference=reference)
+
+
 def test_strided_pool_equals_max_pool2d():
     g = torch.Generator().manual_seed(0)
     for shape in [(3, 4, 8, 8), (2, 3, 7, 9), (5, 6, 5), (1, 1, 2, 2)]:

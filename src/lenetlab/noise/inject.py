@@ -222,6 +222,8 @@ def noisy_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: fl
     """
     if draws < 1:
         raise LenetlabError(f"draws must be >= 1, got {draws}")
+    if len(x) != len(y):
+        raise LenetlabError(f"{len(x)} images but {len(y)} labels")
     if reference or weight_sigma > 0:
         return _reference_noisy_accuracy(model, x, y, sigma, draws, relative, sites, weight_sigma, seed,
                                          batch_size)
@@ -1023,6 +1025,8 @@ def noisy_accuracy_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sig
     does; that stream then runs on across sigmas, so only such models differ from the separate calls.)"""
     if draws < 1:
         raise LenetlabError(f"draws must be >= 1, got {draws}")
+    if len(x) != len(y):
+        raise LenetlabError(f"{len(x)} images but {len(y)} labels")
     sigmas = [check_sigma(s) for s in sigmas]
     sites = check_sites(sites)
     live = [s for s in sigmas if s > 0]
