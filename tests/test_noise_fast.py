@@ -607,6 +607,16 @@ def test_native_kernels_equal_torch_ops(k, rows, c, h, w):
     assert same(K.relu(x, zr, f, k, "relative"), noisy(r, zr, True))
     inplace = x.clone()
     assert K.relu(inplace, zr, f, k, "absolute", out=inplace) is inplace and same(inplace, noisy(r, zr, False))
+    # the pool of copies never written: copy c of row r = base[r] + v[r] * g[c, r] in one rounding
+    base, v = x[:rows].contiguous(), torch.randn(rows, c, h, w, generator=g)
+    gk = (torch.rand(k, 1, 1, 1, 1, generator=g) * torch.rand(1, rows, 1, 1, 1, generator=g))
+    copies = torch.addcmul(base.unsqueeze(0), v.unsqueeze(0), gk).reshape(k * rows, c, h, w)
+    flat = gk.reshape(k * rows)
+    assert same(K.pool2x2_fma(base, v, flat, k, None, None, None), _pool2x2(copies))
+    assert same(K.pool2x2_fma(base, v, flat, k, zp, f, "absolute"), noisy(_pool2x2(copies), zp, False))
+    assert same(K.pool2x2_fma(base, v, flat, k, zp, f, "relative"), noisy(_pool2x2(copies), zp, True))
+    assert same(K.pool2x2_fma(base, None, None, k, zp, f, "absolute"), noisy(_pool2x2(base.repeat(k, 1, 1, 1)),
+                                                                            zp, False))
 
 
 def test_native_kernels_check_what_they_are_given():
@@ -622,7 +632,10 @@ def test_native_kernels_check_what_they_are_given():
            lambda: K.pool2x2(x, z, f, 2, "absolute", out=torch.empty(6, 2, 4, 3)),
            lambda: K.pool2x2(x.double(), None, None, 2, None),
            lambda: K.relu(x, z, f, 2, "relative"),                        # pooled-size normals for a ReLU
-           lambda: K.relu(x, None, None, 2, None, out=torch.empty(6, 2, 8))]
+           lambda: K.relu(x, None, None, 2, None, out=torch.empty(6, 2, 8)),
+           lambda: K.pool2x2_fma(x[:3], x[:2], torch.rand(6), 2, None, None, None),     # v of 2 rows for 3
+           lambda: K.pool2x2_fma(x[:3], x[:3], torch.rand(5), 2, None, None, None),     # g short of 2 x 3
+           lambda: K.pool2x2_fma(x[:3], None, None, 2, z[:2], f, "absolute")]
     for call in bad:
         with pytest.raises(ValueError, match="noise kernel"):
             call()
@@ -691,3 +704,55 @@ def test_without_a_compiler_the_sweep_runs_torch_ops(monkeypatch):
     got = inject.noisy_accuracy_sweep(model, x, y, [0.3, 2.0], draws=3, seed=4, batch_size=39)
     monkeypatch.setattr(inject, "NATIVE", False)
     assert got == inject.noisy_accuracy_sweep(model, x, y, [0.3, 2.0], draws=3, seed=4, batch_size=39)
+
+
+@pytest.mark.parametrize("kw", [{}, {"relative": True, "sites": ("conv", "linear")}, {"sites": ("act", "linear")}])
+def test_lenet5s_first_layer_output_is_pooled_without_being_written(monkeypatch, kw):
+    """On lenetlab's LeNet-5 (conv1 straight into the pool) a stacked forward leaves conv1's noisy copies
+    unwritten and the pool computes them from the layer's terms: the same results as the torch ops; a hook
+    of someone else's on conv1 (which must see the real output) turns that off, with the same results."""
+    from lenetlab.noise import inject
+
+    K = _kernels()
+    calls = []
+    real = K.pool2x2_fma
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(K, "pool2x2_fma", counted)
+    monkeypatch.setattr(inject, "SWEEP_CHUNK_ROWS", 7)
+    monkeypatch.setattr(inject, "STACK_ROWS", 20)
+    monkeypatch.setattr(inject, "CHUNK_ROWS", 8)
+    torch.set_num_threads(2)
+    model = _model()
+    x, y = _data(37)
+    sigmas = [0.3, 2.0, 0.05, 0.8]
+    deferred = inject.noisy_accuracy_sweep(model, x, y, sigmas, draws=3, seed=4, batch_size=39, **kw)
+    assert calls
+    seen = []
+    handle = model.conv1.register_forward_hook(lambda m, a, out: seen.append(bool(torch.isfinite(out).all())))
+    try:
+        n = len(calls)
+        hooked = inject.noisy_accuracy_sweep(model, x, y, sigmas, draws=3, seed=4, batch_size=39, **kw)
+        assert len(calls) == n and seen and all(seen)
+    finally:
+        handle.remove()
+    monkeypatch.setattr(inject, "NATIVE", False)
+    assert deferred == hooked == inject.noisy_accuracy_sweep(model, x, y, sigmas, draws=3, seed=4, batch_size=39,
+                                                             **kw)
+
+
+@pytest.mark.parametrize("with_v", [True, False])
+def test_a_deferred_first_layer_output_is_written_when_another_reader_comes(with_v):
+    """The fallback when the deferred output meets a reader other than the pool: it is written as the torch
+    path writes it, bit for bit."""
+    g = torch.Generator().manual_seed(2)
+    k, rows = 3, 4
+    base, v = torch.randn(rows, 6, 8, 8, generator=g), torch.randn(rows, 6, 8, 8, generator=g)
+    gk = torch.rand(k, 1, 1, 1, 1, generator=g) * torch.rand(1, rows, 1, 1, 1, generator=g)
+    x = torch.full((k * rows, 6, 8, 8), float("nan"))
+    _PrefetchedNoise._write_pending((x, base, v if with_v else None, gk.reshape(k * rows) if with_v else None))
+    want = (torch.addcmul(base.unsqueeze(0), v.unsqueeze(0), gk) if with_v else base.repeat(k, 1, 1, 1))
+    assert torch.equal(x, want.reshape(k * rows, 6, 8, 8))

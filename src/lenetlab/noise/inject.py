@@ -330,6 +330,8 @@ class _ForwardState(threading.local):
         self.offset: int | None = None
         self.sigmas: dict[tuple, torch.Tensor] = {}     # a stacked forward's sigma, cast and shaped, by (dtype, dim)
         self.noised: nn.Module | None = None    # a module whose forward just added its site's noise itself
+        # the first layer's stacked output, not yet written: (its tensor, base, v, g), see _FirstLayer
+        self.pending: tuple | None = None
 
 
 class _PrefetchedNoise:
@@ -355,6 +357,7 @@ class _PrefetchedNoise:
         self._spare_seed = self.generator.initial_seed()
         self._spare: torch.Generator | None = None
         self.first: _FirstLayer | None = None     # a _FirstLayer sets itself here
+        self.defer_ok = False     # the first layer's stacked output may be left to the pool to compute (_defers)
         self.f = _ForwardState()      # this thread's forward: its normals, where it is in them (see start())
         self._handles: list[Any] = []
         self._site_ids: set[int] = set()        # id() of the modules whose output is a noise site
@@ -419,6 +422,7 @@ class _PrefetchedNoise:
         f.stack, f.offset = stack, offset
         f.sigmas = {}
         f.noised = None
+        f.pending = None
 
     @property
     def drawn(self) -> list[torch.Tensor]:
@@ -506,6 +510,11 @@ class _PrefetchedNoise:
         without the kernels."""
         f = self.f
         k = f.stack
+        pending, f.pending = f.pending, None
+        if pending is not None:
+            if kind == "pool" and x is pending[0] and kernels.library() is not None:
+                return self._pool_pending(module, pending, k)
+            self._write_pending(pending)
         if (k <= 1 or not NATIVE or self.time_major or x.dtype != torch.float32 or x.device.type != "cpu"
                 or not x.is_contiguous() or x.dim() != (4 if kind == "pool" else x.dim()) or x.dim() < 2
                 or len(x) % k or (x.requires_grad and torch.is_grad_enabled())):
@@ -524,6 +533,32 @@ class _PrefetchedNoise:
             out = self._noisy_stacked(op(x, None, None, k, None, out=out), z)
         f.noised = module
         return out
+
+    def _pool_pending(self, module: nn.Module, pending: tuple, k: int) -> torch.Tensor:
+        """:meth:`native_op` of the pool whose input is the first layer's unwritten output ``pending``."""
+        x, base, v, g = pending
+        if id(module) not in self._site_ids:
+            return kernels.pool2x2_fma(base, v, g, k, None, None, None)
+        out = torch.empty((len(x), x.shape[1], x.shape[2] // 2, x.shape[3] // 2), dtype=x.dtype)
+        z = self.standard(out)
+        if z.dtype == out.dtype and z.is_contiguous() and len(z) * k == len(out) and z.shape[1:] == out.shape[1:]:
+            kernels.pool2x2_fma(base, v, g, k, z, self._sigma_of(out).view(k),
+                                "relative" if self.relative else "absolute", out=out)
+        else:
+            out = self._noisy_stacked(kernels.pool2x2_fma(base, v, g, k, None, None, None, out=out), z)
+        self.f.noised = module
+        return out
+
+    @staticmethod
+    def _write_pending(pending: tuple) -> None:
+        """Write the first layer's deferred output after all (its reader is not the pool that was expected)."""
+        x, base, v, g = pending
+        k, rows = len(x) // len(base), len(base)
+        xs = x.view(k, rows, *base.shape[1:])
+        if v is None:
+            xs.copy_(base.unsqueeze(0))
+        else:
+            torch.addcmul(base.unsqueeze(0), v.unsqueeze(0), g.view(k, rows, *([1] * (base.dim() - 1))), out=xs)
 
     def scale(self, y: torch.Tensor) -> torch.Tensor:
         """max|y| per sample (per time step and sample for a spiking model's (T, B, features) output)."""
@@ -734,23 +769,35 @@ class _FirstLayer:
             scale = scales.index_select(0, idx) if scales is not None else None
         ones = [1] * (base.dim() - 1)
         sig = f.sigma.to(base.dtype).view(k, 1, *ones)
-        buf = self._buffer((k, rows, *base.shape[1:]), base)
+        shape = (k * rows, *base.shape[1:])
+        # every copy c of row r is base[r] + v[r] * g[c, r] (one rounding), or base[r] where v is None
         if self.folds:
             step, parts = terms
             i, j = a // step, (a + rows - 1) // step
-            w = parts[i][a - i * step:a - i * step + rows] if i == j else \
+            v = parts[i][a - i * step:a - i * step + rows] if i == j else \
                 torch.cat([parts[i][a - i * step:], parts[j][:a + rows - j * step]])
-            return torch.addcmul(base.unsqueeze(0), w.unsqueeze(0), sig, out=buf).view(k * rows, *base.shape[1:])
-        if not self.output_site:
+            g = sig
+        elif not self.output_site:
+            v = g = None
+        else:
+            # the output's own noise, added here for all copies at once (the output hook then adds none): no copy
+            # of the clean output per sigma, and its max|y| found once per batch
+            v = f.ready[0]
+            if len(v) != rows or v.shape[1:] != base.shape[1:]:
+                raise _sites_changed()
+            g = sig * scale.unsqueeze(0) if scale is not None else sig
+        defer = self.noise.defer_ok and base.dtype == torch.float32
+        if v is None and not defer:
             return base.repeat(k, *ones)
-        # the output's own noise, added here for all copies at once (the output hook then adds none): no copy
-        # of the clean output per sigma, and its max|y| found once per batch
-        z_out = f.ready[0]
-        if len(z_out) != rows or z_out.shape[1:] != base.shape[1:]:
-            raise _sites_changed()
-        if scale is not None:
-            sig = sig * scale.unsqueeze(0)
-        return torch.addcmul(base.unsqueeze(0), z_out.unsqueeze(0), sig, out=buf).view(k * rows, *base.shape[1:])
+        buf = self._buffer((k, rows, *base.shape[1:]), base)
+        if defer:
+            # the model's pool takes this output straight from here (_defers): it pools these terms itself and
+            # the copies are never written out (_PrefetchedNoise.native_op; anything else writes them first)
+            out = buf.view(shape)
+            f.pending = (out, base.contiguous(), None if v is None else v.contiguous(),
+                         None if v is None else g.expand(k, rows, *ones).reshape(k * rows))
+            return out
+        return torch.addcmul(base.unsqueeze(0), v.unsqueeze(0), g, out=buf).view(shape)
 
     def _buffer(self, shape: tuple, like: torch.Tensor) -> torch.Tensor:
         """This thread's output buffer of ``shape``: its forward has read it before the thread comes here again
@@ -759,6 +806,29 @@ class _FirstLayer:
         if buf is None or buf.shape != shape or buf.dtype != like.dtype:
             buf = self._out.buf = torch.empty(shape, dtype=like.dtype, device=like.device)
         return buf
+
+
+def _defers(model: nn.Module, first: _FirstLayer, noise: _PrefetchedNoise) -> bool:
+    """Whether a stacked forward may leave the first layer's output unwritten for the pool to compute from its
+    terms (:meth:`_PrefetchedNoise.native_op`): only where that output is known to go straight into the pool
+    and nowhere else - lenetlab's own LeNet-5 (its forward: conv1, then the pool, when the pool comes first),
+    with no hooks on conv1 or the pool but this sweep's and no global module hooks - and the C kernels are
+    there."""
+    from torch.nn.modules import module as torch_module
+
+    from lenetlab.models.lenet5 import LeNet5
+
+    def only_ours(hooks: dict) -> bool:
+        return all(getattr(h, "__self__", None) is noise for h in hooks.values())
+
+    pool = getattr(model, "pool", None)
+    return (NATIVE and noise.fused and type(model) is LeNet5 and not {"forward", "features"} & set(vars(model))
+            and model.pool_first and first.module is model.conv1 and type(pool) is MaxPool2x2
+            and "forward" not in vars(pool) and only_ours(model.conv1._forward_hooks)
+            and only_ours(pool._forward_hooks) and not pool._forward_pre_hooks
+            and not model.conv1._forward_hooks_with_kwargs and not pool._forward_hooks_with_kwargs
+            and not torch_module._global_forward_hooks and not torch_module._global_forward_pre_hooks
+            and kernels.library() is not None)
 
 
 def _sites_changed() -> LenetlabError:
@@ -1080,6 +1150,7 @@ def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[floa
             first = None
     else:
         first = None
+    noise.defer_ok = first is not None and _defers(model, first, noise)
     plans: dict[int, list[tuple[torch.Size, torch.dtype]]] = {}
     pending: Future | None = None
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenetlab-noise")

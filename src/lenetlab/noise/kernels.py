@@ -51,7 +51,8 @@ def library() -> ctypes.CDLL | None:
                 p, i64 = ctypes.c_void_p, ctypes.c_int64
                 lib.ln_pool2x2.argtypes = [p, p, p, p, i64, i64, i64, i64, i64, ctypes.c_int]
                 lib.ln_relu.argtypes = [p, p, p, p, i64, i64, i64, ctypes.c_int]
-                lib.ln_pool2x2.restype = lib.ln_relu.restype = None
+                lib.ln_pool2x2_fma.argtypes = [p, p, p, p, p, p, i64, i64, i64, i64, i64, ctypes.c_int]
+                lib.ln_pool2x2.restype = lib.ln_relu.restype = lib.ln_pool2x2_fma.restype = None
                 _lib = lib
             except (OSError, AttributeError) as e:
                 _why = f"could not build or load {SOURCE.name}: {e}"
@@ -92,6 +93,32 @@ def pool2x2(x: torch.Tensor, z: torch.Tensor | None, f: torch.Tensor | None, k: 
     _need(out, shape)
     lib.ln_pool2x2(x.data_ptr(), out.data_ptr(), z.data_ptr() if mode else None, f.data_ptr() if mode else None,
                    k, rows, c, h, w, MODES[mode])
+    return out
+
+
+def pool2x2_fma(base: torch.Tensor, v: torch.Tensor | None, g: torch.Tensor | None, k: int,
+                z: torch.Tensor | None, f: torch.Tensor | None, mode: str | None,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`pool2x2` of the ``k * rows`` rows ``x[c * rows + r] = fma(v[r], g[c * rows + r], base[r])``
+    (``v`` None: ``base[r]``) without ``x`` ever being written: ``base``, ``v`` (rows, C, H, W), ``g`` the
+    k * rows factors, then ``mode`` noise as in :func:`pool2x2` (``z`` (rows, C, H/2, W/2), ``f`` k sigmas)."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the noise kernels are unavailable: {why_not()}")
+    rows, c, h, w = base.shape
+    _need(base, (rows, c, h, w))
+    if v is not None:
+        _need(v, (rows, c, h, w))
+        _need(g, (k * rows,))
+    if mode is not None:
+        _need(z, (rows, c, h // 2, w // 2))
+        _need(f, (k,))
+    if out is None:
+        out = torch.empty((k * rows, c, h // 2, w // 2), dtype=torch.float32)
+    _need(out, (k * rows, c, h // 2, w // 2))
+    lib.ln_pool2x2_fma(base.data_ptr(), v.data_ptr() if v is not None else None,
+                       g.data_ptr() if v is not None else None, out.data_ptr(),
+                       z.data_ptr() if mode else None, f.data_ptr() if mode else None, k, rows, c, h, w, MODES[mode])
     return out
 
 
