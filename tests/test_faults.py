@@ -152,12 +152,12 @@ def test_native_source_compiles_warning_free(tmp_path):
 def test_native_library_can_be_switched_off(monkeypatch):
     from lenetlab.faults import native
 
-    monkeypatch.setattr(native, "_tried", False)
-    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native.LIBRARY, "_tried", False)
+    monkeypatch.setattr(native.LIBRARY, "_lib", None)
     monkeypatch.setenv("LENETLAB_NATIVE", "0")
     assert not native.available() and "LENETLAB_NATIVE=0" in native.why_not()
     monkeypatch.setenv("LENETLAB_NATIVE", "1")
-    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native.LIBRARY, "_tried", False)
     monkeypatch.setenv("CC", "/nonexistent/cc")
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.warns(RuntimeWarning, match="without their C back end"):

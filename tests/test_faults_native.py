@@ -166,8 +166,8 @@ def test_a_damaged_cached_library_is_rebuilt(tmp_path, monkeypatch):
     if native._compiler() is None:
         pytest.skip("no C compiler")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(native, "_tried", False)
-    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native.LIBRARY, "_tried", False)
+    monkeypatch.setattr(native.LIBRARY, "_lib", None)
     key, _ = native._key(native._compiler())
     built = native._places()[0] / f"propagate-{key}.so"
     assert str(built).startswith(str(tmp_path))

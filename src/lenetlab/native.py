@@ -20,7 +20,10 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -103,3 +106,42 @@ def load(cc: list[str], source: Path, flags: tuple[str, ...]) -> ctypes.CDLL:
         except (OSError, subprocess.SubprocessError) as e:   # e.g. an unwritable cache: try the next place
             last = e if isinstance(e, OSError) else OSError(str(e))
     raise last or OSError("no place to build in")
+
+
+class Library:
+    """One C library, built and loaded once per process, on first use (:meth:`get`): None where it cannot be
+    (``LENETLAB_NATIVE=0``, no compiler, a failed build), with the reason (:meth:`why_not`) and, unless it
+    was switched off on purpose, one RuntimeWarning saying what runs slower instead (``fallback``).
+    ``bind(lib)`` declares the functions' argument and result types."""
+
+    def __init__(self, source: Path, flags: tuple[str, ...], bind: Callable[[ctypes.CDLL], None], fallback: str):
+        self.source, self.flags, self.bind, self.fallback = source, flags, bind, fallback
+        self._lib: ctypes.CDLL | None = None
+        self._tried = False
+        self._why = ""
+        self._lock = threading.Lock()
+
+    def get(self) -> ctypes.CDLL | None:
+        with self._lock:
+            if self._tried:
+                return self._lib
+            if os.environ.get("LENETLAB_NATIVE", "1") == "0":
+                self._why = "disabled by LENETLAB_NATIVE=0"
+            elif (cc := compiler()) is None:
+                self._why = "no C compiler found (set CC)"
+            else:
+                try:
+                    lib = load(cc, self.source, self.flags)
+                    self.bind(lib)
+                    self._lib = lib
+                except (OSError, AttributeError) as e:
+                    self._why = f"could not build or load {self.source.name}: {e}"
+            self._tried = True
+            if self._lib is None and not self._why.startswith("disabled"):
+                warnings.warn(f"lenetlab: {self.fallback}: {self._why}", RuntimeWarning, stacklevel=4)
+            return self._lib
+
+    def why_not(self) -> str:
+        """Why :meth:`get` returned None ('' when it did not)."""
+        self.get()
+        return self._why

@@ -14,53 +14,33 @@ ops, a little slower, with the same results.
 from __future__ import annotations
 
 import ctypes
-import os
-import threading
-import warnings
 from pathlib import Path
 
 import torch
 
-from lenetlab.native import compiler, load
+from lenetlab.native import Library
 
 SOURCE = Path(__file__).with_name("kernels.c")
 # -fno-trapping-math lets the compiler vectorise the compare-and-select loops (no result changes);
 # -ffp-contract=off keeps every multiply and add as written (the fused ones are explicit fmaf calls)
 FLAGS = ("-std=c99", "-O3", "-shared", "-fPIC", "-fno-trapping-math", "-ffp-contract=off")
 MODES = {None: 0, "absolute": 1, "relative": 2}
-_lib: ctypes.CDLL | None = None
-_tried = False
-_why = ""
-_lock = threading.Lock()
+
+
+def _bind(lib: ctypes.CDLL) -> None:
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.ln_pool2x2.argtypes = [p, p, p, p, i64, i64, i64, i64, i64, i32]
+    lib.ln_relu.argtypes = [p, p, p, p, i64, i64, i64, i32]
+    lib.ln_pool2x2_fma.argtypes = [p, p, p, p, p, p, i64, i64, i64, i64, i64, i32]
+    lib.ln_pool2x2.restype = lib.ln_relu.restype = lib.ln_pool2x2_fma.restype = None
+
+
+LIBRARY = Library(SOURCE, FLAGS, _bind, "noise sweeps run without their C kernels (slower, same results)")
 
 
 def library() -> ctypes.CDLL | None:
-    """The compiled kernels, built on first use; None when disabled or unavailable (:func:`why_not`; a warning
-    says so once per process unless ``LENETLAB_NATIVE=0``)."""
-    global _lib, _tried, _why
-    with _lock:
-        if _tried:
-            return _lib
-        if os.environ.get("LENETLAB_NATIVE", "1") == "0":
-            _why = "disabled by LENETLAB_NATIVE=0"
-        elif (cc := compiler()) is None:
-            _why = "no C compiler found (set CC)"
-        else:
-            try:
-                lib = load(cc, SOURCE, FLAGS)
-                p, i64 = ctypes.c_void_p, ctypes.c_int64
-                lib.ln_pool2x2.argtypes = [p, p, p, p, i64, i64, i64, i64, i64, ctypes.c_int]
-                lib.ln_relu.argtypes = [p, p, p, p, i64, i64, i64, ctypes.c_int]
-                lib.ln_pool2x2_fma.argtypes = [p, p, p, p, p, p, i64, i64, i64, i64, i64, ctypes.c_int]
-                lib.ln_pool2x2.restype = lib.ln_relu.restype = lib.ln_pool2x2_fma.restype = None
-                _lib = lib
-            except (OSError, AttributeError) as e:
-                _why = f"could not build or load {SOURCE.name}: {e}"
-        _tried = True
-        if _lib is None and not _why.startswith("disabled"):
-            warnings.warn(f"lenetlab: noise sweeps run without their C kernels (slower, same results): {_why}",
-                          RuntimeWarning, stacklevel=3)
-        return _lib
+    """The compiled kernels, built on first use; None when disabled or unavailable (:func:`why_not`)."""
+    return LIBRARY.get()
 
 
 def available() -> bool:
@@ -69,8 +49,7 @@ def available() -> bool:
 
 def why_not() -> str:
     """Why :func:`library` returned None ('' when it did not)."""
-    library()
-    return _why
+    return LIBRARY.why_not()
 
 
 def pool2x2(x: torch.Tensor, z: torch.Tensor | None, f: torch.Tensor | None, k: int, mode: str | None,

@@ -24,16 +24,13 @@ Example::
 from __future__ import annotations
 
 import ctypes
-import os
-import threading
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lenetlab.native import cache_key, compiler, load, places
+from lenetlab.native import Library, cache_key, compiler, load, places
 from lenetlab.quant import int8
 
 if TYPE_CHECKING:
@@ -41,10 +38,6 @@ if TYPE_CHECKING:
 
 SOURCE = Path(__file__).with_name("propagate.c")
 FLAGS = ("-std=c99", "-O3", "-shared", "-fPIC")
-_lib: ctypes.CDLL | None = None
-_tried = False
-_why = ""
-_lock = threading.Lock()
 
 
 class _Stage(ctypes.Structure):
@@ -74,34 +67,21 @@ def _load(cc: list[str]) -> ctypes.CDLL:
     return load(cc, SOURCE, FLAGS)
 
 
+def _bind(lib: ctypes.CDLL) -> None:
+    head = [ctypes.POINTER(_Stage), ctypes.c_int32, ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
+    lib.lf_propagate.argtypes = head + [ctypes.c_void_p] * 5
+    lib.lf_weight_faults.argtypes = head + [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p]
+    lib.lf_input_faults.argtypes = head + [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_void_p]
+    lib.lf_propagate.restype = lib.lf_weight_faults.restype = lib.lf_input_faults.restype = ctypes.c_int
+
+
+LIBRARY = Library(SOURCE, FLAGS, _bind, "fault campaigns run without their C back end (slower, same results)")
+
+
 def library() -> ctypes.CDLL | None:
     """The compiled propagation library, built on first use; None when disabled or unavailable (see
     :func:`why_not`; a warning says so once per process unless ``LENETLAB_NATIVE=0``)."""
-    global _lib, _tried, _why
-    with _lock:
-        if _tried:
-            return _lib
-        if os.environ.get("LENETLAB_NATIVE", "1") == "0":
-            _why = "disabled by LENETLAB_NATIVE=0"
-        elif (cc := _compiler()) is None:
-            _why = "no C compiler found (set CC)"
-        else:
-            try:
-                lib = _load(cc)
-                head = [ctypes.POINTER(_Stage), ctypes.c_int32, ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p,
-                        ctypes.c_int64]
-                lib.lf_propagate.argtypes = head + [ctypes.c_void_p] * 5
-                lib.lf_weight_faults.argtypes = head + [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p]
-                lib.lf_input_faults.argtypes = head + [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_void_p]
-                lib.lf_propagate.restype = lib.lf_weight_faults.restype = lib.lf_input_faults.restype = ctypes.c_int
-                _lib = lib
-            except (OSError, AttributeError) as e:
-                _why = f"could not build or load {SOURCE.name}: {e}"
-        _tried = True
-        if _lib is None and not _why.startswith("disabled"):
-            warnings.warn(f"lenetlab: fault campaigns run without their C back end (slower, same results): {_why}",
-                          RuntimeWarning, stacklevel=3)
-        return _lib
+    return LIBRARY.get()
 
 
 def available() -> bool:
@@ -110,8 +90,7 @@ def available() -> bool:
 
 def why_not() -> str:
     """Why :func:`library` returned None ('' when it did not)."""
-    library()
-    return _why
+    return LIBRARY.why_not()
 
 
 def _ptr(a: np.ndarray | None) -> int | None:
