@@ -755,3 +755,27 @@ def test_a_deferred_first_layer_output_is_written_when_another_reader_comes(with
     _PrefetchedNoise._write_pending((x, base, v if with_v else None, gk.reshape(k * rows) if with_v else None))
     want = (torch.addcmul(base.unsqueeze(0), v.unsqueeze(0), gk) if with_v else base.repeat(k, 1, 1, 1))
     assert torch.equal(x, want.reshape(k * rows, 6, 8, 8))
+
+
+def test_a_stacked_piece_longer_than_a_prepared_part_takes_every_part_it_spans(monkeypatch):
+    """Pieces longer than the parts the folded first layer was prepared in (here 7-row pieces, 4-row parts; by
+    default three sigmas make 133-row pieces against 100-row parts) can span three parts. Regression: the
+    middle one was left out (`noise eval` with two or three sigmas crashed). The scores equal the reference's."""
+    from lenetlab.noise import inject
+
+    monkeypatch.setattr(inject, "SWEEP_CHUNK_ROWS", 7)
+    monkeypatch.setattr(inject, "STACK_ROWS", 14)       # 2 sigmas: 7-row pieces
+    monkeypatch.setattr(inject, "CHUNK_ROWS", 8)        # parts of 4 rows
+    torch.set_num_threads(2)
+    model = _model()
+    x, y = _data(37)
+    rows = []
+    handle = model.fc3.register_forward_hook(lambda m, a, out: rows.append(len(out)))
+    try:
+        got = inject.noisy_accuracy_sweep(model, x, y, [0.5, 1.5], draws=3, seed=4, batch_size=39)
+    finally:
+        handle.remove()
+    assert 2 * 7 in rows                                  # stacked 7-row pieces ran (from rows 7, 14, ...: three parts)
+    ref = [noisy_accuracy(model, x, y, s, draws=3, seed=4, batch_size=39, reference=True) for s in (0.5, 1.5)]
+    for g, r in zip(got, ref):
+        assert g["per_image"] == r["per_image"]

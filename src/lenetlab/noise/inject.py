@@ -774,8 +774,9 @@ class _FirstLayer:
         if self.folds:
             step, parts = terms
             i, j = a // step, (a + rows - 1) // step
+            # the piece's rows of the parts it spans (more than two where a piece is longer than a part)
             v = parts[i][a - i * step:a - i * step + rows] if i == j else \
-                torch.cat([parts[i][a - i * step:], parts[j][:a + rows - j * step]])
+                torch.cat([parts[i][a - i * step:], *parts[i + 1:j], parts[j][:a + rows - j * step]])
             g = sig
         elif not self.output_site:
             v = g = None
