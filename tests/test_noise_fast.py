@@ -779,3 +779,25 @@ def test_a_stacked_piece_longer_than_a_prepared_part_takes_every_part_it_spans(m
     ref = [noisy_accuracy(model, x, y, s, draws=3, seed=4, batch_size=39, reference=True) for s in (0.5, 1.5)]
     for g, r in zip(got, ref):
         assert g["per_image"] == r["per_image"]
+
+
+@pytest.mark.parametrize("kw", [{}, {"relative": True}])
+def test_the_kernels_leave_the_noise_to_the_hook_when_another_hook_comes_first(monkeypatch, kw):
+    """QAT fake-quantises activations in forward hooks registered before the noise's: the ReLU's output must
+    be quantised, then get its noise. The kernels then pool and apply ReLU only, and the noise hook adds the
+    noise after QAT's (regression: the noise was added inside the forward, before the quantiser). The same
+    results as torch's ops."""
+    from lenetlab.noise import inject
+
+    _kernels()
+    monkeypatch.setattr(inject, "SWEEP_CHUNK_ROWS", 7)
+    monkeypatch.setattr(inject, "STACK_ROWS", 20)
+    monkeypatch.setattr(inject, "CHUNK_ROWS", 8)
+    torch.set_num_threads(2)
+    model = _model()
+    apply_qat(model, 8)
+    x, y = _data(37)
+    sigmas = [0.3, 2.0, 0.05, 0.8]
+    got = inject.noisy_accuracy_sweep(model, x, y, sigmas, draws=3, seed=4, batch_size=39, **kw)
+    monkeypatch.setattr(inject, "NATIVE", False)
+    assert got == inject.noisy_accuracy_sweep(model, x, y, sigmas, draws=3, seed=4, batch_size=39, **kw)

@@ -522,8 +522,8 @@ class _PrefetchedNoise:
         if kernels.library() is None:
             return None
         op = kernels.pool2x2 if kind == "pool" else kernels.relu
-        if id(module) not in self._site_ids:
-            return op(x, None, None, k, None)
+        if id(module) not in self._site_ids or not self._first_hook(module):
+            return op(x, None, None, k, None)        # the noise is the hook's (other hooks come before it)
         shape = (len(x), x.shape[1], x.shape[2] // 2, x.shape[3] // 2) if kind == "pool" else tuple(x.shape)
         out = torch.empty(shape, dtype=x.dtype)
         z = self.standard(out)          # this site's normals (only out's shape and dtype are read)
@@ -534,10 +534,21 @@ class _PrefetchedNoise:
         f.noised = module
         return out
 
+    def _first_hook(self, module: nn.Module) -> bool:
+        """Whether this noise's output hook is the first thing to see ``module``'s output (no global forward
+        hooks, ours the module's first): only then may its forward add the site's noise itself. Another hook
+        first (QAT's fake-quant of activations, say) must see the output without the noise, as it did."""
+        from torch.nn.modules import module as torch_module
+
+        if torch_module._global_forward_hooks or module._forward_hooks_with_kwargs:
+            return False
+        first = next(iter(module._forward_hooks.values()), None)
+        return getattr(first, "__self__", None) is self
+
     def _pool_pending(self, module: nn.Module, pending: tuple, k: int) -> torch.Tensor:
         """:meth:`native_op` of the pool whose input is the first layer's unwritten output ``pending``."""
         x, base, v, g = pending
-        if id(module) not in self._site_ids:
+        if id(module) not in self._site_ids or not self._first_hook(module):
             return kernels.pool2x2_fma(base, v, g, k, None, None, None)
         out = torch.empty((len(x), x.shape[1], x.shape[2] // 2, x.shape[3] // 2), dtype=x.dtype)
         z = self.standard(out)
