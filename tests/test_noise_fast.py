@@ -624,6 +624,7 @@ def test_native_kernels_check_what_they_are_given():
     never an access out of bounds."""
     K = _kernels()
     x, z, f = torch.randn(6, 2, 8, 8), torch.randn(3, 2, 4, 4), torch.rand(2)
+    big = torch.randn(6 * 2 * 8 * 8 + 1)          # an output one value off its input: they overlap
     bad = [lambda: K.pool2x2(x, z, f, 4, "absolute"),                     # 6 rows are not 4 copies
            lambda: K.pool2x2(x, z[:2], f, 2, "absolute"),                 # normals of another piece size
            lambda: K.pool2x2(x, z, f[:1], 2, "absolute"),                 # a sigma short
@@ -635,7 +636,10 @@ def test_native_kernels_check_what_they_are_given():
            lambda: K.relu(x, None, None, 2, None, out=torch.empty(6, 2, 8)),
            lambda: K.pool2x2_fma(x[:3], x[:2], torch.rand(6), 2, None, None, None),     # v of 2 rows for 3
            lambda: K.pool2x2_fma(x[:3], x[:3], torch.rand(5), 2, None, None, None),     # g short of 2 x 3
-           lambda: K.pool2x2_fma(x[:3], None, None, 2, z[:2], f, "absolute")]
+           lambda: K.pool2x2_fma(x[:3], None, None, 2, z[:2], f, "absolute"),
+           lambda: K.relu(x, x[:3], f, 2, "absolute", out=x),                  # normals inside the output
+           lambda: K.pool2x2(x, None, None, 2, None, out=x.view(-1)[:6 * 2 * 16].view(6, 2, 4, 4)),  # in x
+           lambda: K.relu(big[:768].view(6, 2, 8, 8), None, None, 2, None, out=big[1:].view(6, 2, 8, 8))]
     for call in bad:
         with pytest.raises(ValueError, match="noise kernel"):
             call()
@@ -672,7 +676,8 @@ def test_the_stacked_sweep_is_the_same_with_and_without_its_kernels(monkeypatch,
     sigmas = [0.3, 2.0, 0.05, 0.8]
     with_kernels = inject.noisy_accuracy_sweep(model, x, y, sigmas, draws=3, seed=4, batch_size=39, **kw)
     assert calls["pool"] > 0 and calls["relu"] > 0
-    assert (calls["noised"] > 0) == (kw.get("sites") != ("conv", "linear"))
+    # the noise goes into the kernels on lenetlab's LeNet-5 only (its modules are called through their hooks)
+    assert (calls["noised"] > 0) == (name == "lenet5" and kw.get("sites") != ("conv", "linear"))
     monkeypatch.setattr(inject, "NATIVE", False)
     before = dict(calls)
     without = inject.noisy_accuracy_sweep(model, x, y, sigmas, draws=3, seed=4, batch_size=39, **kw)
@@ -801,3 +806,66 @@ def test_the_kernels_leave_the_noise_to_the_hook_when_another_hook_comes_first(m
     got = inject.noisy_accuracy_sweep(model, x, y, sigmas, draws=3, seed=4, batch_size=39, **kw)
     monkeypatch.setattr(inject, "NATIVE", False)
     assert got == inject.noisy_accuracy_sweep(model, x, y, sigmas, draws=3, seed=4, batch_size=39, **kw)
+
+
+def test_kernels_add_no_noise_where_torch_rounds_twice():
+    """Where torch's addcmul rounds y + z * f twice (its kernels without FMA, forced here with
+    ATEN_CPU_CAPABILITY=default), the kernels' fused multiply-add would give other last bits: the sweep sees
+    that (fma_like_torch) and lets the hooks add the noise; its logits equal the torch path's bit for bit."""
+    import os
+    import subprocess
+    import sys
+
+    _kernels()
+    code = (
+        "import torch\n"
+        "from lenetlab.models import create_model\n"
+        "from lenetlab.noise import inject, kernels\n"
+        "inject.SWEEP_CHUNK_ROWS, inject.STACK_ROWS, inject.CHUNK_ROWS = 7, 20, 8\n"
+        "torch.manual_seed(0)\n"
+        "m = create_model('lenet5').eval()\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "x, y = torch.randn(37, 1, 28, 28, generator=g), torch.randint(0, 10, (37,), generator=g)\n"
+        "inject.noisy_accuracy_sweep(m, x, y, [0.3, 2.0, 0.05, 0.8], draws=3, seed=4, batch_size=39)\n"
+        "logits = []   # from here both sweeps run the same forwards (the pieces check was made above)\n"
+        "m.fc3.register_forward_hook(lambda mod, a, out: logits.append(out.clone()))\n"
+        "a = inject.noisy_accuracy_sweep(m, x, y, [0.3, 2.0, 0.05, 0.8], draws=3, seed=4, batch_size=39)\n"
+        "la, logits[:] = list(logits), []\n"
+        "inject.NATIVE = False\n"
+        "b = inject.noisy_accuracy_sweep(m, x, y, [0.3, 2.0, 0.05, 0.8], draws=3, seed=4, batch_size=39)\n"
+        "same = len(la) == len(logits) and all(torch.equal(p, q) for p, q in zip(la, logits))\n"
+        "print(torch.backends.cpu.get_cpu_capability(), kernels.fma_like_torch(), a == b and same)\n")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default", OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["DEFAULT", "False", "True"]
+
+
+def test_a_model_that_calls_forward_itself_gets_the_noise_only_from_hooks(monkeypatch):
+    """A module whose .forward a model calls itself fires no hooks: it gets no noise on the torch path, and the
+    kernels (which add noise only inside lenetlab's LeNet-5) give it none either. The same results."""
+    from lenetlab.noise import inject
+
+    _kernels()
+
+    class Direct(nn.Module):
+        row_wise = True
+
+        def __init__(self):
+            super().__init__()
+            self.fc, self.act, self.out = nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10)
+
+        def forward(self, x):
+            h = self.act.forward(self.fc(x.flatten(1)))
+            return self.out(self.act(h.t().contiguous().t()))
+
+    monkeypatch.setattr(inject, "SWEEP_CHUNK_ROWS", 7)
+    monkeypatch.setattr(inject, "STACK_ROWS", 20)
+    monkeypatch.setattr(inject, "CHUNK_ROWS", 8)
+    torch.manual_seed(0)
+    model = Direct().eval()
+    x, y = _data(37)
+    kw = dict(draws=3, seed=4, batch_size=39, sites=("act",))
+    got = inject.noisy_accuracy_sweep(model, x, y, [0.5, 1.0, 2.0], **kw)
+    monkeypatch.setattr(inject, "NATIVE", False)
+    assert got == inject.noisy_accuracy_sweep(model, x, y, [0.5, 1.0, 2.0], **kw)

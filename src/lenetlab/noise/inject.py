@@ -329,7 +329,7 @@ class _ForwardState(threading.local):
         self.stack = 1
         self.offset: int | None = None
         self.sigmas: dict[tuple, torch.Tensor] = {}     # a stacked forward's sigma, cast and shaped, by (dtype, dim)
-        self.noised: nn.Module | None = None    # a module whose forward just added its site's noise itself
+        self.noised: torch.Tensor | None = None    # an output to which its module's forward added the site's noise
         # the first layer's stacked output, not yet written: (its tensor, base, v, g), see _FirstLayer
         self.pending: tuple | None = None
 
@@ -358,6 +358,10 @@ class _PrefetchedNoise:
         self._spare: torch.Generator | None = None
         self.first: _FirstLayer | None = None     # a _FirstLayer sets itself here
         self.defer_ok = False     # the first layer's stacked output may be left to the pool to compute (_defers)
+        # a module's forward may add its site's noise itself (native_op): only where every call of it is known to
+        # go through its hooks (lenetlab's LeNet-5; a model that calls a module's .forward directly would get
+        # noise the hooks never add) and the kernels' fused multiply-add is torch's addcmul here
+        self.fuse_ok = False
         self.f = _ForwardState()      # this thread's forward: its normals, where it is in them (see start())
         self._handles: list[Any] = []
         self._site_ids: set[int] = set()        # id() of the modules whose output is a noise site
@@ -522,8 +526,8 @@ class _PrefetchedNoise:
         if kernels.library() is None:
             return None
         op = kernels.pool2x2 if kind == "pool" else kernels.relu
-        if id(module) not in self._site_ids or not self._first_hook(module):
-            return op(x, None, None, k, None)        # the noise is the hook's (other hooks come before it)
+        if id(module) not in self._site_ids or not self.fuse_ok or not self._first_hook(module):
+            return op(x, None, None, k, None)        # the noise is the hook's
         shape = (len(x), x.shape[1], x.shape[2] // 2, x.shape[3] // 2) if kind == "pool" else tuple(x.shape)
         out = torch.empty(shape, dtype=x.dtype)
         z = self.standard(out)          # this site's normals (only out's shape and dtype are read)
@@ -531,7 +535,7 @@ class _PrefetchedNoise:
             op(x, z, self._sigma_of(out).view(k), k, "relative" if self.relative else "absolute", out=out)
         else:                            # normals of the output's own shape (a site no plan foresaw)
             out = self._noisy_stacked(op(x, None, None, k, None, out=out), z)
-        f.noised = module
+        f.noised = out
         return out
 
     def _first_hook(self, module: nn.Module) -> bool:
@@ -548,7 +552,7 @@ class _PrefetchedNoise:
     def _pool_pending(self, module: nn.Module, pending: tuple, k: int) -> torch.Tensor:
         """:meth:`native_op` of the pool whose input is the first layer's unwritten output ``pending``."""
         x, base, v, g = pending
-        if id(module) not in self._site_ids or not self._first_hook(module):
+        if id(module) not in self._site_ids or not self.fuse_ok or not self._first_hook(module):
             return kernels.pool2x2_fma(base, v, g, k, None, None, None)
         out = torch.empty((len(x), x.shape[1], x.shape[2] // 2, x.shape[3] // 2), dtype=x.dtype)
         z = self.standard(out)
@@ -557,7 +561,7 @@ class _PrefetchedNoise:
                                 "relative" if self.relative else "absolute", out=out)
         else:
             out = self._noisy_stacked(kernels.pool2x2_fma(base, v, g, k, None, None, None, out=out), z)
-        self.f.noised = module
+        self.f.noised = out
         return out
 
     @staticmethod
@@ -584,7 +588,7 @@ class _PrefetchedNoise:
         return (self.noisy(args[0]), *args[1:])
 
     def _output_hook(self, module: nn.Module, args: tuple, out: Any) -> torch.Tensor | None:
-        if self.f.noised is module:      # its forward added the noise (native_op)
+        if out is self.f.noised:         # its forward added the noise (native_op)
             self.f.noised = None
             return None
         if not isinstance(out, torch.Tensor):
@@ -820,6 +824,14 @@ class _FirstLayer:
         return buf
 
 
+def _lenet5_as_written(model: nn.Module) -> bool:
+    """Whether ``model`` is lenetlab's own LeNet-5 running its own code (not a subclass, no forward swapped on
+    the instance): its modules are called through ``__call__``, so their hooks see every output."""
+    from lenetlab.models.lenet5 import LeNet5
+
+    return type(model) is LeNet5 and not {"forward", "features"} & set(vars(model))
+
+
 def _defers(model: nn.Module, first: _FirstLayer, noise: _PrefetchedNoise) -> bool:
     """Whether a stacked forward may leave the first layer's output unwritten for the pool to compute from its
     terms (:meth:`_PrefetchedNoise.native_op`): only where that output is known to go straight into the pool
@@ -828,14 +840,12 @@ def _defers(model: nn.Module, first: _FirstLayer, noise: _PrefetchedNoise) -> bo
     there."""
     from torch.nn.modules import module as torch_module
 
-    from lenetlab.models.lenet5 import LeNet5
-
     def only_ours(hooks: dict) -> bool:
         return all(getattr(h, "__self__", None) is noise for h in hooks.values())
 
     pool = getattr(model, "pool", None)
-    return (NATIVE and noise.fused and type(model) is LeNet5 and not {"forward", "features"} & set(vars(model))
-            and model.pool_first and first.module is model.conv1 and type(pool) is MaxPool2x2
+    return (NATIVE and noise.fused and _lenet5_as_written(model) and model.pool_first
+            and first.module is model.conv1 and type(pool) is MaxPool2x2
             and "forward" not in vars(pool) and only_ours(model.conv1._forward_hooks)
             and only_ours(pool._forward_hooks) and not pool._forward_pre_hooks
             and not model.conv1._forward_hooks_with_kwargs and not pool._forward_hooks_with_kwargs
@@ -1162,7 +1172,8 @@ def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[floa
             first = None
     else:
         first = None
-    noise.defer_ok = first is not None and _defers(model, first, noise)
+    noise.fuse_ok = _lenet5_as_written(model) and kernels.fma_like_torch()
+    noise.defer_ok = first is not None and noise.fuse_ok and _defers(model, first, noise)
     plans: dict[int, list[tuple[torch.Size, torch.dtype]]] = {}
     pending: Future | None = None
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenetlab-noise")
@@ -1201,6 +1212,7 @@ def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[floa
                     ready = pending.result()
                 elif noise._handles and plan_for(rows) is not None:
                     ready = noise.draw(plan_for(rows), into=spent)
+                    spent = None           # now this batch's: the next batch's normals must not go there
                 else:
                     ready = None
                 pending = None

@@ -3,9 +3,11 @@
  *
  * The rows of x are k copies of a piece of `rows` rows (copy kk at sigma f[kk]); z holds the piece's standard
  * normals, shared by the copies. The arithmetic is torch's, so the results equal the torch path's bit for bit
- * (tests/test_noise_fast.py): torch.maximum (NaN wins, a tie keeps the first operand) for the pool, rows first
- * and then columns; clamp_min(x, 0) (NaN and -0 kept) for ReLU; torch.addcmul(y, z, factor) is one fused
- * multiply-add, y + z * factor rounded once (fmaf); relative noise scales by max|y| over the row's output
+ * (tests/test_noise_fast.py): torch.maximum (NaN wins; where -0 and +0 tie the sign of the zero may differ
+ * from torch's vector code, no value does) for the pool, rows first and then columns; clamp_min(x, 0) (NaN
+ * and -0 kept) for ReLU; torch.addcmul(y, z, factor) is one fused multiply-add in torch's AVX2 / AVX-512
+ * kernels, y + z * factor rounded once (fmaf; the sweep checks that torch's rounds once before it lets these
+ * kernels add noise: lenetlab.noise.kernels.fma_like_torch); relative noise scales by max|y| over the row's output
  * (a NaN anywhere gives NaN), factor = f[kk] * max|y| rounded to float first.
  *
  * mode 0: no noise (z, f unused); 1: absolute, y + z * f[kk]; 2: relative, y + z * (f[kk] * max|y|).
@@ -15,7 +17,7 @@
 #include <stdint.h>
 
 /* Written as selects the compiler vectorises. */
-static inline float max_t(float a, float b)    /* torch.maximum without NaN: a tie keeps a */
+static inline float max_t(float a, float b)    /* torch.maximum without NaN (a tie keeps a) */
 {
     return b > a ? b : a;
 }
