@@ -4,12 +4,14 @@ the same pass (``kernels.c`` beside this file, built on first use by :mod:`lenet
 In a stacked forward (:func:`lenetlab.noise.inject.noisy_accuracy_sweep`, the default, not exact) the rows
 are one copy of a piece of the batch per sigma. torch pools them in two strided passes (the second, over
 pairs of columns, cannot use vector loads), then adds the noise in a third and the activation in a fourth,
-each into new memory; these kernels do a layer's pooling or activation and its noise in one pass, with
-torch's own arithmetic (the same maxima, ``clamp_min(x, 0)``, one fused multiply-add for the noise, as
-``torch.addcmul`` is where torch has FMA kernels: :func:`fma_like_torch`), so the sweep's numbers do not
-change (tests/test_noise_fast.py compares them bit for bit; only the sign of an exact zero may differ where
-two maxima tie at -0 and +0, which changes no value). Where the library cannot be built (no C compiler) or
-``LENETLAB_NATIVE=0``, the sweep runs the torch ops, a little slower, with the same results.
+each into new memory; these kernels do a layer's pooling or activation and (on lenetlab's LeNet-5, where
+every module call goes through its hooks: :meth:`lenetlab.noise.inject._PrefetchedNoise.native_op`) its
+noise in one pass, with torch's own arithmetic (the same maxima, ``clamp_min(x, 0)``, one fused multiply-add
+for the noise, as ``torch.addcmul`` is where torch has FMA kernels: :func:`fma_like_torch`), so the sweep's
+numbers do not change (tests/test_noise_fast.py compares them bit for bit; only the sign of an exact zero
+may differ where two maxima tie at -0 and +0, which changes no value). Where the library cannot be built
+(no C compiler) or ``LENETLAB_NATIVE=0``, the sweep runs the torch ops, a little slower, with the same
+results.
 """
 
 from __future__ import annotations
