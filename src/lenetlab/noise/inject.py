@@ -358,10 +358,9 @@ class _PrefetchedNoise:
         self._spare: torch.Generator | None = None
         self.first: _FirstLayer | None = None     # a _FirstLayer sets itself here
         self.defer_ok = False     # the first layer's stacked output may be left to the pool to compute (_defers)
-        # a module's forward may add its site's noise itself (native_op): only where every call of it is known to
-        # go through its hooks (lenetlab's LeNet-5; a model that calls a module's .forward directly would get
-        # noise the hooks never add) and the kernels' fused multiply-add is torch's addcmul here
-        self.fuse_ok = False
+        # id() of the modules whose forward may add their site's noise itself (native_op; set by the sweep,
+        # see _fusable)
+        self.fuse_ids: set[int] = set()
         self.f = _ForwardState()      # this thread's forward: its normals, where it is in them (see start())
         self._handles: list[Any] = []
         self._site_ids: set[int] = set()        # id() of the modules whose output is a noise site
@@ -520,47 +519,32 @@ class _PrefetchedNoise:
                 return self._pool_pending(module, pending, k)
             self._write_pending(pending)
         if (k <= 1 or not NATIVE or self.time_major or x.dtype != torch.float32 or x.device.type != "cpu"
-                or not x.is_contiguous() or x.dim() != (4 if kind == "pool" else x.dim()) or x.dim() < 2
-                or len(x) % k or (x.requires_grad and torch.is_grad_enabled())):
-            return None
-        if kernels.library() is None:
+                or not x.is_contiguous() or x.dim() < 2 or (kind == "pool" and x.dim() != 4) or len(x) % k
+                or (x.requires_grad and torch.is_grad_enabled()) or kernels.library() is None):
             return None
         op = kernels.pool2x2 if kind == "pool" else kernels.relu
-        if id(module) not in self._site_ids or not self.fuse_ok or not self._first_hook(module):
-            return op(x, None, None, k, None)        # the noise is the hook's
         shape = (len(x), x.shape[1], x.shape[2] // 2, x.shape[3] // 2) if kind == "pool" else tuple(x.shape)
-        out = torch.empty(shape, dtype=x.dtype)
-        z = self.standard(out)          # this site's normals (only out's shape and dtype are read)
-        if z.dtype == out.dtype and z.is_contiguous() and len(z) * k == len(out) and z.shape[1:] == out.shape[1:]:
-            op(x, z, self._sigma_of(out).view(k), k, "relative" if self.relative else "absolute", out=out)
-        else:                            # normals of the output's own shape (a site no plan foresaw)
-            out = self._noisy_stacked(op(x, None, None, k, None, out=out), z)
-        f.noised = out
-        return out
-
-    def _first_hook(self, module: nn.Module) -> bool:
-        """Whether this noise's output hook is the first thing to see ``module``'s output (no global forward
-        hooks, ours the module's first): only then may its forward add the site's noise itself. Another hook
-        first (QAT's fake-quant of activations, say) must see the output without the noise, as it did."""
-        from torch.nn.modules import module as torch_module
-
-        if torch_module._global_forward_hooks or module._forward_hooks_with_kwargs:
-            return False
-        first = next(iter(module._forward_hooks.values()), None)
-        return getattr(first, "__self__", None) is self
+        return self._site_out(module, shape, k, lambda z, s, mode, out: op(x, z, s, k, mode, out=out))
 
     def _pool_pending(self, module: nn.Module, pending: tuple, k: int) -> torch.Tensor:
         """:meth:`native_op` of the pool whose input is the first layer's unwritten output ``pending``."""
         x, base, v, g = pending
-        if id(module) not in self._site_ids or not self.fuse_ok or not self._first_hook(module):
-            return kernels.pool2x2_fma(base, v, g, k, None, None, None)
-        out = torch.empty((len(x), x.shape[1], x.shape[2] // 2, x.shape[3] // 2), dtype=x.dtype)
-        z = self.standard(out)
+        shape = (len(x), x.shape[1], x.shape[2] // 2, x.shape[3] // 2)
+        return self._site_out(module, shape, k,
+                              lambda z, s, mode, out: kernels.pool2x2_fma(base, v, g, k, z, s, mode, out=out))
+
+    def _site_out(self, module: nn.Module, shape: tuple, k: int, run: Any) -> torch.Tensor:
+        """``module``'s output (of ``shape``) from a kernel ``run(z, sigmas, mode, out)``, with the site's noise
+        where its forward may add it (:attr:`fuse_ids`; the output hook then adds none), else without (the hook
+        adds it as for torch's ops)."""
+        if id(module) not in self.fuse_ids:
+            return run(None, None, None, None)
+        out = torch.empty(shape, dtype=torch.float32)
+        z = self.standard(out)          # this site's normals (only out's shape and dtype are read)
         if z.dtype == out.dtype and z.is_contiguous() and len(z) * k == len(out) and z.shape[1:] == out.shape[1:]:
-            kernels.pool2x2_fma(base, v, g, k, z, self._sigma_of(out).view(k),
-                                "relative" if self.relative else "absolute", out=out)
-        else:
-            out = self._noisy_stacked(kernels.pool2x2_fma(base, v, g, k, None, None, None, out=out), z)
+            run(z, self._sigma_of(out).view(k), "relative" if self.relative else "absolute", out)
+        else:                            # normals of the output's own shape (a site no plan foresaw)
+            out = self._noisy_stacked(run(None, None, None, out), z)
         self.f.noised = out
         return out
 
@@ -705,7 +689,7 @@ class _FirstLayer:
         terms = None
         if self.folds:
             z_in, z_out = self._normals(ready, xr.shape, (len(xr), *base.shape[1:]))
-            # kept in step-row parts (a piece takes its rows from one or two of them)
+            # kept in step-row parts (a piece takes its rows from one or more of them)
             # the layer's output normals are read here for the last time (the stacked forwards take these terms;
             # the output hook only counts the site): the terms are written into them
             terms = (step, [self._terms(z_in[a:a + step], None if z_out is None else z_out[a:a + step], True)
@@ -832,25 +816,36 @@ def _lenet5_as_written(model: nn.Module) -> bool:
     return type(model) is LeNet5 and not {"forward", "features"} & set(vars(model))
 
 
+def _fusable(model: nn.Module, noise: _PrefetchedNoise) -> set[int]:
+    """id() of the site modules of ``model`` whose output this noise's hook is the first to see (no global
+    forward hooks; ours the module's first): only their forwards may add the site's noise themselves. Another
+    hook first (QAT's fake-quant of activations, say) must see the output without the noise, as it did."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks:
+        return set()
+    return {id(m) for m in model.modules() if id(m) in noise._site_ids and not m._forward_hooks_with_kwargs
+            and getattr(next(iter(m._forward_hooks.values()), None), "__self__", None) is noise}
+
+
 def _defers(model: nn.Module, first: _FirstLayer, noise: _PrefetchedNoise) -> bool:
     """Whether a stacked forward may leave the first layer's output unwritten for the pool to compute from its
     terms (:meth:`_PrefetchedNoise.native_op`): only where that output is known to go straight into the pool
-    and nowhere else - lenetlab's own LeNet-5 (its forward: conv1, then the pool, when the pool comes first),
-    with no hooks on conv1 or the pool but this sweep's and no global module hooks - and the C kernels are
-    there."""
+    and nowhere else: lenetlab's own LeNet-5 (its forward: conv1, then the pool, when the pool comes first),
+    with no hooks on conv1 or the pool but this sweep's and no global module hooks. (The sweep asks this only
+    where the kernels' multiply-add is torch's, :func:`lenetlab.noise.kernels.fma_like_torch`.)"""
     from torch.nn.modules import module as torch_module
 
     def only_ours(hooks: dict) -> bool:
         return all(getattr(h, "__self__", None) is noise for h in hooks.values())
 
     pool = getattr(model, "pool", None)
-    return (NATIVE and noise.fused and _lenet5_as_written(model) and model.pool_first
+    return (NATIVE and _lenet5_as_written(model) and model.pool_first
             and first.module is model.conv1 and type(pool) is MaxPool2x2
             and "forward" not in vars(pool) and only_ours(model.conv1._forward_hooks)
             and only_ours(pool._forward_hooks) and not pool._forward_pre_hooks
             and not model.conv1._forward_hooks_with_kwargs and not pool._forward_hooks_with_kwargs
-            and not torch_module._global_forward_hooks and not torch_module._global_forward_pre_hooks
-            and kernels.library() is not None)
+            and not torch_module._global_forward_hooks and not torch_module._global_forward_pre_hooks)
 
 
 def _sites_changed() -> LenetlabError:
@@ -1172,8 +1167,9 @@ def _sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: list[floa
             first = None
     else:
         first = None
-    noise.fuse_ok = _lenet5_as_written(model) and kernels.fma_like_torch()
-    noise.defer_ok = first is not None and noise.fuse_ok and _defers(model, first, noise)
+    fuses = NATIVE and noise.fused and _lenet5_as_written(model) and kernels.fma_like_torch()
+    noise.fuse_ids = _fusable(model, noise) if fuses else set()
+    noise.defer_ok = first is not None and fuses and _defers(model, first, noise)
     plans: dict[int, list[tuple[torch.Size, torch.dtype]]] = {}
     pending: Future | None = None
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenetlab-noise")

@@ -56,7 +56,7 @@ def fma_like_torch() -> bool:
         g = torch.Generator().manual_seed(0)
         x, z = torch.rand(2, 2048, generator=g) + 0.5, torch.randn(1, 2048, generator=g)
         f = torch.rand(2, generator=g)
-        ours = relu(x, z, f, 2, "absolute")          # x > 0: ReLU leaves it, then x + z * f[copy] as fmaf
+        ours = _relu(x, z, f, 2, "absolute")         # x > 0: ReLU leaves it, then x + z * f[copy] as fmaf
         _FMA.append(torch.equal(ours, torch.addcmul(x, z, f.view(2, 1))))
     return _FMA[0]
 
@@ -75,14 +75,19 @@ def why_not() -> str:
     return LIBRARY.why_not()
 
 
+def _loaded() -> ctypes.CDLL:
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the noise kernels are unavailable: {why_not()}")
+    return lib
+
+
 def pool2x2(x: torch.Tensor, z: torch.Tensor | None, f: torch.Tensor | None, k: int, mode: str | None,
             out: torch.Tensor | None = None) -> torch.Tensor:
     """2x2 max-pooling (floor) of ``x`` (``k`` copies of a piece, N, C, H, W), plus ``mode`` noise: None,
     "absolute" (``+ z * f[copy]``) or "relative" (``+ z * (f[copy] * max|y|)`` per row); ``z`` the piece's
     normals (N/k, C, H/2, W/2), ``f`` k float32 sigmas."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError(f"the noise kernels are unavailable: {why_not()}")
+    lib = _loaded()
     n, c, h, w = x.shape
     rows = n // k if k > 0 else 0
     shape = (n, c, h // 2, w // 2)
@@ -105,9 +110,7 @@ def pool2x2_fma(base: torch.Tensor, v: torch.Tensor | None, g: torch.Tensor | No
     """:func:`pool2x2` of the ``k * rows`` rows ``x[c * rows + r] = fma(v[r], g[c * rows + r], base[r])``
     (``v`` None: ``base[r]``) without ``x`` ever being written: ``base``, ``v`` (rows, C, H, W), ``g`` the
     k * rows factors, then ``mode`` noise as in :func:`pool2x2` (``z`` (rows, C, H/2, W/2), ``f`` k sigmas)."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError(f"the noise kernels are unavailable: {why_not()}")
+    lib = _loaded()
     rows, c, h, w = base.shape
     _need(base, (rows, c, h, w))
     if v is not None:
@@ -130,9 +133,12 @@ def relu(x: torch.Tensor, z: torch.Tensor | None, f: torch.Tensor | None, k: int
          out: torch.Tensor | None = None) -> torch.Tensor:
     """``clamp_min(x, 0)`` of ``x`` (``k`` copies of a piece), plus ``mode`` noise as in :func:`pool2x2`, ``z``
     of the piece's shape. ``out`` may be ``x`` (in place), but no other memory of the inputs."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError(f"the noise kernels are unavailable: {why_not()}")
+    return _relu(x, z, f, k, mode, out)
+
+
+def _relu(x: torch.Tensor, z: torch.Tensor | None, f: torch.Tensor | None, k: int, mode: str | None,
+          out: torch.Tensor | None = None) -> torch.Tensor:
+    lib = _loaded()
     n = len(x)
     rows = n // k if k > 0 else 0
     _need(x, (k * rows, *x.shape[1:]))
