@@ -29,11 +29,12 @@ from _record import Record, add_json_option
 HERE = Path(__file__).resolve().parent
 
 
-def time_lenetlab(target: float, seed: int, precision: str = "fp32") -> tuple[float | None, int, float]:
+def time_lenetlab(target: float, seed: int, precision: str = "fp32", preset: str = "fast"
+                  ) -> tuple[float | None, int, float]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         t0 = time.time()
-        subprocess.run([sys.executable, "-m", "lenetlab", "train", "--preset", "fast", "--seed", str(seed),
+        subprocess.run([sys.executable, "-m", "lenetlab", "train", "--preset", preset, "--seed", str(seed),
                         "--precision", precision, "--stop-at", str(target), "--out", str(out), "-q"], check=True,
                        stdout=subprocess.DEVNULL)
         rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -68,7 +69,8 @@ def main() -> int:
 
     print(f"machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; target test accuracy {a.target:.3f}")
-    contenders = {"reference": time_reference, "lenetlab": time_lenetlab}
+    contenders = {"reference": time_reference, "lenetlab": time_lenetlab,
+                  "lenetlab-sprint": lambda target, seed: time_lenetlab(target, seed, preset="sprint")}
     # the fast preset with its training forward in bfloat16 (train.precision=bf16), where the CPU has native bf16
     # (on others autocast emulates it, slower than fp32: not a contender there)
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():

@@ -58,6 +58,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9         # sgd only
     nesterov: bool = False
+    muon_lr: float = 0.02         # muon: peak lr of the hidden weight matrices (train.lr is the Adam part's)
+    muon_momentum: float = 0.95   # muon only
+    muon_ns_steps: int = 3        # muon: Newton-Schulz rounds per orthogonalisation
     schedule: str = "onecycle"    # see `lenetlab list schedules`
     warmup_frac: float = 0.3      # onecycle: fraction of steps spent warming up
     div_factor: float = 25.0      # onecycle: initial lr = lr / div_factor
@@ -69,6 +72,10 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 2000
     channels_last: bool = True    # faster mkldnn convolutions on CPU, same maths
+    # split each batch into this many equal shards, each run on its own thread (one torch thread each) and the
+    # gradients summed in shard order: the same result on any machine for a given value (a value of 1 and 2
+    # give slightly different numbers: sums in another order); row-wise models only, no training plugins
+    shards: int = 1
     # fp32 | bf16: bf16 autocasts the training forward pass (convolutions and matmuls in bfloat16, fast on CPUs
     # with native bf16, e.g. AVX512-BF16/AMX); weights, optimizer state, loss and every evaluation stay fp32
     precision: str = "fp32"
@@ -274,7 +281,8 @@ RANGES: dict[str, dict[str, tuple[float | None, bool, float | None, bool]]] = {
         "warmup_frac": (0, True, 1, True), "div_factor": (0, False, None, False),
         "final_div_factor": (0, False, None, False), "step_epochs": (1, True, None, False),
         "gamma": (0, False, None, False), "stop_at_accuracy": (0, False, 1, True),
-        "seed": (0, True, MAX_SEED, True),
+        "seed": (0, True, MAX_SEED, True), "muon_lr": (0, False, None, False),
+        "muon_momentum": (0, True, 1, False), "muon_ns_steps": (1, True, 20, True), "shards": (1, True, 16, True),
     },
     "DataConfig": {
         "val_size": (0, True, None, False), "train_subset": (1, True, None, False),

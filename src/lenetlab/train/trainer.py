@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -38,6 +39,7 @@ from lenetlab.models import create_model, param_count
 from lenetlab.progress import progress_bar
 from lenetlab.registry import get
 from lenetlab.rundir import CLOCK_KEYS, clock_apart, off_clock
+from lenetlab.train import shards
 from lenetlab.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from lenetlab.train.diagnostics import GradNorms
 from lenetlab.train.plugins import TrainContext, TrainerPlugin, active_plugins
@@ -180,6 +182,7 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
         splits = dataclasses.replace(splits, **{k: getattr(splits, k).to(dev) for k in
                                                 ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")})
     loss_fn = make_loss(model, tc)
+    shards.check(tc.shards, model, [p.name for p in plugins], dev)
     cl = tc.channels_last
     if cl:
         model = model.to(memory_format=torch.channels_last)
@@ -227,9 +230,12 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
     last_eval: dict[str, float] = {}
     stopped_early = False
     grad_norms = GradNorms(model) if tc.grad_norms else None
+    sharded = shards.ShardedStep(tc.shards, ctx.params) if tc.shards > 1 else None
     model.train()
     # the batch bar: on stderr, only when it is a terminal (lenetlab.progress); progress=False: never
-    with progress_bar("training", quiet=progress is False) as bar:
+    with progress_bar("training", quiet=progress is False) as bar, sharded or contextlib.nullcontext():
+        if sharded is not None:
+            sharded.lend(ctx.opt)
         for epoch in range(start_epoch, tc.epochs):
             bar.start(f"epoch {epoch + 1}/{tc.epochs}", total=per_epoch)
             te = time.perf_counter()
@@ -246,6 +252,11 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
                     p.before_step(step, ctx)
                 if stepper is not None:
                     logits, loss = stepper.step(xb, yb, lr, step, ctx)
+                elif sharded is not None:
+                    logits, loss = sharded(model, xb, yb, loss_fn, bf16)
+                    if grad_norms is not None:
+                        grad_norms.accumulate()
+                    ctx.opt.step()
                 else:
                     opt = ctx.opt
                     if bf16:
@@ -279,13 +290,15 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
                 grad_norms.reset()
             if not all(math.isfinite(row[k]) for k in ("train_loss",)):
                 raise LenetlabError(f"training diverged at epoch {epoch + 1} (loss is {row['train_loss']})")
-            if len(splits.val_x):
-                v = evaluate(model, splits.val_x, splits.val_y, tc.eval_batch_size, loss_fn, cl)
-                row["val_accuracy"], row["val_loss"] = v["accuracy"], v["loss"]
-            if tc.eval_test_every_epoch or epoch + 1 == tc.epochs:
-                t = evaluate(model, splits.test_x, splits.test_y, tc.eval_batch_size, loss_fn, cl)
-                row["test_accuracy"], row["test_loss"] = t["accuracy"], t["loss"]
-                last_eval = t
+            # evaluation with the machine's torch threads (the shards' threads run one each)
+            with sharded.released() if sharded is not None else contextlib.nullcontext():
+                if len(splits.val_x):
+                    v = evaluate(model, splits.val_x, splits.val_y, tc.eval_batch_size, loss_fn, cl)
+                    row["val_accuracy"], row["val_loss"] = v["accuracy"], v["loss"]
+                if tc.eval_test_every_epoch or epoch + 1 == tc.epochs:
+                    t = evaluate(model, splits.test_x, splits.test_y, tc.eval_batch_size, loss_fn, cl)
+                    row["test_accuracy"], row["test_loss"] = t["accuracy"], t["loss"]
+                    last_eval = t
             stop = _after_epoch(plugins, row, ctx)
             row["wall_seconds"] = time.perf_counter() - t0
             row["unix_time"] = time.time()
