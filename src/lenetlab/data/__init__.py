@@ -64,5 +64,7 @@ def load_splits(cfg: DataConfig) -> Splits:
     def lab(y: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(y.astype(np.int64))
 
-    return Splits(prep(tr_x[tr_idx]), lab(tr_y[tr_idx]), prep(tr_x[va_idx]), lab(tr_y[va_idx]),
-                  prep(te_x), lab(te_y), spec.classes)
+    # every training image in order (no validation split, no subset): the arrays as they are, no gather
+    whole = len(tr_idx) == len(tr_x)
+    return Splits(prep(tr_x if whole else tr_x[tr_idx]), lab(tr_y if whole else tr_y[tr_idx]),
+                  prep(tr_x[va_idx]), lab(tr_y[va_idx]), prep(te_x), lab(te_y), spec.classes)
