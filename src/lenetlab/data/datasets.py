@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from lenetlab import prefetch
 from lenetlab.data.idx import read_idx
 from lenetlab.errors import LenetlabError
 from lenetlab.registry import register
 
-FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+FILES = prefetch.IDX_FILES   # the four IDX files of every dataset here
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ register("dataset", "kmnist")(DatasetSpec(
 
 
 def bundled_dir() -> Path:
-    return Path(__file__).resolve().parent / "mnist"
+    return prefetch.BUNDLED_MNIST
 
 
 def sha256_file(path: Path) -> str:
@@ -235,7 +235,10 @@ def _read_cached(path: Path) -> np.ndarray:
     if key not in _ARRAYS:
         if len(_ARRAYS) >= 16:                  # a few datasets' worth; a long session does not grow without end
             _ARRAYS.clear()
-        _ARRAYS[key] = read_idx(path)
+        # inflated on a thread while the process started (lenetlab.prefetch), if it was asked to
+        _ARRAYS[key] = read_idx(path, prefetch.take(path))
+    else:
+        prefetch.take(path)      # read already: drop the thread's copy
     return _ARRAYS[key].copy()
 
 

@@ -56,11 +56,12 @@ def _read_exact(f: io.BufferedIOBase, n: int, path: Path, what: str) -> bytes:
     return data
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (raw or gzip) into a native-endian numpy array."""
+def read_idx(path: str | os.PathLike, data: bytes | None = None) -> np.ndarray:
+    """Read an IDX file (raw or gzip) into a native-endian numpy array. ``data``: the file's contents already
+    read (and inflated) elsewhere (:mod:`lenetlab.prefetch`), checked the same way; ``path`` names it."""
     path = Path(path)
     try:
-        raw = open(path, "rb")
+        raw = io.BytesIO(data) if data is not None else open(path, "rb")
     except FileNotFoundError:
         raise IdxError(f"{path}: no such file") from None
     except OSError as e:

@@ -120,6 +120,9 @@ class Muon:
     B <- B + (1 - momentum) (G - B); U = G + momentum (B - G) (Nesterov); W <- W - lr_m sqrt(max(1, rows/cols))
     orthogonalize(U), with lr_m = the schedule's current lr times ``muon_lr / lr`` (so the schedule shapes both
     rates); decoupled weight decay W <- W (1 - lr_m wd) first. The Adam part is :class:`FusedAdam` on the CPU.
+    The orthogonalisation runs in float32; ``ns_dtype=torch.bfloat16`` computes it as torch.optim.Muon does
+    (then the steps of 2-D weights equal torch's bit for bit, tests/test_sprint.py), a little faster on
+    LeNet-5's fc1 but, over seeds 0-9 of the sprint preset, 99.06% mean test accuracy against 99.15% in float32.
     ``state_dict`` has torch.optim's layout (parameters numbered across the two groups). ``pool``: an
     executor whose threads run one torch thread each (``train.shards`` lends its own) to share the
     orthogonalisations with."""
