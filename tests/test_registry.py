@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
 import sys
@@ -60,6 +61,56 @@ def test_every_registering_module_is_in_the_catalogue():
     assert {"lenetlab.deploy.web", "lenetlab.models.lenet5", "lenetlab.experiments.abs"} <= found   # the scan works
     assert sorted(found - set(catalogue.BUILTINS)) == []
     assert len(set(catalogue.BUILTINS)) == len(catalogue.BUILTINS)
+
+
+_WHO_REGISTERS = r'''
+import importlib, json, sys
+import lenetlab.registry as R
+from lenetlab.catalogue import BUILTINS
+seen = {}
+real = R.register
+def register(kind, name=None):
+    deco = real(kind, name)
+    def spy(obj):
+        f = sys._getframe(1)
+        while f is not None and f.f_code.co_name != "<module>":   # the module whose own code registers
+            f = f.f_back
+        seen.setdefault(kind, set()).add(f.f_globals["__name__"])
+        return deco(obj)
+    return spy
+R.register = register
+for m in BUILTINS:
+    importlib.import_module(m)
+print(json.dumps({k: sorted(v) for k, v in seen.items()}))
+'''
+
+
+def test_the_kinds_table_names_exactly_the_modules_that_register_each_kind():
+    """lenetlab.registry imports only catalogue.KINDS[kind] for a kind: in a fresh process, the modules whose
+    own code registers each kind's components are exactly those."""
+    r = subprocess.run([sys.executable, "-c", _WHO_REGISTERS], capture_output=True, text=True, check=True)
+    seen = json.loads(r.stdout)
+    assert set(seen) == set(catalogue.KINDS)
+    for kind, modules in seen.items():
+        assert sorted(catalogue.KINDS[kind]) == modules, kind
+        assert set(modules) <= set(catalogue.BUILTINS)
+
+
+def test_one_kind_imports_only_its_modules():
+    """Asking for presets imports the training modules, not the attacks, exporters or experiments; what it
+    lists equals what the full catalogue lists."""
+    code = """
+import sys
+from lenetlab.registry import kinds, names
+print(names("preset"))
+print(sorted(m for m in sys.modules if m.startswith(("lenetlab.experiments", "lenetlab.attacks", "lenetlab.deploy"))))
+kinds()
+print(names("preset"))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lazy, heavy, full = r.stdout.splitlines()
+    assert lazy == full and "sprint" in lazy
+    assert heavy == "[]"
 
 
 def test_every_catalogued_module_imports_and_commands_exist():

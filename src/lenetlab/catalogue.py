@@ -58,6 +58,31 @@ BUILTINS: tuple[str, ...] = (
     "lenetlab.experiments.lenet5",
 )
 
+# Which of BUILTINS to import for one kind (lenetlab.registry loads only these when asked for that kind):
+# the modules whose own code registers its components. tests/test_registry.py checks, in a fresh process,
+# that these are exactly the modules that do.
+KINDS: dict[str, tuple[str, ...]] = {
+    "activation": ("lenetlab.models.activations",),
+    "attack": ("lenetlab.attacks.gradient", "lenetlab.attacks.transfer", "lenetlab.attacks.art_attacks"),
+    "compressor": ("lenetlab.compress.base",),
+    "dataset": ("lenetlab.data.datasets",),
+    "experiment": ("lenetlab.experiments.abs", "lenetlab.experiments.fused", "lenetlab.experiments.cascade",
+                   "lenetlab.experiments.noise", "lenetlab.experiments.faults", "lenetlab.experiments.zo",
+                   "lenetlab.experiments.snn", "lenetlab.experiments.tt", "lenetlab.experiments.matrix",
+                   "lenetlab.experiments.deploy", "lenetlab.experiments.lenet5"),
+    "exporter": ("lenetlab.deploy.export", "lenetlab.deploy.c_runtime", "lenetlab.deploy.web",
+                 "lenetlab.deploy.onnx_export"),
+    "fault_model": ("lenetlab.faults.models",),
+    "model": ("lenetlab.models.lenet5", "lenetlab.models.classic", "lenetlab.models.spiking",
+              "lenetlab.models.deep", "lenetlab.models.pca_logreg", "lenetlab.compress.base"),
+    "optimizer": ("lenetlab.train.optim",),
+    "preset": ("lenetlab.train.presets",),
+    "rule": ("lenetlab.rules.builtin",),
+    "schedule": ("lenetlab.train.schedules", "lenetlab.train.lb_restart"),
+    "trainer_plugin": ("lenetlab.train.lb_restart", "lenetlab.train.zeroth_order", "lenetlab.train.lbfgs",
+                       "lenetlab.rules.base", "lenetlab.noise.training"),
+}
+
 # Modules that own ``lenetlab`` subcommands: each defines ``add_commands(subparsers)``.
 COMMANDS: tuple[str, ...] = (
     "lenetlab.quant.cli",

@@ -6,16 +6,20 @@ compressors, exporters, experiments - is looked up by ``(kind, name)``. A
 component registers itself where it is defined; there is no hand-kept
 parallel list of components.
 
-Discovery, the first time :func:`get`, :func:`names` or :func:`kinds` is
-called (never at import time - importing this module loads no other
-lenetlab module):
+Discovery, the first time :func:`get` or :func:`names` is asked for a kind
+(never at import time - importing this module loads no other lenetlab module):
 
-1. every module of the built-in catalogue (:data:`lenetlab.catalogue.BUILTINS`),
-2. then every outside plugin: a Python entry point in the group
+1. the built-in modules that register that kind (:data:`lenetlab.catalogue.KINDS`;
+   ``lenetlab train`` so imports what training needs and not the attacks,
+   exporters or experiments, about 0.2 s of its start); :func:`kinds` and a
+   kind the catalogue does not know import every built-in module
+   (:data:`lenetlab.catalogue.BUILTINS`);
+2. then, once, every outside plugin: a Python entry point in the group
    ``lenetlab.plugins`` naming a module (importing it registers its
    components) or a function (called with no arguments to register them).
-   A plugin that fails to load is one :class:`~lenetlab.errors.LenetlabError`
-   line naming the entry point.
+   Where there are any, every built-in module is imported first, so a plugin
+   can rely on all of them. A plugin that fails to load is one
+   :class:`~lenetlab.errors.LenetlabError` line naming the entry point.
 
 An outside package declares, in its ``pyproject.toml``::
 
@@ -62,7 +66,7 @@ def register(kind: str, name: str | None = None) -> Callable[[T], T]:
 
 def get(kind: str, name: str) -> Any:
     """Return the registered object, or fail naming the valid choices."""
-    _ensure_loaded()
+    _ensure_loaded(kind)
     table = _TABLES.get(kind, {})
     if name not in table:
         from lenetlab.errors import LenetlabError
@@ -74,47 +78,63 @@ def get(kind: str, name: str) -> Any:
 
 def names(kind: str) -> list[str]:
     """Sorted names registered under ``kind``."""
-    _ensure_loaded()
+    _ensure_loaded(kind)
     return sorted(_TABLES.get(kind, {}))
 
 
 def kinds() -> list[str]:
     """Sorted kinds that have at least one registered component."""
-    _ensure_loaded()
+    _ensure_loaded(None)
     return sorted(_TABLES)
 
 
-def _ensure_loaded() -> None:
+# the kinds whose built-in modules are imported ("*": all of them)
+_LOADED: set[str] = set()
+
+
+def _ensure_loaded(kind: str | None) -> None:
     state = _discovery[0]
-    if state in ("done", "loading"):   # "loading": a module being imported asked; it sees what exists so far
+    if state == "loading":   # a module being imported asked; it sees what exists so far
         return
     if isinstance(state, Exception):
         raise state
+    if state == "done" and ("*" in _LOADED or (kind is not None and kind in _LOADED)):
+        return
     _discovery[0] = "loading"
     try:
-        _load_builtins()
-        _load_plugins()
+        first = state is None
+        if first and _plugin_entry_points():
+            kind = None          # outside plugins may build on any built-in: all of them first
+        _load_builtins(kind)
+        if first:
+            _load_plugins()
     except BaseException as e:
         _discovery[0] = e if _is_plugin_error(e) else None
         raise
     _discovery[0] = "done"
 
 
-def _load_builtins() -> None:
+def _load_builtins(kind: str | None) -> None:
     import importlib
 
-    from lenetlab.catalogue import BUILTINS
+    from lenetlab.catalogue import BUILTINS, KINDS
 
-    for module in BUILTINS:
+    every = kind is None or kind not in KINDS
+    for module in BUILTINS if every else KINDS[kind]:
         importlib.import_module(module)
+    _LOADED.add("*" if every else kind)
+
+
+def _plugin_entry_points() -> list[Any]:
+    from importlib.metadata import entry_points
+
+    return sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: (ep.name, ep.value))
 
 
 def _load_plugins() -> None:
-    from importlib.metadata import entry_points
-
     from lenetlab.errors import LenetlabError
 
-    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: (ep.name, ep.value)):
+    for ep in _plugin_entry_points():
         try:
             obj = ep.load()
             if callable(obj) and not isinstance(obj, type):

@@ -46,7 +46,7 @@ def sprint(model: str) -> dict[str, Any]:
         "data": {"val_size": 0},
         "train": {"optimizer": "muon", "lr": 8e-3, "muon_lr": 0.02, "schedule": "onecycle", "batch_size": 128,
                   "warmup_frac": 0.2, "label_smoothing": 0.1, "epochs": 1, "channels_last": True, "shards": 2,
-                  "grad_norms": False},
+                  "grad_norms": False, "eval_batch_size": 1000},
     }
 
 
