@@ -177,6 +177,10 @@ def test_shard_refusals():
     check(1, nn.BatchNorm1d(3), ["hardening"], torch.device("meta"))      # one shard: nothing to refuse
     with pytest.raises(LenetlabError, match="samples do not interact"):
         check(2, nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)), [], torch.device("cpu"))
+    drop = create_model("lenet5")
+    drop.fc1 = nn.Sequential(drop.fc1, nn.Dropout(0.1))
+    with pytest.raises(LenetlabError, match="dropout"):
+        check(2, drop, [], torch.device("cpu"))
     with pytest.raises(LenetlabError, match="hardening"):
         check(2, m, ["hardening"], torch.device("cpu"))
     with pytest.raises(LenetlabError, match="on meta"):

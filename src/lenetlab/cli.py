@@ -551,9 +551,9 @@ _FROZE: list[bool] = []
 
 
 def _prefetch_data(argv: list[str]) -> None:
-    """``lenetlab train`` on the bundled MNIST (no other dataset, folder, config file or resume named): read the
-    files on a thread while torch is imported (:mod:`lenetlab.prefetch`)."""
-    if not argv or argv[0] != "train":
+    """``lenetlab train`` on the bundled MNIST (no other dataset, folder, config file, resume or LENETLAB_DATA
+    named): read the files on a thread while torch is imported (:mod:`lenetlab.prefetch`)."""
+    if not argv or argv[0] != "train" or os.environ.get("LENETLAB_DATA"):
         return
     if any(a.split("=")[0] in ("--dataset", "--data-dir", "--config", "--resume", "--set") for a in argv[1:]):
         return

@@ -74,12 +74,13 @@ def start(paths: list[Path]) -> None:
         threading.Thread(target=run, name="lenetlab-prefetch", daemon=True).start()
 
 
-def take(path: Path) -> bytes | None:
+def take(path: Path, wait: bool = True) -> bytes | None:
     """The inflated contents of ``path`` if :func:`start` was asked for it and the file has not changed since
-    (waits for the thread if it is still at it); None otherwise. Each file is handed out once."""
+    (waits for the thread if it is still at it); None otherwise. Each file is handed out once; ``wait=False``
+    only forgets it (the caller has the file already)."""
     with _lock:
         fut = _pending.pop(str(path), None)
-    if fut is None:
+    if fut is None or not wait:
         return None
     try:
         key, data = fut.result()

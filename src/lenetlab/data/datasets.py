@@ -238,7 +238,7 @@ def _read_cached(path: Path) -> np.ndarray:
         # inflated on a thread while the process started (lenetlab.prefetch), if it was asked to
         _ARRAYS[key] = read_idx(path, prefetch.take(path))
     else:
-        prefetch.take(path)      # read already: drop the thread's copy
+        prefetch.take(path, wait=False)      # read already: the thread's copy is not needed
     return _ARRAYS[key].copy()
 
 

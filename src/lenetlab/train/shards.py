@@ -14,8 +14,8 @@ accumulated concurrently) and the shards' gradients are summed in shard
 order. So a run gives the same numbers on any machine for a given number of
 shards; against one shard the sums come in another order (float rounding).
 Only for models whose samples do not interact (``row_wise``: no batch
-statistics) and without training plugins (their hooks are not written for
-several threads).
+statistics), without dropout (random draws from several threads) and without
+training plugins (their hooks are not written for several threads).
 
 Example::
 
@@ -48,6 +48,9 @@ def check(shards: int, model: nn.Module, plugin_names: Sequence[str], device: to
     if not getattr(model, "row_wise", False):
         raise LenetlabError(f"train.shards={shards} needs a model whose samples do not interact (no batch "
                             f"statistics); {type(model).__name__} is not marked so: use train.shards=1")
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules()):
+        raise LenetlabError(f"train.shards={shards}: {type(model).__name__} has dropout, whose random draws on "
+                            "several threads would depend on their timing: use train.shards=1")
     if plugin_names:
         raise LenetlabError(f"train.shards={shards} runs the training step on several threads; the training "
                             f"plugins {', '.join(plugin_names)} hook that step: use train.shards=1 with them")
