@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -52,6 +53,24 @@ def test_odd_files_fall_back_to_the_loaders_own_read(tmp_path, content):
     assert prefetch.take(path) is None
 
 
+def test_a_file_dropped_before_the_thread_reaches_it_is_no_error(tmp_path):
+    """take(wait=False) right after start(): the thread still inflates what it was given, into a future no
+    one waits for, without an exception in the thread."""
+    paths = [_gz(tmp_path, f"f{i}.gz", n=200)[0] for i in range(4)]
+    errors = []
+    hook, threading.excepthook = threading.excepthook, lambda args: errors.append(args.exc_value)
+    try:
+        prefetch.start(paths)
+        for p in paths:
+            assert prefetch.take(p, wait=False) is None
+        for t in threading.enumerate():
+            if t.name == "lenetlab-prefetch":
+                t.join()
+    finally:
+        threading.excepthook = hook
+    assert errors == []
+
+
 def test_over_the_cap_falls_back(tmp_path, monkeypatch):
     path, _ = _gz(tmp_path, n=50)
     monkeypatch.setattr(prefetch, "MAX_INFLATED", 100)
@@ -92,5 +111,9 @@ def test_the_cli_prefetches_only_for_plain_train(monkeypatch):
     cli._prefetch_data(["train", "--out", "r"])
     assert started == []
     monkeypatch.delenv("LENETLAB_DATA")
+    monkeypatch.setattr(datasets, "_ARRAYS", {("read",): np.zeros(1)})     # read in this process already
+    cli._prefetch_data(["train", "--out", "r"])
+    assert started == []
+    monkeypatch.setattr(datasets, "_ARRAYS", {})
     cli._prefetch_data(["train", "--preset", "sprint", "--out", "r"])
     assert started == [4]

@@ -557,6 +557,9 @@ def _prefetch_data(argv: list[str]) -> None:
         return
     if any(a.split("=")[0] in ("--dataset", "--data-dir", "--config", "--resume", "--set") for a in argv[1:]):
         return
+    datasets = sys.modules.get("lenetlab.data.datasets")
+    if datasets is not None and datasets._ARRAYS:   # this process has read it already (tests, notebooks)
+        return
     from lenetlab import prefetch
 
     prefetch.start(prefetch.bundled_mnist())

@@ -58,13 +58,12 @@ def _inflate(path: Path) -> tuple[tuple, bytes | None]:
 def start(paths: list[Path]) -> None:
     """Inflate these gzip files on a daemon thread, one after the other (each once per process)."""
     with _lock:
-        todo = [p for p in paths if str(p) not in _pending]
-        for p in todo:
-            _pending[str(p)] = Future()
+        todo = [(p, Future()) for p in paths if str(p) not in _pending]
+        for p, fut in todo:
+            _pending[str(p)] = fut
 
     def run() -> None:
-        for p in todo:
-            fut = _pending[str(p)]
+        for p, fut in todo:      # the futures themselves: take() may have dropped them from _pending already
             try:
                 fut.set_result(_inflate(p))
             except BaseException as e:   # noqa: BLE001 - the loader reads the file itself and reports it
