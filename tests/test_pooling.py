@@ -113,6 +113,24 @@ def test_training_kernel_only_where_it_is_faster(monkeypatch):
     assert type(MaxPool2x2()(x).grad_fn).__name__.startswith("MaxPool2DWithIndices")
 
 
+def test_no_compiler_trains_on_torchs_pool_with_one_warning_even_under_w_error(monkeypatch):
+    import warnings
+
+    import lenetlab.models.pooling as pooling
+    from lenetlab import native
+
+    monkeypatch.setattr(pooling._LIBRARY, "_tried", False)
+    monkeypatch.setattr(pooling._LIBRARY, "_lib", None)
+    monkeypatch.setattr(native, "compiler", lambda: None)
+    x = _hard((2, 6, 8, 8)).requires_grad_(True)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("error")
+        y = MaxPool2x2()(x)
+    assert type(y.grad_fn).__name__.startswith("MaxPool2DWithIndices")
+    assert [str(w.message) for w in seen if "max-pooling" in str(w.message)] == [
+        "lenetlab: max-pooling trains on torch's kernel (slower, same results): no C compiler found (set CC)"]
+
+
 def test_training_with_the_kernel_is_bit_identical(monkeypatch):
     """A few Adam steps of channels-last LeNet-5 (its 6-channel first pool on the C kernel) give the same
     weights as with torch's pool."""
