@@ -415,7 +415,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model into a run directory")
     t.add_argument("--config", help="TOML config file")
     t.add_argument("--model", help="registered model name (lenetlab list models)")
-    t.add_argument("--preset", help="recipe: fast | paper (lenetlab list presets)")
+    t.add_argument("--preset", help="recipe: fast | sprint | paper (lenetlab list presets)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--seed", type=V.seed())
     t.add_argument("--batch-size", type=int)
