@@ -42,8 +42,9 @@ def test_a_changed_file_or_an_unknown_one_is_not_taken(tmp_path):
     assert prefetch.take(path, wait=False) is None and str(path) not in prefetch._pending
 
 
-@pytest.mark.parametrize("content", [b"not gzip at all", gzip.compress(b"ab") + gzip.compress(b"cd"),
-                                     gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x05abcde")[:-6]])
+@pytest.mark.parametrize("content", [b"not gzip at all", gzip.compress(b"ab", mtime=0) + gzip.compress(b"cd", mtime=0),
+                                     gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x05abcde", mtime=0)[:-6]],
+                         ids=["not-gzip", "two-members", "truncated"])   # fixed ids: the same in every worker
 def test_odd_files_fall_back_to_the_loaders_own_read(tmp_path, content):
     """Not gzip, two gzip members, a truncated stream: take() gives None, so the loader reads the file and
     reports what is wrong with it itself."""
