@@ -16,7 +16,7 @@ batch 128 split over two threads (``train.shards``); LeNet-5 only. Over seeds
 0-9 it reached 99.05-99.23% (mean 99.15%; measured while tuning it). Seed 3 is
 the close one: the same maths with the orthogonalisation's multiplications
 regrouped gave it 98.94%, so on another CPU (other BLAS kernels) a seed may
-end just under 99%. In one epoch the fast preset's recipe reaches 98.8-98.96%.
+end just under 99%. In one epoch the fast preset's recipe reaches 98.79-98.96%.
 ``paper`` trains longer (10 epochs) with a 5k validation split.
 """
 
