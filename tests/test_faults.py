@@ -163,6 +163,13 @@ def test_native_library_can_be_switched_off(monkeypatch):
     with pytest.warns(RuntimeWarning, match="without their C back end"):
         assert not native.available()
     assert "no C compiler" in native.why_not()
+    monkeypatch.setattr(native.LIBRARY, "_tried", False)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:     # -W error: shown, not raised (a slower path only)
+        warnings.simplefilter("error")
+        assert not native.available()
+    assert ["without their C back end" in str(w.message) for w in seen] == [True]
 
 
 @pytest.mark.parametrize("model", names("fault_model"))

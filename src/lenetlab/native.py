@@ -108,10 +108,20 @@ def load(cc: list[str], source: Path, flags: tuple[str, ...]) -> ctypes.CDLL:
     raise last or OSError("no place to build in")
 
 
+def _say(message: str) -> None:
+    """One RuntimeWarning; where warnings are made errors (``python -W error``) it is shown instead of raised:
+    a missing compiler only makes things slower, and what runs instead gives the same results."""
+    try:
+        warnings.warn(message, RuntimeWarning, stacklevel=5)
+    except RuntimeWarning:
+        warnings.showwarning(RuntimeWarning(message), RuntimeWarning, __file__, 0)
+
+
 class Library:
     """One C library, built and loaded once per process, on first use (:meth:`get`): None where it cannot be
     (``LENETLAB_NATIVE=0``, no compiler, a failed build), with the reason (:meth:`why_not`) and, unless it
-    was switched off on purpose, one RuntimeWarning saying what runs slower instead (``fallback``).
+    was switched off on purpose, one RuntimeWarning saying what runs slower instead (``fallback``), never
+    raised as an error (:func:`_say`).
     ``bind(lib)`` declares the functions' argument and result types."""
 
     def __init__(self, source: Path, flags: tuple[str, ...], bind: Callable[[ctypes.CDLL], None], fallback: str):
@@ -138,7 +148,7 @@ class Library:
                     self._why = f"could not build or load {self.source.name}: {e}"
             self._tried = True
             if self._lib is None and not self._why.startswith("disabled"):
-                warnings.warn(f"lenetlab: {self.fallback}: {self._why}", RuntimeWarning, stacklevel=4)
+                _say(f"lenetlab: {self.fallback}: {self._why}")
             return self._lib
 
     def why_not(self) -> str:

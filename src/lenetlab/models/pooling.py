@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import ctypes
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -108,17 +107,9 @@ class _TrainPool(torch.autograd.Function):
 def max_pool2x2_train(x: torch.Tensor) -> torch.Tensor:
     """``F.max_pool2d(x, 2)`` where a gradient is wanted: the C forward pass where it is faster (:func:`_ours`)
     and built, torch's op otherwise; the same values and gradients either way."""
-    if _ours(x) and _library() is not None:
+    if _ours(x) and _LIBRARY.get() is not None:
         return _TrainPool.apply(x)
     return F.max_pool2d(x, 2)
-
-
-def _library() -> ctypes.CDLL | None:
-    """The kernels, or None; the one warning about a missing compiler stays a warning even where warnings are
-    made errors (``python -W error``): training goes on with torch's pool and the same numbers."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("default", RuntimeWarning)
-        return _LIBRARY.get()
 
 
 class MaxPool2x2(nn.MaxPool2d):
