@@ -196,7 +196,7 @@ SPRINT_SMALL = {"data": {"train_subset": 2000, "test_subset": 300}, "train": {"b
 
 def test_sprint_run_is_deterministic_and_learns(tmp_path):
     cfg = resolve("sprint", overrides=SPRINT_SMALL)
-    assert (cfg.train.optimizer, cfg.train.shards, cfg.train.epochs) == ("muon", 2, 1)
+    assert (cfg.train.optimizer, cfg.train.shards, cfg.train.epochs, cfg.train.native_convs) == ("muon", 2, 1, True)
     threads = torch.get_num_threads()
     a = fit(cfg, out=tmp_path / "a", log=None, progress=False)
     assert torch.get_num_threads() == threads
@@ -205,8 +205,8 @@ def test_sprint_run_is_deterministic_and_learns(tmp_path):
     assert a["test_accuracy"] > 0.5      # 40 steps on 2,000 images
 
 
-def test_muon_with_shards_kill_and_resume_is_bit_identical(tmp_path):
-    _resume_matches(tmp_path, {"optimizer": "muon", "shards": 2})
+def test_muon_with_shards_and_c_convs_kill_and_resume_is_bit_identical(tmp_path):
+    _resume_matches(tmp_path, {"optimizer": "muon", "shards": 2, "native_convs": True})
 
 
 @pytest.mark.parametrize("over, message", [

@@ -76,6 +76,9 @@ class TrainConfig:
     # gradients summed in shard order: the same result on any machine for a given value (a value of 1 and 2
     # give slightly different numbers: sums in another order); row-wise models only, no training plugins
     shards: int = 1
+    # LeNet-5 only: its two conv -> ReLU -> max-pool blocks trained by C kernels (lenetlab.models.convblocks);
+    # faster on CPU, the sums in another order than torch's (slightly different numbers); no training plugins
+    native_convs: bool = False
     # fp32 | bf16: bf16 autocasts the training forward pass (convolutions and matmuls in bfloat16, fast on CPUs
     # with native bf16, e.g. AVX512-BF16/AMX); weights, optimizer state, loss and every evaluation stay fp32
     precision: str = "fp32"

@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 from lenetlab.errors import LenetlabError
+from lenetlab.models import convblocks
 from lenetlab.models.activations import MONOTONE, make_activation
 from lenetlab.models.base import register_model
-from lenetlab.models.pooling import MaxPool2x2
+from lenetlab.models.pooling import MaxPool2x2, _tracing
 
 
 @dataclass
@@ -79,7 +80,11 @@ class LeNet5(nn.Module):
         self.act1, self.act2, self.act3, self.act4 = (make_activation(cfg.activation) for _ in range(4))
         self.pool_first = cfg.pool == "max" and cfg.activation in MONOTONE
 
+    native_convs = False   # train.native_convs: lenetlab.models.convblocks where a gradient is wanted
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.native_convs and torch.is_grad_enabled() and not _tracing():
+            return convblocks.features(x, self.conv1, self.conv2)
         for conv, act in ((self.conv1, self.act1), (self.conv2, self.act2)):
             x = conv(x)
             x = act(self.pool(x)) if self.pool_first else self.pool(act(x))

@@ -12,11 +12,14 @@ with; over seeds 0-5 it reached 99.06-99.19% (measured while tuning it).
 ``sprint`` is the quickest: one epoch with Muon (orthogonalised momentum for
 the hidden weight matrices, :class:`lenetlab.train.optim.Muon`, peak 0.02;
 Adam at 8e-3 for biases and the output layer), one-cycle, label smoothing 0.1,
-batch 128 split over two threads (``train.shards``); LeNet-5 only. Over seeds
-0-9 it reached 99.05-99.23% (mean 99.15%; measured while tuning it). Seed 3 is
-the close one: the same maths with the orthogonalisation's multiplications
-regrouped gave it 98.94%, so on another CPU (other BLAS kernels) a seed may
-end just under 99%. In one epoch the fast preset's recipe reaches 98.79-98.96%.
+batch 128 split over two threads (``train.shards``), the convolution blocks in
+C (``train.native_convs``, :mod:`lenetlab.models.convblocks`); LeNet-5 only.
+Over seeds 0-9 it reached 99.03-99.23% (mean 99.13%). Seeds 3 and 8 are the
+close ones (99.03%): the same maths in another order moves a seed by about
+0.1% (torch's convolutions in place of the C kernels gave 99.05-99.23%,
+seed 3 at 99.05%, and with the orthogonalisation's multiplications regrouped
+98.94%), so on another CPU (other BLAS kernels) a seed may end just under 99%.
+In one epoch the fast preset's recipe reaches 98.79-98.96%.
 ``paper`` trains longer (10 epochs) with a 5k validation split.
 """
 
@@ -44,14 +47,14 @@ def fast(model: str) -> dict[str, Any]:
 
 @register("preset", "sprint")
 def sprint(model: str) -> dict[str, Any]:
-    """One epoch to >= 99% (lenet5): Muon + Adam, batch 128 split over 2 threads."""
+    """One epoch to >= 99% (lenet5): Muon + Adam, batch 128 split over 2 threads, C conv blocks."""
     if model != "lenet5":
         raise LenetlabError(f"preset 'sprint' is tuned for lenet5 only, not {model!r}; use --preset fast")
     return {
         "data": {"val_size": 0},
         "train": {"optimizer": "muon", "lr": 8e-3, "muon_lr": 0.02, "schedule": "onecycle", "batch_size": 128,
                   "warmup_frac": 0.2, "label_smoothing": 0.1, "epochs": 1, "channels_last": True, "shards": 2,
-                  "grad_norms": False, "eval_batch_size": 1000},
+                  "native_convs": True, "grad_norms": False, "eval_batch_size": 1000},
     }
 
 

@@ -35,7 +35,7 @@ from lenetlab import devices, rundir
 from lenetlab.config import RunConfig, TrainConfig, to_dict
 from lenetlab.data import Splits, load_splits
 from lenetlab.errors import LenetlabError
-from lenetlab.models import create_model, param_count
+from lenetlab.models import convblocks, create_model, param_count
 from lenetlab.progress import progress_bar
 from lenetlab.registry import get
 from lenetlab.rundir import CLOCK_KEYS, clock_apart, off_clock
@@ -198,6 +198,9 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
     ctx.params = list(model.parameters()) + extra
     ctx.new_optimizer()
     stepper = next((p for p in plugins if p.overrides_step()), None)
+    if tc.native_convs:
+        convblocks.check(model, [p.name for p in plugins], dev)
+        model.native_convs = True
 
     start_epoch, step, last_row = 0, 0, None
     if out_dir is not None:
@@ -328,6 +331,8 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: bool = False, for
         last_eval = evaluate(model, splits.test_x, splits.test_y, tc.eval_batch_size, loss_fn, cl)
     if not last_eval:  # resumed a run whose last epoch was already done
         last_eval = evaluate(model, splits.test_x, splits.test_y, tc.eval_batch_size, loss_fn, cl)
+    if tc.native_convs:
+        model.native_convs = False    # torch's layers again for whoever trains this model next
     for p in reversed(plugins):
         p.teardown(ctx)   # hooks off: plain names and float weights, the run loads into the plain model
     model = model.to(memory_format=torch.contiguous_format)
