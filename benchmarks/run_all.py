@@ -93,6 +93,7 @@ BENCHMARKS: dict[str, Bench] = {
     "noise_eval": Bench(HERE / "noise_eval.py", (), ("--images", "200", "--draws", "2", "--sigmas", "3")),
     "fault_campaign": Bench(HERE / "fault_campaign.py", (), ("--samples", "1", "--images", "20")),
     "zo_memory": Bench(HERE / "zo_memory.py", (), ("--batch", "8")),
+    "conv_blocks": Bench(HERE / "conv_blocks.py", (), ("--rounds", "1", "--calls", "5")),
 }
 
 # What every benchmark entry holds from the script's record, also when the script wrote none.

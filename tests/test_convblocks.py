@@ -110,7 +110,7 @@ def test_gradients_are_deterministic_and_the_input_gradient_falls_back_to_torch(
     b = torch.autograd.grad(convblocks.features(x, m.conv1, m.conv2).square().sum(), _params(m))
     assert all(torch.equal(p, q) for p, q in zip(a, b))
     xg = x.clone().requires_grad_(True)       # an attack wants the input's gradient: torch's layers
-    assert not convblocks.fits(xg, 2)
+    assert not convblocks.fits(xg, m.conv1, m.conv2) and convblocks.fits(x, m.conv1, m.conv2)
     gx = torch.autograd.grad(convblocks.features(xg, m.conv1, m.conv2).sum(), xg)[0]
     assert gx.shape == x.shape and float(gx.abs().sum()) > 0
 
@@ -136,6 +136,15 @@ def test_model_uses_the_blocks_only_for_training_with_a_gradient(mnist):
     finally:
         convblocks._Features.forward = staticmethod(orig)
     assert calls == [1]
+
+
+def test_other_dtypes_and_devices_run_torch_layers(mnist):
+    m = create_model("lenet5").double()
+    x = mnist[:4]
+    assert not convblocks.fits(x.double(), m.conv1, m.conv2) and not convblocks.fits(x, m.conv1, m.conv2)
+    f = convblocks.features(x.double(), m.conv1, m.conv2)
+    assert f.dtype == torch.float64 and torch.equal(f, _torch_features(x.double(), m.conv1, m.conv2))
+    assert not convblocks.fits(x[:0], create_model("lenet5").conv1, create_model("lenet5").conv2)
 
 
 def test_without_the_library_torch_layers_run(monkeypatch, mnist):
