@@ -32,34 +32,22 @@
 #define XB 16       /* block 1: pooled columns per vector block (pick() works on 16) */
 #define CB 16       /* block 2: output channels per vector */
 
-/* eight floats as one vector (GCC / Clang vector extensions: whatever the target's vectors are) */
-typedef float v8 __attribute__((vector_size(32)));
-
-static inline v8 ld8(const float *p)
-{
-    v8 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void st8(float *p, v8 v)
-{
-    memcpy(p, &v, sizeof v);
-}
-
-typedef float v16 __attribute__((vector_size(64)));
-
-static inline v16 ld16(const float *p)
-{
-    v16 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void st16(float *p, v16 v)
-{
-    memcpy(p, &v, sizeof v);
-}
+/* n floats as one vector, unaligned loads and stores (GCC / Clang vector extensions: whatever the target's
+ * vectors are): v8 / ld8 / st8 and v16 / ld16 / st16 */
+#define VECTOR_IO(n)                                                                                        \
+    typedef float v##n __attribute__((vector_size(4 * n)));                                                 \
+    static inline v##n ld##n(const float *p)                                                                \
+    {                                                                                                       \
+        v##n v;                                                                                             \
+        memcpy(&v, p, sizeof v);                                                                            \
+        return v;                                                                                           \
+    }                                                                                                       \
+    static inline void st##n(float *p, v##n v)                                                              \
+    {                                                                                                       \
+        memcpy(p, &v, sizeof v);                                                                            \
+    }
+VECTOR_IO(8)
+VECTOR_IO(16)
 
 typedef struct {
     int64_t n, c1, c2, h, w, pad;
@@ -71,7 +59,7 @@ typedef struct {
 
 static Geo geometry(int64_t n, int64_t c1, int64_t c2, int64_t h, int64_t w, int64_t pad)
 {
-    Geo g = {n, c1, c2, h, w, pad};
+    Geo g = {.n = n, .c1 = c1, .c2 = c2, .h = h, .w = w, .pad = pad};
     g.ph = h + 2 * pad;
     g.q1h = (g.ph - (K - 1)) / 2;
     g.q1w = (w + 2 * pad - (K - 1)) / 2;

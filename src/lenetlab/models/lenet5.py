@@ -73,14 +73,13 @@ def add_lenet5_layers(module: nn.Module, cfg) -> None:
 class LeNet5(nn.Module):
     row_wise = True   # one sample's output depends on that sample only: lenetlab.noise.inject.row_wise
     default_loss = "ce"
+    native_convs = False   # train.native_convs: lenetlab.models.convblocks where a gradient is wanted
 
     def __init__(self, cfg: LeNet5Config):
         super().__init__()
         add_lenet5_layers(self, cfg)
         self.act1, self.act2, self.act3, self.act4 = (make_activation(cfg.activation) for _ in range(4))
         self.pool_first = cfg.pool == "max" and cfg.activation in MONOTONE
-
-    native_convs = False   # train.native_convs: lenetlab.models.convblocks where a gradient is wanted
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if self.native_convs and torch.is_grad_enabled() and not _tracing():
