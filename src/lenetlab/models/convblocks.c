@@ -99,6 +99,25 @@ static inline void pick(const float *restrict a, const float *restrict b, const 
     }
 }
 
+/* One kernel row's five taps into the outputs at even (l) and odd (r) columns of one output row, XB pooled
+ * windows wide, from one input row's even (er) and odd (orr) columns. */
+static inline void taps_row(float *restrict l, float *restrict r, const float *restrict er,
+                            const float *restrict orr, const float *restrict wr)
+{
+    for (int t = 0; t < XB; t++) {
+        l[t] += wr[0] * er[t];
+        l[t] += wr[1] * orr[t];
+        l[t] += wr[2] * er[t + 1];
+        l[t] += wr[3] * orr[t + 1];
+        l[t] += wr[4] * er[t + 2];
+        r[t] += wr[0] * orr[t];
+        r[t] += wr[1] * er[t + 1];
+        r[t] += wr[2] * orr[t + 1];
+        r[t] += wr[3] * er[t + 2];
+        r[t] += wr[4] * orr[t + 2];
+    }
+}
+
 /* Block 1, one pooled row of one channel. e/o: the padded image's even and odd columns (rows of hw floats)
  * from input row 2i. Window j's outputs at columns 2j and 2j+1 come from e/o shifted by whole elements. */
 static void block1_row(const float *restrict e, const float *restrict o, int64_t hw, const float *restrict wk,
@@ -109,37 +128,11 @@ static void block1_row(const float *restrict e, const float *restrict o, int64_t
         for (int t = 0; t < XB; t++)
             a[t] = b[t] = c[t] = d[t] = bias;
         for (int ky = 0; ky < K + 1; ky++) {       /* input row ky: tap row ky of the top, ky - 1 of the bottom */
-            const float *restrict er = e + ky * hw + j0, *restrict orr = o + ky * hw + j0;
-            if (ky < K) {
-                const float *wr = wk + ky * K;
-                for (int t = 0; t < XB; t++) {
-                    a[t] += wr[0] * er[t];
-                    a[t] += wr[1] * orr[t];
-                    a[t] += wr[2] * er[t + 1];
-                    a[t] += wr[3] * orr[t + 1];
-                    a[t] += wr[4] * er[t + 2];
-                    b[t] += wr[0] * orr[t];
-                    b[t] += wr[1] * er[t + 1];
-                    b[t] += wr[2] * orr[t + 1];
-                    b[t] += wr[3] * er[t + 2];
-                    b[t] += wr[4] * orr[t + 2];
-                }
-            }
-            if (ky > 0) {
-                const float *wr = wk + (ky - 1) * K;
-                for (int t = 0; t < XB; t++) {
-                    c[t] += wr[0] * er[t];
-                    c[t] += wr[1] * orr[t];
-                    c[t] += wr[2] * er[t + 1];
-                    c[t] += wr[3] * orr[t + 1];
-                    c[t] += wr[4] * er[t + 2];
-                    d[t] += wr[0] * orr[t];
-                    d[t] += wr[1] * er[t + 1];
-                    d[t] += wr[2] * orr[t + 1];
-                    d[t] += wr[3] * er[t + 2];
-                    d[t] += wr[4] * orr[t + 2];
-                }
-            }
+            const float *er = e + ky * hw + j0, *orr = o + ky * hw + j0;
+            if (ky < K)
+                taps_row(a, b, er, orr, wk + ky * K);
+            if (ky > 0)
+                taps_row(c, d, er, orr, wk + (ky - 1) * K);
         }
         pick(a, b, c, d, val + j0, win + j0);
     }
