@@ -68,6 +68,13 @@ def test_other_widths_and_geometries_match_torch(options):
     _compare(m, torch.randn(7, 1, side, side))
 
 
+def test_non_square_images_match_torch():
+    torch.manual_seed(4)
+    m = create_model("lenet5")
+    _compare(m, torch.randn(3, 1, 28, 37))      # the blocks alone: any height and width they can pool
+    _compare(m, torch.randn(2, 1, 33, 20))
+
+
 def test_ties_and_dead_windows_route_gradients_like_torch():
     """Integer images and kernels make exact sums in any order, so many windows hold tied maxima; torch's pool
     gives the gradient to the first of them (row-major), and so must the kernels. Negative biases and zero
