@@ -17,9 +17,9 @@ fused multiply-adds), so this is opt-in: ``train.native_convs=true`` (the ``spri
 preset sets it); the trainer refuses it for models it does not fit
 (:func:`check`). Values and gradients are checked against torch's layers in
 tests/test_convblocks.py. It is used only where a gradient is wanted and the
-input itself needs none (an attack's input gradient runs torch's layers);
-without a C compiler (or with ``LENETLAB_NATIVE=0``) torch's layers run,
-with a warning.
+input itself needs none (an attack's input gradient runs torch's layers).
+Without a C compiler torch's layers run, with one warning; ``LENETLAB_NATIVE=0``
+turns the kernels off (torch's layers, no warning).
 
 Example::
 
