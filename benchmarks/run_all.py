@@ -94,6 +94,7 @@ BENCHMARKS: dict[str, Bench] = {
     "fault_campaign": Bench(HERE / "fault_campaign.py", (), ("--samples", "1", "--images", "20")),
     "zo_memory": Bench(HERE / "zo_memory.py", (), ("--batch", "8")),
     "conv_blocks": Bench(HERE / "conv_blocks.py", (), ("--rounds", "1", "--calls", "5")),
+    "sprint_seeds": Bench(HERE / "sprint_seeds.py", (), ("--seeds", "1")),
 }
 
 # What every benchmark entry holds from the script's record, also when the script wrote none.
