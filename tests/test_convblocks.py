@@ -154,6 +154,26 @@ def test_other_dtypes_and_devices_run_torch_layers(mnist):
     assert not convblocks.fits(x[:0], create_model("lenet5").conv1, create_model("lenet5").conv2)
 
 
+@pytest.mark.parametrize("conv1, conv2", [
+    (nn.Conv2d(1, 6, 3, padding=1), nn.Conv2d(6, 16, 5)),         # a 3x3 first kernel
+    (nn.Conv2d(1, 6, 5, padding=2), nn.Conv2d(4, 16, 5)),         # channels that do not chain (torch raises)
+    (nn.Conv2d(1, 6, 5, padding=2), nn.Conv2d(6, 16, 5, stride=2)),
+    (nn.Conv2d(1, 6, 5, padding=2, bias=False), nn.Conv2d(6, 16, 5)),
+])
+def test_direct_calls_with_other_layers_never_reach_the_kernels(conv1, conv2):
+    """features() is public: layers the kernels were not written for run torch's ops (the C code would read
+    past their weights), with torch's result or torch's error."""
+    x = torch.randn(2, 1, 28, 28)
+    assert not convblocks.fits(x, conv1, conv2)
+    try:
+        want = _torch_features(x, conv1, conv2)
+    except RuntimeError:
+        with pytest.raises(RuntimeError):
+            convblocks.features(x, conv1, conv2)
+        return
+    assert torch.equal(convblocks.features(x, conv1, conv2), want)
+
+
 def test_without_the_library_torch_layers_run(monkeypatch, mnist):
     m = create_model("lenet5")
     monkeypatch.setattr(convblocks._LIBRARY, "get", lambda: None)

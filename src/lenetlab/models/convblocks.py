@@ -112,17 +112,34 @@ def features(x: torch.Tensor, conv1: nn.Conv2d, conv2: nn.Conv2d) -> torch.Tenso
 
 
 def fits(x: torch.Tensor, conv1: nn.Conv2d, conv2: nn.Conv2d) -> bool:
-    """Whether the kernels take this batch: x B x 1 x H x W float32 on the CPU with no gradient wanted for it
-    (attacks want one: torch's layers), float32 CPU weights, maps large enough for both blocks. (That the
-    layers are plain 5x5 convolutions with ReLU and max-pooling is :func:`check`'s part.)"""
+    """Whether the kernels take this batch and these layers (anything else runs torch's ops, so a direct call
+    never hands the C code a size it does not expect): x B x 1 x H x W float32 on the CPU with no gradient
+    wanted for it (attacks want one: torch's layers), two plain 5x5 convolutions (:func:`_convs_fit`) with
+    float32 CPU weights, maps large enough for both blocks."""
     if not (x.dim() == 4 and x.shape[1] == 1 and x.dtype == torch.float32 and x.device.type == "cpu"
-            and not x.requires_grad and len(x)):
+            and not x.requires_grad and len(x)) or _convs_fit(conv1, conv2) is not None:
         return False
-    if not all(t is not None and t.dtype == torch.float32 and t.device.type == "cpu"
+    if not all(t.dtype == torch.float32 and t.device.type == "cpu"
                for conv in (conv1, conv2) for t in (conv.weight, conv.bias)):
         return False
     _, _, _, q2h, q2w = _geometry(x.shape[2], x.shape[3], conv1.padding[0])
     return q2h >= 1 and q2w >= 1
+
+
+def _convs_fit(conv1: nn.Module, conv2: nn.Module) -> str | None:
+    """None where the kernels compute these two layers (torch's Conv2d, 5x5, stride 1, biases, the first on
+    one input channel with equal padding on both sides, the second unpadded on the first's channels, weights
+    of those shapes); else why not."""
+    if not all(type(c) is nn.Conv2d and c.kernel_size == (5, 5) and c.stride == (1, 1) and c.dilation == (1, 1)
+               and c.groups == 1 and c.bias is not None and c.padding_mode == "zeros"
+               and isinstance(c.padding, tuple) and c.padding[0] == c.padding[1] for c in (conv1, conv2)):
+        return "its convolutions are not plain 5x5 ones with biases"
+    c1, c2 = conv1.out_channels, conv2.out_channels
+    if conv1.in_channels != 1 or conv2.in_channels != c1 or conv2.padding != (0, 0) \
+            or conv1.weight.shape != (c1, 1, 5, 5) or conv2.weight.shape != (c2, c1, 5, 5) \
+            or conv1.bias.shape != (c1,) or conv2.bias.shape != (c2,):
+        return "its convolutions are not one input channel first, then an unpadded one on its channels"
+    return None
 
 
 def check(model: nn.Module, plugin_names: Sequence[str] = (), device: torch.device | None = None) -> None:
@@ -141,23 +158,15 @@ def check(model: nn.Module, plugin_names: Sequence[str] = (), device: torch.devi
         why = f"{type(model).__name__} is not a LeNet-5"
     else:
         layers = (model.conv1, model.act1, model.conv2, model.act2, model.pool)
-        if not all(_plain_conv(c) for c in (model.conv1, model.conv2)) or model.conv1.in_channels != 1 \
-                or model.conv2.padding != (0, 0):
-            why = "its convolutions are not plain 5x5 ones (one input channel first, the second unpadded)"
-        elif type(model.act1) is not nn.ReLU or type(model.act2) is not nn.ReLU or type(model.pool) is not MaxPool2x2:
+        if type(model.act1) is not nn.ReLU or type(model.act2) is not nn.ReLU or type(model.pool) is not MaxPool2x2:
             why = "its blocks are not ReLU with max-pooling"
         elif any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in layers):
             why = "its layers have hooks, which the kernels would bypass"
+        else:
+            why = _convs_fit(model.conv1, model.conv2)
     if why:
         raise LenetlabError(f"train.native_convs=true runs LeNet-5's convolution blocks in C; {why}: use "
                             "train.native_convs=false")
-
-
-def _plain_conv(conv: nn.Module) -> bool:
-    return (type(conv) is nn.Conv2d and conv.kernel_size == (5, 5) and conv.stride == (1, 1)
-            and conv.dilation == (1, 1) and conv.groups == 1 and conv.bias is not None
-            and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-            and conv.padding[0] == conv.padding[1])
 
 
 __all__ = ["check", "features", "fits"]
